@@ -1,0 +1,232 @@
+"""BNS distillation (method.md section 3): optimise (t, a, b) through the unrolled sampler.
+
+Times are parametrised as t_lo + span * cumsum(softmax(logits)), so they stay strictly
+increasing with fixed end points; a and b are free.  The loss is the batch mean of
+log MSE(x_n, x(1)) per sample (the PSNR loss); the network is frozen.  The solver of the best
+validation PSNR is kept; when validation stalls, training restarts from the best solver at half
+the learning rate, and stops after a few such halvings; it checkpoints to
+`<out>.ckpt.safetensors` and resumes from it after an interruption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .errors import BNSError
+from .groundtruth import GTSet
+from .metrics import psnr_per_sample
+from .solvers.classic import baseline
+from .solvers.sampler import ns_sample
+from .solvers.table import NSSolver
+
+
+class BNSParams(nn.Module):
+    """Trainable (t, a, b) of an n-NFE NS solver, initialised from a base solver's table."""
+
+    def __init__(self, init: NSSolver) -> None:
+        super().__init__()
+        n = init.nfe
+        self.t_lo, self.t_end = float(init.t[0]), float(init.t_end)
+        inc = np.diff(np.append(init.t, init.t_end))
+        if np.any(inc <= 0):
+            raise BNSError(f"base solver {init.name} repeats a time; BNS needs strictly increasing times "
+                           "(use midpoint, euler, ab2, ddim or dpm++2m as base)")
+        span = self.t_end - self.t_lo
+        self.logits = nn.Parameter(torch.log(torch.as_tensor(inc / span, dtype=torch.float64)))
+        self.a = nn.Parameter(torch.as_tensor(init.a, dtype=torch.float64))
+        self.b = nn.Parameter(torch.as_tensor(init.b, dtype=torch.float64))
+        self.register_buffer("mask", torch.tril(torch.ones(n, n, dtype=torch.float64)))
+
+    def tables(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
+        w = torch.softmax(self.logits, 0)
+        cum = torch.cumsum(w, 0)[:-1]
+        t = self.t_lo + (self.t_end - self.t_lo) * torch.cat([cum.new_zeros(1), cum])
+        return t.to(dtype), self.a.to(dtype), (self.b * self.mask).to(dtype)
+
+    def solver(self, name: str = "bns", **meta) -> NSSolver:
+        t, a, b = (v.detach().cpu().numpy() for v in self.tables())
+        return NSSolver(t, a, b, self.t_end, name=name, meta=meta)
+
+
+@dataclass
+class DistillConfig:
+    """Training settings; every field is recorded in the solver file."""
+
+    nfe: int = 8
+    base: str | None = None  # default: midpoint for even NFE, euler for odd
+    precondition: float | None = None  # sigma_0
+    iterations: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    val_every: int = 25
+    patience: int = 4  # validations without improvement before the learning rate is halved
+    max_decays: int = 5  # halvings before early stopping
+    seed: int = 0
+
+    def base_solver(self) -> str:
+        return self.base or ("midpoint" if self.nfe % 2 == 0 else "euler")
+
+
+def batched_psnr(field, tables: tuple[Tensor, Tensor, Tensor], gt: GTSet, dtype: torch.dtype,
+                 batch_size: int = 256) -> Tensor:
+    """Per-sample PSNR of the table's samples against gt (no gradients)."""
+    t, a, b = tables
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(gt), batch_size):
+            sl = slice(lo, lo + batch_size)
+            labels = None if gt.labels is None else gt.labels[sl]
+            x = ns_sample(field, t, a, b, gt.noise[sl].to(dtype) * field.init_scale, labels)
+            out.append(psnr_per_sample(x, gt.x1[sl]))
+    return torch.cat(out)
+
+
+def _ckpt_path(out: Path) -> Path:
+    return out.with_name(out.name + ".ckpt.safetensors")
+
+
+def _run_id(cfg: DistillConfig, field_fp: str, train: GTSet, val: GTSet) -> str:
+    d = json.dumps({"cfg": asdict(cfg), "field": field_fp, "train": train.key, "val": val.key}, sort_keys=True)
+    return hashlib.sha256(d.encode()).hexdigest()[:16]
+
+
+def _save_ckpt(path: Path, params: BNSParams, best: dict[str, Tensor], opt: torch.optim.Adam, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"param.{k}": v.detach().contiguous() for k, v in params.state_dict().items()}
+    tensors.update({f"best.{k}": v.contiguous() for k, v in best.items()})
+    for i, p in enumerate(params.parameters()):
+        st = opt.state.get(p)
+        if st:
+            tensors[f"adam.{i}.exp_avg"] = st["exp_avg"].contiguous()
+            tensors[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"]).reshape(1).double()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    save_file(tensors, tmp, metadata={"state": json.dumps(state)})
+    os.replace(tmp, path)
+
+
+def _load_ckpt(path: Path, params: BNSParams, opt: torch.optim.Adam, run_id: str) -> tuple[dict, dict] | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            state = json.loads(f.metadata()["state"])
+            if state.get("run_id") != run_id:
+                return None
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception:
+        return None
+    params.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    for i, p in enumerate(params.parameters()):
+        if f"adam.{i}.exp_avg" in tensors:
+            opt.state[p] = {"exp_avg": tensors[f"adam.{i}.exp_avg"], "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"],
+                            "step": tensors[f"adam.{i}.step"].reshape(())}
+    return state, best
+
+
+def distill(field, train: GTSet, val: GTSet, cfg: DistillConfig, out: str | os.PathLike | None = None,
+            resume: bool = True, progress: Callable[[int, dict], None] | None = None) -> NSSolver:
+    """Train a BNS solver for `field` (a guided field if guidance is wanted) on GT pairs.
+
+    `progress(iteration, info)` is called after every validation.  With `out`, a checkpoint is
+    kept next to it while training and removed when the solver file is written.
+    """
+    started = time.time()
+    dtype = train.noise.dtype
+    init = baseline(cfg.base_solver(), cfg.nfe, field.schedule, field.t_lo, field.t_hi, cfg.precondition)
+    params = BNSParams(init)
+    opt = torch.optim.Adam(params.parameters(), lr=cfg.lr)
+    fp = field.fingerprint()
+    run_id = _run_id(cfg, fp, train, val)
+    ckpt = _ckpt_path(Path(out)) if out is not None else None
+
+    def snapshot() -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in params.state_dict().items()}
+
+    init_val = float(batched_psnr(field, params.tables(dtype), val, dtype).mean())
+    state = {"run_id": run_id, "iteration": 0, "best_val": init_val, "best_iter": 0, "stale": 0,
+             "decays": 0, "train_psnr": None, "elapsed": 0.0}
+    best = snapshot()
+    if resume and ckpt is not None and ckpt.exists():
+        loaded = _load_ckpt(ckpt, params, opt, run_id)
+        if loaded is not None:
+            state, best = loaded
+    elapsed0 = state["elapsed"]
+    n_train = len(train)
+    while state["iteration"] < cfg.iterations and state["decays"] <= cfg.max_decays:
+        it = state["iteration"]
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * 0.5 ** state["decays"]
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
+        idx = torch.randperm(n_train, generator=g)[: cfg.batch_size]
+        labels = None if train.labels is None else train.labels[idx]
+        t, a, b = params.tables(dtype)
+        x = ns_sample(field, t, a, b, train.noise[idx].to(dtype) * field.init_scale, labels)
+        mse = ((x - train.x1[idx]) ** 2).flatten(1).mean(1)
+        loss = torch.log(mse).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        state["iteration"] = it + 1
+        state["train_psnr"] = float(10 * math.log10(4.0) - 10 * loss.item() / math.log(10))
+        if state["iteration"] % cfg.val_every == 0 or state["iteration"] == cfg.iterations:
+            v = float(batched_psnr(field, params.tables(dtype), val, dtype).mean())
+            if v > state["best_val"] + 1e-3:
+                state.update(best_val=v, best_iter=state["iteration"], stale=0)
+                best = snapshot()
+            else:
+                state["stale"] += 1
+                if state["stale"] >= cfg.patience:
+                    # plateau: restart from the best solver at half the step size
+                    state.update(stale=0, decays=state["decays"] + 1)
+                    params.load_state_dict(best)
+                    opt.state.clear()
+            state["elapsed"] = elapsed0 + time.time() - started
+            if ckpt is not None:
+                _save_ckpt(ckpt, params, best, opt, state)
+            if progress:
+                progress(state["iteration"], {"val_psnr": v, "best_val_psnr": state["best_val"],
+                                              "train_psnr": state["train_psnr"]})
+    params.load_state_dict(best)
+    train_psnr = float(batched_psnr(field, params.tables(dtype), train, dtype).mean())
+    solver = params.solver(
+        name=f"bns-{cfg.nfe}",
+        kind="bns",
+        base_solver=init.meta.get("base_solver", init.name),
+        base_val_psnr=init_val,
+        precondition_sigma0=cfg.precondition,
+        model_fingerprint=fp,
+        model=field.describe(),
+        guidance=float(getattr(field, "guidance", 1.0)),
+        train_psnr=train_psnr,
+        val_psnr=state["best_val"],
+        best_iteration=state["best_iter"],
+        iterations=state["iteration"],
+        train_pairs=n_train,
+        val_pairs=len(val),
+        gt_nfe_mean=train.nfe_mean,
+        config=asdict(cfg),
+        wall_time_s=round(elapsed0 + time.time() - started, 3),
+        tool_version=__version__,
+    )
+    if out is not None:
+        solver.save(out)
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
+    return solver

@@ -1,0 +1,14 @@
+"""One exception type for problems a user can cause; the CLI maps it to one line and an exit code."""
+
+from __future__ import annotations
+
+EXIT_BAD_INPUT = 2
+EXIT_MISSING_BACKEND = 3
+
+
+class BNSError(Exception):
+    """A user-facing error: a one-line message and the process exit code the CLI should use."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

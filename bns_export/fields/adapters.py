@@ -1,0 +1,94 @@
+"""Adapters from a user's network (prediction type, time input) to our velocity field u."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .field import NULL_LABEL, VelocityField
+from .schedules import EDM, DDPMDiscrete, Schedule
+
+PREDICTIONS = ("velocity", "flow", "eps", "x0", "v")
+TIME_INPUTS = ("t", "s", "index", "sigma")
+
+
+class NetworkField(VelocityField):
+    """Wraps `net(x, time, labels)` (or `net(x, time)`) predicting velocity/flow/eps/x0/v.
+
+    prediction: "velocity" is our u; "flow" is the diffusers flow output eps - x1 (= -u);
+    "eps", "x0" (data) and "v" (alpha eps - sigma x1) convert exactly (method.md section 1).
+    time_input: "t" our time, "s" = 1 - t, "index" a DDPM step index (needs a ddpm schedule),
+    "sigma" the EDM noise level sigma/alpha (the network then also sees x/alpha).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: Schedule,
+        sample_shape: tuple[int, ...],
+        prediction: str = "velocity",
+        time_input: str = "t",
+        num_classes: int | None = None,
+        null_label: int | None = None,
+        t_lo: float | None = None,
+        t_hi: float | None = None,
+        name: str = "network",
+    ) -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        if time_input not in TIME_INPUTS:
+            raise ValueError(f"unknown time input {time_input!r}; choose one of {', '.join(TIME_INPUTS)}")
+        if time_input == "index" and not isinstance(schedule, DDPMDiscrete):
+            raise ValueError("time input 'index' needs the ddpm schedule")
+        if t_lo is None and prediction == "eps" and float(schedule.alpha(torch.tensor(schedule.t_lo, dtype=torch.float64))) == 0.0:
+            t_lo = 1e-3  # eps form divides by alpha = 0
+        if t_hi is None and prediction == "x0" and float(schedule.sigma(torch.tensor(schedule.t_hi, dtype=torch.float64))) == 0.0:
+            t_hi = 1.0 - 1e-3  # data form divides by sigma = 0
+        super().__init__(schedule, sample_shape, num_classes, t_lo, t_hi)
+        self.net = net
+        self.prediction = prediction
+        self.time_input = time_input
+        self.null_label = num_classes if null_label is None else int(null_label)
+        self.name = name
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.net.eval()
+
+    def _net_time(self, t: Tensor) -> Tensor:
+        if self.time_input == "t":
+            return t
+        if self.time_input == "s":
+            return 1.0 - t
+        if self.time_input == "index":
+            return self.schedule.step_index(t)
+        return self.schedule.sigma(t) / self.schedule.alpha(t)
+
+    def velocity(self, x: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+        sch = self.schedule
+        tb = t.expand(x.shape[0]) if t.ndim == 0 else t
+        xin = x / sch.alpha(t) if (self.time_input == "sigma" or isinstance(sch, EDM)) else x
+        if self.num_classes is None:
+            out = self.net(xin, self._net_time(tb))
+        else:
+            if labels is None:
+                labels = torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long, device=x.device)
+            lab = torch.where(labels == NULL_LABEL, torch.full_like(labels, self.null_label), labels)
+            out = self.net(xin, self._net_time(tb), lab)
+        if self.prediction == "velocity":
+            return out
+        if self.prediction == "flow":
+            return -out
+        a, s, da, ds = sch.alpha(t), sch.sigma(t), sch.d_alpha(t), sch.d_sigma(t)
+        if self.prediction == "eps":
+            return (da / a) * x + (ds - s * da / a) * out
+        if self.prediction == "x0":
+            return (ds / s) * x + (da - a * ds / s) * out
+        # v = alpha eps - sigma x1, general form (reduces to (ds a - da s) v for VP)
+        n2 = a * a + s * s
+        return ((da * a + ds * s) * x + (ds * a - da * s) * out) / n2
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(name=self.name, prediction=self.prediction, time_input=self.time_input,
+                 null_label=self.null_label if self.num_classes is not None else None)
+        return d

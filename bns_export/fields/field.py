@@ -1,0 +1,111 @@
+"""The one velocity-field interface u(x, t, labels) and classifier-free guidance over it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from torch import Tensor, nn
+
+from .schedules import Schedule
+
+#: label value meaning "no class" (the unconditional branch) inside a labels tensor
+NULL_LABEL = -1
+
+
+class VelocityField(nn.Module):
+    """A velocity field u(x, t, labels) on [t_lo, t_hi], t = 0 noise, t = 1 data (method.md 1).
+
+    Subclasses implement `velocity`.  `labels` is None (unconditional) or an int64 tensor (B,)
+    where NULL_LABEL marks samples to evaluate unconditionally.  Every field states its
+    schedule (for DDIM/DPM-Solver++ tables and grids), interval, sample shape and class count.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        sample_shape: tuple[int, ...],
+        num_classes: int | None = None,
+        t_lo: float | None = None,
+        t_hi: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.schedule = schedule
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.num_classes = num_classes
+        self.t_lo = float(schedule.t_lo if t_lo is None else t_lo)
+        self.t_hi = float(schedule.t_hi if t_hi is None else t_hi)
+        if not 0.0 <= self.t_lo < self.t_hi <= 1.0:
+            raise ValueError(f"bad integration interval [{self.t_lo}, {self.t_hi}]")
+
+    # the guidance scale of a plain field is 1 (no guidance)
+    guidance: float = 1.0
+
+    def velocity(self, x: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return self.velocity(x, t, labels)
+
+    @property
+    def init_scale(self) -> float:
+        """x(t_lo) = init_scale * noise: the path's noise level at the start of the interval."""
+        return float(self.schedule.sigma(torch.tensor(self.t_lo, dtype=torch.float64)))
+
+    @property
+    def default_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def describe(self) -> dict:
+        """JSON-able description (without weights); subclasses add their own keys."""
+        return {
+            "kind": type(self).__name__,
+            "schedule": self.schedule.config(),
+            "sample_shape": list(self.sample_shape),
+            "num_classes": self.num_classes,
+            "interval": [self.t_lo, self.t_hi],
+        }
+
+    def weight_digest(self) -> str:
+        """sha256 over every parameter and buffer (names, dtypes, shapes, bytes)."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            tensor = tensor.detach().cpu().contiguous()
+            h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return h.hexdigest()
+
+    def fingerprint(self) -> str:
+        """Short stable id of this field: description + weights (not the guidance scale)."""
+        desc = json.dumps(self.describe(), sort_keys=True)
+        return hashlib.sha256((desc + self.weight_digest()).encode()).hexdigest()[:16]
+
+
+class GuidedField(nn.Module):
+    """Classifier-free guidance u_w = u(x,t,None) + w (u(x,t,c) - u(x,t,None)) in ONE batched call.
+
+    w = 1 or labels = None costs a single plain call; otherwise x is duplicated and the field sees
+    labels [NULL..., c...], so one NFE is one network call of batch 2B.
+    """
+
+    def __init__(self, field: VelocityField, guidance: float = 1.0) -> None:
+        super().__init__()
+        self.field = field
+        self.guidance = float(guidance)
+
+    def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
+        if labels is None or self.guidance == 1.0:
+            return self.field(x, t, labels)
+        null = torch.full_like(labels, NULL_LABEL)
+        both = self.field(torch.cat([x, x]), t, torch.cat([null, labels]))
+        u_unc, u_cond = both.chunk(2)
+        return u_unc + self.guidance * (u_cond - u_unc)
+
+    # delegate the field's description so callers can treat a GuidedField like its field
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("field"), name)

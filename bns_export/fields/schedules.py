@@ -1,0 +1,217 @@
+"""Gaussian-path schedules alpha_t, sigma_t and their d/dt, in our time (t = 0 noise, t = 1 data).
+
+Each schedule also names the interval [t_lo, t_hi] that solvers integrate by default: the ends
+where a prediction type would divide by zero, or where the VP data end is singular, are cut off
+(method.md section 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+class Schedule:
+    """alpha(t), sigma(t) and their time derivatives; t is a float tensor (any shape)."""
+
+    name: str = "schedule"
+    #: default integration interval; adapters may narrow it for their prediction type
+    t_lo: float = 0.0
+    t_hi: float = 1.0
+
+    def alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """lambda = log(alpha / sigma), increasing in t."""
+        return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
+
+    def config(self) -> dict:
+        """JSON-able description, part of every fingerprint."""
+        return {"name": self.name}
+
+    # -- conversion coefficients: u = beta * x + gamma * x1_hat (data prediction form) --
+    def x1_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(beta, gamma) with u = beta x + gamma x1_hat; used by DDIM and DPM-Solver++ tables."""
+        a, s, da, ds = self.alpha(t), self.sigma(t), self.d_alpha(t), self.d_sigma(t)
+        return ds / s, da - a * ds / s
+
+
+class FMOT(Schedule):
+    """Conditional OT / rectified flow: alpha = t, sigma = 1 - t."""
+
+    name = "fm-ot"
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return t
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return 1.0 - t
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return -torch.ones_like(t)
+
+
+class _VP(Schedule):
+    """Variance preserving: sigma = sqrt(1 - alpha^2); subclasses give alpha and d_alpha."""
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(torch.clamp(1.0 - self.alpha(t) ** 2, min=0.0))
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+
+@dataclass
+class VPLinear(_VP):
+    """DDPM continuous-time linear beta schedule (beta0 = 0.1, beta1 = 20), s = 1 - t."""
+
+    beta0: float = 0.1
+    beta1: float = 20.0
+    name: str = field(default="vp-linear", init=False)
+    t_lo: float = 0.0
+    t_hi: float = 1.0 - 1e-3
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        s = 1.0 - t
+        return -0.25 * s**2 * (self.beta1 - self.beta0) - 0.5 * s * self.beta0
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(self._log_alpha(t))
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        s = 1.0 - t
+        return self.alpha(t) * (0.5 * s * (self.beta1 - self.beta0) + 0.5 * self.beta0)
+
+    def config(self) -> dict:
+        return {"name": self.name, "beta0": self.beta0, "beta1": self.beta1}
+
+
+@dataclass
+class VPCosine(_VP):
+    """Improved-DDPM cosine schedule: alpha_bar(s) = f(s)/f(0), f = cos^2(pi/2 (s+o)/(1+o))."""
+
+    offset: float = 0.008
+    name: str = field(default="vp-cosine", init=False)
+    # alpha -> 0 at s = 1, where the eps form divides by zero: start a little later
+    t_lo: float = 0.02
+    t_hi: float = 1.0 - 1e-3
+
+    def _theta(self, t: Tensor) -> Tensor:
+        return 0.5 * math.pi * ((1.0 - t) + self.offset) / (1.0 + self.offset)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        c0 = math.cos(0.5 * math.pi * self.offset / (1.0 + self.offset))
+        return torch.cos(self._theta(t)) / c0
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        c0 = math.cos(0.5 * math.pi * self.offset / (1.0 + self.offset))
+        return torch.sin(self._theta(t)) * (0.5 * math.pi / (1.0 + self.offset)) / c0
+
+    def config(self) -> dict:
+        return {"name": self.name, "offset": self.offset}
+
+
+class DDPMDiscrete(_VP):
+    """Discrete DDPM: alpha_bar_n = prod(1 - beta_i); step index n sits at s = (n + 1) / T.
+
+    log alpha_bar is interpolated linearly in s between the steps, so the network's step index
+    is the continuous value s * T - 1.  The interval ends at step 0 (t_hi = 1 - 1/T).
+    """
+
+    name = "ddpm"
+
+    def __init__(self, betas: Tensor | list[float]) -> None:
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.ndim != 1 or betas.numel() < 2:
+            raise ValueError("ddpm schedule needs a 1-D beta table of at least 2 steps")
+        self.betas = betas
+        self.steps = int(betas.numel())
+        self._log_ab = torch.cumsum(torch.log1p(-betas), 0)
+        self.t_lo = 0.0
+        self.t_hi = 1.0 - 1.0 / self.steps
+
+    @classmethod
+    def linear(cls, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DDPMDiscrete:
+        """The original DDPM linear beta table (scaled to `steps`)."""
+        return cls(torch.linspace(beta_start, beta_end, steps, dtype=torch.float64))
+
+    def _interp(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        la = self._log_ab.to(device=t.device, dtype=t.dtype)
+        pos = (1.0 - t) * self.steps - 1.0
+        idx = torch.clamp(torch.floor(pos.detach()), 0, self.steps - 2).long()
+        frac = pos - idx.to(t.dtype)
+        lo, hi = la[idx], la[idx + 1]
+        return lo + frac * (hi - lo), (hi - lo) * self.steps  # log alpha_bar, d/ds
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(0.5 * self._interp(t)[0])
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        log_ab, dlog_ds = self._interp(t)
+        return -torch.exp(0.5 * log_ab) * 0.5 * dlog_ds
+
+    def step_index(self, t: Tensor) -> Tensor:
+        """The (fractional) training step index 0..T-1 of time t."""
+        return (1.0 - t) * self.steps - 1.0
+
+    def config(self) -> dict:
+        # a digest, not the table: fingerprints stay short
+        import hashlib
+
+        digest = hashlib.sha256(self.betas.numpy().tobytes()).hexdigest()[:16]
+        return {"name": self.name, "steps": self.steps, "betas_sha256": digest}
+
+
+@dataclass
+class EDM(FMOT):
+    """EDM / VE: the FM-OT path with sigma_ve = sigma/alpha = (1-t)/t and x_ve = x/alpha.
+
+    Integrated from sigma_ve = sigma_max to sigma_min (the EDM defaults 80 and 0.002).
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    name: str = field(default="edm", init=False)
+
+    def __post_init__(self) -> None:
+        self.t_lo = 1.0 / (1.0 + self.sigma_max)
+        self.t_hi = 1.0 / (1.0 + self.sigma_min)
+
+    def config(self) -> dict:
+        return {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+SCHEDULES = ("fm-ot", "vp-linear", "vp-cosine", "ddpm", "edm")
+
+
+def make_schedule(name: str, train_steps: int = 1000) -> Schedule:
+    """Build a schedule by CLI name."""
+    if name == "fm-ot":
+        return FMOT()
+    if name == "vp-linear":
+        return VPLinear()
+    if name == "vp-cosine":
+        return VPCosine()
+    if name == "ddpm":
+        return DDPMDiscrete.linear(train_steps)
+    if name == "edm":
+        return EDM()
+    from ..errors import BNSError
+
+    raise BNSError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")

@@ -1,0 +1,156 @@
+"""Ground truth: adaptive Dormand-Prince RK45 and an on-disk cache of (noise, label, x1) pairs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .errors import BNSError
+
+# Dormand-Prince 5(4) tableau
+_C = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
+_A = [
+    [],
+    [1 / 5],
+    [3 / 40, 9 / 40],
+    [44 / 45, -56 / 15, 32 / 9],
+    [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+    [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+    [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84],
+]
+_B5 = [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0]
+_B4 = [5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40]
+
+
+@dataclass
+class ODEResult:
+    x: Tensor
+    nfe: int
+    steps: int
+    rejected: int
+
+
+def dopri5(f: Callable[[Tensor, float], Tensor], x0: Tensor, t0: float, t1: float,
+           rtol: float = 1e-5, atol: float = 1e-5, h0: float | None = None, max_steps: int = 100_000) -> ODEResult:
+    """Integrate dx/dt = f(x, t) from t0 to t1 with adaptive Dormand-Prince 5(4).
+
+    The error norm is the RMS over each sample, maxed over the batch, so every sample meets the
+    tolerance.  Uses FSAL: NFE = 1 + 6 per attempted step.
+    """
+    x, t = x0, float(t0)
+    k1 = f(x, t)
+    nfe, steps, rejected = 1, 0, 0
+    span = t1 - t0
+    h = h0 if h0 is not None else 0.01 * span
+    while t < t1 - 1e-12 * abs(span):
+        if steps + rejected >= max_steps:
+            raise RuntimeError(f"dopri5: more than {max_steps} steps")
+        h = min(h, t1 - t)
+        ks = [k1]
+        for i in range(1, 7):
+            xi = x + h * sum(a * k for a, k in zip(_A[i], ks) if a != 0.0)
+            ks.append(f(xi, t + _C[i] * h))
+        nfe += 6
+        x5 = xi  # stage 7 is evaluated at the 5th-order solution (FSAL)
+        err = h * sum((b5 - b4) * k for b5, b4, k in zip(_B5, _B4, ks) if b5 != b4)
+        scale = atol + rtol * torch.maximum(x.abs(), x5.abs())
+        en = ((err / scale) ** 2).flatten(1).mean(1).sqrt().max().item()
+        if en <= 1.0:
+            t, x, k1 = t + h, x5, ks[6]
+            steps += 1
+        else:
+            rejected += 1
+        factor = 0.9 * (max(en, 1e-10) ** -0.2)
+        h = h * min(5.0, max(0.2, factor))
+    return ODEResult(x, nfe, steps, rejected)
+
+
+@dataclass
+class GTSet:
+    """Ground-truth pairs: noise (N, *shape), labels (N,) or None, x1 (N, *shape); mean solver NFE."""
+
+    noise: Tensor
+    labels: Tensor | None
+    x1: Tensor
+    nfe_mean: float
+    key: str
+
+    def __len__(self) -> int:
+        return self.noise.shape[0]
+
+
+def make_inputs(field, n: int, seed: int, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """Seeded noise (and uniform class labels for a class-conditional field)."""
+    g = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((n, *field.sample_shape), generator=g, dtype=torch.float64).to(dtype)
+    labels = None
+    if field.num_classes:
+        labels = torch.randint(0, field.num_classes, (n,), generator=g)
+    return noise, labels
+
+
+def gt_key(field, n: int, seed: int, rtol: float, atol: float, dtype: torch.dtype) -> str:
+    payload = {
+        "field": field.fingerprint(),
+        "guidance": float(getattr(field, "guidance", 1.0)),
+        "n": n, "seed": seed, "rtol": rtol, "atol": atol, "dtype": str(dtype),
+        "shape": list(field.sample_shape), "version": 1,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BNS_EXPORT_CACHE", Path.home() / ".cache" / "bns-export")) / "gt"
+
+
+def ground_truth(field, n: int, seed: int, rtol: float = 1e-5, atol: float = 1e-5,
+                 dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
+                 batch_size: int = 256, progress: Callable[[int], None] | None = None) -> GTSet:
+    """Solve n seeded pairs to x(t_hi) with dopri5, reusing the on-disk cache when it matches."""
+    from safetensors.torch import load_file, save_file
+
+    dtype = dtype or field.default_dtype
+    key = gt_key(field, n, seed, rtol, atol, dtype)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / f"{key}.safetensors"
+    if path.exists():
+        try:
+            d = load_file(str(path))
+            return GTSet(d["noise"], d.get("labels"), d["x1"], float(d["nfe_mean"]), key)
+        except Exception:  # a corrupt cache file is recomputed, never trusted
+            path.unlink(missing_ok=True)
+    noise, labels = make_inputs(field, n, seed, dtype)
+    outs, nfes = [], []
+    with torch.no_grad():
+        for lo in range(0, n, batch_size):
+            xb = noise[lo: lo + batch_size] * field.init_scale
+            lb = None if labels is None else labels[lo: lo + batch_size]
+            res = dopri5(lambda x, t: field(x, t, lb), xb, field.t_lo, field.t_hi, rtol, atol)
+            outs.append(res.x)
+            nfes.append(res.nfe)
+            if progress:
+                progress(xb.shape[0])
+    x1 = torch.cat(outs)
+    if not torch.isfinite(x1).all():
+        raise BNSError("ground truth is not finite: the model returns NaN/inf on its interval")
+    nfe_mean = sum(nfes) / len(nfes)
+    tensors = {"noise": noise.contiguous(), "x1": x1.contiguous(), "nfe_mean": torch.tensor(nfe_mean)}
+    if labels is not None:
+        tensors["labels"] = labels.contiguous()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
+        os.close(fd)
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache only costs recomputation
+    return GTSet(noise, labels, x1, nfe_mean, key)

@@ -1,0 +1,44 @@
+"""The one NS sampling loop, shared by evaluation, distillation (differentiated) and the compiler."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .table import NSSolver
+
+Velocity = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor,
+              labels: Tensor | None = None) -> Tensor:
+    """Run x_{i+1} = a_i x_0 + sum_{j<=i} b_ij u(x_j, t_j, labels) for i < n; return x_n.
+
+    t, a (n,) and b (n, n) are tensors of x0's dtype: constants when sampling or compiling,
+    parameters with gradients during distillation.  The loop is plain Python over a fixed n,
+    so tracing it unrolls it into one static graph.
+    """
+    n = t.shape[0]
+    us: list[Tensor] = []
+    x = x0
+    for i in range(n):
+        us.append(u(x, t[i], labels))
+        x = a[i] * x0
+        for j in range(i + 1):
+            x = x + b[i, j] * us[j]
+    return x
+
+
+def solver_tensors(solver: NSSolver, dtype: torch.dtype, device: torch.device | str = "cpu"
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """The table as tensors of the sampling dtype."""
+    return tuple(torch.as_tensor(v, dtype=dtype, device=device) for v in (solver.t, solver.a, solver.b))
+
+
+def sample(field: torch.nn.Module, solver: NSSolver, noise: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Sample with `solver` from `noise` ~ N(0, I): x_0 = field.init_scale * noise, return x_n."""
+    t, a, b = solver_tensors(solver, noise.dtype, noise.device)
+    with torch.no_grad():
+        return ns_sample(field, t, a, b, noise * field.init_scale, labels)
