@@ -9,13 +9,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BNSError
+from ..fileio import atomic_write_text
 
 SCHEMA = "bns-export/solver"
 SCHEMA_VERSION = 1
@@ -153,21 +153,3 @@ def _floats(v, what: str, source: str) -> list[float]:
 
 def _round(arr: np.ndarray) -> list[float]:
     return [float(f"{x:.15g}") for x in np.asarray(arr).ravel()]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file via a temporary sibling and os.replace: never a half-written file."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise BNSError(f"output folder does not exist: {path.parent}")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as e:
-        raise BNSError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

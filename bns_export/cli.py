@@ -1,0 +1,257 @@
+"""`bns-export` command line: a thin click layer over the Python API.
+
+Every user-caused problem is a BNSError, printed as one line `error: ...` with its exit code.
+Progress goes to stderr, so `--json` output on stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import BNSError
+
+
+def _shape(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise BNSError(f"bad --shape {value!r}: expected comma-separated sizes such as 1,28,28") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise BNSError(f"bad --shape {value!r}: sizes must be positive")
+    return shape
+
+
+def model_options(fn):
+    """--model and the options describing a user's network, shared by every command."""
+
+    @click.option("--model", "-m", required=True, help="Shipped model name, analytic:NAME, or package.module:factory.")
+    @click.option("--prediction", default="velocity", show_default=True,
+                  help="What a user network predicts: velocity|flow|eps|x0|v.")
+    @click.option("--schedule", default="fm-ot", show_default=True,
+                  help="The network's noise schedule: fm-ot|vp-linear|vp-cosine|ddpm|edm.")
+    @click.option("--time-input", default="t", show_default=True,
+                  help="The network's time input: t (ours), s = 1 - t, index (DDPM step), sigma (EDM).")
+    @click.option("--train-steps", default=1000, show_default=True, help="DDPM training steps (ddpm schedule).")
+    @click.option("--shape", default=None, help="Sample shape of a user network, e.g. 1,28,28.")
+    @click.option("--num-classes", type=int, default=None, help="Classes of a conditional user network.")
+    @click.option("--guidance", "-w", type=float, default=None,
+                  help="Classifier-free guidance scale (1 = none; default: the solver file's, else 1).")
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        from .models import ModelOptions
+
+        kw["model_opts"] = ModelOptions(
+            prediction=kw.pop("prediction"), schedule=kw.pop("schedule"), time_input=kw.pop("time_input"),
+            train_steps=kw.pop("train_steps"), shape=_shape(kw.pop("shape")), num_classes=kw.pop("num_classes"))
+        return fn(*args, **kw)
+
+    return wrapper
+
+
+def gt_options(fn):
+    @click.option("--rtol", type=float, default=1e-5, show_default=True, help="Ground-truth dopri5 rtol.")
+    @click.option("--atol", type=float, default=1e-5, show_default=True, help="Ground-truth dopri5 atol.")
+    @click.option("--cache-dir", default=None, help="Ground-truth cache (default ~/.cache/bns-export/gt).")
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        return fn(*args, **kw)
+
+    return wrapper
+
+
+def handle_errors(fn):
+    """Map BNSError (and Ctrl-C) to one line on stderr and the exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        try:
+            return fn(*args, **kw)
+        except BNSError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _guidance_from(solver_spec: str | None, guidance: float | None) -> float:
+    """Explicit --guidance, else the solver file's guidance, else 1."""
+    if guidance is not None:
+        return guidance
+    if solver_spec and Path(solver_spec).is_file():
+        try:
+            return float(json.loads(Path(solver_spec).read_text()).get("guidance", 1.0))
+        except (ValueError, AttributeError, TypeError):
+            return 1.0  # the solver loader reports the real problem
+    return 1.0
+
+
+def _gt_progress(label: str, total: int):
+    bar = click.progressbar(length=total, label=label, file=sys.stderr)
+    return bar
+
+
+def _ground_truth(field, n: int, seed: int, rtol: float, atol: float, cache_dir, label: str):
+    from .groundtruth import ground_truth
+
+    with _gt_progress(label, n) as bar:
+        return ground_truth(field, n, seed, rtol, atol, cache_dir=cache_dir, progress=bar.update)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bns-export")
+def main() -> None:
+    """Distill Bespoke Non-Stationary (BNS) few-step solvers for diffusion and flow models."""
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def models_cmd(as_json: bool) -> None:
+    """List the available velocity models."""
+    from .models import list_models
+
+    models = list_models()
+    if as_json:
+        click.echo(json.dumps(models, indent=2))
+        return
+    for m in models:
+        click.echo(f"{m['name']:<22} {m['kind']:<9} {m['summary'].splitlines()[0] if m['summary'] else ''}")
+
+
+@main.command("eval")
+@model_options
+@click.option("--solver", "-s", required=True, help="Baseline name (euler, midpoint, heun, rk4, ab2, ddim, "
+              "dpm++2m; optional :uniform|:karras|:logsnr grid) or a solver file.")
+@click.option("--nfe", type=int, default=None, help="NFE for a baseline (default 8); checked against a file.")
+@click.option("--n-samples", "-n", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation noise.")
+@gt_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@handle_errors
+def eval_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, rtol, atol, cache_dir, as_json) -> None:
+    """PSNR of a solver's samples against the exact (dopri5) ODE solution."""
+    from .evaluate import evaluate_on, resolve_solver
+    from .models import load_model
+
+    field = load_model(model, model_opts, _guidance_from(solver, guidance))
+    ns = resolve_solver(solver, field, nfe)
+    gt = _ground_truth(field, n_samples, seed, rtol, atol, cache_dir, "ground truth")
+    report = evaluate_on(field, ns, gt)
+    report.update(model=model, guidance=field.guidance, seed=seed)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        click.echo(f"{report['solver']}: NFE {report['nfe']}, PSNR mean {report['psnr_mean']:.2f} dB, "
+                   f"min {report['psnr_min']:.2f}, median {report['psnr_median']:.2f}, std {report['psnr_std']:.2f} "
+                   f"over {n_samples} samples (ground truth: {report['gt_nfe_mean']:.0f} NFE)")
+
+
+@main.command("distill")
+@model_options
+@click.option("--nfe", type=click.IntRange(1, 64), required=True, help="Function evaluations of the solver.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Solver file to write (.json).")
+@click.option("--base", default=None, help="Base solver for initialisation (default midpoint for even NFE, "
+              "euler for odd).")
+@click.option("--precondition", type=float, default=None, help="Preconditioning sigma_0 of the base solver.")
+@click.option("--iterations", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--train-pairs", type=click.IntRange(1), default=520, show_default=True)
+@click.option("--val-pairs", type=click.IntRange(1), default=1024, show_default=True)
+@click.option("--val-every", type=click.IntRange(1), default=25, show_default=True)
+@click.option("--no-resume", is_flag=True, help="Ignore a checkpoint left by an interrupted run.")
+@gt_options
+@click.option("--json", "as_json", is_flag=True, help="Print the solver summary as JSON.")
+@handle_errors
+def distill_cmd(model, model_opts, guidance, nfe, out, base, precondition, iterations, batch_size, lr, train_pairs,
+                val_pairs, val_every, no_resume, rtol, atol, cache_dir, as_json) -> None:
+    """Train a BNS solver for a model at a fixed NFE."""
+    from .distill import DistillConfig, distill
+    from .evaluate import TRAIN_SEED, VAL_SEED
+    from .models import load_model
+    from .solvers.classic import parse_spec
+
+    out_path = Path(out)
+    if not out_path.parent.exists():
+        raise BNSError(f"output folder does not exist: {out_path.parent}")
+    if base is not None:
+        parse_spec(base)
+    field = load_model(model, model_opts, guidance if guidance is not None else 1.0)
+    cfg = DistillConfig(nfe=nfe, base=base, precondition=precondition, iterations=iterations,
+                        batch_size=batch_size, lr=lr, val_every=val_every)
+    train = _ground_truth(field, train_pairs, TRAIN_SEED, rtol, atol, cache_dir, "ground truth (train)")
+    val = _ground_truth(field, val_pairs, VAL_SEED, rtol, atol, cache_dir, "ground truth (val)  ")
+    with click.progressbar(length=iterations, label="distilling", file=sys.stderr,
+                           item_show_func=lambda s: s) as bar:
+        done = [0]
+
+        def progress(it: int, info: dict) -> None:
+            bar.update(it - done[0], f"val {info['val_psnr']:.2f} dB (best {info['best_val_psnr']:.2f})")
+            done[0] = it
+
+        solver = distill(field, train, val, cfg, out=out_path, resume=not no_resume, progress=progress)
+    m = solver.meta
+    summary = {"out": str(out_path), "nfe": solver.nfe, "base_solver": m["base_solver"],
+               "base_val_psnr": m["base_val_psnr"], "val_psnr": m["val_psnr"], "train_psnr": m["train_psnr"],
+               "iterations": m["iterations"], "wall_time_s": m["wall_time_s"], "guidance": m["guidance"],
+               "fingerprint": solver.fingerprint()}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"wrote {out_path}: BNS {solver.nfe} NFE, validation PSNR {m['val_psnr']:.2f} dB "
+                   f"(base {m['base_solver']} {m['base_val_psnr']:.2f} dB), {m['iterations']} iterations, "
+                   f"{m['wall_time_s']:.0f} s")
+
+
+@main.command("sample")
+@model_options
+@click.option("--solver", "-s", required=True, help="Baseline name or solver file.")
+@click.option("--nfe", type=int, default=None, help="NFE for a baseline (default 8).")
+@click.option("--n-samples", "-n", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--label", type=int, default=None, help="One class for every sample (default: random classes).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="FILE.png (grid) or FILE.npz.")
+@handle_errors
+def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label, out) -> None:
+    """Write samples: a PNG grid, or an .npz with noise, labels and samples."""
+    import torch
+
+    from .evaluate import resolve_solver, run_solver
+    from .groundtruth import make_inputs
+    from .images import grid, write_npz, write_png
+    from .models import load_model
+
+    out_path = Path(out)
+    if out_path.suffix not in (".png", ".npz"):
+        raise BNSError(f"--out must end in .png or .npz, got {out_path.name!r}")
+    if not out_path.parent.exists():
+        raise BNSError(f"output folder does not exist: {out_path.parent}")
+    field = load_model(model, model_opts, _guidance_from(solver, guidance))
+    ns = resolve_solver(solver, field, nfe)
+    noise, labels = make_inputs(field, n_samples, seed, field.default_dtype)
+    if label is not None:
+        if field.num_classes is None or not 0 <= label < field.num_classes:
+            raise BNSError(f"--label {label} is not a class of model {model}")
+        labels = torch.full((n_samples,), label, dtype=torch.long)
+    samples = run_solver(field, ns, noise, labels).float().numpy()
+    if out_path.suffix == ".png":
+        write_png(out_path, grid(samples, scale=max(1, 64 // samples.shape[-1]) if samples.ndim == 4 else 1))
+    else:
+        write_npz(out_path, noise=noise.float().numpy(), samples=samples,
+                  labels=None if labels is None else labels.numpy())
+    click.echo(f"wrote {n_samples} samples to {out_path} ({ns.name}, {ns.nfe} NFE)")
+
+
+if __name__ == "__main__":
+    main()

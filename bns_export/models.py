@@ -1,0 +1,138 @@
+"""Resolve a model spec to a velocity field: a shipped model, `analytic:NAME`, or `module:factory`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import BNSError
+from .fields import ANALYTIC, PREDICTIONS, SCHEDULES, TIME_INPUTS, GuidedField, NetworkField, make_schedule
+from .fields.field import VelocityField
+
+
+def models_dir() -> Path:
+    """Where shipped models live: $BNS_EXPORT_MODELS, else `models/` beside the package."""
+    env = os.environ.get("BNS_EXPORT_MODELS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass
+class ModelOptions:
+    """How to read a user's network (ignored for shipped and analytic models, which know)."""
+
+    prediction: str = "velocity"
+    schedule: str = "fm-ot"
+    time_input: str = "t"
+    train_steps: int = 1000
+    shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+
+
+def list_models() -> list[dict]:
+    """Shipped models (with their card's one-line summary) and the analytic fields."""
+    out = []
+    root = models_dir()
+    if root.is_dir():
+        for cfg in sorted(root.glob("*/config.json")):
+            d = json.loads(cfg.read_text())
+            out.append({"name": cfg.parent.name, "kind": "shipped", "summary": d.get("summary", "")})
+    for name, fn in ANALYTIC.items():
+        out.append({"name": f"analytic:{name}", "kind": "analytic", "summary": (fn.__doc__ or "").strip()})
+    return out
+
+
+def load_model(spec: str, options: ModelOptions | None = None, guidance: float = 1.0) -> GuidedField:
+    """A guided velocity field for `spec`; guidance w = 1 means none."""
+    field = _load_field(spec, options or ModelOptions())
+    if guidance != 1.0 and field.num_classes is None:
+        raise BNSError(f"model {spec} is unconditional: guidance {guidance} needs a class-conditional model")
+    return GuidedField(field, guidance)
+
+
+def _load_field(spec: str, opt: ModelOptions) -> VelocityField:
+    if spec.startswith("analytic:"):
+        name = spec.split(":", 1)[1]
+        if name not in ANALYTIC:
+            raise BNSError(f"unknown model {spec!r}: analytic fields are {', '.join('analytic:' + n for n in ANALYTIC)}")
+        return ANALYTIC[name]()
+    shipped = models_dir() / spec / "config.json"
+    if "/" not in spec and ":" not in spec and shipped.exists():
+        return load_shipped(shipped.parent)
+    if ":" not in spec:
+        names = ", ".join(m["name"] for m in list_models())
+        raise BNSError(f"unknown model {spec!r}: not a shipped model ({names}) nor a module:factory path")
+    return _load_factory(spec, opt)
+
+
+def _import_file(path: Path, name: str):
+    mod_name = f"bns_export_models_{name.replace('-', '_')}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_shipped(folder: Path) -> NetworkField:
+    """A shipped model folder: config.json, net.py (build_network(**arch)), weights.safetensors."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((folder / "config.json").read_text())
+    module = _import_file(folder / "net.py", folder.name)
+    net = module.build_network(**cfg.get("architecture", {}))
+    net.load_state_dict(load_file(str(folder / "weights.safetensors")))
+    schedule = make_schedule(cfg["schedule"], cfg.get("train_steps", 1000))
+    return NetworkField(net, schedule, tuple(cfg["shape"]), prediction=cfg["prediction"],
+                        time_input=cfg["time_input"], num_classes=cfg.get("num_classes"),
+                        t_lo=cfg.get("t_lo"), t_hi=cfg.get("t_hi"), name=folder.name)
+
+
+def _load_factory(spec: str, opt: ModelOptions) -> NetworkField:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        factory = getattr(module, attr)
+    except ImportError as e:
+        raise BNSError(f"cannot import model factory {spec!r}: {e}") from None
+    except AttributeError:
+        raise BNSError(f"module {module_name!r} has no attribute {attr!r}") from None
+    try:
+        net = factory()
+    except Exception as e:  # the user's code: report, never a traceback
+        raise BNSError(f"model factory {spec!r} failed: {type(e).__name__}: {e}") from None
+    if not isinstance(net, nn.Module):
+        raise BNSError(f"model factory {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
+    if opt.shape is None:
+        raise BNSError(f"model {spec!r} needs --shape (the sample shape, e.g. 1,28,28)")
+    for value, allowed, what in ((opt.prediction, PREDICTIONS, "prediction"), (opt.schedule, SCHEDULES, "schedule"),
+                                 (opt.time_input, TIME_INPUTS, "time input")):
+        if value not in allowed:
+            raise BNSError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+    try:
+        field = NetworkField(net, make_schedule(opt.schedule, opt.train_steps), opt.shape, opt.prediction,
+                             opt.time_input, opt.num_classes, name=spec)
+    except ValueError as e:
+        raise BNSError(str(e)) from None
+    check_network(field)
+    return field
+
+
+def check_network(field: NetworkField) -> None:
+    """One forward call on a batch of 2: the output must have the sample's shape."""
+    x = torch.zeros((2, *field.sample_shape))
+    labels = None if field.num_classes is None else torch.zeros(2, dtype=torch.long)
+    try:
+        with torch.no_grad():
+            out = field(x, torch.tensor(0.5), labels)
+    except Exception as e:
+        raise BNSError(f"model {field.name} fails on input of shape {tuple(x.shape)}: {type(e).__name__}: {e}") from None
+    if tuple(out.shape) != tuple(x.shape):
+        raise BNSError(f"model {field.name} returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
