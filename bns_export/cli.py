@@ -33,24 +33,46 @@ def model_options(fn):
     """--model and the options describing a user's network, shared by every command."""
 
     @click.option("--model", "-m", required=True, help="Shipped model name, analytic:NAME, or package.module:factory.")
-    @click.option("--prediction", default="velocity", show_default=True,
-                  help="What a user network predicts: velocity|flow|eps|x0|v.")
-    @click.option("--schedule", default="fm-ot", show_default=True,
-                  help="The network's noise schedule: fm-ot|vp-linear|vp-cosine|ddpm|edm.")
-    @click.option("--time-input", default="t", show_default=True,
-                  help="The network's time input: t (ours), s = 1 - t, index (DDPM step), sigma (EDM).")
+    @click.option(
+        "--prediction",
+        default="velocity",
+        show_default=True,
+        help="What a user network predicts: velocity|flow|eps|x0|v.",
+    )
+    @click.option(
+        "--schedule",
+        default="fm-ot",
+        show_default=True,
+        help="The network's noise schedule: fm-ot|vp-linear|vp-cosine|ddpm|edm.",
+    )
+    @click.option(
+        "--time-input",
+        default="t",
+        show_default=True,
+        help="The network's time input: t (ours), s = 1 - t, index (DDPM step), sigma (EDM).",
+    )
     @click.option("--train-steps", default=1000, show_default=True, help="DDPM training steps (ddpm schedule).")
     @click.option("--shape", default=None, help="Sample shape of a user network, e.g. 1,28,28.")
     @click.option("--num-classes", type=int, default=None, help="Classes of a conditional user network.")
-    @click.option("--guidance", "-w", type=float, default=None,
-                  help="Classifier-free guidance scale (1 = none; default: the solver file's, else 1).")
+    @click.option(
+        "--guidance",
+        "-w",
+        type=float,
+        default=None,
+        help="Classifier-free guidance scale (1 = none; default: the solver file's, else 1).",
+    )
     @functools.wraps(fn)
     def wrapper(*args, **kw):
         from .models import ModelOptions
 
         kw["model_opts"] = ModelOptions(
-            prediction=kw.pop("prediction"), schedule=kw.pop("schedule"), time_input=kw.pop("time_input"),
-            train_steps=kw.pop("train_steps"), shape=_shape(kw.pop("shape")), num_classes=kw.pop("num_classes"))
+            prediction=kw.pop("prediction"),
+            schedule=kw.pop("schedule"),
+            time_input=kw.pop("time_input"),
+            train_steps=kw.pop("train_steps"),
+            shape=_shape(kw.pop("shape")),
+            num_classes=kw.pop("num_classes"),
+        )
         return fn(*args, **kw)
 
     return wrapper
@@ -115,8 +137,8 @@ def main() -> None:
 
 
 @main.command("models")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models_cmd(as_json: bool) -> None:
     """List the available velocity models."""
     from .models import list_models
@@ -130,15 +152,20 @@ def models_cmd(as_json: bool) -> None:
 
 
 @main.command("eval")
+@handle_errors
 @model_options
-@click.option("--solver", "-s", required=True, help="Baseline name (euler, midpoint, heun, rk4, ab2, ddim, "
-              "dpm++2m; optional :uniform|:karras|:logsnr grid) or a solver file.")
+@click.option(
+    "--solver",
+    "-s",
+    required=True,
+    help="Baseline name (euler, midpoint, heun, rk4, ab2, ddim, "
+    "dpm++2m; optional :uniform|:karras|:logsnr grid) or a solver file.",
+)
 @click.option("--nfe", type=int, default=None, help="NFE for a baseline (default 8); checked against a file.")
 @click.option("--n-samples", "-n", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation noise.")
 @gt_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@handle_errors
 def eval_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, rtol, atol, cache_dir, as_json) -> None:
     """PSNR of a solver's samples against the exact (dopri5) ODE solution."""
     from .evaluate import evaluate_on, resolve_solver
@@ -152,17 +179,21 @@ def eval_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, rtol, at
     if as_json:
         click.echo(json.dumps(report))
     else:
-        click.echo(f"{report['solver']}: NFE {report['nfe']}, PSNR mean {report['psnr_mean']:.2f} dB, "
-                   f"min {report['psnr_min']:.2f}, median {report['psnr_median']:.2f}, std {report['psnr_std']:.2f} "
-                   f"over {n_samples} samples (ground truth: {report['gt_nfe_mean']:.0f} NFE)")
+        click.echo(
+            f"{report['solver']}: NFE {report['nfe']}, PSNR mean {report['psnr_mean']:.2f} dB, "
+            f"min {report['psnr_min']:.2f}, median {report['psnr_median']:.2f}, std {report['psnr_std']:.2f} "
+            f"over {n_samples} samples (ground truth: {report['gt_nfe_mean']:.0f} NFE)"
+        )
 
 
 @main.command("distill")
+@handle_errors
 @model_options
 @click.option("--nfe", type=click.IntRange(1, 64), required=True, help="Function evaluations of the solver.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Solver file to write (.json).")
-@click.option("--base", default=None, help="Base solver for initialisation (default midpoint for even NFE, "
-              "euler for odd).")
+@click.option(
+    "--base", default=None, help="Base solver for initialisation (default midpoint for even NFE, euler for odd)."
+)
 @click.option("--precondition", type=float, default=None, help="Preconditioning sigma_0 of the base solver.")
 @click.option("--iterations", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
@@ -173,9 +204,26 @@ def eval_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, rtol, at
 @click.option("--no-resume", is_flag=True, help="Ignore a checkpoint left by an interrupted run.")
 @gt_options
 @click.option("--json", "as_json", is_flag=True, help="Print the solver summary as JSON.")
-@handle_errors
-def distill_cmd(model, model_opts, guidance, nfe, out, base, precondition, iterations, batch_size, lr, train_pairs,
-                val_pairs, val_every, no_resume, rtol, atol, cache_dir, as_json) -> None:
+def distill_cmd(
+    model,
+    model_opts,
+    guidance,
+    nfe,
+    out,
+    base,
+    precondition,
+    iterations,
+    batch_size,
+    lr,
+    train_pairs,
+    val_pairs,
+    val_every,
+    no_resume,
+    rtol,
+    atol,
+    cache_dir,
+    as_json,
+) -> None:
     """Train a BNS solver for a model at a fixed NFE."""
     from .distill import DistillConfig, distill
     from .evaluate import TRAIN_SEED, VAL_SEED
@@ -188,12 +236,18 @@ def distill_cmd(model, model_opts, guidance, nfe, out, base, precondition, itera
     if base is not None:
         parse_spec(base)
     field = load_model(model, model_opts, guidance if guidance is not None else 1.0)
-    cfg = DistillConfig(nfe=nfe, base=base, precondition=precondition, iterations=iterations,
-                        batch_size=batch_size, lr=lr, val_every=val_every)
+    cfg = DistillConfig(
+        nfe=nfe,
+        base=base,
+        precondition=precondition,
+        iterations=iterations,
+        batch_size=batch_size,
+        lr=lr,
+        val_every=val_every,
+    )
     train = _ground_truth(field, train_pairs, TRAIN_SEED, rtol, atol, cache_dir, "ground truth (train)")
     val = _ground_truth(field, val_pairs, VAL_SEED, rtol, atol, cache_dir, "ground truth (val)  ")
-    with click.progressbar(length=iterations, label="distilling", file=sys.stderr,
-                           item_show_func=lambda s: s) as bar:
+    with click.progressbar(length=iterations, label="distilling", file=sys.stderr, item_show_func=lambda s: s) as bar:
         done = [0]
 
         def progress(it: int, info: dict) -> None:
@@ -202,19 +256,30 @@ def distill_cmd(model, model_opts, guidance, nfe, out, base, precondition, itera
 
         solver = distill(field, train, val, cfg, out=out_path, resume=not no_resume, progress=progress)
     m = solver.meta
-    summary = {"out": str(out_path), "nfe": solver.nfe, "base_solver": m["base_solver"],
-               "base_val_psnr": m["base_val_psnr"], "val_psnr": m["val_psnr"], "train_psnr": m["train_psnr"],
-               "iterations": m["iterations"], "wall_time_s": m["wall_time_s"], "guidance": m["guidance"],
-               "fingerprint": solver.fingerprint()}
+    summary = {
+        "out": str(out_path),
+        "nfe": solver.nfe,
+        "base_solver": m["base_solver"],
+        "base_val_psnr": m["base_val_psnr"],
+        "val_psnr": m["val_psnr"],
+        "train_psnr": m["train_psnr"],
+        "iterations": m["iterations"],
+        "wall_time_s": m["wall_time_s"],
+        "guidance": m["guidance"],
+        "fingerprint": solver.fingerprint(),
+    }
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        click.echo(f"wrote {out_path}: BNS {solver.nfe} NFE, validation PSNR {m['val_psnr']:.2f} dB "
-                   f"(base {m['base_solver']} {m['base_val_psnr']:.2f} dB), {m['iterations']} iterations, "
-                   f"{m['wall_time_s']:.0f} s")
+        click.echo(
+            f"wrote {out_path}: BNS {solver.nfe} NFE, validation PSNR {m['val_psnr']:.2f} dB "
+            f"(base {m['base_solver']} {m['base_val_psnr']:.2f} dB), {m['iterations']} iterations, "
+            f"{m['wall_time_s']:.0f} s"
+        )
 
 
 @main.command("sample")
+@handle_errors
 @model_options
 @click.option("--solver", "-s", required=True, help="Baseline name or solver file.")
 @click.option("--nfe", type=int, default=None, help="NFE for a baseline (default 8).")
@@ -222,7 +287,6 @@ def distill_cmd(model, model_opts, guidance, nfe, out, base, precondition, itera
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--label", type=int, default=None, help="One class for every sample (default: random classes).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="FILE.png (grid) or FILE.npz.")
-@handle_errors
 def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label, out) -> None:
     """Write samples: a PNG grid, or an .npz with noise, labels and samples."""
     import torch
@@ -248,8 +312,9 @@ def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label,
     if out_path.suffix == ".png":
         write_png(out_path, grid(samples, scale=max(1, 64 // samples.shape[-1]) if samples.ndim == 4 else 1))
     else:
-        write_npz(out_path, noise=noise.float().numpy(), samples=samples,
-                  labels=None if labels is None else labels.numpy())
+        write_npz(
+            out_path, noise=noise.float().numpy(), samples=samples, labels=None if labels is None else labels.numpy()
+        )
     click.echo(f"wrote {n_samples} samples to {out_path} ({ns.name}, {ns.nfe} NFE)")
 
 

@@ -16,9 +16,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -42,8 +42,10 @@ class BNSParams(nn.Module):
         self.t_lo, self.t_end = float(init.t[0]), float(init.t_end)
         inc = np.diff(np.append(init.t, init.t_end))
         if np.any(inc <= 0):
-            raise BNSError(f"base solver {init.name} repeats a time; BNS needs strictly increasing times "
-                           "(use midpoint, euler, ab2, ddim or dpm++2m as base)")
+            raise BNSError(
+                f"base solver {init.name} repeats a time; BNS needs strictly increasing times "
+                "(use midpoint, euler, ab2, ddim or dpm++2m as base)"
+            )
         span = self.t_end - self.t_lo
         self.logits = nn.Parameter(torch.log(torch.as_tensor(inc / span, dtype=torch.float64)))
         self.a = nn.Parameter(torch.as_tensor(init.a, dtype=torch.float64))
@@ -80,8 +82,9 @@ class DistillConfig:
         return self.base or ("midpoint" if self.nfe % 2 == 0 else "euler")
 
 
-def batched_psnr(field, tables: tuple[Tensor, Tensor, Tensor], gt: GTSet, dtype: torch.dtype,
-                 batch_size: int = 256) -> Tensor:
+def batched_psnr(
+    field, tables: tuple[Tensor, Tensor, Tensor], gt: GTSet, dtype: torch.dtype, batch_size: int = 256
+) -> Tensor:
     """Per-sample PSNR of the table's samples against gt (no gradients)."""
     t, a, b = tables
     out = []
@@ -135,13 +138,23 @@ def _load_ckpt(path: Path, params: BNSParams, opt: torch.optim.Adam, run_id: str
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     for i, p in enumerate(params.parameters()):
         if f"adam.{i}.exp_avg" in tensors:
-            opt.state[p] = {"exp_avg": tensors[f"adam.{i}.exp_avg"], "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"],
-                            "step": tensors[f"adam.{i}.step"].reshape(())}
+            opt.state[p] = {
+                "exp_avg": tensors[f"adam.{i}.exp_avg"],
+                "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"],
+                "step": tensors[f"adam.{i}.step"].reshape(()),
+            }
     return state, best
 
 
-def distill(field, train: GTSet, val: GTSet, cfg: DistillConfig, out: str | os.PathLike | None = None,
-            resume: bool = True, progress: Callable[[int, dict], None] | None = None) -> NSSolver:
+def distill(
+    field,
+    train: GTSet,
+    val: GTSet,
+    cfg: DistillConfig,
+    out: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: Callable[[int, dict], None] | None = None,
+) -> NSSolver:
     """Train a BNS solver for `field` (a guided field if guidance is wanted) on GT pairs.
 
     `progress(iteration, info)` is called after every validation.  With `out`, a checkpoint is
@@ -160,8 +173,16 @@ def distill(field, train: GTSet, val: GTSet, cfg: DistillConfig, out: str | os.P
         return {k: v.detach().clone() for k, v in params.state_dict().items()}
 
     init_val = float(batched_psnr(field, params.tables(dtype), val, dtype).mean())
-    state = {"run_id": run_id, "iteration": 0, "best_val": init_val, "best_iter": 0, "stale": 0,
-             "decays": 0, "train_psnr": None, "elapsed": 0.0}
+    state = {
+        "run_id": run_id,
+        "iteration": 0,
+        "best_val": init_val,
+        "best_iter": 0,
+        "stale": 0,
+        "decays": 0,
+        "train_psnr": None,
+        "elapsed": 0.0,
+    }
     best = snapshot()
     if resume and ckpt is not None and ckpt.exists():
         loaded = _load_ckpt(ckpt, params, opt, run_id)
@@ -201,8 +222,10 @@ def distill(field, train: GTSet, val: GTSet, cfg: DistillConfig, out: str | os.P
             if ckpt is not None:
                 _save_ckpt(ckpt, params, best, opt, state)
             if progress:
-                progress(state["iteration"], {"val_psnr": v, "best_val_psnr": state["best_val"],
-                                              "train_psnr": state["train_psnr"]})
+                progress(
+                    state["iteration"],
+                    {"val_psnr": v, "best_val_psnr": state["best_val"], "train_psnr": state["train_psnr"]},
+                )
     params.load_state_dict(best)
     train_psnr = float(batched_psnr(field, params.tables(dtype), train, dtype).mean())
     solver = params.solver(

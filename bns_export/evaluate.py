@@ -10,7 +10,7 @@ from .errors import BNSError
 from .groundtruth import GTSet, ground_truth
 from .metrics import psnr_per_sample, summarize
 from .solvers.classic import BASELINES, baseline
-from .solvers.sampler import solver_tensors, ns_sample
+from .solvers.sampler import ns_sample, solver_tensors
 from .solvers.table import NSSolver
 
 #: seeds of the three disjoint GT sets: evaluation, distillation training, distillation validation
@@ -35,26 +35,32 @@ def check_solver_fits(solver: NSSolver, field, nfe: int | None = None, source: s
         raise BNSError(f"{source}: NFE mismatch: the solver has {solver.nfe} NFE, {nfe} requested")
     fp = solver.meta.get("model_fingerprint")
     if fp is not None and fp != field.fingerprint():
-        raise BNSError(f"{source}: model mismatch: solver was distilled for model {fp}, "
-                       f"this model is {field.fingerprint()}")
+        raise BNSError(
+            f"{source}: model mismatch: solver was distilled for model {fp}, this model is {field.fingerprint()}"
+        )
     g = solver.meta.get("guidance")
     if g is not None and float(g) != float(getattr(field, "guidance", 1.0)):
-        raise BNSError(f"{source}: guidance mismatch: solver was distilled at guidance {g}, "
-                       f"sampling at {getattr(field, 'guidance', 1.0)}")
+        raise BNSError(
+            f"{source}: guidance mismatch: solver was distilled at guidance {g}, "
+            f"sampling at {getattr(field, 'guidance', 1.0)}"
+        )
     if abs(solver.t[0] - field.t_lo) > 1e-9 or abs(solver.t_end - field.t_hi) > 1e-9:
-        raise BNSError(f"{source}: interval mismatch: solver runs [{solver.t[0]:g}, {solver.t_end:g}], "
-                       f"model integrates [{field.t_lo:g}, {field.t_hi:g}]")
+        raise BNSError(
+            f"{source}: interval mismatch: solver runs [{solver.t[0]:g}, {solver.t_end:g}], "
+            f"model integrates [{field.t_lo:g}, {field.t_hi:g}]"
+        )
 
 
-def run_solver(field, solver: NSSolver, noise: torch.Tensor, labels: torch.Tensor | None,
-               batch_size: int = 256) -> torch.Tensor:
+def run_solver(
+    field, solver: NSSolver, noise: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 256
+) -> torch.Tensor:
     """Samples of `solver` from `noise`, in batches, without gradients."""
     t, a, b = solver_tensors(solver, noise.dtype)
     out = []
     with torch.no_grad():
         for lo in range(0, noise.shape[0], batch_size):
-            lab = None if labels is None else labels[lo: lo + batch_size]
-            out.append(ns_sample(field, t, a, b, noise[lo: lo + batch_size] * field.init_scale, lab))
+            lab = None if labels is None else labels[lo : lo + batch_size]
+            out.append(ns_sample(field, t, a, b, noise[lo : lo + batch_size] * field.init_scale, lab))
     return torch.cat(out)
 
 
@@ -63,13 +69,25 @@ def evaluate_on(field, solver: NSSolver, gt: GTSet) -> dict:
     x = run_solver(field, solver, gt.noise, gt.labels)
     psnr = psnr_per_sample(x, gt.x1)
     report = summarize(psnr)
-    report.update(solver=solver.name, nfe=solver.nfe, n_samples=len(gt), gt_nfe_mean=gt.nfe_mean,
-                  solver_fingerprint=solver.fingerprint())
+    report.update(
+        solver=solver.name,
+        nfe=solver.nfe,
+        n_samples=len(gt),
+        gt_nfe_mean=gt.nfe_mean,
+        solver_fingerprint=solver.fingerprint(),
+    )
     return report
 
 
-def evaluate(field, solver: NSSolver, n_samples: int = 256, seed: int = EVAL_SEED, rtol: float = 1e-5,
-             atol: float = 1e-5, cache_dir: str | None = None) -> dict:
+def evaluate(
+    field,
+    solver: NSSolver,
+    n_samples: int = 256,
+    seed: int = EVAL_SEED,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    cache_dir: str | None = None,
+) -> dict:
     """PSNR of `solver` against the dopri5 ground truth of `n_samples` seeded noises."""
     gt = ground_truth(field, n_samples, seed, rtol, atol, cache_dir=cache_dir)
     report = evaluate_on(field, solver, gt)

@@ -6,9 +6,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -38,8 +38,16 @@ class ODEResult:
     rejected: int
 
 
-def dopri5(f: Callable[[Tensor, float], Tensor], x0: Tensor, t0: float, t1: float,
-           rtol: float = 1e-5, atol: float = 1e-5, h0: float | None = None, max_steps: int = 100_000) -> ODEResult:
+def dopri5(
+    f: Callable[[Tensor, float], Tensor],
+    x0: Tensor,
+    t0: float,
+    t1: float,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    h0: float | None = None,
+    max_steps: int = 100_000,
+) -> ODEResult:
     """Integrate dx/dt = f(x, t) from t0 to t1 with adaptive Dormand-Prince 5(4).
 
     The error norm is the RMS over each sample, maxed over the batch, so every sample meets the
@@ -101,8 +109,13 @@ def gt_key(field, n: int, seed: int, rtol: float, atol: float, dtype: torch.dtyp
     payload = {
         "field": field.fingerprint(),
         "guidance": float(getattr(field, "guidance", 1.0)),
-        "n": n, "seed": seed, "rtol": rtol, "atol": atol, "dtype": str(dtype),
-        "shape": list(field.sample_shape), "version": 1,
+        "n": n,
+        "seed": seed,
+        "rtol": rtol,
+        "atol": atol,
+        "dtype": str(dtype),
+        "shape": list(field.sample_shape),
+        "version": 1,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -111,9 +124,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BNS_EXPORT_CACHE", Path.home() / ".cache" / "bns-export")) / "gt"
 
 
-def ground_truth(field, n: int, seed: int, rtol: float = 1e-5, atol: float = 1e-5,
-                 dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
-                 batch_size: int = 256, progress: Callable[[int], None] | None = None) -> GTSet:
+def ground_truth(
+    field,
+    n: int,
+    seed: int,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    dtype: torch.dtype | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> GTSet:
     """Solve n seeded pairs to x(t_hi) with dopri5, reusing the on-disk cache when it matches."""
     from safetensors.torch import load_file, save_file
 
@@ -131,9 +152,9 @@ def ground_truth(field, n: int, seed: int, rtol: float = 1e-5, atol: float = 1e-
     outs, nfes = [], []
     with torch.no_grad():
         for lo in range(0, n, batch_size):
-            xb = noise[lo: lo + batch_size] * field.init_scale
-            lb = None if labels is None else labels[lo: lo + batch_size]
-            res = dopri5(lambda x, t: field(x, t, lb), xb, field.t_lo, field.t_hi, rtol, atol)
+            xb = noise[lo : lo + batch_size] * field.init_scale
+            lb = None if labels is None else labels[lo : lo + batch_size]
+            res = dopri5(lambda x, t, lb=lb: field(x, t, lb), xb, field.t_lo, field.t_hi, rtol, atol)
             outs.append(res.x)
             nfes.append(res.nfe)
             if progress:

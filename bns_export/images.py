@@ -29,7 +29,7 @@ def grid(samples: np.ndarray, ncol: int | None = None, pad: int = 1, scale: int 
     tiles = to_uint8(samples).transpose(0, 2, 3, 1)
     for k in range(n):
         r, q = divmod(k, ncol)
-        img[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = tiles[k]
+        img[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = tiles[k]
     return img.repeat(scale, 0).repeat(scale, 1)
 
 
@@ -42,8 +42,12 @@ def encode_png(img: np.ndarray) -> bytes:
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def write_png(path: Path, img: np.ndarray) -> None:

@@ -19,6 +19,9 @@ def summarize(psnr: Tensor) -> dict:
     """mean, min, median, max and std of per-sample PSNR."""
     p = psnr.double()
     return {
-        "psnr_mean": float(p.mean()), "psnr_min": float(p.min()), "psnr_median": float(p.median()),
-        "psnr_max": float(p.max()), "psnr_std": float(p.std()) if p.numel() > 1 else 0.0,
+        "psnr_mean": float(p.mean()),
+        "psnr_min": float(p.min()),
+        "psnr_median": float(p.median()),
+        "psnr_max": float(p.max()),
+        "psnr_std": float(p.std()) if p.numel() > 1 else 0.0,
     }

@@ -61,7 +61,8 @@ def _load_field(spec: str, opt: ModelOptions) -> VelocityField:
     if spec.startswith("analytic:"):
         name = spec.split(":", 1)[1]
         if name not in ANALYTIC:
-            raise BNSError(f"unknown model {spec!r}: analytic fields are {', '.join('analytic:' + n for n in ANALYTIC)}")
+            known = ", ".join("analytic:" + n for n in ANALYTIC)
+            raise BNSError(f"unknown model {spec!r}: analytic fields are {known}")
         return ANALYTIC[name]()
     shipped = models_dir() / spec / "config.json"
     if "/" not in spec and ":" not in spec and shipped.exists():
@@ -90,9 +91,17 @@ def load_shipped(folder: Path) -> NetworkField:
     net = module.build_network(**cfg.get("architecture", {}))
     net.load_state_dict(load_file(str(folder / "weights.safetensors")))
     schedule = make_schedule(cfg["schedule"], cfg.get("train_steps", 1000))
-    return NetworkField(net, schedule, tuple(cfg["shape"]), prediction=cfg["prediction"],
-                        time_input=cfg["time_input"], num_classes=cfg.get("num_classes"),
-                        t_lo=cfg.get("t_lo"), t_hi=cfg.get("t_hi"), name=folder.name)
+    return NetworkField(
+        net,
+        schedule,
+        tuple(cfg["shape"]),
+        prediction=cfg["prediction"],
+        time_input=cfg["time_input"],
+        num_classes=cfg.get("num_classes"),
+        t_lo=cfg.get("t_lo"),
+        t_hi=cfg.get("t_hi"),
+        name=folder.name,
+    )
 
 
 def _load_factory(spec: str, opt: ModelOptions) -> NetworkField:
@@ -112,13 +121,23 @@ def _load_factory(spec: str, opt: ModelOptions) -> NetworkField:
         raise BNSError(f"model factory {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
     if opt.shape is None:
         raise BNSError(f"model {spec!r} needs --shape (the sample shape, e.g. 1,28,28)")
-    for value, allowed, what in ((opt.prediction, PREDICTIONS, "prediction"), (opt.schedule, SCHEDULES, "schedule"),
-                                 (opt.time_input, TIME_INPUTS, "time input")):
+    for value, allowed, what in (
+        (opt.prediction, PREDICTIONS, "prediction"),
+        (opt.schedule, SCHEDULES, "schedule"),
+        (opt.time_input, TIME_INPUTS, "time input"),
+    ):
         if value not in allowed:
             raise BNSError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
     try:
-        field = NetworkField(net, make_schedule(opt.schedule, opt.train_steps), opt.shape, opt.prediction,
-                             opt.time_input, opt.num_classes, name=spec)
+        field = NetworkField(
+            net,
+            make_schedule(opt.schedule, opt.train_steps),
+            opt.shape,
+            opt.prediction,
+            opt.time_input,
+            opt.num_classes,
+            name=spec,
+        )
     except ValueError as e:
         raise BNSError(str(e)) from None
     check_network(field)
@@ -133,6 +152,7 @@ def check_network(field: NetworkField) -> None:
         with torch.no_grad():
             out = field(x, torch.tensor(0.5), labels)
     except Exception as e:
-        raise BNSError(f"model {field.name} fails on input of shape {tuple(x.shape)}: {type(e).__name__}: {e}") from None
+        problem = f"{type(e).__name__}: {e}"
+        raise BNSError(f"model {field.name} fails on input of shape {tuple(x.shape)}: {problem}") from None
     if tuple(out.shape) != tuple(x.shape):
         raise BNSError(f"model {field.name} returned shape {tuple(out.shape)} for input {tuple(x.shape)}")

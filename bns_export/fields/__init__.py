@@ -6,6 +6,15 @@ from .field import NULL_LABEL, GuidedField, VelocityField
 from .schedules import SCHEDULES, Schedule, make_schedule
 
 __all__ = [
-    "ANALYTIC", "NULL_LABEL", "PREDICTIONS", "SCHEDULES", "TIME_INPUTS", "GaussianMixtureField",
-    "GuidedField", "NetworkField", "Schedule", "VelocityField", "make_schedule",
+    "ANALYTIC",
+    "NULL_LABEL",
+    "PREDICTIONS",
+    "SCHEDULES",
+    "TIME_INPUTS",
+    "GaussianMixtureField",
+    "GuidedField",
+    "NetworkField",
+    "Schedule",
+    "VelocityField",
+    "make_schedule",
 ]

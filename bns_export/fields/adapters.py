@@ -40,9 +40,10 @@ class NetworkField(VelocityField):
             raise ValueError(f"unknown time input {time_input!r}; choose one of {', '.join(TIME_INPUTS)}")
         if time_input == "index" and not isinstance(schedule, DDPMDiscrete):
             raise ValueError("time input 'index' needs the ddpm schedule")
-        if t_lo is None and prediction == "eps" and float(schedule.alpha(torch.tensor(schedule.t_lo, dtype=torch.float64))) == 0.0:
+        ends = torch.tensor([schedule.t_lo, schedule.t_hi], dtype=torch.float64)
+        if t_lo is None and prediction == "eps" and float(schedule.alpha(ends)[0]) == 0.0:
             t_lo = 1e-3  # eps form divides by alpha = 0
-        if t_hi is None and prediction == "x0" and float(schedule.sigma(torch.tensor(schedule.t_hi, dtype=torch.float64))) == 0.0:
+        if t_hi is None and prediction == "x0" and float(schedule.sigma(ends)[1]) == 0.0:
             t_hi = 1.0 - 1e-3  # data form divides by sigma = 0
         super().__init__(schedule, sample_shape, num_classes, t_lo, t_hi)
         self.net = net
@@ -89,6 +90,10 @@ class NetworkField(VelocityField):
 
     def describe(self) -> dict:
         d = super().describe()
-        d.update(name=self.name, prediction=self.prediction, time_input=self.time_input,
-                 null_label=self.null_label if self.num_classes is not None else None)
+        d.update(
+            name=self.name,
+            prediction=self.prediction,
+            time_input=self.time_input,
+            null_label=self.null_label if self.num_classes is not None else None,
+        )
         return d

@@ -25,9 +25,15 @@ from .schedules import FMOT
 class GaussianMixtureField(VelocityField):
     """Exact FM-OT velocity of a Gaussian mixture in dimension prod(sample_shape)."""
 
-    def __init__(self, means: Tensor, stds: Tensor, weights: Tensor | None = None,
-                 sample_shape: tuple[int, ...] | None = None, name: str = "gmm",
-                 conditional: bool = False) -> None:
+    def __init__(
+        self,
+        means: Tensor,
+        stds: Tensor,
+        weights: Tensor | None = None,
+        sample_shape: tuple[int, ...] | None = None,
+        name: str = "gmm",
+        conditional: bool = False,
+    ) -> None:
         k, dim = means.shape
         shape = sample_shape or (dim,)
         if math.prod(shape) != dim:
@@ -51,8 +57,7 @@ class GaussianMixtureField(VelocityField):
         var = t * t * s2 + (1.0 - t) ** 2  # (K,)
         diff = xf[:, None, :] - t * mu[None]  # (B, K, D)
         dim = xf.shape[1]
-        logp = (self.log_weights.to(x.dtype) - 0.5 * (diff**2).sum(-1) / var
-                - 0.5 * dim * torch.log(var))  # (B, K)
+        logp = self.log_weights.to(x.dtype) - 0.5 * (diff**2).sum(-1) / var - 0.5 * dim * torch.log(var)  # (B, K)
         if labels is not None and self.num_classes is not None:
             onehot = torch.nn.functional.one_hot(labels.clamp(min=0), mu.shape[0]).bool()
             keep = onehot | (labels == NULL_LABEL)[:, None]
@@ -75,26 +80,34 @@ def _means(k: int, dim: int, seed: int) -> Tensor:
 
 def gaussian(dim: int = 64) -> GaussianMixtureField:
     """One Gaussian N(mu, 0.5^2 I): the exact flow is x_t = t mu + sqrt(t^2/4 + (1-t)^2) x0."""
-    return GaussianMixtureField(_means(1, dim, 0), torch.tensor([0.5]), sample_shape=(1, 8, 8) if dim == 64 else None,
-                                name="gaussian")
+    return GaussianMixtureField(
+        _means(1, dim, 0), torch.tensor([0.5]), sample_shape=(1, 8, 8) if dim == 64 else None, name="gaussian"
+    )
 
 
 def gmm(dim: int = 64, k: int = 8) -> GaussianMixtureField:
     """8 well-separated modes of std 0.1 in 1x8x8: curved paths, data range [-1, 1]."""
-    return GaussianMixtureField(_means(k, dim, 1), torch.tensor([0.1]), sample_shape=(1, 8, 8) if dim == 64 else None,
-                                name="gmm")
+    return GaussianMixtureField(
+        _means(k, dim, 1), torch.tensor([0.1]), sample_shape=(1, 8, 8) if dim == 64 else None, name="gmm"
+    )
 
 
 def gmm_cond(dim: int = 64, k: int = 8) -> GaussianMixtureField:
     """The gmm field, class-conditional: label k is mode k (for guidance and label handling)."""
-    return GaussianMixtureField(_means(k, dim, 1), torch.tensor([0.1]), sample_shape=(1, 8, 8) if dim == 64 else None,
-                                name="gmm-cond", conditional=True)
+    return GaussianMixtureField(
+        _means(k, dim, 1),
+        torch.tensor([0.1]),
+        sample_shape=(1, 8, 8) if dim == 64 else None,
+        name="gmm-cond",
+        conditional=True,
+    )
 
 
 def points(dim: int = 64, k: int = 16) -> GaussianMixtureField:
     """Nearly the ideal denoiser of 16 points (std 0.02): the most strongly curved paths."""
-    return GaussianMixtureField(_means(k, dim, 2), torch.tensor([0.02]), sample_shape=(1, 8, 8) if dim == 64 else None,
-                                name="points")
+    return GaussianMixtureField(
+        _means(k, dim, 2), torch.tensor([0.02]), sample_shape=(1, 8, 8) if dim == 64 else None, name="points"
+    )
 
 
 ANALYTIC = {"gaussian": gaussian, "gmm": gmm, "gmm-cond": gmm_cond, "points": points}

@@ -152,8 +152,9 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return name, grid or None
 
 
-def baseline(spec: str, nfe: int, schedule: Schedule, t_lo: float, t_hi: float,
-             precondition: float | None = None) -> NSSolver:
+def baseline(
+    spec: str, nfe: int, schedule: Schedule, t_lo: float, t_hi: float, precondition: float | None = None
+) -> NSSolver:
     """The NS table of a classic solver at `nfe` evaluations, e.g. "rk4", "heun:karras".
 
     precondition (sigma_0): run the solver on the scale-time transformed path whose source has

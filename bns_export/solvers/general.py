@@ -7,7 +7,7 @@ a_i = sum_k c_ik A_k and b_i = d_i + sum_k c_ik B_k.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -68,7 +68,9 @@ def scale_time(
     out = GeneralForm(t_of_r(r))
     for i in range(g.n):
         ks = range(i + 1)
-        out.step(i,
-                 c={k: (g.c[i, k] * s[k] + g.d[i, k] * sp[k]) / s[i + 1] for k in ks},
-                 d={k: g.d[i, k] * s[k] * tp[k] / s[i + 1] for k in ks})
+        out.step(
+            i,
+            c={k: (g.c[i, k] * s[k] + g.d[i, k] * sp[k]) / s[i + 1] for k in ks},
+            d={k: g.d[i, k] * s[k] * tp[k] / s[i + 1] for k in ks},
+        )
     return out

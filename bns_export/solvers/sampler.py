@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -12,8 +12,7 @@ from .table import NSSolver
 Velocity = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
-def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor,
-              labels: Tensor | None = None) -> Tensor:
+def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor, labels: Tensor | None = None) -> Tensor:
     """Run x_{i+1} = a_i x_0 + sum_{j<=i} b_ij u(x_j, t_j, labels) for i < n; return x_n.
 
     t, a (n,) and b (n, n) are tensors of x0's dtype: constants when sampling or compiling,
@@ -31,8 +30,9 @@ def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor,
     return x
 
 
-def solver_tensors(solver: NSSolver, dtype: torch.dtype, device: torch.device | str = "cpu"
-                   ) -> tuple[Tensor, Tensor, Tensor]:
+def solver_tensors(
+    solver: NSSolver, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor, Tensor]:
     """The table as tensors of the sampling dtype."""
     return tuple(torch.as_tensor(v, dtype=dtype, device=device) for v in (solver.t, solver.a, solver.b))
 

@@ -55,8 +55,9 @@ class NSSolver:
 
     def fingerprint(self) -> str:
         """sha256 of the numbers (rounded to 15 significant digits), 16 hex chars."""
-        payload = json.dumps([_round(self.t), _round(self.a), [_round(r) for r in self.rows()],
-                              float(f"{self.t_end:.15g}")])
+        payload = json.dumps(
+            [_round(self.t), _round(self.a), [_round(r) for r in self.rows()], float(f"{self.t_end:.15g}")]
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def rows(self) -> list[np.ndarray]:
@@ -86,8 +87,10 @@ class NSSolver:
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             raise BNSError(f"{source}: not a bns-export solver file (missing schema {SCHEMA!r})")
         if d.get("schema_version") != SCHEMA_VERSION:
-            raise BNSError(f"{source}: unknown schema version {d.get('schema_version')!r} "
-                           f"(this tool reads version {SCHEMA_VERSION})")
+            raise BNSError(
+                f"{source}: unknown schema version {d.get('schema_version')!r} "
+                f"(this tool reads version {SCHEMA_VERSION})"
+            )
         try:
             n = int(d["nfe"])
             t = _floats(d["times"], "times", source)
@@ -97,16 +100,21 @@ class NSSolver:
         except (KeyError, TypeError, ValueError) as e:
             raise BNSError(f"{source}: malformed solver file ({e})") from None
         if len(t) != n or len(a) != n or not isinstance(rows, list) or len(rows) != n:
-            raise BNSError(f"{source}: wrong lengths: nfe={n} but {len(t)} times, {len(a)} a, "
-                           f"{len(rows) if isinstance(rows, list) else '?'} rows of b")
+            raise BNSError(
+                f"{source}: wrong lengths: nfe={n} but {len(t)} times, {len(a)} a, "
+                f"{len(rows) if isinstance(rows, list) else '?'} rows of b"
+            )
         b = np.zeros((n, n))
         for i, r in enumerate(rows):
             r = _floats(r, f"b[{i}]", source)
             if len(r) != i + 1:
                 raise BNSError(f"{source}: wrong lengths: row b[{i}] has {len(r)} values, expected {i + 1}")
             b[i, : i + 1] = r
-        meta = {k: v for k, v in d.items() if k not in
-                {"schema", "schema_version", "name", "nfe", "times", "t_end", "a", "b", "fingerprint"}}
+        meta = {
+            k: v
+            for k, v in d.items()
+            if k not in {"schema", "schema_version", "name", "nfe", "times", "t_end", "a", "b", "fingerprint"}
+        }
         try:
             return cls(t, a, b, t_end, name=str(d.get("name", "ns")), meta=meta)
         except BNSError as e:

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+from netfactories import TinyNet
+
+from bns_export.distill import DistillConfig, distill
+from bns_export.evaluate import evaluate_on
+from bns_export.fields import GuidedField, NetworkField
+from bns_export.fields.analytic import gmm, gmm_cond
+from bns_export.fields.schedules import VPLinear
+from bns_export.groundtruth import ground_truth
+from bns_export.solvers import NSSolver, baseline
+from bns_export.solvers.classic import BASELINES
+
+
+@pytest.fixture(scope="module")
+def gmm_sets():
+    f = GuidedField(gmm())
+    return f, ground_truth(f, 128, 1), ground_truth(f, 128, 2), ground_truth(f, 128, 0)
+
+
+def test_bns_beats_every_baseline_at_4_nfe(gmm_sets):
+    f, train, val, test = gmm_sets
+    solver = distill(f, train, val, DistillConfig(nfe=4, iterations=300, batch_size=64))
+    bns = evaluate_on(f, solver, test)["psnr_mean"]
+    for name, (_, per, _, _) in BASELINES.items():
+        if 4 % per == 0:
+            base = evaluate_on(f, baseline(name, 4, f.schedule, f.t_lo, f.t_hi), test)["psnr_mean"]
+            assert bns > base + 10, (name, bns, base)
+    assert np.all(np.diff(solver.t) > 0) and solver.t[0] == 0.0 and solver.t_end == 1.0
+    assert solver.meta["val_psnr"] >= solver.meta["base_val_psnr"]
+    assert solver.num_params == 3 + 4 + 10
+
+
+def test_interrupted_run_resumes_from_checkpoint(gmm_sets, tmp_path):
+    f, train, val, _ = gmm_sets
+    out = tmp_path / "s.json"
+    cfg = DistillConfig(nfe=4, iterations=100, val_every=10, batch_size=32)
+    seen = []
+
+    def stop_after_two(it, info):
+        seen.append(it)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(f, train, val, cfg, out=out, progress=stop_after_two)
+    ckpt = tmp_path / "s.json.ckpt.safetensors"
+    assert ckpt.exists() and not out.exists()
+    resumed = []
+    solver = distill(f, train, val, cfg, out=out, progress=lambda it, info: resumed.append(it))
+    assert resumed[0] == 30  # continued after iteration 20, not from 0
+    assert out.exists() and not ckpt.exists()
+    uninterrupted = distill(f, train, val, cfg)
+    assert np.allclose(NSSolver.load(out).b, uninterrupted.b, atol=1e-12)
+    assert solver.meta["iterations"] == uninterrupted.meta["iterations"]
+
+
+def test_guided_conditional_distillation():
+    f = GuidedField(gmm_cond(), 2.0)
+    train, val = ground_truth(f, 64, 1), ground_truth(f, 64, 2)
+    solver = distill(f, train, val, DistillConfig(nfe=4, iterations=100, batch_size=32))
+    assert solver.meta["guidance"] == 2.0
+    assert solver.meta["val_psnr"] > solver.meta["base_val_psnr"] + 3
+
+
+def test_distillation_through_a_network_with_preconditioning():
+    net = TinyNet()
+    f = GuidedField(NetworkField(net, VPLinear(), (1, 4, 4), prediction="eps", time_input="s"))
+    train, val = ground_truth(f, 64, 1), ground_truth(f, 64, 2)
+    before = [p.clone() for p in net.parameters()]
+    solver = distill(f, train, val, DistillConfig(nfe=4, iterations=60, batch_size=32, precondition=2.0))
+    assert solver.meta["val_psnr"] > solver.meta["base_val_psnr"]
+    assert solver.meta["precondition_sigma0"] == 2.0
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # frozen

@@ -1,0 +1,58 @@
+import math
+
+import torch
+
+from bns_export.fields import GuidedField
+from bns_export.fields.analytic import gaussian, gmm_cond
+from bns_export.groundtruth import dopri5, ground_truth
+
+
+def test_dopri5_on_a_known_solution_and_counts_nfe():
+    calls = []
+
+    def f(x, t):
+        calls.append(t)
+        return -t * x  # x(t) = x0 exp(-t^2 / 2)
+
+    x0 = torch.linspace(-2, 2, 10, dtype=torch.float64).reshape(2, 5)
+    res = dopri5(f, x0, 0.0, 3.0, rtol=1e-8, atol=1e-8)
+    assert torch.allclose(res.x, x0 * math.exp(-4.5), atol=1e-7)
+    assert res.nfe == len(calls) == 1 + 6 * (res.steps + res.rejected)
+
+
+def test_tolerance_controls_error_on_the_gaussian_flow():
+    f = gaussian()
+    x0 = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    exact = f.means[0].reshape(1, 8, 8) + 0.5 * x0
+    loose = dopri5(lambda x, t: f(x, t), x0, 0.0, 1.0, rtol=1e-3, atol=1e-3)
+    tight = dopri5(lambda x, t: f(x, t), x0, 0.0, 1.0, rtol=1e-9, atol=1e-9)
+    assert (tight.x - exact).abs().max() < 1e-7 < (loose.x - exact).abs().max()
+    assert tight.nfe > loose.nfe
+
+
+class CountingField(GuidedField):
+    calls = 0
+
+    def forward(self, x, t, labels=None):
+        CountingField.calls += 1
+        return super().forward(x, t, labels)
+
+
+def test_cache_is_reused_and_keyed_by_guidance_and_tolerance(tmp_path):
+    f = CountingField(gmm_cond(), 2.0)
+    a = ground_truth(f, 8, seed=5, cache_dir=tmp_path)
+    first = CountingField.calls
+    b = ground_truth(f, 8, seed=5, cache_dir=tmp_path)
+    assert CountingField.calls == first  # second run: no ODE solve
+    assert torch.equal(a.x1, b.x1) and torch.equal(a.labels, b.labels) and a.nfe_mean == b.nfe_mean
+    assert ground_truth(CountingField(gmm_cond(), 3.0), 8, seed=5, cache_dir=tmp_path).key != a.key
+    assert ground_truth(f, 8, seed=5, rtol=1e-4, cache_dir=tmp_path).key != a.key
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+
+
+def test_corrupt_cache_file_is_recomputed(tmp_path):
+    f = GuidedField(gaussian())
+    a = ground_truth(f, 4, seed=0, cache_dir=tmp_path)
+    (tmp_path / f"{a.key}.safetensors").write_bytes(b"garbage")
+    b = ground_truth(f, 4, seed=0, cache_dir=tmp_path)
+    assert torch.equal(a.x1, b.x1)
