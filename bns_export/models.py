@@ -83,11 +83,12 @@ def _import_file(path: Path, name: str):
 
 
 def load_shipped(folder: Path) -> NetworkField:
-    """A shipped model folder: config.json, net.py (build_network(**arch)), weights.safetensors."""
+    """A shipped model folder: config.json, weights.safetensors, and the network code it names
+    ("code", default net.py, relative to the folder) exposing build_network(**architecture)."""
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "config.json").read_text())
-    module = _import_file(folder / "net.py", folder.name)
+    module = _import_file((folder / cfg.get("code", "net.py")).resolve(), folder.name)
     net = module.build_network(**cfg.get("architecture", {}))
     net.load_state_dict(load_file(str(folder / "weights.safetensors")))
     schedule = make_schedule(cfg["schedule"], cfg.get("train_steps", 1000))

@@ -1,0 +1,147 @@
+"""The end-to-end demo: ground truth, distil a BNS solver, compare with every baseline, write
+a side-by-side sample grid and a PSNR table (and, where a compiler step is registered, compile
+and validate the solver with the model)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .distill import DistillConfig, distill
+from .errors import BNSError
+from .evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on, run_solver
+from .fileio import atomic_write_text
+from .groundtruth import ground_truth
+from .images import grid, write_png
+from .models import load_model
+from .solvers.classic import BASELINES, baseline
+from .solvers.table import NSSolver
+
+#: the baselines a comparison runs: each solver on its default grid, plus the common variants
+COMPARE = ["euler", "midpoint", "heun", "rk4", "ab2", "ddim", "dpm++2m", "heun:karras", "dpm++2m:karras"]
+
+
+@dataclass
+class DemoContext:
+    """What the demo produced; later steps (compile, validate) receive it."""
+
+    model: str
+    field: torch.nn.Module
+    solver: NSSolver
+    solver_path: Path
+    out_dir: Path
+    report: dict = field(default_factory=dict)
+
+
+#: steps run after distillation and comparison, e.g. the compiler's; each returns a JSON-able dict
+POST_STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = []
+
+
+def compare_baselines(fld, gt, nfe: int, names: list[str] = COMPARE) -> list[dict]:
+    """PSNR of every baseline that can run at `nfe` NFE."""
+    rows = []
+    for spec in names:
+        per_step = BASELINES[spec.partition(":")[0]][1]
+        if nfe % per_step:
+            continue
+        rows.append(evaluate_on(fld, baseline(spec, nfe, fld.schedule, fld.t_lo, fld.t_hi), gt))
+    return rows
+
+
+def psnr_table(rows: list[dict]) -> str:
+    """Markdown table of solver, NFE, PSNR mean/min/median."""
+    lines = ["| solver | NFE | PSNR mean (dB) | min | median |", "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -r["psnr_mean"]):
+        lines.append(
+            f"| {r['solver']} | {r['nfe']} | {r['psnr_mean']:.2f} | {r['psnr_min']:.2f} | {r['psnr_median']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(
+    model: str = "digits",
+    nfe: int = 8,
+    out_dir: str | Path = "exported/demo",
+    guidance: float = 1.0,
+    train_pairs: int = 520,
+    val_pairs: int = 256,
+    test_pairs: int = 256,
+    iterations: int = 400,
+    batch_size: int = 64,
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Run the demo and write solver, grid, table and report into `out_dir`."""
+    started = time.time()
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BNSError(f"cannot create output folder {out}: {e.strerror}") from None
+    fld = load_model(model, guidance=guidance)
+    log(f"model {model}: shape {fld.sample_shape}, interval [{fld.t_lo:g}, {fld.t_hi:g}], guidance {guidance:g}")
+    gts = {}
+    for name, n, seed in (
+        ("train", train_pairs, TRAIN_SEED),
+        ("val", val_pairs, VAL_SEED),
+        ("test", test_pairs, EVAL_SEED),
+    ):
+        t0 = time.time()
+        gts[name] = ground_truth(fld, n, seed)
+        log(f"ground truth ({name}): {n} pairs, dopri5 mean {gts[name].nfe_mean:.0f} NFE, {time.time() - t0:.1f} s")
+    cfg = DistillConfig(nfe=nfe, iterations=iterations, batch_size=batch_size)
+    solver_path = out / f"bns-{nfe}.json"
+    t0 = time.time()
+    solver = distill(fld, gts["train"], gts["val"], cfg, out=solver_path, progress=progress)
+    log(f"distilled {solver_path}: {solver.meta['iterations']} iterations, {time.time() - t0:.1f} s")
+    rows = compare_baselines(fld, gts["test"], nfe)
+    bns_row = evaluate_on(fld, solver, gts["test"])
+    bns_row["solver"] = f"BNS ({solver.meta['base_solver']} init)"
+    best = max(rows, key=lambda r: r["psnr_mean"])
+    table = psnr_table([bns_row, *rows])
+    log("\n" + table)
+    # grid: ground truth / BNS / best baseline, 12 test samples each
+    k = min(12, test_pairs)
+    test = gts["test"]
+    lab = None if test.labels is None else test.labels[:k]
+    bns_x = run_solver(fld, solver, test.noise[:k], lab)
+    best_x = run_solver(fld, baseline(best["solver"], nfe, fld.schedule, fld.t_lo, fld.t_hi), test.noise[:k], lab)
+    stack = torch.cat([test.x1[:k], bns_x, best_x]).float().numpy()
+    if stack.ndim == 4:
+        scale = max(1, 48 // stack.shape[-1])
+        write_png(out / "grid.png", grid(stack, ncol=k, scale=scale))
+    report = {
+        "model": model,
+        "nfe": nfe,
+        "guidance": guidance,
+        "bns": bns_row,
+        "baselines": rows,
+        "best_baseline": best["solver"],
+        "gain_db": bns_row["psnr_mean"] - best["psnr_mean"],
+        "distill_wall_time_s": solver.meta["wall_time_s"],
+        "gt_nfe_mean": test.nfe_mean,
+        "grid": "grid.png (rows: ground truth, BNS, best baseline)",
+    }
+    ctx = DemoContext(model, fld, solver, solver_path, out, report)
+    for name, step in POST_STEPS:
+        report[name] = step(ctx)
+    report["wall_time_s"] = round(time.time() - started, 1)
+    atomic_write_text(out / "psnr.md", f"# {model}, {nfe} NFE, guidance {guidance:g}\n\n{table}")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=_jsonable) + "\n")
+    log(
+        f"BNS {bns_row['psnr_mean']:.2f} dB vs best baseline {best['solver']} {best['psnr_mean']:.2f} dB "
+        f"(+{report['gain_db']:.2f} dB); wrote {out}/ in {report['wall_time_s']:.0f} s"
+    )
+    return report
+
+
+def _jsonable(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return str(v)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up .venv with the CPU build of torch first (an unpinned torch would pull a multi-GB CUDA
+# build), then bns-export with the ONNX runtime and dev extras.  Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[onnx,dev]${EXTRAS:+,$EXTRAS}"
