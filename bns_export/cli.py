@@ -233,7 +233,7 @@ def distill_cmd(
     out_path = Path(out)
     if not out_path.parent.exists():
         raise BNSError(f"output folder does not exist: {out_path.parent}")
-    if base is not None:
+    if base is not None and base != "auto":
         parse_spec(base)
     field = load_model(model, model_opts, guidance if guidance is not None else 1.0)
     cfg = DistillConfig(

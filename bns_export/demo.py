@@ -95,7 +95,7 @@ def run_demo(
         t0 = time.time()
         gts[name] = ground_truth(fld, n, seed)
         log(f"ground truth ({name}): {n} pairs, dopri5 mean {gts[name].nfe_mean:.0f} NFE, {time.time() - t0:.1f} s")
-    cfg = DistillConfig(nfe=nfe, iterations=iterations, batch_size=batch_size)
+    cfg = DistillConfig(nfe=nfe, base="auto", iterations=iterations, batch_size=batch_size)
     solver_path = out / f"bns-{nfe}.json"
     t0 = time.time()
     solver = distill(fld, gts["train"], gts["val"], cfg, out=solver_path, progress=progress)

@@ -68,7 +68,7 @@ class DistillConfig:
     """Training settings; every field is recorded in the solver file."""
 
     nfe: int = 8
-    base: str | None = None  # default: midpoint for even NFE, euler for odd
+    base: str | None = None  # default: midpoint for even NFE, euler for odd; "auto": best of AUTO_BASES
     precondition: float | None = None  # sigma_0
     iterations: int = 2000
     batch_size: int = 128
@@ -80,6 +80,31 @@ class DistillConfig:
 
     def base_solver(self) -> str:
         return self.base or ("midpoint" if self.nfe % 2 == 0 else "euler")
+
+
+#: candidates of `base="auto"`: one-step and two-stage solvers with strictly increasing times
+AUTO_BASES = ["midpoint", "euler", "ab2", "ddim", "dpm++2m", "dpm++2m:karras", "ddim:logsnr", "euler:logsnr"]
+
+
+def initial_solver(field, cfg: DistillConfig, val: GTSet) -> tuple[NSSolver, float]:
+    """The base solver (the best on validation when base == "auto") and its validation PSNR."""
+    dtype = val.noise.dtype
+    names = [cfg.base_solver()]
+    if cfg.base == "auto":
+        names = [b for b in AUTO_BASES if not (b == "midpoint" and cfg.nfe % 2)]
+    best = None
+    for name in names:
+        try:
+            solver = baseline(name, cfg.nfe, field.schedule, field.t_lo, field.t_hi, cfg.precondition)
+        except BNSError:
+            if cfg.base == "auto":  # e.g. DDIM cannot be preconditioned: not a candidate then
+                continue
+            raise
+        tables = tuple(torch.as_tensor(v, dtype=dtype) for v in (solver.t, solver.a, solver.b))
+        psnr = float(batched_psnr(field, tables, val, dtype).mean())
+        if best is None or psnr > best[1]:
+            best = (solver, psnr)
+    return best
 
 
 def batched_psnr(
@@ -162,7 +187,7 @@ def distill(
     """
     started = time.time()
     dtype = train.noise.dtype
-    init = baseline(cfg.base_solver(), cfg.nfe, field.schedule, field.t_lo, field.t_hi, cfg.precondition)
+    init, init_val = initial_solver(field, cfg, val)
     params = BNSParams(init)
     opt = torch.optim.Adam(params.parameters(), lr=cfg.lr)
     fp = field.fingerprint()
@@ -172,7 +197,6 @@ def distill(
     def snapshot() -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in params.state_dict().items()}
 
-    init_val = float(batched_psnr(field, params.tables(dtype), val, dtype).mean())
     state = {
         "run_id": run_id,
         "iteration": 0,

@@ -90,7 +90,7 @@ class SmallUNet(nn.Module):
             if i < len(self.down) - 1:
                 h = F.avg_pool2d(h, 2)
         h = self.mid(h, emb)
-        for i, block in enumerate(self.up):
+        for block in self.up:
             skip = skips.pop()
             if h.shape[-1] != skip.shape[-1]:
                 h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")

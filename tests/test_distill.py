@@ -73,3 +73,15 @@ def test_distillation_through_a_network_with_preconditioning():
     assert solver.meta["val_psnr"] > solver.meta["base_val_psnr"]
     assert solver.meta["precondition_sigma0"] == 2.0
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # frozen
+
+
+def test_auto_base_picks_the_best_baseline_on_validation(gmm_sets):
+    from bns_export.distill import AUTO_BASES, initial_solver
+    from bns_export.evaluate import evaluate_on
+
+    f, _, val, _ = gmm_sets
+    cfg = DistillConfig(nfe=6, base="auto")
+    solver, psnr = initial_solver(f, cfg, val)
+    scores = {b: evaluate_on(f, baseline(b, 6, f.schedule, 0.0, 1.0), val)["psnr_mean"] for b in AUTO_BASES}
+    assert solver.meta["base_solver"].split(":")[0] == max(scores, key=scores.get).split(":")[0]
+    assert psnr == pytest.approx(max(scores.values()))

@@ -51,6 +51,8 @@ class NetworkField(VelocityField):
         self.time_input = time_input
         self.null_label = num_classes if null_label is None else int(null_label)
         self.name = name
+        #: dtype the network runs in (None: the sample's); conversions and the solver stay in the sample's
+        self.net_dtype: torch.dtype | None = None
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.net.eval()
@@ -68,6 +70,8 @@ class NetworkField(VelocityField):
         sch = self.schedule
         tb = t.expand(x.shape[0]) if t.ndim == 0 else t
         xin = x / sch.alpha(t) if (self.time_input == "sigma" or isinstance(sch, EDM)) else x
+        if self.net_dtype is not None:
+            xin = xin.to(self.net_dtype)
         if self.num_classes is None:
             out = self.net(xin, self._net_time(tb))
         else:
@@ -75,6 +79,7 @@ class NetworkField(VelocityField):
                 labels = torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long, device=x.device)
             lab = torch.where(labels == NULL_LABEL, torch.full_like(labels, self.null_label), labels)
             out = self.net(xin, self._net_time(tb), lab)
+        out = out.to(x.dtype)
         if self.prediction == "velocity":
             return out
         if self.prediction == "flow":

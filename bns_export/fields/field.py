@@ -100,7 +100,8 @@ class GuidedField(nn.Module):
             return self.field(x, t, labels)
         null = torch.full_like(labels, NULL_LABEL)
         both = self.field(torch.cat([x, x]), t, torch.cat([null, labels]))
-        u_unc, u_cond = both.chunk(2)
+        n = x.shape[0]
+        u_unc, u_cond = both[:n], both[n:]
         return u_unc + self.guidance * (u_cond - u_unc)
 
     # delegate the field's description so callers can treat a GuidedField like its field

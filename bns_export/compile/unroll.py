@@ -1,0 +1,32 @@
+"""The unrolled sampler: one module, noise (+ labels) in, sample out, the solver baked in.
+
+It calls the same `ns_sample` loop as evaluation and distillation with the same fp32 constants,
+so its eager output equals `solvers.sample` bit for bit, and tracing it unrolls the n steps
+into one static graph whose network weights are shared by every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..solvers.sampler import ns_sample, solver_tensors
+from ..solvers.table import NSSolver
+
+
+class UnrolledSampler(nn.Module):
+    """forward(noise[, labels]) -> sample, for a (guided) field and an NS table."""
+
+    def __init__(self, field: nn.Module, solver: NSSolver, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.field = field
+        self.nfe = solver.nfe
+        self.conditional = field.num_classes is not None
+        self.init_scale = float(field.init_scale)
+        t, a, b = solver_tensors(solver, dtype)
+        self.register_buffer("t", t, persistent=False)
+        self.register_buffer("a", a, persistent=False)
+        self.register_buffer("b", b, persistent=False)
+
+    def forward(self, noise: Tensor, labels: Tensor | None = None) -> Tensor:
+        return ns_sample(self.field, self.t, self.a, self.b, noise * self.init_scale, labels)
