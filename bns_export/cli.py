@@ -318,6 +318,106 @@ def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label,
     click.echo(f"wrote {n_samples} samples to {out_path} ({ns.name}, {ns.nfe} NFE)")
 
 
+@main.command("compile")
+@handle_errors
+@model_options
+@click.option("--solver", "-s", required=True, help="Solver file or baseline name.")
+@click.option("--nfe", type=int, default=None, help="NFE for a baseline (default 8); checked against a file.")
+@click.option("--format", "fmt", default="onnx", show_default=True, help="onnx | tensorrt | aoti.")
+@click.option("--fp16", is_flag=True, help="Run the network in fp16 (inputs, outputs and solver stay fp32).")
+@click.option("--max-batch", type=int, default=16, show_default=True, help="Largest batch the artifact accepts.")
+@click.option("--opt-batch", type=int, default=None, help="TensorRT profile's optimal batch (default max/2).")
+@click.option("--device", default="cpu", show_default=True, help="AOTInductor target: cpu or cuda.")
+@click.option("--workspace-mb", type=click.IntRange(16), default=2048, show_default=True, help="TensorRT workspace.")
+@click.option("--timing-cache", default=None, help="TensorRT timing cache file (reused across builds).")
+@click.option("--no-validate", is_flag=True, help="Skip the parity check (not recommended).")
+@click.option("--min-psnr", type=float, default=None, help="Parity gate in dB (default 60 fp32, 35 fp16).")
+@click.option("--out", "-o", required=True, help="Artifact directory to create (replaced atomically).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def compile_cmd(
+    model,
+    model_opts,
+    guidance,
+    solver,
+    nfe,
+    fmt,
+    fp16,
+    max_batch,
+    opt_batch,
+    device,
+    workspace_mb,
+    timing_cache,
+    no_validate,
+    min_psnr,
+    out,
+    as_json,
+) -> None:
+    """Compile model + solver into one graph (noise [+ labels] in, sample out) and validate it."""
+    from .compile import compile_artifact
+
+    manifest = compile_artifact(
+        model,
+        solver,
+        fmt,
+        out,
+        options=model_opts,
+        guidance=_guidance_from(solver, guidance),
+        nfe=nfe,
+        fp16=fp16,
+        max_batch=max_batch,
+        opt_batch=opt_batch,
+        device=device,
+        validate=not no_validate,
+        min_psnr=min_psnr,
+        workspace_bytes=workspace_mb << 20,
+        timing_cache=timing_cache,
+        log=lambda m: click.echo(m, err=True),
+    )
+    if as_json:
+        click.echo(json.dumps(manifest, default=str))
+        return
+    v = manifest.get("validation")
+    parity = f"parity min {v['psnr_min']:.1f} dB (gate {v['gate_db']:.0f})" if v else "not validated"
+    click.echo(f"wrote {out}: {fmt} {manifest['precision']}, {manifest['nfe']} NFE, batch 1..{max_batch}, {parity}")
+
+
+@main.command("validate")
+@handle_errors
+@click.argument("artifact", type=click.Path())
+@click.option("--min-psnr", type=float, default=None, help="Gate in dB (default 60 fp32, 35 fp16).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def validate_cmd(artifact, min_psnr, as_json) -> None:
+    """Parity of an artifact against the eager PyTorch sampler; exit 0 pass, 1 fail, 2 bad input."""
+    from .validate import validate_artifact
+
+    report = validate_artifact(artifact, min_psnr=min_psnr)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        for r in report["cases"]:
+            gt = (
+                f", vs GT: artifact {r['artifact_psnr_vs_gt']:.2f} / eager {r['eager_psnr_vs_gt']:.2f} dB"
+                if "artifact_psnr_vs_gt" in r
+                else ""
+            )
+            click.echo(
+                f"{r['case']:<28} PSNR min {r['psnr_min']:.2f} median {r['psnr_median']:.2f} dB, "
+                f"max |err| {r['max_abs_error']:.2e}{gt}"
+            )
+        trt = report.get("tensorrt_support")
+        if trt is not None:
+            bad = trt["unsupported_ops"] + trt["unsupported_dtypes"]
+            click.echo(
+                "TensorRT ONNX parser: "
+                + ("all ops and dtypes supported" if not bad else "unsupported: " + ", ".join(bad))
+            )
+        click.echo(
+            f"{'PASS' if report['passed'] else 'FAIL'}: min PSNR {report['psnr_min']:.2f} dB, "
+            f"gate {report['gate_db']:.0f} dB ({report['precision']})"
+        )
+    sys.exit(0 if report["passed"] else 1)
+
+
 @main.command("demo")
 @handle_errors
 @click.option("--model", "-m", default="digits", show_default=True, help="Shipped model (or analytic:NAME).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+EXIT_PARITY_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_MISSING_BACKEND = 3
 
