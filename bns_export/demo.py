@@ -39,8 +39,28 @@ class DemoContext:
     report: dict = field(default_factory=dict)
 
 
-#: steps run after distillation and comparison, e.g. the compiler's; each returns a JSON-able dict
-POST_STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = []
+def compile_step(ctx: DemoContext) -> dict:
+    """Compile the distilled solver with the model to ONNX and validate parity against eager PyTorch."""
+    from .compile import compile_artifact
+
+    t0 = time.time()
+    folder = ctx.out_dir / f"onnx-bns-{ctx.solver.nfe}"
+    manifest = compile_artifact(
+        ctx.model, str(ctx.solver_path), "onnx", folder, guidance=ctx.field.guidance, max_batch=16, log=lambda m: None
+    )
+    v = manifest["validation"]
+    return {
+        "artifact": str(folder),
+        "passed": v["passed"],
+        "parity_psnr_min": v["psnr_min"],
+        "gate_db": v["gate_db"],
+        "max_abs_error": v["max_abs_error"],
+        "wall_time_s": round(time.time() - t0, 1),
+    }
+
+
+#: steps run after distillation and comparison; each returns a JSON-able dict for the report
+POST_STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = [("compile", compile_step)]
 
 
 def compare_baselines(fld, gt, nfe: int, names: list[str] = COMPARE) -> list[dict]:
@@ -130,7 +150,9 @@ def run_demo(
     }
     ctx = DemoContext(model, fld, solver, solver_path, out, report)
     for name, step in POST_STEPS:
+        log(f"{name} ...")
         report[name] = step(ctx)
+        log(f"{name}: " + ", ".join(f"{k} {v}" for k, v in report[name].items()))
     report["wall_time_s"] = round(time.time() - started, 1)
     atomic_write_text(out / "psnr.md", f"# {model}, {nfe} NFE, guidance {guidance:g}\n\n{table}")
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=_jsonable) + "\n")

@@ -99,9 +99,9 @@ def compile_artifact(
     ns = resolve_solver(solver, field, nfe)
     precision = "fp16" if fp16 else "fp32"
     export_field = half_precision(field) if fp16 else field
+    if field.default_dtype == torch.float64:  # analytic fields: the artifact computes in fp32
+        export_field = copy.deepcopy(export_field).float()
     sampler = UnrolledSampler(export_field, ns).eval()
-    if field.default_dtype == torch.float64:
-        sampler = sampler.float()
     inputs, outputs = io_specs(field, max_batch)
     manifest = {
         "format": fmt,
