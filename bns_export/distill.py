@@ -76,6 +76,7 @@ class DistillConfig:
     val_every: int = 25
     patience: int = 4  # validations without improvement before the learning rate is halved
     max_decays: int = 5  # halvings before early stopping
+    learn: str = "all"  # "all": times, a and b; "times": times only (a, b stay the base solver's), an ablation
     seed: int = 0
 
     def base_solver(self) -> str:
@@ -189,7 +190,12 @@ def distill(
     dtype = train.noise.dtype
     init, init_val = initial_solver(field, cfg, val)
     params = BNSParams(init)
-    opt = torch.optim.Adam(params.parameters(), lr=cfg.lr)
+    if cfg.learn not in ("all", "times"):
+        raise BNSError(f"unknown learn={cfg.learn!r}: use 'all' or 'times'")
+    if cfg.learn == "times":
+        params.a.requires_grad_(False)
+        params.b.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in params.parameters() if p.requires_grad], lr=cfg.lr)
     fp = field.fingerprint()
     run_id = _run_id(cfg, fp, train, val)
     ckpt = _ckpt_path(Path(out)) if out is not None else None

@@ -1,0 +1,194 @@
+"""PSNR against ground truth versus NFE: every baseline and BNS, per model; writes docs/benchmarks.md.
+
+    python tools/bench_psnr.py                       # shipped models (digits; mnist at w=1 and w=3)
+    python tools/bench_psnr.py --models analytic:gmm analytic:points --nfe 4 8 16
+    python tools/bench_psnr.py --ablation digits     # times-only vs full BNS, sigma_0 in {1, 2, 5}
+
+A model may carry a guidance scale: `mnist@3`.  Results: docs/bench_psnr.json (raw),
+docs/psnr_vs_nfe.png (plot), and the `psnr` section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from benchdoc import git_rev, machine, write_section  # noqa: E402
+
+from bns_export.demo import COMPARE  # noqa: E402
+from bns_export.distill import DistillConfig, distill  # noqa: E402
+from bns_export.evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on  # noqa: E402
+from bns_export.groundtruth import ground_truth  # noqa: E402
+from bns_export.models import load_model  # noqa: E402
+from bns_export.solvers.classic import BASELINES, baseline  # noqa: E402
+
+
+def parse_model(spec: str) -> tuple[str, float]:
+    name, _, w = spec.partition("@")
+    return name, float(w) if w else 1.0
+
+
+def bench_model(spec: str, nfes: list[int], args) -> dict:
+    name, w = parse_model(spec)
+    field = load_model(name, guidance=w)
+    t0 = time.time()
+    train = ground_truth(field, args.train_pairs, TRAIN_SEED)
+    val = ground_truth(field, args.val_pairs, VAL_SEED)
+    test = ground_truth(field, args.test_pairs, EVAL_SEED)
+    out = {
+        "model": name,
+        "guidance": w,
+        "gt_nfe_mean": test.nfe_mean,
+        "gt_seconds": round(time.time() - t0, 1),
+        "pairs": [len(train), len(val), len(test)],
+        "rows": {},
+    }
+    for nfe in nfes:
+        row = {}
+        for b in COMPARE:
+            if nfe % BASELINES[b.partition(":")[0]][1] == 0:
+                row[b] = evaluate_on(field, baseline(b, nfe, field.schedule, field.t_lo, field.t_hi), test)["psnr_mean"]
+        cfg = DistillConfig(nfe=nfe, base=args.base, iterations=args.iterations, batch_size=args.batch_size)
+        solver = distill(field, train, val, cfg)
+        row["BNS"] = evaluate_on(field, solver, test)["psnr_mean"]
+        row["_bns_base"] = solver.meta["base_solver"]
+        row["_distill_s"] = solver.meta["wall_time_s"]
+        row["_iterations"] = solver.meta["iterations"]
+        out["rows"][nfe] = row
+        print(
+            f"{spec} NFE {nfe}: BNS {row['BNS']:.2f} dB, best baseline "
+            f"{max(v for k, v in row.items() if not k.startswith('_') and k != 'BNS'):.2f} dB "
+            f"({row['_distill_s']:.0f} s)",
+            flush=True,
+        )
+    return out
+
+
+def ablation(spec: str, nfe: int, args) -> list[dict]:
+    name, w = parse_model(spec)
+    field = load_model(name, guidance=w)
+    train = ground_truth(field, args.train_pairs, TRAIN_SEED)
+    val = ground_truth(field, args.val_pairs, VAL_SEED)
+    test = ground_truth(field, args.test_pairs, EVAL_SEED)
+    runs = [
+        ("full BNS, midpoint init", dict(base="midpoint")),
+        ("times only, midpoint init", dict(base="midpoint", learn="times")),
+        ("full BNS, auto init", dict(base="auto")),
+    ]
+    runs += [(f"full BNS, midpoint init, sigma_0 = {s:g}", dict(base="midpoint", precondition=s)) for s in (2.0, 5.0)]
+    rows = []
+    for label, kw in runs:
+        cfg = DistillConfig(nfe=nfe, iterations=args.iterations, batch_size=args.batch_size, **kw)
+        solver = distill(field, train, val, cfg)
+        rows.append(
+            {
+                "run": label,
+                "init_val_psnr": solver.meta["base_val_psnr"],
+                "test_psnr": evaluate_on(field, solver, test)["psnr_mean"],
+                "iterations": solver.meta["iterations"],
+                "wall_time_s": solver.meta["wall_time_s"],
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        nfes = sorted(int(n) for n in res["rows"])
+        solvers = sorted({k for r in res["rows"].values() for k in r if not k.startswith("_")})
+        for s in solvers:
+            pts = [(n, res["rows"][str(n) if str(n) in res["rows"] else n].get(s)) for n in nfes]
+            pts = [(n, v) for n, v in pts if v is not None]
+            style = dict(lw=3, color="black", marker="o") if s == "BNS" else dict(lw=1, marker=".", alpha=0.8)
+            ax.plot(*zip(*pts), label=s, **style)
+        ax.set_title(f"{res['model']} (guidance {res['guidance']:g})")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel("PSNR vs ground truth (dB)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(results: list[dict], ablation_rows: list[dict] | None, args, command: str) -> str:
+    lines = [
+        f"## PSNR vs NFE\n\nCommand: `{command}` (commit {git_rev()}).  Machine: {machine()}.\n",
+        f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
+        f"dopri5 solution (rtol = atol = 1e-5). BNS: {args.train_pairs} train / {args.val_pairs} validation "
+        f"pairs, at most {args.iterations} Adam iterations, initialised from `{args.base}`.\n",
+        "![PSNR vs NFE](psnr_vs_nfe.png)\n",
+    ]
+    for res in results:
+        nfes = list(res["rows"])
+        solvers = ["BNS"] + [s for s in COMPARE if any(s in r for r in res["rows"].values())]
+        lines.append(
+            f"### {res['model']}, guidance {res['guidance']:g} (ground truth: {res['gt_nfe_mean']:.0f} NFE mean)\n"
+        )
+        lines.append("| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
+        lines.append("|---" * (len(nfes) + 1) + "|")
+        for s in solvers:
+            cells = [f"{res['rows'][n][s]:.2f}" if s in res["rows"][n] else "n/a" for n in nfes]
+            lines.append(f"| {'**BNS**' if s == 'BNS' else s} | " + " | ".join(cells) + " |")
+        lines.append(
+            "| BNS gain over best baseline | "
+            + " | ".join(
+                f"{r['BNS'] - max(v for k, v in r.items() if not k.startswith('_') and k != 'BNS'):+.2f}"
+                for r in res["rows"].values()
+            )
+            + " |"
+        )
+        lines.append(
+            "| distillation wall time (s) | "
+            + " | ".join(f"{r['_distill_s']:.0f}" for r in res["rows"].values())
+            + " |"
+        )
+        lines.append("| BNS init (auto) | " + " | ".join(r["_bns_base"] for r in res["rows"].values()) + " |\n")
+    if ablation_rows:
+        lines.append("### Ablations\n")
+        lines.append("| run | init val PSNR | test PSNR | iterations | wall time (s) |\n|---|---|---|---|---|")
+        for r in ablation_rows:
+            lines.append(
+                f"| {r['run']} | {r['init_val_psnr']:.2f} | {r['test_psnr']:.2f} | {r['iterations']} | "
+                f"{r['wall_time_s']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["digits", "mnist@1", "mnist@3"])
+    ap.add_argument("--nfe", nargs="+", type=int, default=[4, 6, 8, 12, 16])
+    ap.add_argument("--iterations", type=int, default=400)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--base", default="auto")
+    ap.add_argument("--train-pairs", type=int, default=520)
+    ap.add_argument("--val-pairs", type=int, default=256)
+    ap.add_argument("--test-pairs", type=int, default=256)
+    ap.add_argument("--ablation", default=None, help="model for the ablation runs (at NFE 8)")
+    ap.add_argument("--section", default="psnr", help="docs/benchmarks.md section to write")
+    ap.add_argument("--json", default=str(ROOT / "docs" / "bench_psnr.json"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "psnr_vs_nfe.png"))
+    args = ap.parse_args()
+    command = "python tools/bench_psnr.py " + " ".join(sys.argv[1:])
+    results = [bench_model(m, args.nfe, args) for m in args.models]
+    abl = ablation(args.ablation, 8, args) if args.ablation else None
+    Path(args.json).write_text(json.dumps({"results": results, "ablation": abl, "command": command}, indent=2))
+    plot(results, Path(args.plot))
+    write_section(args.section, markdown(results, abl, args, command).replace("psnr_vs_nfe.png", Path(args.plot).name))
+
+
+if __name__ == "__main__":
+    main()
