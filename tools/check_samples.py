@@ -51,8 +51,11 @@ def main() -> None:
     pred = proba.argmax(1)
     nn = NearestNeighbors(n_neighbors=1).fit(xtr)
     report = {
-        "model": args.name, "guidance": args.guidance, "samples": args.n,
-        "classifier": "logistic regression on pixels", "classifier_test_accuracy": float(clf.score(xte, yte)),
+        "model": args.name,
+        "guidance": args.guidance,
+        "samples": args.n,
+        "classifier": "logistic regression on pixels",
+        "classifier_test_accuracy": float(clf.score(xte, yte)),
         "classifier_confidence_real": float(clf.predict_proba(xte).max(1).mean()),
         "classifier_confidence_samples": float(proba.max(1).mean()),
         "predicted_class_counts": np.bincount(pred, minlength=10).tolist(),

@@ -76,6 +76,9 @@ def export_onnx(sampler: UnrolledSampler, shape: tuple[int, ...], path: Path, ma
     external = weight_bytes > EXTERNAL_DATA_BYTES
     onnx_program.save(str(path), external_data=external)
     model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:  # per-node stack traces and scopes: half the file, no use at run time
+        del node.metadata_props[:]
+        node.doc_string = ""
     del model.metadata_props[:]
     for key, value in metadata.items():
         entry = model.metadata_props.add()
