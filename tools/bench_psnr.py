@@ -128,7 +128,8 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, comman
         f"## PSNR vs NFE\n\nCommand: `{command}` (commit {git_rev()}).  Machine: {machine()}.\n",
         f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
         f"dopri5 solution (rtol = atol = 1e-5). BNS: {args.train_pairs} train / {args.val_pairs} validation "
-        f"pairs, at most {args.iterations} Adam iterations, initialised from `{args.base}`.\n",
+        f"pairs, at most {args.iterations} Adam iterations, initialised from `{args.base}`. Wall times are "
+             f"as measured on this machine, which may have run other jobs at the same time.\n",
         "![PSNR vs NFE](psnr_vs_nfe.png)\n",
     ]
     for res in results:
@@ -155,7 +156,7 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, comman
             + " | ".join(f"{r['_distill_s']:.0f}" for r in res["rows"].values())
             + " |"
         )
-        lines.append("| BNS init (auto) | " + " | ".join(r["_bns_base"] for r in res["rows"].values()) + " |\n")
+        lines.append("| BNS init | " + " | ".join(r["_bns_base"] for r in res["rows"].values()) + " |\n")
     if ablation_rows:
         lines.append("### Ablations\n")
         lines.append("| run | init val PSNR | test PSNR | iterations | wall time (s) |\n|---|---|---|---|---|")
