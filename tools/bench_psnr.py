@@ -129,7 +129,7 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, comman
         f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
         f"dopri5 solution (rtol = atol = 1e-5). BNS: {args.train_pairs} train / {args.val_pairs} validation "
         f"pairs, at most {args.iterations} Adam iterations, initialised from `{args.base}`. Wall times are "
-             f"as measured on this machine, which may have run other jobs at the same time.\n",
+        f"as measured on this machine, which may have run other jobs at the same time.\n",
         "![PSNR vs NFE](psnr_vs_nfe.png)\n",
     ]
     for res in results:
