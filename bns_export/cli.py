@@ -79,14 +79,10 @@ def model_options(fn):
 
 
 def gt_options(fn):
-    @click.option("--rtol", type=float, default=1e-5, show_default=True, help="Ground-truth dopri5 rtol.")
-    @click.option("--atol", type=float, default=1e-5, show_default=True, help="Ground-truth dopri5 atol.")
-    @click.option("--cache-dir", default=None, help="Ground-truth cache (default ~/.cache/bns-export/gt).")
-    @functools.wraps(fn)
-    def wrapper(*args, **kw):
-        return fn(*args, **kw)
-
-    return wrapper
+    """--rtol, --atol and --cache-dir of the ground truth."""
+    fn = click.option("--cache-dir", default=None, help="Ground-truth cache (default ~/.cache/bns-export/gt).")(fn)
+    fn = click.option("--atol", type=float, default=1e-5, show_default=True, help="Ground-truth dopri5 atol.")(fn)
+    return click.option("--rtol", type=float, default=1e-5, show_default=True, help="Ground-truth dopri5 rtol.")(fn)
 
 
 def handle_errors(fn):
@@ -118,15 +114,10 @@ def _guidance_from(solver_spec: str | None, guidance: float | None) -> float:
     return 1.0
 
 
-def _gt_progress(label: str, total: int):
-    bar = click.progressbar(length=total, label=label, file=sys.stderr)
-    return bar
-
-
 def _ground_truth(field, n: int, seed: int, rtol: float, atol: float, cache_dir, label: str):
     from .groundtruth import ground_truth
 
-    with _gt_progress(label, n) as bar:
+    with click.progressbar(length=n, label=label, file=sys.stderr) as bar:
         return ground_truth(field, n, seed, rtol, atol, cache_dir=cache_dir, progress=bar.update)
 
 
@@ -192,7 +183,10 @@ def eval_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, rtol, at
 @click.option("--nfe", type=click.IntRange(1, 64), required=True, help="Function evaluations of the solver.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Solver file to write (.json).")
 @click.option(
-    "--base", default=None, help="Base solver for initialisation (default midpoint for even NFE, euler for odd)."
+    "--base",
+    default=None,
+    help="Base solver for initialisation (default midpoint for even NFE, euler for odd, as in the paper); "
+    "'auto' starts from the best of several baselines on the validation set.",
 )
 @click.option("--precondition", type=float, default=None, help="Preconditioning sigma_0 of the base solver.")
 @click.option("--iterations", type=click.IntRange(1), default=2000, show_default=True)

@@ -29,7 +29,7 @@ from .errors import BNSError
 from .groundtruth import GTSet
 from .metrics import psnr_per_sample
 from .solvers.classic import baseline
-from .solvers.sampler import ns_sample
+from .solvers.sampler import ns_sample, sample_batches, solver_tensors
 from .solvers.table import NSSolver
 
 
@@ -101,8 +101,7 @@ def initial_solver(field, cfg: DistillConfig, val: GTSet) -> tuple[NSSolver, flo
             if cfg.base == "auto":  # e.g. DDIM cannot be preconditioned: not a candidate then
                 continue
             raise
-        tables = tuple(torch.as_tensor(v, dtype=dtype) for v in (solver.t, solver.a, solver.b))
-        psnr = float(batched_psnr(field, tables, val, dtype).mean())
+        psnr = float(batched_psnr(field, solver_tensors(solver, dtype), val, dtype).mean())
         if best is None or psnr > best[1]:
             best = (solver, psnr)
     return best
@@ -112,15 +111,7 @@ def batched_psnr(
     field, tables: tuple[Tensor, Tensor, Tensor], gt: GTSet, dtype: torch.dtype, batch_size: int = 256
 ) -> Tensor:
     """Per-sample PSNR of the table's samples against gt (no gradients)."""
-    t, a, b = tables
-    out = []
-    with torch.no_grad():
-        for lo in range(0, len(gt), batch_size):
-            sl = slice(lo, lo + batch_size)
-            labels = None if gt.labels is None else gt.labels[sl]
-            x = ns_sample(field, t, a, b, gt.noise[sl].to(dtype) * field.init_scale, labels)
-            out.append(psnr_per_sample(x, gt.x1[sl]))
-    return torch.cat(out)
+    return psnr_per_sample(sample_batches(field, *tables, gt.noise.to(dtype), gt.labels, batch_size), gt.x1)
 
 
 def _ckpt_path(out: Path) -> Path:

@@ -10,7 +10,7 @@ from .errors import BNSError
 from .groundtruth import GTSet, ground_truth
 from .metrics import psnr_per_sample, summarize
 from .solvers.classic import BASELINES, baseline
-from .solvers.sampler import ns_sample, solver_tensors
+from .solvers.sampler import sample_batches, solver_tensors
 from .solvers.table import NSSolver
 
 #: seeds of the three disjoint GT sets: evaluation, distillation training, distillation validation
@@ -55,13 +55,7 @@ def run_solver(
     field, solver: NSSolver, noise: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 256
 ) -> torch.Tensor:
     """Samples of `solver` from `noise`, in batches, without gradients."""
-    t, a, b = solver_tensors(solver, noise.dtype)
-    out = []
-    with torch.no_grad():
-        for lo in range(0, noise.shape[0], batch_size):
-            lab = None if labels is None else labels[lo : lo + batch_size]
-            out.append(ns_sample(field, t, a, b, noise[lo : lo + batch_size] * field.init_scale, lab))
-    return torch.cat(out)
+    return sample_batches(field, *solver_tensors(solver, noise.dtype), noise, labels, batch_size)
 
 
 def evaluate_on(field, solver: NSSolver, gt: GTSet) -> dict:

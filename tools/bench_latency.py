@@ -52,11 +52,25 @@ class OneCall(torch.nn.Module):
         super().__init__()
         self.field, self.t = field, t
         self.conditional = field.num_classes is not None
-        self.nfe = 1
-        self.init_scale = 1.0
 
     def forward(self, noise, labels=None):
         return self.field(noise, self.t, labels)
+
+
+def build(args, solver_path: Path, fmt: str, out: Path, max_batch: int) -> float:
+    """Compile one artifact (no validation: timing only); return the build time in seconds."""
+    t0 = time.perf_counter()
+    compile_artifact(
+        args.model,
+        str(solver_path),
+        fmt,
+        out,
+        guidance=args.guidance,
+        max_batch=max_batch,
+        validate=False,
+        log=lambda m: None,
+    )
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -95,36 +109,14 @@ def main() -> None:
         solver = baseline("dpm++2m", nfe, field.schedule, field.t_lo, field.t_hi)
         solver_path = work / f"s{nfe}.json"
         solver.save(solver_path)
-        t0 = time.perf_counter()
-        compile_artifact(
-            args.model,
-            str(solver_path),
-            "onnx",
-            work / f"onnx{nfe}",
-            guidance=args.guidance,
-            max_batch=max_b,
-            validate=False,
-            log=lambda m: None,
-        )
-        onnx_export_s = time.perf_counter() - t0
+        onnx_export_s = build(args, solver_path, "onnx", work / f"onnx{nfe}", max_b)
         t0 = time.perf_counter()
         runner = load(work / f"onnx{nfe}")
         session_s = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in (work / f"onnx{nfe}").iterdir() if p.name.startswith("model"))
         aoti = None
         if not args.no_aoti:
-            t0 = time.perf_counter()
-            compile_artifact(
-                args.model,
-                str(solver_path),
-                "aoti",
-                work / f"aoti{nfe}",
-                guidance=args.guidance,
-                max_batch=max_b,
-                validate=False,
-                log=lambda m: None,
-            )
-            aoti_s = time.perf_counter() - t0
+            aoti_s = build(args, solver_path, "aoti", work / f"aoti{nfe}", max_b)
             aoti = load(work / f"aoti{nfe}")
             meta.append(
                 f"| {nfe} | AOTInductor | compile {aoti_s:.1f} s | package "

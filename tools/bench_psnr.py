@@ -21,12 +21,11 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from benchdoc import git_rev, machine, write_section  # noqa: E402
 
-from bns_export.demo import COMPARE  # noqa: E402
+from bns_export.demo import COMPARE, compare_baselines  # noqa: E402
 from bns_export.distill import DistillConfig, distill  # noqa: E402
 from bns_export.evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on  # noqa: E402
 from bns_export.groundtruth import ground_truth  # noqa: E402
 from bns_export.models import load_model  # noqa: E402
-from bns_export.solvers.classic import BASELINES, baseline  # noqa: E402
 
 
 def parse_model(spec: str) -> tuple[str, float]:
@@ -51,9 +50,7 @@ def bench_model(spec: str, nfes: list[int], args) -> dict:
     }
     for nfe in nfes:
         row = {}
-        for b in COMPARE:
-            if nfe % BASELINES[b.partition(":")[0]][1] == 0:
-                row[b] = evaluate_on(field, baseline(b, nfe, field.schedule, field.t_lo, field.t_hi), test)["psnr_mean"]
+        row = {r["solver"]: r["psnr_mean"] for r in compare_baselines(field, test, nfe)}
         cfg = DistillConfig(nfe=nfe, base=args.base, iterations=args.iterations, batch_size=args.batch_size)
         solver = distill(field, train, val, cfg)
         row["BNS"] = evaluate_on(field, solver, test)["psnr_mean"]

@@ -37,6 +37,24 @@ def solver_tensors(
     return tuple(torch.as_tensor(v, dtype=dtype, device=device) for v in (solver.t, solver.a, solver.b))
 
 
+def sample_batches(
+    field: torch.nn.Module,
+    t: Tensor,
+    a: Tensor,
+    b: Tensor,
+    noise: Tensor,
+    labels: Tensor | None = None,
+    batch_size: int = 256,
+) -> Tensor:
+    """`ns_sample` from x_0 = init_scale * noise, in batches, without gradients."""
+    out = []
+    with torch.no_grad():
+        for lo in range(0, noise.shape[0], batch_size):
+            lab = None if labels is None else labels[lo : lo + batch_size]
+            out.append(ns_sample(field, t, a, b, noise[lo : lo + batch_size] * field.init_scale, lab))
+    return torch.cat(out)
+
+
 def sample(field: torch.nn.Module, solver: NSSolver, noise: Tensor, labels: Tensor | None = None) -> Tensor:
     """Sample with `solver` from `noise` ~ N(0, I): x_0 = field.init_scale * noise, return x_n."""
     t, a, b = solver_tensors(solver, noise.dtype, noise.device)
