@@ -191,7 +191,7 @@ def eval_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, rtol, at
 @click.option("--precondition", type=float, default=None, help="Preconditioning sigma_0 of the base solver.")
 @click.option("--iterations", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Adam learning rate.")
 @click.option("--train-pairs", type=click.IntRange(1), default=520, show_default=True)
 @click.option("--val-pairs", type=click.IntRange(1), default=1024, show_default=True)
 @click.option("--val-every", type=click.IntRange(1), default=25, show_default=True)

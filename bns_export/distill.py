@@ -72,7 +72,7 @@ class DistillConfig:
     precondition: float | None = None  # sigma_0
     iterations: int = 2000
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3  # measured: +2.0 dB over 1e-3 on digits NFE 8 (400 it.), +0.5 dB on mnist w=3 (50 it.)
     val_every: int = 25
     patience: int = 4  # validations without improvement before the learning rate is halved
     max_decays: int = 5  # halvings before early stopping

@@ -49,9 +49,8 @@ def bench_model(spec: str, nfes: list[int], args) -> dict:
         "rows": {},
     }
     for nfe in nfes:
-        row = {}
         row = {r["solver"]: r["psnr_mean"] for r in compare_baselines(field, test, nfe)}
-        cfg = DistillConfig(nfe=nfe, base=args.base, iterations=args.iterations, batch_size=args.batch_size)
+        cfg = DistillConfig(nfe=nfe, base=args.base, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr)
         solver = distill(field, train, val, cfg)
         row["BNS"] = evaluate_on(field, solver, test)["psnr_mean"]
         row["_bns_base"] = solver.meta["base_solver"]
@@ -81,7 +80,7 @@ def ablation(spec: str, nfe: int, args) -> list[dict]:
     runs += [(f"full BNS, midpoint init, sigma_0 = {s:g}", dict(base="midpoint", precondition=s)) for s in (2.0, 5.0)]
     rows = []
     for label, kw in runs:
-        cfg = DistillConfig(nfe=nfe, iterations=args.iterations, batch_size=args.batch_size, **kw)
+        cfg = DistillConfig(nfe=nfe, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, **kw)
         solver = distill(field, train, val, cfg)
         rows.append(
             {
@@ -125,7 +124,8 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, comman
         f"## PSNR vs NFE\n\nCommand: `{command}` (commit {git_rev()}).  Machine: {machine()}.\n",
         f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
         f"dopri5 solution (rtol = atol = 1e-5). BNS: {args.train_pairs} train / {args.val_pairs} validation "
-        f"pairs, at most {args.iterations} Adam iterations, initialised from `{args.base}`. Wall times are "
+        f"pairs, batch {args.batch_size}, at most {args.iterations} Adam iterations (learning rate {args.lr:g}), "
+        f"initialised from `{args.base}`. Wall times are "
         f"as measured on this machine, which may have run other jobs at the same time.\n",
         "![PSNR vs NFE](psnr_vs_nfe.png)\n",
     ]
@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--base", default="auto")
+    ap.add_argument("--lr", type=float, default=DistillConfig.lr, help="Adam learning rate")
     ap.add_argument("--train-pairs", type=int, default=520)
     ap.add_argument("--val-pairs", type=int, default=256)
     ap.add_argument("--test-pairs", type=int, default=256)
