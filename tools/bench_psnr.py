@@ -4,7 +4,8 @@
     python tools/bench_psnr.py --models analytic:gmm analytic:points --nfe 4 8 16
     python tools/bench_psnr.py --ablation digits     # times-only vs full BNS, sigma_0 in {1, 2, 5}
 
-A model may carry a guidance scale: `mnist@3`.  Results: docs/bench_psnr.json (raw),
+A model may carry a guidance scale: `mnist@3`.  `--render docs/bench_psnr_mnist.json` rewrites
+the section and plot from a saved run without recomputing.  Results: docs/bench_psnr.json (raw),
 docs/psnr_vs_nfe.png (plot), and the `psnr` section of docs/benchmarks.md.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -58,11 +60,12 @@ def bench_model(spec: str, nfes: list[int], args) -> dict:
         row["_iterations"] = solver.meta["iterations"]
         out["rows"][nfe] = row
         print(
-            f"{spec} NFE {nfe}: BNS {row['BNS']:.2f} dB, best baseline "
-            f"{max(v for k, v in row.items() if not k.startswith('_') and k != 'BNS'):.2f} dB "
+            f"{spec} NFE {nfe}: BNS {row['BNS']:.2f} dB, best baseline {best_baseline(row):.2f} dB "
             f"({row['_distill_s']:.0f} s)",
             flush=True,
         )
+    for nfe in sorted({2 * n for n in nfes} - set(nfes)):  # baselines only, for the "BNS at n vs 2n" target
+        out["rows"][nfe] = {r["solver"]: r["psnr_mean"] for r in compare_baselines(field, test, nfe)}
     return out
 
 
@@ -106,7 +109,7 @@ def plot(results: list[dict], path: Path) -> None:
         nfes = sorted(int(n) for n in res["rows"])
         solvers = sorted({k for r in res["rows"].values() for k in r if not k.startswith("_")})
         for s in solvers:
-            pts = [(n, res["rows"][str(n) if str(n) in res["rows"] else n].get(s)) for n in nfes]
+            pts = [(n, res["rows"][n].get(s)) for n in nfes]
             pts = [(n, v) for n, v in pts if v is not None]
             style = dict(lw=3, color="black", marker="o") if s == "BNS" else dict(lw=1, marker=".", alpha=0.8)
             ax.plot(*zip(*pts), label=s, **style)
@@ -119,9 +122,18 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def markdown(results: list[dict], ablation_rows: list[dict] | None, args, command: str) -> str:
+def best_baseline(row: dict) -> float:
+    """Best baseline PSNR of one NFE's row (keys starting with "_" are metadata)."""
+    return max(v for k, v in row.items() if not k.startswith("_") and k != "BNS")
+
+
+def gain(row: dict) -> float:
+    return row["BNS"] - best_baseline(row)
+
+
+def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: dict) -> str:
     lines = [
-        f"## PSNR vs NFE\n\nCommand: `{command}` (commit {git_rev()}).  Machine: {machine()}.\n",
+        f"## PSNR vs NFE\n\nCommand: `{run['command']}` (commit {run['commit']}).  Machine: {run['machine']}.\n",
         f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
         f"dopri5 solution (rtol = atol = 1e-5). BNS: {args.train_pairs} train / {args.val_pairs} validation "
         f"pairs, batch {args.batch_size}, at most {args.iterations} Adam iterations (learning rate {args.lr:g}), "
@@ -130,7 +142,7 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, comman
         "![PSNR vs NFE](psnr_vs_nfe.png)\n",
     ]
     for res in results:
-        nfes = list(res["rows"])
+        nfes = [n for n in res["rows"] if "BNS" in res["rows"][n]]
         solvers = ["BNS"] + [s for s in COMPARE if any(s in r for r in res["rows"].values())]
         lines.append(
             f"### {res['model']}, guidance {res['guidance']:g} (ground truth: {res['gt_nfe_mean']:.0f} NFE mean)\n"
@@ -140,11 +152,17 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, comman
         for s in solvers:
             cells = [f"{res['rows'][n][s]:.2f}" if s in res["rows"][n] else "n/a" for n in nfes]
             lines.append(f"| {'**BNS**' if s == 'BNS' else s} | " + " | ".join(cells) + " |")
+        rows = res["rows"]
+        lines.append("| BNS gain over best baseline | " + " | ".join(f"{gain(rows[n]):+.2f}" for n in nfes) + " |")
         lines.append(
-            "| BNS gain over best baseline | "
+            "| best baseline at 2n NFE | "
+            + " | ".join(f"{best_baseline(rows[2 * n]):.2f}" if 2 * n in rows else "n/a" for n in nfes)
+            + " |"
+        )
+        lines.append(
+            "| BNS at n minus best baseline at 2n | "
             + " | ".join(
-                f"{r['BNS'] - max(v for k, v in r.items() if not k.startswith('_') and k != 'BNS'):+.2f}"
-                for r in res["rows"].values()
+                f"{rows[n]['BNS'] - best_baseline(rows[2 * n]):+.2f}" if 2 * n in rows else "n/a" for n in nfes
             )
             + " |"
         )
@@ -180,13 +198,30 @@ def main() -> None:
     ap.add_argument("--section", default="psnr", help="docs/benchmarks.md section to write")
     ap.add_argument("--json", default=str(ROOT / "docs" / "bench_psnr.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "psnr_vs_nfe.png"))
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the section and plot from a saved run")
     args = ap.parse_args()
-    command = "python tools/bench_psnr.py " + " ".join(sys.argv[1:])
-    results = [bench_model(m, args.nfe, args) for m in args.models]
-    abl = ablation(args.ablation, 8, args) if args.ablation else None
-    Path(args.json).write_text(json.dumps({"results": results, "ablation": abl, "command": command}, indent=2))
-    plot(results, Path(args.plot))
-    write_section(args.section, markdown(results, abl, args, command).replace("psnr_vs_nfe.png", Path(args.plot).name))
+    if args.render:
+        run = json.loads(Path(args.render).read_text())
+        args = ap.parse_args(shlex.split(run["command"])[2:])  # the run's own settings
+        for res in run["results"]:
+            res["rows"] = {int(n): r for n, r in res["rows"].items()}
+    else:
+        run = {
+            "command": "python tools/bench_psnr.py " + shlex.join(sys.argv[1:]),
+            "commit": git_rev(),
+            "machine": machine(),
+            "results": [],
+            "ablation": None,
+        }
+        for m in args.models:
+            run["results"].append(bench_model(m, args.nfe, args))
+            Path(args.json).write_text(json.dumps(run, indent=2))  # partial results survive an interruption
+        if args.ablation:
+            run["ablation"] = ablation(args.ablation, 8, args)
+        Path(args.json).write_text(json.dumps(run, indent=2))
+    plot(run["results"], Path(args.plot))
+    text = markdown(run["results"], run["ablation"], args, run)
+    write_section(args.section, text.replace("psnr_vs_nfe.png", Path(args.plot).name))
 
 
 if __name__ == "__main__":
