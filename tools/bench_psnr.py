@@ -16,6 +16,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,21 +36,24 @@ def parse_model(spec: str) -> tuple[str, float]:
     return name, float(w) if w else 1.0
 
 
-def bench_model(spec: str, nfes: list[int], args) -> dict:
+def bench_model(spec: str, nfes: list[int], args, out: dict, save: Callable[[], None]) -> None:
+    """Fill `out` with one model's rows; `save()` after each NFE keeps partial results."""
     name, w = parse_model(spec)
     field = load_model(name, guidance=w)
     t0 = time.time()
     train = ground_truth(field, args.train_pairs, TRAIN_SEED)
     val = ground_truth(field, args.val_pairs, VAL_SEED)
     test = ground_truth(field, args.test_pairs, EVAL_SEED)
-    out = {
-        "model": name,
-        "guidance": w,
-        "gt_nfe_mean": test.nfe_mean,
-        "gt_seconds": round(time.time() - t0, 1),
-        "pairs": [len(train), len(val), len(test)],
-        "rows": {},
-    }
+    out.update(
+        {
+            "model": name,
+            "guidance": w,
+            "gt_nfe_mean": test.nfe_mean,
+            "gt_seconds": round(time.time() - t0, 1),
+            "pairs": [len(train), len(val), len(test)],
+            "rows": {},
+        }
+    )
     for nfe in nfes:
         row = {r["solver"]: r["psnr_mean"] for r in compare_baselines(field, test, nfe)}
         cfg = DistillConfig(nfe=nfe, base=args.base, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr)
@@ -64,9 +68,10 @@ def bench_model(spec: str, nfes: list[int], args) -> dict:
             f"({row['_distill_s']:.0f} s)",
             flush=True,
         )
+        save()
     for nfe in sorted({2 * n for n in nfes} - set(nfes)):  # baselines only, for the "BNS at n vs 2n" target
         out["rows"][nfe] = {r["solver"]: r["psnr_mean"] for r in compare_baselines(field, test, nfe)}
-    return out
+    save()
 
 
 def ablation(spec: str, nfe: int, args) -> list[dict]:
@@ -83,7 +88,8 @@ def ablation(spec: str, nfe: int, args) -> list[dict]:
     runs += [(f"full BNS, midpoint init, sigma_0 = {s:g}", dict(base="midpoint", precondition=s)) for s in (2.0, 5.0)]
     rows = []
     for label, kw in runs:
-        cfg = DistillConfig(nfe=nfe, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, **kw)
+        iters = args.ablation_iterations or args.iterations
+        cfg = DistillConfig(nfe=nfe, iterations=iters, batch_size=args.batch_size, lr=args.lr, **kw)
         solver = distill(field, train, val, cfg)
         rows.append(
             {
@@ -131,6 +137,22 @@ def gain(row: dict) -> float:
     return row["BNS"] - best_baseline(row)
 
 
+def summary_lines(rows: dict[int, dict], nfes: list[int]) -> list[str]:
+    """The table's closing rows: gains, the "BNS at n vs best baseline at 2n" target, cost, init."""
+
+    cells = {
+        "BNS gain over best baseline": [f"{gain(rows[n]):+.2f}" for n in nfes],
+        "best baseline at 2n NFE": [f"{best_baseline(rows[2 * n]):.2f}" if 2 * n in rows else "n/a" for n in nfes],
+        "BNS at n minus best baseline at 2n": [
+            f"{rows[n]['BNS'] - best_baseline(rows[2 * n]):+.2f}" if 2 * n in rows else "n/a" for n in nfes
+        ],
+        "distillation wall time (s)": [f"{rows[n]['_distill_s']:.0f}" for n in nfes],
+        "iterations run": [str(rows[n]["_iterations"]) for n in nfes],
+        "BNS init": [rows[n]["_bns_base"] for n in nfes],
+    }
+    return [f"| {label} | " + " | ".join(c) + " |" for label, c in cells.items()] + [""]
+
+
 def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: dict) -> str:
     lines = [
         f"## PSNR vs NFE\n\nCommand: `{run['command']}` (commit {run['commit']}).  Machine: {run['machine']}.\n",
@@ -152,26 +174,7 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: d
         for s in solvers:
             cells = [f"{res['rows'][n][s]:.2f}" if s in res["rows"][n] else "n/a" for n in nfes]
             lines.append(f"| {'**BNS**' if s == 'BNS' else s} | " + " | ".join(cells) + " |")
-        rows = res["rows"]
-        lines.append("| BNS gain over best baseline | " + " | ".join(f"{gain(rows[n]):+.2f}" for n in nfes) + " |")
-        lines.append(
-            "| best baseline at 2n NFE | "
-            + " | ".join(f"{best_baseline(rows[2 * n]):.2f}" if 2 * n in rows else "n/a" for n in nfes)
-            + " |"
-        )
-        lines.append(
-            "| BNS at n minus best baseline at 2n | "
-            + " | ".join(
-                f"{rows[n]['BNS'] - best_baseline(rows[2 * n]):+.2f}" if 2 * n in rows else "n/a" for n in nfes
-            )
-            + " |"
-        )
-        lines.append(
-            "| distillation wall time (s) | "
-            + " | ".join(f"{r['_distill_s']:.0f}" for r in res["rows"].values())
-            + " |"
-        )
-        lines.append("| BNS init | " + " | ".join(r["_bns_base"] for r in res["rows"].values()) + " |\n")
+        lines += summary_lines(res["rows"], nfes)
     if ablation_rows:
         lines.append("### Ablations\n")
         lines.append("| run | init val PSNR | test PSNR | iterations | wall time (s) |\n|---|---|---|---|---|")
@@ -195,6 +198,7 @@ def main() -> None:
     ap.add_argument("--val-pairs", type=int, default=256)
     ap.add_argument("--test-pairs", type=int, default=256)
     ap.add_argument("--ablation", default=None, help="model for the ablation runs (at NFE 8)")
+    ap.add_argument("--ablation-iterations", type=int, default=None, help="budget of each ablation run")
     ap.add_argument("--section", default="psnr", help="docs/benchmarks.md section to write")
     ap.add_argument("--json", default=str(ROOT / "docs" / "bench_psnr.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "psnr_vs_nfe.png"))
@@ -213,12 +217,16 @@ def main() -> None:
             "results": [],
             "ablation": None,
         }
+
+        def save() -> None:  # partial results survive an interruption
+            Path(args.json).write_text(json.dumps(run, indent=2))
+
         for m in args.models:
-            run["results"].append(bench_model(m, args.nfe, args))
-            Path(args.json).write_text(json.dumps(run, indent=2))  # partial results survive an interruption
+            run["results"].append({})
+            bench_model(m, args.nfe, args, run["results"][-1], save)
         if args.ablation:
             run["ablation"] = ablation(args.ablation, 8, args)
-        Path(args.json).write_text(json.dumps(run, indent=2))
+        save()
     plot(run["results"], Path(args.plot))
     text = markdown(run["results"], run["ablation"], args, run)
     write_section(args.section, text.replace("psnr_vs_nfe.png", Path(args.plot).name))
