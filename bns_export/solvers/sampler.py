@@ -20,13 +20,13 @@ def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor, labels: 
     so tracing it unrolls it into one static graph.
     """
     n = t.shape[0]
+    us: list[Tensor] = []
     x = x0
-    us: Tensor | None = None  # the velocities so far on a trailing axis, (*x.shape, i + 1)
     for i in range(n):
-        ui = u(x, t[i], labels).unsqueeze(-1)
-        us = ui if us is None else torch.cat([us, ui], -1)
-        # one MatMul per step, not i + 1 multiply-adds: a few ops per step in the compiled graph
-        x = a[i] * x0 + us @ b[i, : i + 1]
+        us.append(u(x, t[i], labels))
+        x = a[i] * x0
+        for j in range(i + 1):
+            x = x + b[i, j] * us[j]
     return x
 
 
