@@ -155,7 +155,8 @@ def summary_lines(rows: dict[int, dict], nfes: list[int]) -> list[str]:
 
 def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: dict) -> str:
     lines = [
-        f"## PSNR vs NFE: {', '.join(args.models)}\n\nCommand: `{run['command']}` (commit {run['commit']}).  Machine: {run['machine']}.\n",
+        f"## PSNR vs NFE: {', '.join(args.models)}\n",
+        f"Command: `{run['command']}` (commit {run['commit']}).  Machine: {run['machine']}.\n",
         f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
         f"dopri5 solution (rtol = atol = 1e-5). BNS: {args.train_pairs} train / {args.val_pairs} validation "
         f"pairs, batch {args.batch_size}, at most {args.iterations} Adam iterations (learning rate {args.lr:g}), "
