@@ -139,7 +139,6 @@ def gain(row: dict) -> float:
 
 def summary_lines(rows: dict[int, dict], nfes: list[int]) -> list[str]:
     """The table's closing rows: gains, the "BNS at n vs best baseline at 2n" target, cost, init."""
-
     cells = {
         "BNS gain over best baseline": [f"{gain(rows[n]):+.2f}" for n in nfes],
         "best baseline at 2n NFE": [f"{best_baseline(rows[2 * n]):.2f}" if 2 * n in rows else "n/a" for n in nfes],
@@ -156,7 +155,7 @@ def summary_lines(rows: dict[int, dict], nfes: list[int]) -> list[str]:
 def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: dict) -> str:
     lines = [
         f"## PSNR vs NFE: {', '.join(args.models)}\n",
-        f"Command: `{run['command']}` (commit {run['commit']}).  Machine: {run['machine']}.\n",
+        f"Command: `{run['command']}` (commit {run.get('commit', '?')}).  Machine: {run.get('machine', '?')}.\n",
         f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
         f"dopri5 solution (rtol = atol = 1e-5). BNS: {args.train_pairs} train / {args.val_pairs} validation "
         f"pairs, batch {args.batch_size}, at most {args.iterations} Adam iterations (learning rate {args.lr:g}), "
