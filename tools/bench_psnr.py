@@ -36,14 +36,22 @@ def parse_model(spec: str) -> tuple[str, float]:
     return name, float(w) if w else 1.0
 
 
+def load_sets(spec: str, args):
+    """The (guided) field of `spec` and its train / validation / test ground-truth sets."""
+    name, w = parse_model(spec)
+    field = load_model(name, guidance=w)
+    sets = [
+        ground_truth(field, n, seed)
+        for n, seed in ((args.train_pairs, TRAIN_SEED), (args.val_pairs, VAL_SEED), (args.test_pairs, EVAL_SEED))
+    ]
+    return field, *sets
+
+
 def bench_model(spec: str, nfes: list[int], args, out: dict, save: Callable[[], None]) -> None:
     """Fill `out` with one model's rows; `save()` after each NFE keeps partial results."""
     name, w = parse_model(spec)
-    field = load_model(name, guidance=w)
     t0 = time.time()
-    train = ground_truth(field, args.train_pairs, TRAIN_SEED)
-    val = ground_truth(field, args.val_pairs, VAL_SEED)
-    test = ground_truth(field, args.test_pairs, EVAL_SEED)
+    field, train, val, test = load_sets(spec, args)
     out.update(
         {
             "model": name,
@@ -75,11 +83,7 @@ def bench_model(spec: str, nfes: list[int], args, out: dict, save: Callable[[], 
 
 
 def ablation(spec: str, nfe: int, args) -> list[dict]:
-    name, w = parse_model(spec)
-    field = load_model(name, guidance=w)
-    train = ground_truth(field, args.train_pairs, TRAIN_SEED)
-    val = ground_truth(field, args.val_pairs, VAL_SEED)
-    test = ground_truth(field, args.test_pairs, EVAL_SEED)
+    field, train, val, test = load_sets(spec, args)
     runs = [
         ("full BNS, midpoint init", dict(base="midpoint")),
         ("times only, midpoint init", dict(base="midpoint", learn="times")),
@@ -154,7 +158,7 @@ def summary_lines(rows: dict[int, dict], nfes: list[int]) -> list[str]:
 
 def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: dict) -> str:
     lines = [
-        f"## PSNR vs NFE: {', '.join(args.models)}\n",
+        f"## PSNR vs NFE: {', '.join(args.models)}, at most {args.iterations} iterations\n",
         f"Command: `{run['command']}` (commit {run.get('commit', '?')}).  Machine: {run.get('machine', '?')}.\n",
         f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
         f"dopri5 solution (rtol = atol = 1e-5). BNS: {args.train_pairs} train / {args.val_pairs} validation "
