@@ -85,6 +85,34 @@ def gt_options(fn):
     return click.option("--rtol", type=float, default=1e-5, show_default=True, help="Ground-truth dopri5 rtol.")(fn)
 
 
+def device_option(fn):
+    """--device: where models, ground truth and samplers run (parsed by devices.resolve_device)."""
+    return click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu).")(
+        fn
+    )
+
+
+def network_dtype_option(fn):
+    """--network-dtype: the precision the network runs in (solver, loss and ground truth stay fp32)."""
+    return click.option(
+        "--network-dtype",
+        type=click.Choice(["fp32", "bf16", "fp16"]),
+        default="fp32",
+        show_default=True,
+        help="Network precision (autocast; for GPUs). Solver state, loss and ground truth stay fp32.",
+    )(fn)
+
+
+def _guidance(solver_spec: str | None, guidance: float | None) -> float:
+    """Explicit --guidance, else the solver file's guidance, else 1."""
+    from .solvers import solver_guidance
+
+    if guidance is not None:
+        return guidance
+    g = solver_guidance(solver_spec)
+    return 1.0 if g is None else g
+
+
 def handle_errors(fn):
     """Map BNSError (and Ctrl-C) to one line on stderr and the exit code."""
 
@@ -100,18 +128,6 @@ def handle_errors(fn):
             sys.exit(130)
 
     return wrapper
-
-
-def _guidance_from(solver_spec: str | None, guidance: float | None) -> float:
-    """Explicit --guidance, else the solver file's guidance, else 1."""
-    if guidance is not None:
-        return guidance
-    if solver_spec and Path(solver_spec).is_file():
-        try:
-            return float(json.loads(Path(solver_spec).read_text()).get("guidance", 1.0))
-        except (ValueError, AttributeError, TypeError):
-            return 1.0  # the solver loader reports the real problem
-    return 1.0
 
 
 def _ground_truth(field, n: int, seed: int, rtol: float, atol: float, cache_dir, label: str):
@@ -156,17 +172,23 @@ def models_cmd(as_json: bool) -> None:
 @click.option("--n-samples", "-n", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation noise.")
 @gt_options
+@device_option
+@network_dtype_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, rtol, atol, cache_dir, as_json) -> None:
+def eval_cmd(
+    model, model_opts, guidance, solver, nfe, n_samples, seed, rtol, atol, cache_dir, device, network_dtype, as_json
+) -> None:
     """PSNR of a solver's samples against the exact (dopri5) ODE solution."""
-    from .evaluate import evaluate_on, resolve_solver
+    from .devices import device_of, resolve_device
+    from .evaluate import evaluate_on
     from .models import load_model
+    from .solvers import resolve_solver
 
-    field = load_model(model, model_opts, _guidance_from(solver, guidance))
+    field = load_model(model, model_opts, _guidance(solver, guidance), resolve_device(device), network_dtype)
     ns = resolve_solver(solver, field, nfe)
     gt = _ground_truth(field, n_samples, seed, rtol, atol, cache_dir, "ground truth")
     report = evaluate_on(field, ns, gt)
-    report.update(model=model, guidance=field.guidance, seed=seed)
+    report.update(model=model, guidance=field.guidance, seed=seed, device=str(device_of(field)))
     if as_json:
         click.echo(json.dumps(report))
     else:
@@ -197,6 +219,8 @@ def eval_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, rtol, at
 @click.option("--val-every", type=click.IntRange(1), default=25, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Ignore a checkpoint left by an interrupted run.")
 @gt_options
+@device_option
+@network_dtype_option
 @click.option("--json", "as_json", is_flag=True, help="Print the solver summary as JSON.")
 def distill_cmd(
     model,
@@ -216,20 +240,25 @@ def distill_cmd(
     rtol,
     atol,
     cache_dir,
+    device,
+    network_dtype,
     as_json,
 ) -> None:
     """Train a BNS solver for a model at a fixed NFE."""
+    from .devices import resolve_device
     from .distill import DistillConfig, distill
     from .evaluate import TRAIN_SEED, VAL_SEED
     from .models import load_model
-    from .solvers.classic import parse_spec
+    from .solvers import parse_spec
 
     out_path = Path(out)
     if not out_path.parent.exists():
         raise BNSError(f"output folder does not exist: {out_path.parent}")
     if base is not None and base != "auto":
         parse_spec(base)
-    field = load_model(model, model_opts, guidance if guidance is not None else 1.0)
+    field = load_model(
+        model, model_opts, guidance if guidance is not None else 1.0, resolve_device(device), network_dtype
+    )
     cfg = DistillConfig(
         nfe=nfe,
         base=base,
@@ -281,28 +310,33 @@ def distill_cmd(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--label", type=int, default=None, help="One class for every sample (default: random classes).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="FILE.png (grid) or FILE.npz.")
-def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label, out) -> None:
+@device_option
+@network_dtype_option
+def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label, out, device, network_dtype) -> None:
     """Write samples: a PNG grid, or an .npz with noise, labels and samples."""
     import torch
 
-    from .evaluate import resolve_solver, run_solver
+    from .devices import resolve_device
+    from .evaluate import run_solver
     from .groundtruth import make_inputs
     from .images import grid, write_npz, write_png
     from .models import load_model
+    from .solvers import resolve_solver
 
     out_path = Path(out)
     if out_path.suffix not in (".png", ".npz"):
         raise BNSError(f"--out must end in .png or .npz, got {out_path.name!r}")
     if not out_path.parent.exists():
         raise BNSError(f"output folder does not exist: {out_path.parent}")
-    field = load_model(model, model_opts, _guidance_from(solver, guidance))
+    dev = resolve_device(device)
+    field = load_model(model, model_opts, _guidance(solver, guidance), dev, network_dtype)
     ns = resolve_solver(solver, field, nfe)
     noise, labels = make_inputs(field, n_samples, seed, field.default_dtype)
     if label is not None:
         if field.num_classes is None or not 0 <= label < field.num_classes:
             raise BNSError(f"--label {label} is not a class of model {model}")
         labels = torch.full((n_samples,), label, dtype=torch.long)
-    samples = run_solver(field, ns, noise, labels).float().numpy()
+    samples = run_solver(field, ns, noise.to(dev), None if labels is None else labels.to(dev)).float().cpu().numpy()
     if out_path.suffix == ".png":
         write_png(out_path, grid(samples, scale=max(1, 64 // samples.shape[-1]) if samples.ndim == 4 else 1))
     else:
@@ -321,7 +355,12 @@ def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label,
 @click.option("--fp16", is_flag=True, help="Run the network in fp16 (inputs, outputs and solver stay fp32).")
 @click.option("--max-batch", type=int, default=16, show_default=True, help="Largest batch the artifact accepts.")
 @click.option("--opt-batch", type=int, default=None, help="TensorRT profile's optimal batch (default max/2).")
-@click.option("--device", default="cpu", show_default=True, help="AOTInductor target: cpu or cuda.")
+@click.option(
+    "--device",
+    default=None,
+    help="Where to trace and validate, and the AOTInductor target: cpu, cuda, cuda:N "
+    "(default: cuda when available, else cpu).",
+)
 @click.option("--workspace-mb", type=click.IntRange(16), default=2048, show_default=True, help="TensorRT workspace.")
 @click.option("--timing-cache", default=None, help="TensorRT timing cache file (reused across builds).")
 @click.option("--no-validate", is_flag=True, help="Skip the parity check (not recommended).")
@@ -347,7 +386,8 @@ def compile_cmd(
     as_json,
 ) -> None:
     """Compile model + solver into one graph (noise [+ labels] in, sample out) and validate it."""
-    from .compile import compile_artifact
+    from .compile.build import compile_artifact
+    from .devices import resolve_device
 
     manifest = compile_artifact(
         model,
@@ -355,12 +395,12 @@ def compile_cmd(
         fmt,
         out,
         options=model_opts,
-        guidance=_guidance_from(solver, guidance),
+        guidance=_guidance(solver, guidance),
         nfe=nfe,
         fp16=fp16,
         max_batch=max_batch,
         opt_batch=opt_batch,
-        device=device,
+        device=resolve_device(device),
         validate=not no_validate,
         min_psnr=min_psnr,
         workspace_bytes=workspace_mb << 20,
@@ -379,12 +419,14 @@ def compile_cmd(
 @handle_errors
 @click.argument("artifact", type=click.Path())
 @click.option("--min-psnr", type=float, default=None, help="Gate in dB (default 60 fp32, 35 fp16).")
+@click.option("--device", default=None, help="Where to run both sides: cpu, cuda, cuda:N (default: the artifact's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def validate_cmd(artifact, min_psnr, as_json) -> None:
+def validate_cmd(artifact, min_psnr, device, as_json) -> None:
     """Parity of an artifact against the eager PyTorch sampler; exit 0 pass, 1 fail, 2 bad input."""
-    from .validate import validate_artifact
+    from .compile.parity import validate_artifact
+    from .devices import resolve_device
 
-    report = validate_artifact(artifact, min_psnr=min_psnr)
+    report = validate_artifact(artifact, min_psnr=min_psnr, device=None if device is None else resolve_device(device))
     if as_json:
         click.echo(json.dumps(report))
     else:
@@ -419,10 +461,12 @@ def validate_cmd(artifact, min_psnr, as_json) -> None:
 @click.option("--guidance", "-w", type=float, default=1.0, show_default=True)
 @click.option("--out", "-o", default="exported/demo", show_default=True, help="Output folder.")
 @click.option("--iterations", type=click.IntRange(1), default=400, show_default=True, help="Distillation budget.")
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def demo_cmd(model, nfe, guidance, out, iterations, as_json) -> None:
+def demo_cmd(model, nfe, guidance, out, iterations, device, as_json) -> None:
     """End to end on a shipped model: ground truth, distil BNS, compare every baseline, write a grid."""
     from .demo import run_demo
+    from .devices import resolve_device
 
     with click.progressbar(length=iterations, label="distilling", file=sys.stderr, item_show_func=lambda s: s) as bar:
         done = [0]
@@ -437,6 +481,7 @@ def demo_cmd(model, nfe, guidance, out, iterations, as_json) -> None:
             out,
             guidance,
             iterations=iterations,
+            device=resolve_device(device),
             log=lambda m: click.echo(m, err=as_json),
             progress=progress,
         )

@@ -20,7 +20,7 @@ from .fileio import atomic_write_text
 from .groundtruth import ground_truth
 from .images import grid, write_png
 from .models import load_model
-from .solvers.classic import BASELINES, baseline
+from .solvers import BASELINES, baseline
 from .solvers.table import NSSolver
 
 #: the baselines a comparison runs: each solver on its default grid, plus the common variants
@@ -36,17 +36,25 @@ class DemoContext:
     solver: NSSolver
     solver_path: Path
     out_dir: Path
+    device: str = "cpu"
     report: dict = field(default_factory=dict)
 
 
 def compile_step(ctx: DemoContext) -> dict:
     """Compile the distilled solver with the model to ONNX and validate parity against eager PyTorch."""
-    from .compile import compile_artifact
+    from .compile.build import compile_artifact
 
     t0 = time.time()
     folder = ctx.out_dir / f"onnx-bns-{ctx.solver.nfe}"
     manifest = compile_artifact(
-        ctx.model, str(ctx.solver_path), "onnx", folder, guidance=ctx.field.guidance, max_batch=16, log=lambda m: None
+        ctx.model,
+        str(ctx.solver_path),
+        "onnx",
+        folder,
+        guidance=ctx.field.guidance,
+        max_batch=16,
+        device=ctx.device,
+        log=lambda m: None,
     )
     v = manifest["validation"]
     return {
@@ -67,7 +75,7 @@ def compare_baselines(fld, gt, nfe: int, names: list[str] = COMPARE) -> list[dic
     """PSNR of every baseline that can run at `nfe` NFE."""
     rows = []
     for spec in names:
-        per_step = BASELINES[spec.partition(":")[0]][1]
+        per_step = BASELINES[spec.partition(":")[0]].nfe_per_step
         if nfe % per_step:
             continue
         rows.append(evaluate_on(fld, baseline(spec, nfe, fld.schedule, fld.t_lo, fld.t_hi), gt))
@@ -94,6 +102,7 @@ def run_demo(
     test_pairs: int = 256,
     iterations: int = 400,
     batch_size: int = 64,
+    device: str = "cpu",
     log: Callable[[str], None] = print,
     progress: Callable[[int, dict], None] | None = None,
 ) -> dict:
@@ -104,8 +113,11 @@ def run_demo(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BNSError(f"cannot create output folder {out}: {e.strerror}") from None
-    fld = load_model(model, guidance=guidance)
-    log(f"model {model}: shape {fld.sample_shape}, interval [{fld.t_lo:g}, {fld.t_hi:g}], guidance {guidance:g}")
+    fld = load_model(model, guidance=guidance, device=device)
+    log(
+        f"model {model}: shape {fld.sample_shape}, interval [{fld.t_lo:g}, {fld.t_hi:g}], guidance {guidance:g}, "
+        f"device {device}"
+    )
     gts = {}
     for name, n, seed in (
         ("train", train_pairs, TRAIN_SEED),
@@ -132,7 +144,7 @@ def run_demo(
     lab = None if test.labels is None else test.labels[:k]
     bns_x = run_solver(fld, solver, test.noise[:k], lab)
     best_x = run_solver(fld, baseline(best["solver"], nfe, fld.schedule, fld.t_lo, fld.t_hi), test.noise[:k], lab)
-    stack = torch.cat([test.x1[:k], bns_x, best_x]).float().numpy()
+    stack = torch.cat([test.x1[:k], bns_x, best_x]).float().cpu().numpy()
     if stack.ndim == 4:
         scale = max(1, 48 // stack.shape[-1])
         write_png(out / "grid.png", grid(stack, ncol=k, scale=scale))
@@ -148,7 +160,7 @@ def run_demo(
         "gt_nfe_mean": test.nfe_mean,
         "grid": "grid.png (rows: ground truth, BNS, best baseline)",
     }
-    ctx = DemoContext(model, fld, solver, solver_path, out, report)
+    ctx = DemoContext(model, fld, solver, solver_path, out, device, report)
     for name, step in POST_STEPS:
         log(f"{name} ...")
         report[name] = step(ctx)

@@ -28,7 +28,7 @@ from . import __version__
 from .errors import BNSError
 from .groundtruth import GTSet
 from .metrics import psnr_per_sample
-from .solvers.classic import baseline
+from .solvers import baseline
 from .solvers.sampler import ns_sample, sample_batches, solver_tensors
 from .solvers.table import NSSolver
 
@@ -52,11 +52,12 @@ class BNSParams(nn.Module):
         self.b = nn.Parameter(torch.as_tensor(init.b, dtype=torch.float64))
         self.register_buffer("mask", torch.tril(torch.ones(n, n, dtype=torch.float64)))
 
-    def tables(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
+    def tables(self, dtype: torch.dtype = torch.float64, device=None) -> tuple[Tensor, Tensor, Tensor]:
+        """(t, a, b) in the sampling dtype on the sampling device (differentiable)."""
         w = torch.softmax(self.logits, 0)
         cum = torch.cumsum(w, 0)[:-1]
         t = self.t_lo + (self.t_end - self.t_lo) * torch.cat([cum.new_zeros(1), cum])
-        return t.to(dtype), self.a.to(dtype), (self.b * self.mask).to(dtype)
+        return tuple(v.to(dtype=dtype, device=device) for v in (t, self.a, self.b * self.mask))
 
     def solver(self, name: str = "bns", **meta) -> NSSolver:
         t, a, b = (v.detach().cpu().numpy() for v in self.tables())
@@ -89,7 +90,7 @@ AUTO_BASES = ["midpoint", "euler", "ab2", "ddim", "dpm++2m", "dpm++2m:karras", "
 
 def initial_solver(field, cfg: DistillConfig, val: GTSet) -> tuple[NSSolver, float]:
     """The base solver (the best on validation when base == "auto") and its validation PSNR."""
-    dtype = val.noise.dtype
+    dtype, device = val.noise.dtype, val.noise.device
     names = [cfg.base_solver()]
     if cfg.base == "auto":
         names = [b for b in AUTO_BASES if not (b == "midpoint" and cfg.nfe % 2)]
@@ -101,7 +102,7 @@ def initial_solver(field, cfg: DistillConfig, val: GTSet) -> tuple[NSSolver, flo
             if cfg.base == "auto":  # e.g. DDIM cannot be preconditioned: not a candidate then
                 continue
             raise
-        psnr = float(batched_psnr(field, solver_tensors(solver, dtype), val, dtype).mean())
+        psnr = float(batched_psnr(field, solver_tensors(solver, dtype, device), val, dtype).mean())
         if best is None or psnr > best[1]:
             best = (solver, psnr)
     return best
@@ -178,7 +179,7 @@ def distill(
     kept next to it while training and removed when the solver file is written.
     """
     started = time.time()
-    dtype = train.noise.dtype
+    dtype, device = train.noise.dtype, train.noise.device
     init, init_val = initial_solver(field, cfg, val)
     params = BNSParams(init)
     if cfg.learn not in ("all", "times"):
@@ -216,9 +217,9 @@ def distill(
         for group in opt.param_groups:
             group["lr"] = cfg.lr * 0.5 ** state["decays"]
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
-        idx = torch.randperm(n_train, generator=g)[: cfg.batch_size]
+        idx = torch.randperm(n_train, generator=g)[: cfg.batch_size].to(device)
         labels = None if train.labels is None else train.labels[idx]
-        t, a, b = params.tables(dtype)
+        t, a, b = params.tables(dtype, device)
         x = ns_sample(field, t, a, b, train.noise[idx].to(dtype) * field.init_scale, labels)
         mse = ((x - train.x1[idx]) ** 2).flatten(1).mean(1)
         loss = torch.log(mse).mean()
@@ -228,7 +229,7 @@ def distill(
         state["iteration"] = it + 1
         state["train_psnr"] = float(10 * math.log10(4.0) - 10 * loss.item() / math.log(10))
         if state["iteration"] % cfg.val_every == 0 or state["iteration"] == cfg.iterations:
-            v = float(batched_psnr(field, params.tables(dtype), val, dtype).mean())
+            v = float(batched_psnr(field, params.tables(dtype, device), val, dtype).mean())
             if v > state["best_val"] + 1e-3:
                 state.update(best_val=v, best_iter=state["iteration"], stale=0)
                 best = snapshot()
@@ -248,7 +249,7 @@ def distill(
                     {"val_psnr": v, "best_val_psnr": state["best_val"], "train_psnr": state["train_psnr"]},
                 )
     params.load_state_dict(best)
-    train_psnr = float(batched_psnr(field, params.tables(dtype), train, dtype).mean())
+    train_psnr = float(batched_psnr(field, params.tables(dtype, device), train, dtype).mean())
     solver = params.solver(
         name=f"bns-{cfg.nfe}",
         kind="bns",

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .devices import device_of
 from .errors import BNSError
 
 # Dormand-Prince 5(4) tableau
@@ -135,27 +136,32 @@ def ground_truth(
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> GTSet:
-    """Solve n seeded pairs to x(t_hi) with dopri5, reusing the on-disk cache when it matches."""
+    """Solve n seeded pairs to x(t_hi) with dopri5 on the field's device, in batches.
+
+    The noise is drawn on the CPU (the same pairs on every device); the cache holds CPU tensors
+    under a device-independent key; the returned set lives on the field's device.
+    """
     from safetensors.torch import load_file, save_file
 
     dtype = dtype or field.default_dtype
+    device = device_of(field)
     key = gt_key(field, n, seed, rtol, atol, dtype)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"{key}.safetensors"
     if path.exists():
         try:
             d = load_file(str(path))
-            return GTSet(d["noise"], d.get("labels"), d["x1"], float(d["nfe_mean"]), key)
+            return GTSet(*_on(device, d["noise"], d.get("labels"), d["x1"]), float(d["nfe_mean"]), key)
         except Exception:  # a corrupt cache file is recomputed, never trusted
             path.unlink(missing_ok=True)
     noise, labels = make_inputs(field, n, seed, dtype)
     outs, nfes = [], []
     with torch.no_grad():
         for lo in range(0, n, batch_size):
-            xb = noise[lo : lo + batch_size] * field.init_scale
-            lb = None if labels is None else labels[lo : lo + batch_size]
+            xb = noise[lo : lo + batch_size].to(device) * field.init_scale
+            lb = None if labels is None else labels[lo : lo + batch_size].to(device)
             res = dopri5(lambda x, t, lb=lb: field(x, t, lb), xb, field.t_lo, field.t_hi, rtol, atol)
-            outs.append(res.x)
+            outs.append(res.x.cpu())
             nfes.append(res.nfe)
             if progress:
                 progress(xb.shape[0])
@@ -174,4 +180,8 @@ def ground_truth(
         os.replace(tmp, path)
     except OSError:
         pass  # an unwritable cache only costs recomputation
-    return GTSet(noise, labels, x1, nfe_mean, key)
+    return GTSet(*_on(device, noise, labels, x1), nfe_mean, key)
+
+
+def _on(device: torch.device, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    return tuple(None if t is None else t.to(device) for t in tensors)

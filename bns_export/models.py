@@ -49,12 +49,31 @@ def list_models() -> list[dict]:
     return out
 
 
-def load_model(spec: str, options: ModelOptions | None = None, guidance: float = 1.0) -> GuidedField:
-    """A guided velocity field for `spec`; guidance w = 1 means none."""
+NETWORK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_model(
+    spec: str,
+    options: ModelOptions | None = None,
+    guidance: float = 1.0,
+    device: str = "cpu",
+    network_dtype: str = "fp32",
+) -> GuidedField:
+    """A guided velocity field for `spec` on `device`; guidance w = 1 means none.
+
+    network_dtype: the dtype the network runs in (fp32, bf16, fp16); solver state, conversions,
+    guidance and ground truth stay fp32.  The fingerprint does not depend on it.
+    """
     field = _load_field(spec, options or ModelOptions())
     if guidance != 1.0 and field.num_classes is None:
         raise BNSError(f"model {spec} is unconditional: guidance {guidance} needs a class-conditional model")
-    return GuidedField(field, guidance)
+    if network_dtype not in NETWORK_DTYPES:
+        raise BNSError(f"unknown network dtype {network_dtype!r}; choose one of {', '.join(NETWORK_DTYPES)}")
+    if network_dtype != "fp32":
+        if not isinstance(field, NetworkField):
+            raise BNSError(f"--network-dtype {network_dtype} needs a network model; analytic fields have no weights")
+        field.set_network_dtype(NETWORK_DTYPES[network_dtype])
+    return GuidedField(field, guidance).to(device)
 
 
 def _load_field(spec: str, opt: ModelOptions) -> VelocityField:

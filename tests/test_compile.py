@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from bns_export.cli import main
-from bns_export.compile import compile_artifact
+from bns_export.compile.build import compile_artifact
 from bns_export.compile.trt_support import check_tensorrt_support
 from bns_export.compile.unroll import UnrolledSampler
 from bns_export.errors import BNSError
@@ -196,12 +196,12 @@ def test_failed_parity_or_interrupted_export_leaves_no_artifact(tmp_path, monkey
     with pytest.raises(BNSError) as e:
         compile_artifact("analytic:gmm", "euler", "onnx", out, nfe=2, max_batch=2, min_psnr=1000, log=lambda m: None)
     assert e.value.exit_code == 1
-    import bns_export.compile.onnx_backend as ob
+    import bns_export.backends.onnx as ob
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ob, "export_onnx", boom)
+    monkeypatch.setattr(ob, "export", boom)
     with pytest.raises(KeyboardInterrupt):
         compile_artifact("analytic:gmm", "euler", "onnx", out, nfe=2, max_batch=2, log=lambda m: None)
     assert list(tmp_path.iterdir()) == []

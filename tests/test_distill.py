@@ -9,8 +9,7 @@ from bns_export.fields import GuidedField, NetworkField
 from bns_export.fields.analytic import gmm, gmm_cond
 from bns_export.fields.schedules import VPLinear
 from bns_export.groundtruth import ground_truth
-from bns_export.solvers import NSSolver, baseline
-from bns_export.solvers.classic import BASELINES
+from bns_export.solvers import BASELINES, NSSolver, baseline
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +22,8 @@ def test_bns_beats_every_baseline_at_4_nfe(gmm_sets):
     f, train, val, test = gmm_sets
     solver = distill(f, train, val, DistillConfig(nfe=4, iterations=300, batch_size=64))
     bns = evaluate_on(f, solver, test)["psnr_mean"]
-    for name, (_, per, _, _) in BASELINES.items():
-        if 4 % per == 0:
+    for name, entry in BASELINES.items():
+        if 4 % entry.nfe_per_step == 0:
             base = evaluate_on(f, baseline(name, 4, f.schedule, f.t_lo, f.t_hi), test)["psnr_mean"]
             assert bns > base + 10, (name, bns, base)
     assert np.all(np.diff(solver.t) > 0) and solver.t[0] == 0.0 and solver.t_end == 1.0

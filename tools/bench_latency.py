@@ -26,8 +26,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from benchdoc import git_rev, machine, write_section  # noqa: E402
 
-from bns_export.compile import compile_artifact  # noqa: E402
-from bns_export.compile.onnx_backend import export_onnx  # noqa: E402
+from bns_export.backends import ExportRequest  # noqa: E402
+from bns_export.backends.onnx import export_onnx  # noqa: E402
+from bns_export.compile.build import compile_artifact  # noqa: E402
 from bns_export.models import load_model  # noqa: E402
 from bns_export.runtime import load  # noqa: E402
 from bns_export.solvers import baseline  # noqa: E402
@@ -101,7 +102,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     # floor in ONNX Runtime: one guided call exported alone
     one = OneCall(field, 0.5).eval()
-    export_onnx(one, shape, work / "one.onnx", max_b, {})
+    export_onnx(one, ExportRequest(tuple(shape), one.conditional, max_b, max_b), work / "one.onnx")
     import onnxruntime as ort
 
     one_sess = ort.InferenceSession(str(work / "one.onnx"), providers=["CPUExecutionProvider"])

@@ -53,9 +53,16 @@ class NetworkField(VelocityField):
         self.name = name
         #: dtype the network runs in (None: the sample's); conversions and the solver stay in the sample's
         self.net_dtype: torch.dtype | None = None
+        #: mixed precision for distillation/eval/sampling on GPUs (None: off)
+        self.autocast_dtype: torch.dtype | None = None
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.net.eval()
+
+    def set_network_dtype(self, dtype: torch.dtype) -> None:
+        """Run the network under autocast to `dtype` (bf16/fp16; weights stay fp32, so the fingerprint
+        does not change); conversions to velocity, guidance and the solver stay in the sample's dtype."""
+        self.autocast_dtype = None if dtype == torch.float32 else dtype
 
     def _net_time(self, t: Tensor) -> Tensor:
         if self.time_input == "t":
@@ -72,13 +79,16 @@ class NetworkField(VelocityField):
         xin = x / sch.alpha(t) if (self.time_input == "sigma" or isinstance(sch, EDM)) else x
         if self.net_dtype is not None:
             xin = xin.to(self.net_dtype)
-        if self.num_classes is None:
-            out = self.net(xin, self._net_time(tb))
-        else:
+        args = (xin, self._net_time(tb))
+        if self.num_classes is not None:
             if labels is None:
                 labels = torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long, device=x.device)
-            lab = torch.where(labels == NULL_LABEL, torch.full_like(labels, self.null_label), labels)
-            out = self.net(xin, self._net_time(tb), lab)
+            args += (torch.where(labels == NULL_LABEL, torch.full_like(labels, self.null_label), labels),)
+        if self.autocast_dtype is None:
+            out = self.net(*args)
+        else:
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                out = self.net(*args)
         out = out.to(x.dtype)
         if self.prediction == "velocity":
             return out

@@ -156,7 +156,9 @@ class DDPMDiscrete(_VP):
         pos = (1.0 - t) * self.steps - 1.0
         idx = torch.clamp(torch.floor(pos.detach()), 0, self.steps - 2).long()
         frac = pos - idx.to(t.dtype)
-        lo, hi = la[idx], la[idx + 1]
+        flat = idx.reshape(-1)  # index_select, not la[idx]: no data-dependent shape for torch.export to guard
+        lo = la.index_select(0, flat).reshape(idx.shape)
+        hi = la.index_select(0, flat + 1).reshape(idx.shape)
         return lo + frac * (hi - lo), (hi - lo) * self.steps  # log alpha_bar, d/ds
 
     def alpha(self, t: Tensor) -> Tensor:

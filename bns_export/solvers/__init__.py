@@ -1,8 +1,20 @@
-"""NS solvers: the (t, a, b) table, the one sampling loop, and every classic solver as a table."""
+"""NS solvers: the (t, a, b) table, the one sampling loop, every classic solver as a table, and specs."""
 
-from .classic import BASELINES, baseline
+from .classic import BASELINES
 from .general import GeneralForm
+from .resolve import SolverSpec, baseline, parse_spec, resolve_solver, solver_guidance
 from .sampler import ns_sample, sample
 from .table import NSSolver
 
-__all__ = ["BASELINES", "GeneralForm", "NSSolver", "baseline", "ns_sample", "sample"]
+__all__ = [
+    "BASELINES",
+    "GeneralForm",
+    "NSSolver",
+    "SolverSpec",
+    "baseline",
+    "ns_sample",
+    "parse_spec",
+    "resolve_solver",
+    "sample",
+    "solver_guidance",
+]

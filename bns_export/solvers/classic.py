@@ -1,20 +1,20 @@
 """Every classic solver as an exact NS table, each a short function over one time grid.
 
-Each builder takes the grid T_0..T_m and returns the general form (see general.py); `baseline`
-picks the grid and converts.  NFE per step: Euler/AB2/DDIM/DPM-Solver++(2M) 1, midpoint/Heun 2,
+Each builder takes the grid T_0..T_m and returns the general form (see general.py);
+`resolve.baseline` picks the grid and converts.  NFE per step: Euler/AB2/DDIM/DPM-Solver++(2M) 1, midpoint/Heun 2,
 RK4 4.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from ..errors import BNSError
 from ..fields.schedules import Schedule
-from .general import GeneralForm, scale_time
-from .grids import GRIDS, make_grid
-from .table import NSSolver
+from .general import GeneralForm
 
 
 def euler(T: np.ndarray) -> GeneralForm:
@@ -131,64 +131,27 @@ def dpmpp_2m(T: np.ndarray, schedule: Schedule) -> GeneralForm:
     return g
 
 
-# name -> (builder, NFE per step, default grid, needs the schedule)
+@dataclass(frozen=True)
+class Baseline:
+    """A classic solver: its (c, d) builder, NFE per step, default grid, and whether it needs the schedule."""
+
+    builder: Callable[..., GeneralForm]
+    nfe_per_step: int
+    grid: str
+    needs_schedule: bool
+
+    def build(self, T: np.ndarray, schedule: Schedule) -> GeneralForm:
+        """The general form of this solver on grid T."""
+        return self.builder(T, schedule) if self.needs_schedule else self.builder(T)
+
+
+#: every classic solver, by the name a solver spec uses
 BASELINES = {
-    "euler": (euler, 1, "uniform", False),
-    "midpoint": (midpoint, 2, "uniform", False),
-    "heun": (heun, 2, "uniform", False),
-    "rk4": (rk4, 4, "uniform", False),
-    "ab2": (ab2, 1, "uniform", False),
-    "ddim": (ddim, 1, "uniform", True),
-    "dpm++2m": (dpmpp_2m, 1, "logsnr", True),
+    "euler": Baseline(euler, 1, "uniform", False),
+    "midpoint": Baseline(midpoint, 2, "uniform", False),
+    "heun": Baseline(heun, 2, "uniform", False),
+    "rk4": Baseline(rk4, 4, "uniform", False),
+    "ab2": Baseline(ab2, 1, "uniform", False),
+    "ddim": Baseline(ddim, 1, "uniform", True),
+    "dpm++2m": Baseline(dpmpp_2m, 1, "logsnr", True),
 }
-
-
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    name, _, grid = spec.partition(":")
-    if name not in BASELINES:
-        raise BNSError(f"unknown solver {spec!r}: not a file and not one of {', '.join(BASELINES)}")
-    if grid and grid not in GRIDS:
-        raise BNSError(f"unknown time grid {grid!r} in {spec!r}; choose one of {', '.join(GRIDS)}")
-    return name, grid or None
-
-
-def baseline(
-    spec: str, nfe: int, schedule: Schedule, t_lo: float, t_hi: float, precondition: float | None = None
-) -> NSSolver:
-    """The NS table of a classic solver at `nfe` evaluations, e.g. "rk4", "heun:karras".
-
-    precondition (sigma_0): run the solver on the scale-time transformed path whose source has
-    std sigma_0 (method.md section 3); exact for FM-OT fields, a valid NS solver for any field.
-    """
-    name, grid = parse_spec(spec)
-    builder, per_step, default_grid, needs_schedule = BASELINES[name]
-    grid = grid or default_grid
-    if nfe < per_step or nfe % per_step:
-        raise BNSError(f"{name} uses {per_step} NFE per step: NFE {nfe} is not a multiple of {per_step}")
-    m = nfe // per_step
-
-    def build(T: np.ndarray) -> GeneralForm:
-        return builder(T, schedule) if needs_schedule else builder(T)
-
-    meta = {"base_solver": spec if ":" in spec else f"{name}:{grid}"}
-    if precondition is None:
-        return build(make_grid(grid, m, schedule, t_lo, t_hi)).to_ns(name=spec, **meta)
-    if needs_schedule:
-        raise BNSError(f"preconditioning applies to the time-stepping solvers, not {name}")
-    s0 = float(precondition)
-    if not s0 > 0:
-        raise BNSError(f"preconditioning sigma_0 must be positive, got {precondition}")
-    span = t_hi - t_lo
-    # FM-OT: xbar_r = (1 - r) sigma_0 z + r x1 => t_r = r / (r + (1 - r) sigma_0), s_r = r + (1 - r) sigma_0;
-    # the base solver steps uniformly in r
-    g = scale_time(
-        build,
-        make_grid("uniform", m, schedule, 0.0, 1.0),
-        t_of_r=lambda r: t_lo + span * r / (r + (1 - r) * s0),
-        s_of_r=lambda r: r + (1 - r) * s0,
-        dt_dr=lambda r: span * s0 / (r + (1 - r) * s0) ** 2,
-        ds_dr=lambda r: np.full_like(r, 1 - s0),
-    )
-    meta["base_solver"] = f"{name}:uniform"
-    meta["precondition_sigma0"] = s0
-    return g.to_ns(name=f"{name}@sigma0={s0:g}", **meta)

@@ -1,8 +1,15 @@
-"""The runner interface shared by every backend, with the manifest's input checks."""
+"""The runner interface every backend implements, the export request every exporter takes, and the
+input checks shared by all runners (Polygraphy's BaseRunner shape: load once, then infer many times).
+
+Runner outputs follow their inputs: numpy in, numpy out; torch in, torch out on the input's device.
+Imports nothing heavier than numpy, so the ONNX runtime path stays torch-free.
+"""
 
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +19,45 @@ from ..errors import BNSError
 NULL_LABEL = -1  # the unconditional branch (same value as bns_export.fields.NULL_LABEL)
 
 
-class Runner:
+@dataclass(frozen=True)
+class ExportRequest:
+    """What an exporter needs besides the module: shapes, batch range, device and backend knobs."""
+
+    sample_shape: tuple[int, ...]
+    conditional: bool
+    max_batch: int
+    opt_batch: int
+    device: str = "cpu"
+    metadata: dict = field(default_factory=dict)
+    workspace_bytes: int = 2 << 30
+    timing_cache: str | None = None
+
+
+def is_torch(x) -> bool:
+    """True for a torch.Tensor, decided without importing torch."""
+    return type(x).__module__.startswith("torch") and hasattr(x, "device")
+
+
+def to_numpy(x, dtype) -> np.ndarray:
+    """A contiguous numpy array of `dtype` from numpy or torch input."""
+    if is_torch(x):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+class Runner(ABC):
     """Callable artifact: runner(noise (B, *shape) float32 [, labels (B,) int64]) -> samples (B, *shape)."""
+
+    #: where the backend computes ("cpu", "cuda", "cuda:1")
+    device: str = "cpu"
 
     def __init__(self, folder: str | Path, manifest: dict) -> None:
         self.folder = Path(folder)
         self.manifest = manifest
         self.sample_shape = tuple(manifest["sample_shape"])
         self.max_batch = int(manifest["max_batch"])
-        self.conditional = manifest.get("num_classes") is not None
         self.num_classes = manifest.get("num_classes")
+        self.conditional = self.num_classes is not None
         self.nfe = int(manifest["nfe"])
         self._lock = threading.Lock()  # for backends whose contexts are not thread-safe
 
@@ -37,7 +73,7 @@ class Runner:
                 raise BNSError("this artifact is class-conditional: labels (B,) int64 are required")
             if tuple(labels.shape) != (shape[0],):
                 raise BNSError(f"labels have shape {tuple(labels.shape)}, expected ({shape[0]},)")
-            lab = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+            lab = to_numpy(labels, np.int64)
             if lab.size and (lab.min() < NULL_LABEL or lab.max() >= self.num_classes):
                 raise BNSError(f"labels must be in 0..{self.num_classes - 1} (or {NULL_LABEL} for unconditional)")
         elif labels is not None:
@@ -45,7 +81,8 @@ class Runner:
 
     def __call__(self, noise, labels=None):
         self.check_inputs(noise, labels)
-        return self.run(noise, labels)
+        return self.infer(noise, labels)
 
-    def run(self, noise, labels):
-        raise NotImplementedError
+    @abstractmethod
+    def infer(self, noise, labels):
+        """Run the sampler on checked inputs; the output's kind and device follow `noise`."""

@@ -1,0 +1,78 @@
+"""AOTInductor: torch.export + aoti_compile_and_package into one .pt2 (compiled C++/CUDA), and its runner."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EXIT_MISSING_BACKEND, BNSError
+from .base import ExportRequest, Runner, is_torch
+
+
+def check_available(request: ExportRequest) -> None:
+    import torch
+
+    if request.device.startswith("cuda") and not torch.cuda.is_available():
+        raise BNSError(f"--device {request.device} needs a CUDA GPU and none is available", EXIT_MISSING_BACKEND)
+
+
+def export(sampler, request: ExportRequest, folder: Path, log=print) -> dict:
+    """Compile the sampler on request.device into folder/model.pt2."""
+    import torch
+
+    from .torch_export import export_program
+
+    log(f"compiling with AOTInductor for {request.device} ...")
+    program = export_program(sampler.to(request.device), request)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch._inductor.aoti_compile_and_package(program, package_path=str(folder / "model.pt2"))
+    except Exception as e:
+        raise BNSError(f"AOTInductor compilation failed: {str(e).strip().splitlines()[0]}") from None
+    return {"device": request.device}
+
+
+class AotiRunner(Runner):
+    """The loaded package on the device it was compiled for; torch or numpy in, the same kind out."""
+
+    def __init__(self, folder: Path, manifest: dict, device: str | None = None) -> None:
+        super().__init__(folder, manifest)
+        import torch
+
+        built = str(manifest.get("device", "cpu"))
+        self.device = device or built
+        if self.device.split(":")[0] != built.split(":")[0]:
+            raise BNSError(f"this package was compiled for {built}, not {self.device}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BNSError("this AOTInductor package needs a CUDA GPU", EXIT_MISSING_BACKEND)
+        try:
+            self.model = torch._inductor.aoti_load_package(
+                str(self.folder / manifest["model_file"]), device_index=_index(self.device)
+            )
+        except Exception as e:
+            raise BNSError(f"cannot load AOTInductor package: {str(e).strip().splitlines()[0]}") from None
+
+    def infer(self, noise, labels):
+        import torch
+
+        x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
+        args = [x]
+        if self.conditional:
+            args.append(torch.as_tensor(labels, dtype=torch.long).to(self.device))
+        with self._lock, torch.no_grad():
+            out = self.model(*args)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        if is_torch(noise):
+            return out.to(noise.device)
+        return np.asarray(out.cpu().numpy())
+
+
+def _index(device: str) -> int:
+    return int(device.split(":")[1]) if ":" in device else -1
+
+
+def open_runner(folder: Path, manifest: dict, device: str | None = None, providers=None) -> AotiRunner:
+    return AotiRunner(folder, manifest, device)

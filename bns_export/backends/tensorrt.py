@@ -1,0 +1,136 @@
+"""TensorRT (10.x / 11.x API): the engine builder (strongly typed, dynamic batch profile, timing cache)
+from the exported ONNX graph, and the engine runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EXIT_MISSING_BACKEND, BNSError
+from ..fileio import atomic_write_bytes
+from .base import ExportRequest, Runner, is_torch
+
+
+def import_tensorrt():
+    """tensorrt and a CUDA device, or one clear error with exit code 3."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BNSError(
+            "TensorRT is not installed (pip install tensorrt, on a machine with a CUDA GPU)", EXIT_MISSING_BACKEND
+        ) from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BNSError("TensorRT needs a CUDA GPU and none is available", EXIT_MISSING_BACKEND)
+    return trt
+
+
+def check_available(request: ExportRequest) -> None:
+    import_tensorrt()
+    from .onnx import import_onnx
+
+    import_onnx()
+
+
+def default_timing_cache() -> Path:
+    return Path(os.environ.get("BNS_EXPORT_CACHE", Path.home() / ".cache" / "bns-export")) / "trt-timing.cache"
+
+
+def export(sampler, request: ExportRequest, folder: Path, log=print) -> dict:
+    """The ONNX graph (kept beside the engine), then model.plan built from it."""
+    from .onnx import export as export_onnx
+
+    entries = export_onnx(sampler, request, folder, log)
+    log("building TensorRT engine ...")
+    entries["tensorrt"] = build_engine(folder / "model.onnx", folder / "model.plan", request)
+    return entries
+
+
+def build_engine(onnx_path: Path, plan_path: Path, request: ExportRequest) -> dict:
+    """Parse, build with an optimisation profile for batch 1..max (opt), reuse the timing cache."""
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is not None:  # 10.x: precision from the ONNX types; 11.x: always strongly typed
+        flags |= 1 << int(strongly_typed)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BNSError(f"TensorRT cannot parse the ONNX graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(request.workspace_bytes))
+    profile = builder.create_optimization_profile()
+    shape, lo, opt, hi = request.sample_shape, 1, request.opt_batch, request.max_batch
+    profile.set_shape("noise", (lo, *shape), (opt, *shape), (hi, *shape))
+    if request.conditional:
+        profile.set_shape("labels", (lo,), (opt,), (hi,))
+    config.add_optimization_profile(profile)
+    cache_path = Path(request.timing_cache) if request.timing_cache else default_timing_cache()
+    cache_bytes = cache_path.read_bytes() if cache_path.exists() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BNSError("TensorRT failed to build the engine (see the TensorRT log above)")
+    plan_path.write_bytes(bytes(plan))
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    return {
+        "tensorrt_version": trt.__version__,
+        "opt_batch": opt,
+        "workspace_bytes": int(request.workspace_bytes),
+        "timing_cache": str(cache_path),
+        "timing_cache_reused": bool(cache_bytes),
+    }
+
+
+class TensorRTRunner(Runner):
+    """Deserialises the plan once; one execution context, serialised by a lock."""
+
+    device = "cuda"
+
+    def __init__(self, folder: Path, manifest: dict, device: str | None = None) -> None:
+        super().__init__(folder, manifest)
+        trt = import_tensorrt()
+        self.device = device or "cuda"
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        plan = (self.folder / manifest["model_file"]).read_bytes()
+        self.engine = self._runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise BNSError(
+                "TensorRT cannot load this engine: it was built for another GPU or TensorRT version; "
+                "rebuild it with `bns-export compile --format tensorrt`"
+            )
+        self.context = self.engine.create_execution_context()
+
+    def infer(self, noise, labels):
+        import torch
+
+        x = torch.as_tensor(noise, dtype=torch.float32).to(self.device).contiguous()
+        out = torch.empty_like(x)
+        with self._lock, torch.cuda.device(x.device):
+            self.context.set_input_shape("noise", tuple(x.shape))
+            self.context.set_tensor_address("noise", x.data_ptr())
+            if self.conditional:
+                lab = torch.as_tensor(labels, dtype=torch.long).to(self.device).contiguous()
+                self.context.set_input_shape("labels", tuple(lab.shape))
+                self.context.set_tensor_address("labels", lab.data_ptr())
+            self.context.set_tensor_address("sample", out.data_ptr())
+            stream = torch.cuda.current_stream()
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise BNSError("TensorRT execution failed")
+            stream.synchronize()
+        if is_torch(noise):
+            return out.to(noise.device)
+        return np.asarray(out.cpu().numpy())
+
+
+def open_runner(folder: Path, manifest: dict, device: str | None = None, providers=None) -> TensorRTRunner:
+    return TensorRTRunner(folder, manifest, device)

@@ -1,0 +1,168 @@
+"""compile_artifact: model + solver -> unrolled sampler -> backend export -> manifest -> parity -> publish.
+
+The format is looked up once in the backend table; the staging directory becomes the artifact
+only after validation passes, so a failed or interrupted build leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import platform
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..backends import ExportRequest, get_backend
+from ..errors import EXIT_PARITY_FAILED, BNSError
+from ..fields import GuidedField, NetworkField
+from ..models import ModelOptions, load_model
+from ..runtime.artifact import staging_dir, write_manifest
+from ..solvers import resolve_solver
+from .unroll import UnrolledSampler
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("onnx", "onnxruntime", "onnxscript", "tensorrt"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:
+            pass
+    return versions
+
+
+def half_precision(field: GuidedField) -> GuidedField:
+    """A copy whose network runs in fp16; conversions, guidance and the solver stay fp32."""
+    if not isinstance(field.field, NetworkField):
+        raise BNSError("--fp16 needs a network model; analytic fields have no weights to halve")
+    field = copy.deepcopy(field)
+    field.field.net.half()
+    field.field.net_dtype = torch.float16
+    return field
+
+
+def io_specs(field, max_batch: int) -> tuple[list[dict], list[dict]]:
+    shape = ["batch", *field.sample_shape]
+    inputs = [{"name": "noise", "dtype": "float32", "shape": shape}]
+    if field.num_classes is not None:
+        inputs.append(
+            {
+                "name": "labels",
+                "dtype": "int64",
+                "shape": ["batch"],
+                "note": f"0..{field.num_classes - 1}, or -1 for unconditional",
+            }
+        )
+    return inputs, [{"name": "sample", "dtype": "float32", "shape": shape}]
+
+
+#: manifest keys also stored in the ONNX graph's metadata
+GRAPH_METADATA = (
+    "solver_fingerprint",
+    "model_fingerprint",
+    "nfe",
+    "guidance",
+    "precision",
+    "inputs",
+    "outputs",
+    "tool_version",
+)
+
+
+def compile_artifact(
+    model: str,
+    solver: str,
+    fmt: str,
+    out: str | Path,
+    *,
+    options: ModelOptions | None = None,
+    guidance: float = 1.0,
+    nfe: int | None = None,
+    fp16: bool = False,
+    max_batch: int = 16,
+    opt_batch: int | None = None,
+    device: str = "cpu",
+    validate: bool = True,
+    min_psnr: float | None = None,
+    workspace_bytes: int = 2 << 30,
+    timing_cache: str | None = None,
+    log=print,
+) -> dict:
+    """Build, validate and atomically publish an artifact directory; return its manifest.
+
+    device: where the export traces the sampler and where the artifact is validated (for `aoti`
+    also the package's target device; ONNX graphs are device-independent).
+    """
+    backend = get_backend(fmt)
+    if max_batch < 1:
+        raise BNSError(f"--max-batch must be at least 1, got {max_batch}")
+    opt_batch = opt_batch or max(1, max_batch // 2)
+    if not 1 <= opt_batch <= max_batch:
+        raise BNSError(f"--opt-batch {opt_batch} is outside 1..{max_batch}")
+    options = options or ModelOptions()
+    field = load_model(model, options, guidance)
+    ns = resolve_solver(solver, field, nfe)
+    request = ExportRequest(
+        sample_shape=tuple(field.sample_shape),
+        conditional=field.num_classes is not None,
+        max_batch=max_batch,
+        opt_batch=opt_batch,
+        device=device,
+        workspace_bytes=workspace_bytes,
+        timing_cache=timing_cache,
+    )
+    backend.check_available(request)  # exit 3 before anything is written
+    precision = "fp16" if fp16 else "fp32"
+    export_field = half_precision(field) if fp16 else field
+    if field.default_dtype == torch.float64:  # analytic fields: the artifact computes in fp32
+        export_field = copy.deepcopy(export_field).float()
+    export_device = device if fmt == "aoti" else "cpu"
+    sampler = UnrolledSampler(export_field, ns).eval().to(export_device)
+    inputs, outputs = io_specs(field, max_batch)
+    manifest = {
+        "format": fmt,
+        "precision": precision,
+        "nfe": ns.nfe,
+        "guidance": float(guidance),
+        "max_batch": max_batch,
+        "opt_batch": opt_batch,
+        "sample_shape": list(field.sample_shape),
+        "num_classes": field.num_classes,
+        "inputs": inputs,
+        "outputs": outputs,
+        "model_file": backend.model_file,
+        "solver_file": "solver.json",
+        "solver_fingerprint": ns.fingerprint(),
+        "solver_name": ns.name,
+        "model_fingerprint": field.fingerprint(),
+        "model": field.describe(),
+        "model_spec": {"model": model, "options": asdict(options)},
+        "interval": [field.t_lo, field.t_hi],
+        "init_scale": field.init_scale,
+        "guidance_note": "guidance is baked in: both branches run in one batched network call per step",
+        "tool_version": __version__,
+        "versions": library_versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    request = replace(request, metadata={k: manifest[k] for k in GRAPH_METADATA})
+    with staging_dir(Path(out)) as tmp:
+        ns.save(tmp / "solver.json")
+        manifest.update(backend.export(sampler, request, tmp, log))
+        manifest = write_manifest(tmp, manifest)
+        if validate:
+            from .parity import validate_artifact
+
+            log(f"validating against the eager PyTorch sampler on {device} ...")
+            report = validate_artifact(tmp, min_psnr=min_psnr, device=device)
+            manifest["validation"] = report
+            if not report["passed"]:
+                raise BNSError(
+                    f"parity check failed: min PSNR {report['psnr_min']:.2f} dB < gate "
+                    f"{report['gate_db']:.0f} dB; no artifact written",
+                    EXIT_PARITY_FAILED,
+                )
+            manifest = write_manifest(tmp, manifest)
+    return manifest

@@ -1,0 +1,135 @@
+"""Parity of an artifact against the eager PyTorch sampler: two runners and one comparison.
+
+The reference is a runner too (`EagerRunner`): it rebuilds the eager sampler from the manifest
+(same model spec, same solver file, fp32).  Both run on the same fixed seeds at batch 1 and at
+the artifact's maximum batch (and, for conditional models, with every label -1, the
+unconditional branch); `compare` reports per-sample PSNR (min and median), max absolute error,
+and each one's PSNR against the dopri5 ground truth.
+Gate: min per-sample PSNR >= 60 dB for fp32 artifacts, >= 35 dB for fp16 (Core ML's gate).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..backends import Runner, get_backend
+from ..errors import BNSError
+from ..groundtruth import ground_truth
+from ..metrics import psnr_per_sample
+from ..models import ModelOptions, load_model
+from ..runtime.artifact import read_manifest
+from ..solvers import NSSolver
+from .unroll import UnrolledSampler
+
+GATES = {"fp32": 60.0, "fp16": 35.0}
+VALIDATE_SEED = 12345
+
+
+class EagerRunner(Runner):
+    """The reference: the eager fp32 PyTorch sampler rebuilt from an artifact's manifest."""
+
+    def __init__(self, folder: Path, manifest: dict, device: str = "cpu") -> None:
+        super().__init__(folder, manifest)
+        spec = manifest["model_spec"]
+        opts = dict(spec["options"])
+        opts["shape"] = tuple(opts["shape"]) if opts.get("shape") else None
+        self.field = load_model(spec["model"], ModelOptions(**opts), manifest["guidance"]).to(device)
+        if self.field.fingerprint() != manifest["model_fingerprint"]:
+            raise BNSError(
+                f"model {spec['model']} changed since export (fingerprint {self.field.fingerprint()}, "
+                f"artifact {manifest['model_fingerprint']})"
+            )
+        solver = NSSolver.load(self.folder / manifest["solver_file"])
+        if solver.fingerprint() != manifest["solver_fingerprint"]:
+            raise BNSError("the artifact's solver file does not match its manifest")
+        self.device = device
+        self.sampler = UnrolledSampler(self.field, solver).eval().float().to(device)
+
+    def infer(self, noise, labels):
+        x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
+        lab = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(self.device)
+        with torch.no_grad():
+            out = self.sampler(x, lab)
+        return out.to(noise.device) if isinstance(noise, torch.Tensor) else out.cpu().numpy()
+
+
+def default_device(manifest: dict) -> str:
+    """Where an artifact runs unless told: its build device, cuda for TensorRT, else cpu."""
+    if manifest["format"] == "tensorrt":
+        return "cuda"
+    return str(manifest.get("device", "cpu"))
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Per-sample PSNR of `out` against `ref` (-inf where `out` is not finite) and the max abs error."""
+    out, ref = out.detach().cpu(), ref.detach().cpu()
+    if not torch.isfinite(out).all():
+        psnr = torch.full((out.shape[0],), float("-inf"), dtype=torch.float64)
+    else:
+        psnr = psnr_per_sample(out, ref)
+    return {
+        "psnr_min": float(psnr.min()),
+        "psnr_median": float(psnr.median()),
+        "max_abs_error": float((out.double() - ref.double()).abs().max()),
+    }
+
+
+def validate_artifact(
+    folder: str | Path,
+    min_psnr: float | None = None,
+    device: str | None = None,
+    providers: list | None = None,
+) -> dict:
+    """Run the parity report; `passed` is the gate's verdict."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    device = device or default_device(manifest)
+    runner = get_backend(manifest["format"]).open(folder, manifest, device=device, providers=providers)
+    reference = EagerRunner(folder, manifest, device)
+    n = int(manifest["max_batch"])
+    gt = ground_truth(reference.field, n, VALIDATE_SEED)
+    noise = gt.noise.float().to(device)
+    labels = None if gt.labels is None else gt.labels.to(device)
+    cases = [
+        ("batch 1", noise[:1], None if labels is None else labels[:1], True),
+        (f"batch {n}", noise, labels, True),
+    ]
+    if labels is not None:
+        cases.append((f"batch {n}, unconditional", noise, torch.full_like(labels, -1), False))
+    gate = float(min_psnr) if min_psnr is not None else GATES[manifest["precision"]]
+    rows = []
+    for name, x, lab, has_gt in cases:
+        ref = reference(x, lab)
+        out = runner(x, lab)
+        row = {"case": name, "batch": int(x.shape[0]), **compare(out, ref)}
+        if has_gt:
+            x1 = gt.x1[: x.shape[0]].float()
+            row["artifact_psnr_vs_gt"] = float(psnr_per_sample(out.cpu(), x1).mean())
+            row["eager_psnr_vs_gt"] = float(psnr_per_sample(ref.cpu(), x1).mean())
+        rows.append(row)
+    psnr_min = min(r["psnr_min"] for r in rows)
+    report = {
+        "artifact": str(folder),
+        "format": manifest["format"],
+        "precision": manifest["precision"],
+        "nfe": manifest["nfe"],
+        "device": device,
+        "gate_db": gate,
+        "psnr_min": psnr_min,
+        "psnr_median": float(np.median([r["psnr_median"] for r in rows])),
+        "max_abs_error": max(r["max_abs_error"] for r in rows),
+        "cases": rows,
+        "passed": bool(psnr_min >= gate),
+        "seed": VALIDATE_SEED,
+    }
+    if manifest["format"] == "onnx":
+        import onnx
+
+        from .trt_support import check_tensorrt_support
+
+        model = onnx.load(str(folder / manifest["model_file"]), load_external_data=False)
+        report["tensorrt_support"] = check_tensorrt_support(model)
+    return report

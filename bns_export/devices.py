@@ -1,0 +1,33 @@
+"""Device specs, parsed in one place: cpu, cuda, cuda:N (default: cuda when available, else cpu)."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .errors import EXIT_MISSING_BACKEND, BNSError
+
+
+def resolve_device(spec: str | None = None) -> str:
+    """A checked torch device string; asking for a GPU that is not there is one line, exit code 3."""
+    if spec is None or spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    spec = str(spec).strip().lower()
+    if spec == "cpu":
+        return "cpu"
+    m = re.fullmatch(r"cuda(?::(\d{1,3}))?", spec)
+    if not m:
+        raise BNSError(f"bad device {spec!r}: use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise BNSError(f"device {spec} needs a CUDA GPU and none is available", EXIT_MISSING_BACKEND)
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise BNSError(f"device {spec} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return spec
+
+
+def device_of(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (cpu for a module with neither)."""
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")

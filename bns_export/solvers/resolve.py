@@ -1,0 +1,133 @@
+"""Solver specs, parsed in one place: a classic solver name with an optional grid, or a solver file.
+
+`euler`, `heun:karras`, `dpm++2m:logsnr` name a classic table built at the requested NFE;
+anything that names an existing path is a solver file, which carries its own NFE and guidance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BNSError
+from .classic import BASELINES
+from .general import scale_time
+from .grids import GRIDS, make_grid
+from .table import NSSolver
+
+DEFAULT_NFE = 8
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """A parsed spec: a classic solver (`name`, `grid` or None for its default) or a solver `path`."""
+
+    name: str | None = None
+    grid: str | None = None
+    path: Path | None = None
+
+    @property
+    def is_file(self) -> bool:
+        return self.path is not None
+
+
+def parse_spec(spec: str) -> SolverSpec:
+    """Parse `spec`; an unknown name or grid, or a folder, is one clear error."""
+    if not isinstance(spec, str) or not spec:
+        raise BNSError("a solver spec must be a classic solver name or a solver file")
+    p = Path(spec)
+    if p.is_dir():
+        raise BNSError(f"solver {spec!r} is a directory, not a solver file")
+    if p.exists():
+        return SolverSpec(path=p)
+    name, _, grid = spec.partition(":")
+    if name not in BASELINES:
+        raise BNSError(f"unknown solver {spec!r}: not a file and not one of {', '.join(BASELINES)}")
+    if grid and grid not in GRIDS:
+        raise BNSError(f"unknown time grid {grid!r} in {spec!r}; choose one of {', '.join(GRIDS)}")
+    return SolverSpec(name=name, grid=grid or None)
+
+
+def solver_guidance(spec: str | None) -> float | None:
+    """The guidance a solver file was distilled at (None for a classic solver or a file without one)."""
+    if not spec:
+        return None
+    parsed = parse_spec(spec)
+    if not parsed.is_file:
+        return None
+    g = NSSolver.load(parsed.path).meta.get("guidance")
+    return None if g is None else float(g)
+
+
+def baseline(spec: str, nfe: int, schedule, t_lo: float, t_hi: float, precondition: float | None = None) -> NSSolver:
+    """The NS table of a classic solver at `nfe` evaluations, e.g. "rk4", "heun:karras".
+
+    precondition (sigma_0): run the solver on the scale-time transformed path whose source has
+    std sigma_0 (method.md section 3); exact for FM-OT fields, a valid NS solver for any field.
+    """
+    parsed = parse_spec(spec)
+    if parsed.is_file:
+        raise BNSError(f"{spec!r} is a solver file, not a classic solver name")
+    name, entry = parsed.name, BASELINES[parsed.name]
+    grid = parsed.grid or entry.grid
+    if nfe < entry.nfe_per_step or nfe % entry.nfe_per_step:
+        raise BNSError(
+            f"{name} uses {entry.nfe_per_step} NFE per step: NFE {nfe} is not a multiple of {entry.nfe_per_step}"
+        )
+    m = nfe // entry.nfe_per_step
+    meta = {"base_solver": f"{name}:{grid}"}
+    if precondition is None:
+        return entry.build(make_grid(grid, m, schedule, t_lo, t_hi), schedule).to_ns(name=spec, **meta)
+    if entry.needs_schedule:
+        raise BNSError(f"preconditioning applies to the time-stepping solvers, not {name}")
+    s0 = float(precondition)
+    if not (math.isfinite(s0) and s0 > 0):
+        raise BNSError(f"preconditioning sigma_0 must be a positive number, got {precondition}")
+    span = t_hi - t_lo
+    # FM-OT: xbar_r = (1 - r) sigma_0 z + r x1 => t_r = r / (r + (1 - r) sigma_0), s_r = r + (1 - r) sigma_0;
+    # the base solver steps uniformly in r
+    g = scale_time(
+        lambda T: entry.build(T, schedule),
+        make_grid("uniform", m, schedule, 0.0, 1.0),
+        t_of_r=lambda r: t_lo + span * r / (r + (1 - r) * s0),
+        s_of_r=lambda r: r + (1 - r) * s0,
+        dt_dr=lambda r: span * s0 / (r + (1 - r) * s0) ** 2,
+        ds_dr=lambda r: np.full_like(r, 1 - s0),
+    )
+    meta["base_solver"] = f"{name}:uniform"
+    meta["precondition_sigma0"] = s0
+    return g.to_ns(name=f"{name}@sigma0={s0:g}", **meta)
+
+
+def resolve_solver(spec: str, field, nfe: int | None = None) -> NSSolver:
+    """A classic solver at `nfe` (default 8), or a solver file checked against the model."""
+    parsed = parse_spec(spec)
+    if not parsed.is_file:
+        return baseline(spec, nfe or DEFAULT_NFE, field.schedule, field.t_lo, field.t_hi)
+    solver = NSSolver.load(parsed.path)
+    check_solver_fits(solver, field, nfe, source=spec)
+    return solver
+
+
+def check_solver_fits(solver: NSSolver, field, nfe: int | None = None, source: str = "solver") -> None:
+    """Refuse a solver distilled for another model, guidance, interval or NFE."""
+    if nfe is not None and nfe != solver.nfe:
+        raise BNSError(f"{source}: NFE mismatch: the solver has {solver.nfe} NFE, {nfe} requested")
+    fp = solver.meta.get("model_fingerprint")
+    if fp is not None and fp != field.fingerprint():
+        raise BNSError(
+            f"{source}: model mismatch: solver was distilled for model {fp}, this model is {field.fingerprint()}"
+        )
+    g = solver.meta.get("guidance")
+    if g is not None and float(g) != float(field.guidance):
+        raise BNSError(
+            f"{source}: guidance mismatch: solver was distilled at guidance {g}, sampling at {field.guidance}"
+        )
+    if abs(solver.t[0] - field.t_lo) > 1e-9 or abs(solver.t_end - field.t_hi) > 1e-9:
+        raise BNSError(
+            f"{source}: interval mismatch: solver runs [{solver.t[0]:g}, {solver.t_end:g}], "
+            f"model integrates [{field.t_lo:g}, {field.t_hi:g}]"
+        )
