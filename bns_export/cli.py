@@ -468,6 +468,7 @@ def demo_cmd(model, nfe, guidance, out, iterations, device, as_json) -> None:
     from .demo import run_demo
     from .devices import resolve_device
 
+    device = resolve_device(device)
     with click.progressbar(length=iterations, label="distilling", file=sys.stderr, item_show_func=lambda s: s) as bar:
         done = [0]
 
@@ -481,7 +482,7 @@ def demo_cmd(model, nfe, guidance, out, iterations, device, as_json) -> None:
             out,
             guidance,
             iterations=iterations,
-            device=resolve_device(device),
+            device=device,
             log=lambda m: click.echo(m, err=as_json),
             progress=progress,
         )

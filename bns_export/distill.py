@@ -127,14 +127,15 @@ def _run_id(cfg: DistillConfig, field_fp: str, train: GTSet, val: GTSet) -> str:
 def _save_ckpt(path: Path, params: BNSParams, best: dict[str, Tensor], opt: torch.optim.Adam, state: dict) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"param.{k}": v.detach().contiguous() for k, v in params.state_dict().items()}
-    tensors.update({f"best.{k}": v.contiguous() for k, v in best.items()})
+    tensors = {f"param.{k}": v.detach() for k, v in params.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in best.items()})
     for i, p in enumerate(params.parameters()):
         st = opt.state.get(p)
         if st:
-            tensors[f"adam.{i}.exp_avg"] = st["exp_avg"].contiguous()
-            tensors[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            tensors[f"adam.{i}.exp_avg"] = st["exp_avg"]
+            tensors[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"]
             tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"]).reshape(1).double()
+    tensors = {k: v.cpu().contiguous() for k, v in tensors.items()}  # the file holds CPU tensors
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     save_file(tensors, tmp, metadata={"state": json.dumps(state)})
@@ -144,12 +145,13 @@ def _save_ckpt(path: Path, params: BNSParams, best: dict[str, Tensor], opt: torc
 def _load_ckpt(path: Path, params: BNSParams, opt: torch.optim.Adam, run_id: str) -> tuple[dict, dict] | None:
     from safetensors import safe_open
 
+    device = params.a.device
     try:
         with safe_open(str(path), "pt") as f:
             state = json.loads(f.metadata()["state"])
             if state.get("run_id") != run_id:
                 return None
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k).to(device) for k in f.keys()}
     except Exception:
         return None
     params.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
@@ -159,7 +161,7 @@ def _load_ckpt(path: Path, params: BNSParams, opt: torch.optim.Adam, run_id: str
             opt.state[p] = {
                 "exp_avg": tensors[f"adam.{i}.exp_avg"],
                 "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"],
-                "step": tensors[f"adam.{i}.step"].reshape(()),
+                "step": tensors[f"adam.{i}.step"].reshape(()).cpu(),
             }
     return state, best
 
@@ -181,7 +183,7 @@ def distill(
     started = time.time()
     dtype, device = train.noise.dtype, train.noise.device
     init, init_val = initial_solver(field, cfg, val)
-    params = BNSParams(init)
+    params = BNSParams(init).to(device)
     if cfg.learn not in ("all", "times"):
         raise BNSError(f"unknown learn={cfg.learn!r}: use 'all' or 'times'")
     if cfg.learn == "times":

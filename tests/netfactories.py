@@ -19,7 +19,7 @@ class TinyNet(nn.Module):
         self.body = nn.Sequential(nn.Linear(16 + 8 + 8, 64), nn.SiLU(), nn.Linear(64, 16))
 
     def forward(self, x, t, labels=None):
-        tf = t.reshape(-1, 1).to(x.dtype) * torch.arange(1, 9, dtype=x.dtype)
+        tf = t.reshape(-1, 1).to(x.dtype) * torch.arange(1, 9, dtype=x.dtype, device=x.device)
         feats = [x.flatten(1), torch.sin(tf)]
         feats.append(self.emb(labels).to(x.dtype) if self.emb is not None else torch.zeros_like(tf))
         return 0.5 * self.body(torch.cat(feats, 1)).reshape(x.shape) + 0.3 * x

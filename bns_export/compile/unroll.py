@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..devices import device_of
 from ..solvers.sampler import ns_sample, solver_tensors
 from ..solvers.table import NSSolver
 
@@ -23,7 +24,7 @@ class UnrolledSampler(nn.Module):
         self.nfe = solver.nfe
         self.conditional = field.num_classes is not None
         self.init_scale = float(field.init_scale)
-        t, a, b = solver_tensors(solver, dtype)
+        t, a, b = solver_tensors(solver, dtype, device_of(field))
         self.register_buffer("t", t, persistent=False)
         self.register_buffer("a", a, persistent=False)
         self.register_buffer("b", b, persistent=False)

@@ -39,6 +39,12 @@ class VelocityField(nn.Module):
         if not 0.0 <= self.t_lo < self.t_hi <= 1.0:
             raise ValueError(f"bad integration interval [{self.t_lo}, {self.t_hi}]")
 
+    def _apply(self, fn, recurse: bool = True):
+        """nn.Module's hook behind .to() / .float(): the schedule's tables move with the weights."""
+        super()._apply(fn, recurse)
+        self.schedule.apply_to_tables(fn)
+        return self
+
     # the guidance scale of a plain field is 1 (no guidance)
     guidance: float = 1.0
 

@@ -42,6 +42,9 @@ class Schedule:
         """JSON-able description, part of every fingerprint."""
         return {"name": self.name}
 
+    def apply_to_tables(self, fn) -> None:
+        """Apply a module's `_apply` function (.to(device), .float(), ...) to tensor tables, if any."""
+
     # -- conversion coefficients: u = beta * x + gamma * x1_hat (data prediction form) --
     def x1_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(beta, gamma) with u = beta x + gamma x1_hat; used by DDIM and DPM-Solver++ tables."""
@@ -143,6 +146,7 @@ class DDPMDiscrete(_VP):
         self.betas = betas
         self.steps = int(betas.numel())
         self._log_ab = torch.cumsum(torch.log1p(-betas), 0)
+        self._log_ab_on_device: Tensor | None = None
         self.t_lo = 0.0
         self.t_hi = 1.0 - 1.0 / self.steps
 
@@ -152,7 +156,9 @@ class DDPMDiscrete(_VP):
         return cls(torch.linspace(beta_start, beta_end, steps, dtype=torch.float64))
 
     def _interp(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        la = self._log_ab.to(device=t.device, dtype=t.dtype)
+        moved = self._log_ab_on_device
+        on_device = moved is not None and t.device.type != "cpu" and moved.device == t.device
+        la = (moved if on_device else self._log_ab).to(t.device, t.dtype)
         pos = (1.0 - t) * self.steps - 1.0
         idx = torch.clamp(torch.floor(pos.detach()), 0, self.steps - 2).long()
         frac = pos - idx.to(t.dtype)
@@ -167,6 +173,11 @@ class DDPMDiscrete(_VP):
     def d_alpha(self, t: Tensor) -> Tensor:
         log_ab, dlog_ds = self._interp(t)
         return -torch.exp(0.5 * log_ab) * 0.5 * dlog_ds
+
+    def apply_to_tables(self, fn) -> None:
+        """Keep a copy of the log alpha_bar table where the field is, so a traced graph holds it on the
+        model's device; the float64 CPU master stays for grids and coefficient tables."""
+        self._log_ab_on_device = fn(self._log_ab)
 
     def step_index(self, t: Tensor) -> Tensor:
         """The (fractional) training step index 0..T-1 of time t."""
