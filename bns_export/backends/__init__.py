@@ -24,6 +24,8 @@ class Backend:
     model_file: str
     module: str
     runs_with: str
+    #: runner options beyond device and providers
+    extras: tuple[str, ...] = ()
 
     def _impl(self):
         return importlib.import_module(f"{__name__}.{self.module}")
@@ -36,13 +38,18 @@ class Backend:
         """Write the model file(s) into `folder`; return the backend's manifest entries."""
         return self._impl().export(sampler, request, Path(folder), log)
 
-    def open(self, folder: Path, manifest: dict, **options) -> Runner:
+    def open(self, folder: Path, manifest: dict, device=None, providers=None, **extras) -> Runner:
         """The runner of an artifact directory whose manifest was already verified."""
-        return self._impl().open_runner(Path(folder), manifest, **options)
+        unknown = sorted(set(extras) - set(self.extras))
+        if unknown:
+            raise BNSError(f"{self.name} artifacts take no option {', '.join(unknown)}")
+        return self._impl().open_runner(Path(folder), manifest, device=device, providers=providers, **extras)
 
 
 BACKENDS = {
-    "onnx": Backend("onnx", "model.onnx", "onnx", "ONNX Runtime (CPU; CUDA/TensorRT EPs with onnxruntime-gpu)"),
+    "onnx": Backend(
+        "onnx", "model.onnx", "onnx", "ONNX Runtime (CPU; CUDA/TensorRT EPs with onnxruntime-gpu)", ("cuda_graph",)
+    ),
     "tensorrt": Backend("tensorrt", "model.plan", "tensorrt", "TensorRT 10.x / 11.x on a CUDA GPU"),
     "aoti": Backend("aoti", "model.pt2", "aoti", "torch (AOTInductor), CPU or CUDA"),
 }

@@ -48,10 +48,11 @@ class AotiRunner(Runner):
             raise BNSError(f"this package was compiled for {built}, not {self.device}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BNSError("this AOTInductor package needs a CUDA GPU", EXIT_MISSING_BACKEND)
+        path = self.folder / manifest["model_file"]
+        if self.device.startswith("cuda"):
+            probe_load(path, self.device)
         try:
-            self.model = torch._inductor.aoti_load_package(
-                str(self.folder / manifest["model_file"]), device_index=_index(self.device)
-            )
+            self.model = torch._inductor.aoti_load_package(str(path), device_index=_index(self.device))
         except Exception as e:
             raise BNSError(f"cannot load AOTInductor package: {str(e).strip().splitlines()[0]}") from None
 
@@ -68,6 +69,41 @@ class AotiRunner(Runner):
         if is_torch(noise):
             return out.to(noise.device)
         return np.asarray(out.cpu().numpy())
+
+
+PROBE = """
+import sys, torch
+m = torch._inductor.aoti_load_package(sys.argv[1], device_index=int(sys.argv[2]))
+torch.cuda.synchronize()
+"""
+
+
+def probe_load(path: Path, device: str, timeout: float = 600.0) -> None:
+    """Load the package once in a child process first: a loader that crashes (a segfault reported
+    for CUDA packages under torch 2.11) becomes one line here instead of killing the caller."""
+    import signal
+    import subprocess
+    import sys
+
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", PROBE, str(path), str(max(0, _index(device)))],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise BNSError(f"loading the AOTInductor package took over {timeout:.0f} s in a probe process") from None
+    if res.returncode < 0:
+        import torch
+
+        raise BNSError(
+            f"loading this AOTInductor package crashes the process ({signal.Signals(-res.returncode).name}) "
+            f"under torch {torch.__version__}; use the ONNX or TensorRT artifact instead"
+        )
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise BNSError(f"cannot load AOTInductor package: {last}")
 
 
 def _index(device: str) -> int:

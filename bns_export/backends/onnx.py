@@ -18,7 +18,6 @@ from .base import ExportRequest, Runner, is_torch, to_numpy
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 512 << 20  # weights above this go to model.onnx.data (protobuf caps a file at 2 GB)
-PREFERRED = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def import_onnx():
@@ -106,10 +105,82 @@ def graph_stats(model, external: bool = False) -> dict:
     }
 
 
-class OnnxRunner(Runner):
-    """One InferenceSession (whose run() is thread-safe) over the artifact's model file."""
+def provider_list(
+    available: list[str], device: str | None, providers: list | None, manifest: dict
+) -> list[tuple[str, dict]]:
+    """(name, options) pairs for InferenceSession: explicit providers win, else the device picks.
 
-    def __init__(self, folder: Path, manifest: dict, providers: list | None = None) -> None:
+    Every TensorRT EP entry gets defaults derived from the manifest (profile shapes from the batch
+    range, an engine cache outside the hashed artifact folder) under the caller's own options.
+    """
+    if providers is None:
+        if device is None:
+            device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+        if device.startswith("cuda"):
+            gpu = {"device_id": int(device.split(":")[1]) if ":" in device else 0}
+            providers = [("CUDAExecutionProvider", gpu), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+    out = []
+    for p in providers:
+        name, opts = (p[0], dict(p[1] or {})) if isinstance(p, (tuple, list)) else (p, {})
+        if not isinstance(name, str) or not isinstance(opts, dict):
+            raise BNSError(f"bad provider {p!r}: give a name or a (name, options) pair")
+        if name not in available:
+            raise BNSError(f"ONNX Runtime lacks {name} (available: {', '.join(available)})", EXIT_MISSING_BACKEND)
+        if name == "TensorrtExecutionProvider":
+            opts = {**tensorrt_ep_defaults(manifest), **opts}
+            if str(opts.get("trt_fp16_enable", "0")).lower() in ("1", "true"):
+                raise BNSError(
+                    "trt_fp16_enable would let TensorRT drop the solver's fp32 accumulation; "
+                    "compile with --fp16 instead (the graph's types then carry the precision)"
+                )
+        out.append((name, {k: str(v) if isinstance(v, bool) else v for k, v in opts.items()}))
+    return out
+
+
+def tensorrt_ep_defaults(manifest: dict) -> dict:
+    """ONNX Runtime TensorRT EP options for this artifact: profile shapes and an engine cache keyed by
+    the model file's sha256 and the library versions (kept outside the hashed artifact directory)."""
+    import hashlib
+    import os
+
+    import onnxruntime as ort
+
+    def shapes(batch: int) -> str:
+        dims = "x".join(str(d) for d in (batch, *manifest["sample_shape"]))
+        return f"noise:{dims}" + (f",labels:{batch}" if manifest.get("num_classes") is not None else "")
+
+    key = hashlib.sha256(
+        f"{manifest['files'][manifest['model_file']]}|ort {ort.__version__}|{manifest.get('versions')}".encode()
+    ).hexdigest()[:24]
+    cache_root = Path(os.environ.get("BNS_EXPORT_CACHE", Path.home() / ".cache" / "bns-export"))
+    return {
+        "trt_profile_min_shapes": shapes(1),
+        "trt_profile_opt_shapes": shapes(int(manifest.get("opt_batch") or 1)),
+        "trt_profile_max_shapes": shapes(int(manifest["max_batch"])),
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache_root / "ort-trt-engines" / key),
+        "trt_timing_cache_enable": "True",
+        "trt_fp16_enable": "False",
+    }
+
+
+class OnnxRunner(Runner):
+    """One InferenceSession (whose run() is thread-safe) over the artifact's model file.
+
+    cuda_graph=True (CUDA EP only): each batch size is captured once into a CUDA graph on
+    preallocated device buffers (IOBinding) and replayed; calls are then serialised by a lock.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        manifest: dict,
+        providers: list | None = None,
+        device: str | None = None,
+        cuda_graph: bool = False,
+    ) -> None:
         super().__init__(folder, manifest)
         try:
             import onnxruntime as ort
@@ -117,35 +188,62 @@ class OnnxRunner(Runner):
             raise BNSError(
                 "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)", EXIT_MISSING_BACKEND
             ) from None
-        available = ort.get_available_providers()
-        if providers is None:
-            providers = [p for p in PREFERRED if p in available and p != "TensorrtExecutionProvider"]
-        names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
-        missing = [p for p in names if p not in available]
-        if missing:
-            raise BNSError(
-                f"ONNX Runtime lacks {', '.join(missing)} (available: {', '.join(available)})", EXIT_MISSING_BACKEND
-            )
+        self._ort = ort
+        chosen = provider_list(ort.get_available_providers(), device, providers, manifest)
+        if cuda_graph:
+            if chosen[0][0] != "CUDAExecutionProvider":
+                raise BNSError("cuda_graph needs the CUDA execution provider first in the provider list")
+            chosen[0][1]["enable_cuda_graph"] = "1"
+        self.cuda_graph = cuda_graph
+        for name, opts in chosen:
+            if name == "TensorrtExecutionProvider":
+                Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(self.folder / manifest["model_file"]), opts, providers=providers)
+            self.session = ort.InferenceSession(str(self.folder / manifest["model_file"]), opts, providers=chosen)
         except Exception as e:  # a corrupt model file that still matched its hash is a build bug, but say so
-            raise BNSError(f"ONNX Runtime cannot load {manifest['model_file']}: {e}") from None
+            raise BNSError(f"ONNX Runtime cannot load {manifest['model_file']}: {str(e).strip()[:300]}") from None
         self.providers = self.session.get_providers()
-        self.device = "cuda" if self.providers[0] != "CPUExecutionProvider" else "cpu"
+        gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self.device_id = int(chosen[0][1].get("device_id", 0)) if gpu else 0
+        self.device = f"cuda:{self.device_id}" if gpu else "cpu"
+        self._graphs: dict[int, tuple] = {}
 
     def infer(self, noise, labels):
         feed = {"noise": to_numpy(noise, np.float32)}
         if self.conditional:
             feed["labels"] = to_numpy(labels, np.int64)
-        out = self.session.run(["sample"], feed)[0]
+        out = self._replay(feed) if self.cuda_graph else self.session.run(["sample"], feed)[0]
         if is_torch(noise):
             import torch
 
             return torch.from_numpy(out).to(noise.device)
         return out
 
+    def _replay(self, feed: dict) -> np.ndarray:
+        """Copy into this batch size's bound device buffers and replay its CUDA graph (captured on first use)."""
+        ort = self._ort
+        batch = feed["noise"].shape[0]
+        with self._lock:
+            if batch not in self._graphs:
+                binding = self.session.io_binding()
+                values = {k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", self.device_id) for k, v in feed.items()}
+                out = ort.OrtValue.ortvalue_from_shape_and_type(feed["noise"].shape, np.float32, "cuda", self.device_id)
+                for k, v in values.items():
+                    binding.bind_ortvalue_input(k, v)
+                binding.bind_ortvalue_output("sample", out)
+                run_options = ort.RunOptions()
+                run_options.add_run_config_entry("gpu_graph_id", str(len(self._graphs) + 1))
+                self._graphs[batch] = (binding, values, out, run_options)
+            binding, values, out, run_options = self._graphs[batch]
+            for k, v in feed.items():
+                values[k].update_inplace(v)
+            self.session.run_with_iobinding(binding, run_options)
+            return out.numpy()
 
-def open_runner(folder: Path, manifest: dict, device: str | None = None, providers: list | None = None) -> OnnxRunner:
-    return OnnxRunner(folder, manifest, providers)
+
+def open_runner(
+    folder: Path, manifest: dict, device: str | None = None, providers: list | None = None, cuda_graph: bool = False
+) -> OnnxRunner:
+    return OnnxRunner(folder, manifest, providers, device, cuda_graph)

@@ -13,14 +13,16 @@ from ..backends import Runner, get_backend
 from .artifact import read_manifest
 
 
-def load(folder: str | os.PathLike, providers: list | None = None, device: str | None = None) -> Runner:
+def load(folder: str | os.PathLike, providers: list | None = None, device: str | None = None, **options) -> Runner:
     """Open an artifact directory (hashes verified) and return its runner.
 
-    providers: ONNX Runtime execution providers, names or (name, options) pairs (default: CUDA when
-    available, else CPU); device: where torch backends run ("cpu", "cuda", "cuda:1").
+    providers: ONNX Runtime execution providers, names or (name, options) pairs, passed through
+    (TensorRT EP entries get profile shapes and an engine cache derived from the manifest);
+    device: "cpu", "cuda" or "cuda:N" (default: the artifact's, or CUDA when available for ONNX);
+    options: backend extras, e.g. cuda_graph=True for ONNX on the CUDA EP.
     """
     manifest = read_manifest(folder)
-    return get_backend(manifest.get("format")).open(folder, manifest, device=device, providers=providers)
+    return get_backend(manifest.get("format")).open(folder, manifest, device=device, providers=providers, **options)
 
 
 __all__ = ["Runner", "load", "read_manifest"]
