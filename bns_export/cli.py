@@ -7,6 +7,7 @@ Progress goes to stderr, so `--json` output on stdout stays machine-readable.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import sys
 from pathlib import Path
@@ -130,11 +131,13 @@ def handle_errors(fn):
     return wrapper
 
 
-def _ground_truth(field, n: int, seed: int, rtol: float, atol: float, cache_dir, label: str):
+def _ground_truth(field, n: int, seed: int, rtol: float, atol: float, cache_dir, label: str, world):
     from .groundtruth import ground_truth
 
+    if not world.is_main:
+        return ground_truth(field, n, seed, rtol, atol, cache_dir=cache_dir, world=world)
     with click.progressbar(length=n, label=label, file=sys.stderr) as bar:
-        return ground_truth(field, n, seed, rtol, atol, cache_dir=cache_dir, progress=bar.update)
+        return ground_truth(field, n, seed, rtol, atol, cache_dir=cache_dir, progress=bar.update, world=world)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -179,16 +182,20 @@ def eval_cmd(
     model, model_opts, guidance, solver, nfe, n_samples, seed, rtol, atol, cache_dir, device, network_dtype, as_json
 ) -> None:
     """PSNR of a solver's samples against the exact (dopri5) ODE solution."""
-    from .devices import device_of, resolve_device
+    from .devices import resolve_device
     from .evaluate import evaluate_on
     from .models import load_model
+    from .parallel import init_world
     from .solvers import resolve_solver
 
-    field = load_model(model, model_opts, _guidance(solver, guidance), resolve_device(device), network_dtype)
+    world, dev = init_world(resolve_device(device))
+    field = load_model(model, model_opts, _guidance(solver, guidance), dev, network_dtype)
     ns = resolve_solver(solver, field, nfe)
-    gt = _ground_truth(field, n_samples, seed, rtol, atol, cache_dir, "ground truth")
-    report = evaluate_on(field, ns, gt)
-    report.update(model=model, guidance=field.guidance, seed=seed, device=str(device_of(field)))
+    gt = _ground_truth(field, n_samples, seed, rtol, atol, cache_dir, "ground truth", world)
+    report = evaluate_on(field, ns, gt, world)
+    report.update(model=model, guidance=field.guidance, seed=seed, device=dev, world_size=world.size)
+    if not world.is_main:
+        return
     if as_json:
         click.echo(json.dumps(report))
     else:
@@ -249,6 +256,7 @@ def distill_cmd(
     from .distill import DistillConfig, distill
     from .evaluate import TRAIN_SEED, VAL_SEED
     from .models import load_model
+    from .parallel import init_world
     from .solvers import parse_spec
 
     out_path = Path(out)
@@ -256,9 +264,8 @@ def distill_cmd(
         raise BNSError(f"output folder does not exist: {out_path.parent}")
     if base is not None and base != "auto":
         parse_spec(base)
-    field = load_model(
-        model, model_opts, guidance if guidance is not None else 1.0, resolve_device(device), network_dtype
-    )
+    world, dev = init_world(resolve_device(device))
+    field = load_model(model, model_opts, guidance if guidance is not None else 1.0, dev, network_dtype)
     cfg = DistillConfig(
         nfe=nfe,
         base=base,
@@ -268,16 +275,23 @@ def distill_cmd(
         lr=lr,
         val_every=val_every,
     )
-    train = _ground_truth(field, train_pairs, TRAIN_SEED, rtol, atol, cache_dir, "ground truth (train)")
-    val = _ground_truth(field, val_pairs, VAL_SEED, rtol, atol, cache_dir, "ground truth (val)  ")
-    with click.progressbar(length=iterations, label="distilling", file=sys.stderr, item_show_func=lambda s: s) as bar:
+    train = _ground_truth(field, train_pairs, TRAIN_SEED, rtol, atol, cache_dir, "ground truth (train)", world)
+    val = _ground_truth(field, val_pairs, VAL_SEED, rtol, atol, cache_dir, "ground truth (val)  ", world)
+    with click.progressbar(
+        length=iterations,
+        label="distilling",
+        file=sys.stderr if world.is_main else io.StringIO(),
+        item_show_func=lambda s: s,
+    ) as bar:
         done = [0]
 
         def progress(it: int, info: dict) -> None:
             bar.update(it - done[0], f"val {info['val_psnr']:.2f} dB (best {info['best_val_psnr']:.2f})")
             done[0] = it
 
-        solver = distill(field, train, val, cfg, out=out_path, resume=not no_resume, progress=progress)
+        solver = distill(field, train, val, cfg, out=out_path, resume=not no_resume, progress=progress, world=world)
+    if not world.is_main:
+        return
     m = solver.meta
     summary = {
         "out": str(out_path),
@@ -289,6 +303,7 @@ def distill_cmd(
         "iterations": m["iterations"],
         "wall_time_s": m["wall_time_s"],
         "guidance": m["guidance"],
+        "world_size": m["world_size"],
         "fingerprint": solver.fingerprint(),
     }
     if as_json:

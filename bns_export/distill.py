@@ -28,6 +28,7 @@ from . import __version__
 from .errors import BNSError
 from .groundtruth import GTSet
 from .metrics import psnr_per_sample
+from .parallel import SINGLE, World, all_sum_grads
 from .solvers import baseline
 from .solvers.sampler import ns_sample, sample_batches, solver_tensors
 from .solvers.table import NSSolver
@@ -88,7 +89,7 @@ class DistillConfig:
 AUTO_BASES = ["midpoint", "euler", "ab2", "ddim", "dpm++2m", "dpm++2m:karras", "ddim:logsnr", "euler:logsnr"]
 
 
-def initial_solver(field, cfg: DistillConfig, val: GTSet) -> tuple[NSSolver, float]:
+def initial_solver(field, cfg: DistillConfig, val: GTSet, world: World = SINGLE) -> tuple[NSSolver, float]:
     """The base solver (the best on validation when base == "auto") and its validation PSNR."""
     dtype, device = val.noise.dtype, val.noise.device
     names = [cfg.base_solver()]
@@ -102,17 +103,22 @@ def initial_solver(field, cfg: DistillConfig, val: GTSet) -> tuple[NSSolver, flo
             if cfg.base == "auto":  # e.g. DDIM cannot be preconditioned: not a candidate then
                 continue
             raise
-        psnr = float(batched_psnr(field, solver_tensors(solver, dtype, device), val, dtype).mean())
+        psnr = mean_psnr(field, solver_tensors(solver, dtype, device), val, world)
         if best is None or psnr > best[1]:
             best = (solver, psnr)
     return best
 
 
-def batched_psnr(
-    field, tables: tuple[Tensor, Tensor, Tensor], gt: GTSet, dtype: torch.dtype, batch_size: int = 256
-) -> Tensor:
-    """Per-sample PSNR of the table's samples against gt (no gradients)."""
-    return psnr_per_sample(sample_batches(field, *tables, gt.noise.to(dtype), gt.labels, batch_size), gt.x1)
+def mean_psnr(field, tables: tuple[Tensor, Tensor, Tensor], gt: GTSet, world: World, batch_size: int = 256) -> float:
+    """Mean per-sample PSNR over gt: fixed batches shared out over the ranks, sums all-reduced."""
+    total = torch.zeros(2, dtype=torch.float64, device=gt.noise.device)
+    for lo in world.mine(range(0, len(gt), batch_size)):
+        part = slice(lo, lo + batch_size)
+        x = sample_batches(field, *tables, gt.noise[part], None if gt.labels is None else gt.labels[part], batch_size)
+        psnr = psnr_per_sample(x, gt.x1[part])
+        total += torch.stack([psnr.sum(), torch.tensor(float(psnr.numel()), device=psnr.device)])
+    total = world.all_sum(total)
+    return float(total[0] / total[1])
 
 
 def _ckpt_path(out: Path) -> Path:
@@ -174,22 +180,29 @@ def distill(
     out: str | os.PathLike | None = None,
     resume: bool = True,
     progress: Callable[[int, dict], None] | None = None,
+    world: World = SINGLE,
 ) -> NSSolver:
     """Train a BNS solver for `field` (a guided field if guidance is wanted) on GT pairs.
 
     `progress(iteration, info)` is called after every validation.  With `out`, a checkpoint is
-    kept next to it while training and removed when the solver file is written.
+    kept next to it while training and removed when the solver file is written.  Under torchrun
+    (`world`) each rank runs its share of every batch, the summed loss's flat gradient is
+    all-reduced once per iteration, and validation means are all-reduced, so every rank takes
+    the steps one process would; rank 0 writes checkpoints and the solver file.
     """
     started = time.time()
     dtype, device = train.noise.dtype, train.noise.device
-    init, init_val = initial_solver(field, cfg, val)
+    if cfg.batch_size < world.size:
+        raise BNSError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes")
+    init, init_val = initial_solver(field, cfg, val, world)
     params = BNSParams(init).to(device)
     if cfg.learn not in ("all", "times"):
         raise BNSError(f"unknown learn={cfg.learn!r}: use 'all' or 'times'")
     if cfg.learn == "times":
         params.a.requires_grad_(False)
         params.b.requires_grad_(False)
-    opt = torch.optim.Adam([p for p in params.parameters() if p.requires_grad], lr=cfg.lr)
+    trained = [p for p in params.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trained, lr=cfg.lr)
     fp = field.fingerprint()
     run_id = _run_id(cfg, fp, train, val)
     ckpt = _ckpt_path(Path(out)) if out is not None else None
@@ -219,19 +232,22 @@ def distill(
         for group in opt.param_groups:
             group["lr"] = cfg.lr * 0.5 ** state["decays"]
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
-        idx = torch.randperm(n_train, generator=g)[: cfg.batch_size].to(device)
+        batch = torch.randperm(n_train, generator=g)[: cfg.batch_size]
+        idx = batch[world.rank :: world.size].to(device)  # this rank's share of the one seeded batch
         labels = None if train.labels is None else train.labels[idx]
         t, a, b = params.tables(dtype, device)
         x = ns_sample(field, t, a, b, train.noise[idx].to(dtype) * field.init_scale, labels)
         mse = ((x - train.x1[idx]) ** 2).flatten(1).mean(1)
-        loss = torch.log(mse).mean()
+        loss = torch.log(mse).sum() / len(batch)  # summed over ranks: the batch mean
         opt.zero_grad()
         loss.backward()
+        all_sum_grads(world, trained)
         opt.step()
         state["iteration"] = it + 1
-        state["train_psnr"] = float(10 * math.log10(4.0) - 10 * loss.item() / math.log(10))
+        mean_loss = world.all_sum(loss.detach()).item()
+        state["train_psnr"] = float(10 * math.log10(4.0) - 10 * mean_loss / math.log(10))
         if state["iteration"] % cfg.val_every == 0 or state["iteration"] == cfg.iterations:
-            v = float(batched_psnr(field, params.tables(dtype, device), val, dtype).mean())
+            v = mean_psnr(field, params.tables(dtype, device), val, world)
             if v > state["best_val"] + 1e-3:
                 state.update(best_val=v, best_iter=state["iteration"], stale=0)
                 best = snapshot()
@@ -243,7 +259,7 @@ def distill(
                     params.load_state_dict(best)
                     opt.state.clear()
             state["elapsed"] = elapsed0 + time.time() - started
-            if ckpt is not None:
+            if ckpt is not None and world.is_main:
                 _save_ckpt(ckpt, params, best, opt, state)
             if progress:
                 progress(
@@ -251,7 +267,7 @@ def distill(
                     {"val_psnr": v, "best_val_psnr": state["best_val"], "train_psnr": state["train_psnr"]},
                 )
     params.load_state_dict(best)
-    train_psnr = float(batched_psnr(field, params.tables(dtype, device), train, dtype).mean())
+    train_psnr = mean_psnr(field, params.tables(dtype, device), train, world)
     solver = params.solver(
         name=f"bns-{cfg.nfe}",
         kind="bns",
@@ -270,10 +286,12 @@ def distill(
         gt_nfe_mean=train.nfe_mean,
         config=asdict(cfg),
         wall_time_s=round(elapsed0 + time.time() - started, 3),
+        world_size=world.size,
         tool_version=__version__,
     )
-    if out is not None:
+    if out is not None and world.is_main:
         solver.save(out)
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
+    world.barrier()
     return solver

@@ -6,6 +6,7 @@ import torch
 
 from .groundtruth import GTSet, ground_truth
 from .metrics import psnr_per_sample, summarize
+from .parallel import SINGLE, World
 from .solvers.sampler import sample_batches, solver_tensors
 from .solvers.table import NSSolver
 
@@ -20,11 +21,14 @@ def run_solver(
     return sample_batches(field, *solver_tensors(solver, noise.dtype, noise.device), noise, labels, batch_size)
 
 
-def evaluate_on(field, solver: NSSolver, gt: GTSet) -> dict:
-    """PSNR summary of `solver` against the GT set."""
-    x = run_solver(field, solver, gt.noise, gt.labels)
-    psnr = psnr_per_sample(x, gt.x1)
-    report = summarize(psnr)
+def evaluate_on(field, solver: NSSolver, gt: GTSet, world: World = SINGLE, batch_size: int = 256) -> dict:
+    """PSNR summary of `solver` against the GT set (fixed batches shared out over torchrun ranks)."""
+    psnr = torch.zeros(len(gt), dtype=torch.float64, device=gt.noise.device)
+    for lo in world.mine(range(0, len(gt), batch_size)):
+        part = slice(lo, lo + batch_size)
+        x = run_solver(field, solver, gt.noise[part], None if gt.labels is None else gt.labels[part], batch_size)
+        psnr[part] = psnr_per_sample(x, gt.x1[part])
+    report = summarize(world.all_sum(psnr).cpu())
     report.update(
         solver=solver.name,
         nfe=solver.nfe,

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .devices import device_of
 from .errors import BNSError
+from .parallel import SINGLE, World
 
 # Dormand-Prince 5(4) tableau
 _C = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
@@ -135,11 +136,14 @@ def ground_truth(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    world: World = SINGLE,
 ) -> GTSet:
     """Solve n seeded pairs to x(t_hi) with dopri5 on the field's device, in batches.
 
     The noise is drawn on the CPU (the same pairs on every device); the cache holds CPU tensors
-    under a device-independent key; the returned set lives on the field's device.
+    under a device-independent key; the returned set lives on the field's device.  Under torchrun
+    the fixed batches are shared out over the ranks and summed back, so the result (and the cache)
+    does not depend on the number of processes; rank 0 writes the cache.
     """
     from safetensors.torch import load_file, save_file
 
@@ -148,36 +152,44 @@ def ground_truth(
     key = gt_key(field, n, seed, rtol, atol, dtype)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"{key}.safetensors"
+    cached = None
     if path.exists():
         try:
-            d = load_file(str(path))
-            return GTSet(*_on(device, d["noise"], d.get("labels"), d["x1"]), float(d["nfe_mean"]), key)
+            cached = load_file(str(path))
         except Exception:  # a corrupt cache file is recomputed, never trusted
             path.unlink(missing_ok=True)
+    hits = world.all_sum(torch.tensor([float(cached is not None)], device=device))
+    if int(hits.item()) == world.size:
+        d = cached
+        return GTSet(*_on(device, d["noise"], d.get("labels"), d["x1"]), float(d["nfe_mean"]), key)
     noise, labels = make_inputs(field, n, seed, dtype)
-    outs, nfes = [], []
+    starts = list(range(0, n, batch_size))
+    x1 = torch.zeros((n, *field.sample_shape), dtype=dtype, device=device)
+    nfes = torch.zeros(len(starts), dtype=torch.float64, device=device)
     with torch.no_grad():
-        for lo in range(0, n, batch_size):
+        for k in world.mine(range(len(starts))):
+            lo = starts[k]
             xb = noise[lo : lo + batch_size].to(device) * field.init_scale
             lb = None if labels is None else labels[lo : lo + batch_size].to(device)
             res = dopri5(lambda x, t, lb=lb: field(x, t, lb), xb, field.t_lo, field.t_hi, rtol, atol)
-            outs.append(res.x.cpu())
-            nfes.append(res.nfe)
+            x1[lo : lo + batch_size] = res.x
+            nfes[k] = res.nfe
             if progress:
                 progress(xb.shape[0])
-    x1 = torch.cat(outs)
+    x1, nfes = world.all_sum(x1).cpu(), world.all_sum(nfes).cpu()
     if not torch.isfinite(x1).all():
         raise BNSError("ground truth is not finite: the model returns NaN/inf on its interval")
-    nfe_mean = sum(nfes) / len(nfes)
+    nfe_mean = float(nfes.mean())
     tensors = {"noise": noise.contiguous(), "x1": x1.contiguous(), "nfe_mean": torch.tensor(nfe_mean)}
     if labels is not None:
         tensors["labels"] = labels.contiguous()
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
-        os.close(fd)
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
+        if world.is_main:
+            cache.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
+            os.close(fd)
+            save_file(tensors, tmp)
+            os.replace(tmp, path)
     except OSError:
         pass  # an unwritable cache only costs recomputation
     return GTSet(*_on(device, noise, labels, x1), nfe_mean, key)
