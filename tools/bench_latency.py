@@ -2,11 +2,14 @@
 
     python tools/bench_latency.py                        # digits, NFE 8 and 16, batch 1/16/64
     python tools/bench_latency.py --model mnist --guidance 3 --no-aoti
+    python tools/bench_latency.py --device cuda --model mnist --guidance 3 --nfe 8 --batch 1 64 256
 
 For each NFE: eager PyTorch sampler loop (torch.no_grad), the ONNX artifact in ONNX Runtime
-(CPU provider here), the AOTInductor package; the floor is NFE x one guided network call in
-the same runtime (an ONNX graph of one call for ONNX Runtime).  Also export time, session
-creation time, and artifact size against weight bytes.  Median of --repeat runs after warm-up.
+(CPU provider, or CUDA EP where onnxruntime-gpu is installed), the AOTInductor package; the floor
+is NFE x one guided network call in the same runtime (an ONNX graph of one call for ONNX Runtime).
+On CUDA also the same unrolled module under torch.compile with CUDA graphs (mode
+"reduce-overhead"), TF32 off.  Also export time, session creation time, and artifact size against
+weight bytes.  Median of --repeat runs after warm-up; CUDA timings synchronise the device.
 """
 
 from __future__ import annotations
@@ -29,19 +32,24 @@ from benchdoc import git_rev, machine, write_section  # noqa: E402
 from bns_export.backends import ExportRequest  # noqa: E402
 from bns_export.backends.onnx import export_onnx  # noqa: E402
 from bns_export.compile.build import compile_artifact  # noqa: E402
+from bns_export.compile.unroll import UnrolledSampler  # noqa: E402
 from bns_export.models import load_model  # noqa: E402
 from bns_export.runtime import load  # noqa: E402
 from bns_export.solvers import baseline  # noqa: E402
 from bns_export.solvers.sampler import sample  # noqa: E402
 
+SYNC = [lambda: None]  # torch.cuda.synchronize on CUDA
+
 
 def timeit(fn, repeat: int) -> float:
     fn()
     fn()
+    SYNC[0]()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
+        SYNC[0]()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -68,6 +76,7 @@ def build(args, solver_path: Path, fmt: str, out: Path, max_batch: int) -> float
         out,
         guidance=args.guidance,
         max_batch=max_batch,
+        device=args.device,
         validate=False,
         log=lambda m: None,
     )
@@ -82,11 +91,17 @@ def main() -> None:
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 16, 64])
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--no-aoti", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--section", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        SYNC[0] = torch.cuda.synchronize
     command = "python tools/bench_latency.py " + " ".join(sys.argv[1:])
-    field = load_model(args.model, guidance=args.guidance)
+    field = load_model(args.model, guidance=args.guidance, device=args.device)
     shape = field.sample_shape
     weight_bytes = sum(p.numel() * p.element_size() for p in field.parameters())
     max_b = max(args.batch)
@@ -105,20 +120,24 @@ def main() -> None:
     export_onnx(one, ExportRequest(tuple(shape), one.conditional, max_b, max_b), work / "one.onnx")
     import onnxruntime as ort
 
-    one_sess = ort.InferenceSession(str(work / "one.onnx"), providers=["CPUExecutionProvider"])
+    ort_device = "cuda" if cuda and "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    ort_providers = (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"] if ort_device == "cuda" else ["CPUExecutionProvider"]
+    )
+    one_sess = ort.InferenceSession(str(work / "one.onnx"), providers=ort_providers)
     for nfe in args.nfe:
         solver = baseline("dpm++2m", nfe, field.schedule, field.t_lo, field.t_hi)
         solver_path = work / f"s{nfe}.json"
         solver.save(solver_path)
         onnx_export_s = build(args, solver_path, "onnx", work / f"onnx{nfe}", max_b)
         t0 = time.perf_counter()
-        runner = load(work / f"onnx{nfe}")
+        runner = load(work / f"onnx{nfe}", device=ort_device)
         session_s = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in (work / f"onnx{nfe}").iterdir() if p.name.startswith("model"))
         aoti = None
         if not args.no_aoti:
             aoti_s = build(args, solver_path, "aoti", work / f"aoti{nfe}", max_b)
-            aoti = load(work / f"aoti{nfe}")
+            aoti = load(work / f"aoti{nfe}", device=args.device)
             meta.append(
                 f"| {nfe} | AOTInductor | compile {aoti_s:.1f} s | package "
                 f"{(work / f'aoti{nfe}' / 'model.pt2').stat().st_size / 1e6:.2f} MB |"
@@ -127,35 +146,49 @@ def main() -> None:
             f"| {nfe} | ONNX | export {onnx_export_s:.1f} s, session {session_s:.2f} s | model "
             f"{size / 1e6:.2f} MB (weights {weight_bytes / 1e6:.2f} MB) |"
         )
+        graphed = None
+        if cuda:
+            unrolled = UnrolledSampler(field, solver).eval()
+            graphed = torch.compile(unrolled, mode="reduce-overhead", dynamic=False)
         for b in args.batch:
             noise, labels = inputs[b]
-            tn = torch.from_numpy(noise)
-            tl = None if labels is None else torch.from_numpy(labels)
+            tn = torch.from_numpy(noise).to(args.device)
+            tl = None if labels is None else torch.from_numpy(labels).to(args.device)
             eager = timeit(lambda: sample(field, solver, tn, tl), args.repeat)  # noqa: B023
             onnx_t = timeit(lambda: runner(noise, labels), args.repeat)  # noqa: B023
             feed = {"noise": noise} if labels is None else {"noise": noise, "labels": labels}
             floor_ort = nfe * timeit(lambda: one_sess.run(None, feed), args.repeat)  # noqa: B023
             with torch.no_grad():
                 floor_eager = nfe * timeit(lambda: field(tn, torch.tensor(0.5), tl), args.repeat)  # noqa: B023
-            aoti_t = timeit(lambda: aoti(noise, labels), args.repeat) if aoti else None  # noqa: B023
-            rows.append((nfe, b, eager, floor_eager, onnx_t, floor_ort, aoti_t))
+            aoti_t = timeit(lambda: aoti(tn, tl), args.repeat) if aoti else None  # noqa: B023
+            graph_t = None
+            if graphed is not None:
+                with torch.no_grad():
+                    graph_t = timeit(lambda: graphed(tn, tl).clone(), args.repeat)  # noqa: B023
+            rows.append((nfe, b, eager, floor_eager, onnx_t, floor_ort, aoti_t, graph_t))
             print(rows[-1], flush=True)
+    gpu = f", {torch.cuda.get_device_name(args.device)}, TF32 off" if cuda else ""
     lines = [
-        f"## Latency: {args.model}, guidance {args.guidance:g}\n",
-        f"Command: `{command}` (commit {git_rev()}).  Machine: {machine()}; ONNX Runtime "
-        f"{ort.__version__}, CPU execution provider.  Solver: DPM-Solver++(2M) table (any table costs the "
+        f"## Latency: {args.model}, guidance {args.guidance:g}, {args.device}\n",
+        f"Command: `{command}` (commit {git_rev()}).  Machine: {machine()}{gpu}; ONNX Runtime "
+        f"{ort.__version__}, {ort_providers[0]}.  Solver: DPM-Solver++(2M) table (any table costs the "
         f"same).  Median of {args.repeat} runs, milliseconds.\n",
-        "| NFE | batch | eager loop | eager floor | ONNX Runtime | ORT floor | AOTInductor | eager / ORT | "
-        "ORT / ORT floor |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| NFE | batch | eager loop | eager floor | ONNX Runtime | ORT floor | AOTInductor | torch.compile "
+        "CUDA graphs | eager / ORT | ORT / ORT floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for nfe, b, e, fe, o, fo, a in rows:
+
+    def ms(v) -> str:
+        return "n/a" if v is None else f"{v * 1e3:.1f}"
+
+    for nfe, b, e, fe, o, fo, a, g in rows:
         lines.append(
-            f"| {nfe} | {b} | {e * 1e3:.1f} | {fe * 1e3:.1f} | {o * 1e3:.1f} | {fo * 1e3:.1f} | "
-            f"{'n/a' if a is None else f'{a * 1e3:.1f}'} | {e / o:.2f}x | {o / fo:.2f}x |"
+            f"| {nfe} | {b} | {ms(e)} | {ms(fe)} | {ms(o)} | {ms(fo)} | {ms(a)} | {ms(g)} | {e / o:.2f}x | "
+            f"{o / fo:.2f}x |"
         )
     lines += ["", "| NFE | backend | build | size |", "|---|---|---|---|", *meta]
-    write_section(args.section or f"latency-{args.model}", "\n".join(lines) + "\n")
+    default = f"latency-{args.model}" + ("" if args.device == "cpu" else f"-{args.device.split(':')[0]}")
+    write_section(args.section or default, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
