@@ -20,7 +20,7 @@ from .fileio import atomic_write_text
 from .groundtruth import ground_truth
 from .images import grid, write_png
 from .models import load_model
-from .solvers import BASELINES, baseline
+from .solvers import BASELINES, baseline, parse_spec
 from .solvers.table import NSSolver
 
 #: the baselines a comparison runs: each solver on its default grid, plus the common variants
@@ -75,7 +75,7 @@ def compare_baselines(fld, gt, nfe: int, names: list[str] = COMPARE) -> list[dic
     """PSNR of every baseline that can run at `nfe` NFE."""
     rows = []
     for spec in names:
-        per_step = BASELINES[spec.partition(":")[0]].nfe_per_step
+        per_step = BASELINES[parse_spec(spec).name].nfe_per_step
         if nfe % per_step:
             continue
         rows.append(evaluate_on(fld, baseline(spec, nfe, fld.schedule, fld.t_lo, fld.t_hi), gt))
