@@ -6,16 +6,27 @@ Progress goes to stderr, so `--json` output on stdout stays machine-readable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .errors import BNSError
+from .checks import Integer, Number
+from .errors import EXIT_BAD_INPUT, BNSError
+
+# the number options' ranges, shared where several commands take the same option
+GUIDANCE = Number(0, 100)  # classifier-free guidance scale w (1 = none)
+NFE = Integer(1, 64)
+SEED = Integer(0, 2**63 - 1)
+BATCH = Integer(1, 65536)
+GATE = Number(0, 1000)  # parity gate, dB
 
 
 def _shape(value: str | None) -> tuple[int, ...] | None:
@@ -52,13 +63,21 @@ def model_options(fn):
         show_default=True,
         help="The network's time input: t (ours), s = 1 - t, index (DDPM step), sigma (EDM).",
     )
-    @click.option("--train-steps", default=1000, show_default=True, help="DDPM training steps (ddpm schedule).")
+    @click.option(
+        "--train-steps",
+        type=Integer(2, 1_000_000),
+        default=1000,
+        show_default=True,
+        help="DDPM training steps (ddpm schedule).",
+    )
     @click.option("--shape", default=None, help="Sample shape of a user network, e.g. 1,28,28.")
-    @click.option("--num-classes", type=int, default=None, help="Classes of a conditional user network.")
+    @click.option(
+        "--num-classes", type=Integer(1, 1_000_000), default=None, help="Classes of a conditional user network."
+    )
     @click.option(
         "--guidance",
         "-w",
-        type=float,
+        type=GUIDANCE,
         default=None,
         help="Classifier-free guidance scale (1 = none; default: the solver file's, else 1).",
     )
@@ -82,8 +101,12 @@ def model_options(fn):
 def gt_options(fn):
     """--rtol, --atol and --cache-dir of the ground truth."""
     fn = click.option("--cache-dir", default=None, help="Ground-truth cache (default ~/.cache/bns-export/gt).")(fn)
-    fn = click.option("--atol", type=float, default=1e-5, show_default=True, help="Ground-truth dopri5 atol.")(fn)
-    return click.option("--rtol", type=float, default=1e-5, show_default=True, help="Ground-truth dopri5 rtol.")(fn)
+    fn = click.option(
+        "--atol", type=Number(1e-12, 0.1), default=1e-5, show_default=True, help="Ground-truth dopri5 atol."
+    )(fn)
+    return click.option(
+        "--rtol", type=Number(1e-10, 0.1), default=1e-5, show_default=True, help="Ground-truth dopri5 rtol."
+    )(fn)
 
 
 def device_option(fn):
@@ -114,21 +137,80 @@ def _guidance(solver_spec: str | None, guidance: float | None) -> float:
     return 1.0 if g is None else g
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so every `finally` cleans up (staging folders, temp files)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_as_interrupts():
+    """While a command runs, SIGTERM (timeout, docker, systemd, Kubernetes) and SIGHUP act like SIGINT."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def handle_errors(fn):
-    """Map BNSError (and Ctrl-C) to one line on stderr and the exit code."""
+    """Map BNSError (and SIGINT/SIGTERM/SIGHUP) to one line on stderr and the exit code (128 + signal)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kw):
         try:
-            return fn(*args, **kw)
+            with signals_as_interrupts():
+                return fn(*args, **kw)
         except BNSError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+            sys.exit(128 + signum)
 
     return wrapper
+
+
+class CLI(click.Group):
+    """click's group, with every usage error (bad option value, unknown option, missing argument)
+    printed as one line `error: ...` with exit code 2, like the errors the commands raise."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.MissingParameter as e:
+            return _exit(f"error: {e.format_message().splitlines()[0]}", EXIT_BAD_INPUT, standalone_mode)
+        except click.exceptions.BadParameter as e:
+            hint = e.param_hint if isinstance(e.param_hint, str) else (e.param.opts[0] if e.param else "value")
+            message = e.message if e.message.startswith("-") else f"invalid {hint}: {e.message}"
+            return _exit(f"error: {message}", EXIT_BAD_INPUT, standalone_mode)
+        except click.exceptions.UsageError as e:
+            return _exit(f"error: {e.format_message().splitlines()[0]}", EXIT_BAD_INPUT, standalone_mode)
+        except click.exceptions.Abort:
+            return _exit("interrupted (SIGINT)", 130, standalone_mode)
+        except click.exceptions.ClickException as e:
+            return _exit(f"error: {e.format_message()}", e.exit_code, standalone_mode)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
+def _exit(line: str, code: int, standalone_mode: bool):
+    click.echo(line, err=True)
+    if standalone_mode:
+        sys.exit(code)
+    return code
 
 
 def _ground_truth(field, n: int, seed: int, rtol: float, atol: float, cache_dir, label: str, world):
@@ -140,7 +222,7 @@ def _ground_truth(field, n: int, seed: int, rtol: float, atol: float, cache_dir,
         return ground_truth(field, n, seed, rtol, atol, cache_dir=cache_dir, progress=bar.update, world=world)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CLI, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bns-export")
 def main() -> None:
     """Distill Bespoke Non-Stationary (BNS) few-step solvers for diffusion and flow models."""
@@ -171,9 +253,9 @@ def models_cmd(as_json: bool) -> None:
     help="Baseline name (euler, midpoint, heun, rk4, ab2, ddim, "
     "dpm++2m; optional :uniform|:karras|:logsnr grid) or a solver file.",
 )
-@click.option("--nfe", type=int, default=None, help="NFE for a baseline (default 8); checked against a file.")
-@click.option("--n-samples", "-n", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation noise.")
+@click.option("--nfe", type=NFE, default=None, help="NFE for a baseline (default 8); checked against a file.")
+@click.option("--n-samples", "-n", type=Integer(1, 1_000_000), default=256, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the evaluation noise.")
 @gt_options
 @device_option
 @network_dtype_option
@@ -209,7 +291,7 @@ def eval_cmd(
 @main.command("distill")
 @handle_errors
 @model_options
-@click.option("--nfe", type=click.IntRange(1, 64), required=True, help="Function evaluations of the solver.")
+@click.option("--nfe", type=NFE, required=True, help="Function evaluations of the solver.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Solver file to write (.json).")
 @click.option(
     "--base",
@@ -217,13 +299,18 @@ def eval_cmd(
     help="Base solver for initialisation (default midpoint for even NFE, euler for odd, as in the paper); "
     "'auto' starts from the best of several baselines on the validation set.",
 )
-@click.option("--precondition", type=float, default=None, help="Preconditioning sigma_0 of the base solver.")
-@click.option("--iterations", type=click.IntRange(1), default=2000, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Adam learning rate.")
-@click.option("--train-pairs", type=click.IntRange(1), default=520, show_default=True)
-@click.option("--val-pairs", type=click.IntRange(1), default=1024, show_default=True)
-@click.option("--val-every", type=click.IntRange(1), default=25, show_default=True)
+@click.option(
+    "--precondition",
+    type=Number(0, 100, lo_open=True),
+    default=None,
+    help="Preconditioning sigma_0 of the base solver.",
+)
+@click.option("--iterations", type=Integer(1, 10_000_000), default=2000, show_default=True)
+@click.option("--batch-size", type=Integer(1, 1_000_000), default=128, show_default=True)
+@click.option("--lr", type=Number(0, 10, lo_open=True), default=3e-3, show_default=True, help="Adam learning rate.")
+@click.option("--train-pairs", type=Integer(1, 10_000_000), default=520, show_default=True)
+@click.option("--val-pairs", type=Integer(1, 10_000_000), default=1024, show_default=True)
+@click.option("--val-every", type=Integer(1, 10_000_000), default=25, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Ignore a checkpoint left by an interrupted run.")
 @gt_options
 @device_option
@@ -320,10 +407,12 @@ def distill_cmd(
 @handle_errors
 @model_options
 @click.option("--solver", "-s", required=True, help="Baseline name or solver file.")
-@click.option("--nfe", type=int, default=None, help="NFE for a baseline (default 8).")
-@click.option("--n-samples", "-n", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--label", type=int, default=None, help="One class for every sample (default: random classes).")
+@click.option("--nfe", type=NFE, default=None, help="NFE for a baseline (default 8).")
+@click.option("--n-samples", "-n", type=Integer(1, 1_000_000), default=16, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option(
+    "--label", type=Integer(0, 1_000_000), default=None, help="One class for every sample (default: random classes)."
+)
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="FILE.png (grid) or FILE.npz.")
 @device_option
 @network_dtype_option
@@ -365,21 +454,21 @@ def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label,
 @handle_errors
 @model_options
 @click.option("--solver", "-s", required=True, help="Solver file or baseline name.")
-@click.option("--nfe", type=int, default=None, help="NFE for a baseline (default 8); checked against a file.")
+@click.option("--nfe", type=NFE, default=None, help="NFE for a baseline (default 8); checked against a file.")
 @click.option("--format", "fmt", default="onnx", show_default=True, help="onnx | tensorrt | aoti.")
 @click.option("--fp16", is_flag=True, help="Run the network in fp16 (inputs, outputs and solver stay fp32).")
-@click.option("--max-batch", type=int, default=16, show_default=True, help="Largest batch the artifact accepts.")
-@click.option("--opt-batch", type=int, default=None, help="TensorRT profile's optimal batch (default max/2).")
+@click.option("--max-batch", type=BATCH, default=16, show_default=True, help="Largest batch the artifact accepts.")
+@click.option("--opt-batch", type=BATCH, default=None, help="TensorRT profile's optimal batch (default max/2).")
 @click.option(
     "--device",
     default=None,
     help="Where to trace and validate, and the AOTInductor target: cpu, cuda, cuda:N "
     "(default: cuda when available, else cpu).",
 )
-@click.option("--workspace-mb", type=click.IntRange(16), default=2048, show_default=True, help="TensorRT workspace.")
+@click.option("--workspace-mb", type=Integer(16, 1 << 20), default=2048, show_default=True, help="TensorRT workspace.")
 @click.option("--timing-cache", default=None, help="TensorRT timing cache file (reused across builds).")
 @click.option("--no-validate", is_flag=True, help="Skip the parity check (not recommended).")
-@click.option("--min-psnr", type=float, default=None, help="Parity gate in dB (default 60 fp32, 35 fp16).")
+@click.option("--min-psnr", type=GATE, default=None, help="Parity gate in dB (default 60 fp32, 35 fp16).")
 @click.option("--out", "-o", required=True, help="Artifact directory to create (replaced atomically).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile_cmd(
@@ -433,7 +522,7 @@ def compile_cmd(
 @main.command("validate")
 @handle_errors
 @click.argument("artifact", type=click.Path())
-@click.option("--min-psnr", type=float, default=None, help="Gate in dB (default 60 fp32, 35 fp16).")
+@click.option("--min-psnr", type=GATE, default=None, help="Gate in dB (default 60 fp32, 35 fp16).")
 @click.option("--device", default=None, help="Where to run both sides: cpu, cuda, cuda:N (default: the artifact's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def validate_cmd(artifact, min_psnr, device, as_json) -> None:
@@ -472,10 +561,10 @@ def validate_cmd(artifact, min_psnr, device, as_json) -> None:
 @main.command("demo")
 @handle_errors
 @click.option("--model", "-m", default="digits", show_default=True, help="Shipped model (or analytic:NAME).")
-@click.option("--nfe", type=click.IntRange(2, 32), default=8, show_default=True)
-@click.option("--guidance", "-w", type=float, default=1.0, show_default=True)
+@click.option("--nfe", type=Integer(2, 32), default=8, show_default=True)
+@click.option("--guidance", "-w", type=GUIDANCE, default=1.0, show_default=True)
 @click.option("--out", "-o", default="exported/demo", show_default=True, help="Output folder.")
-@click.option("--iterations", type=click.IntRange(1), default=400, show_default=True, help="Distillation budget.")
+@click.option("--iterations", type=Integer(1, 10_000_000), default=400, show_default=True, help="Distillation budget.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def demo_cmd(model, nfe, guidance, out, iterations, device, as_json) -> None:
