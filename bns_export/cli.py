@@ -524,13 +524,19 @@ def compile_cmd(
 @click.argument("artifact", type=click.Path())
 @click.option("--min-psnr", type=GATE, default=None, help="Gate in dB (default 60 fp32, 35 fp16).")
 @click.option("--device", default=None, help="Where to run both sides: cpu, cuda, cuda:N (default: the artifact's).")
+@click.option("--public-key", default=None, help="Ed25519 public key (PEM): the manifest's signature must verify.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def validate_cmd(artifact, min_psnr, device, as_json) -> None:
+def validate_cmd(artifact, min_psnr, device, public_key, as_json) -> None:
     """Parity of an artifact against the eager PyTorch sampler; exit 0 pass, 1 fail, 2 bad input."""
     from .compile.parity import validate_artifact
     from .devices import resolve_device
 
-    report = validate_artifact(artifact, min_psnr=min_psnr, device=None if device is None else resolve_device(device))
+    report = validate_artifact(
+        artifact,
+        min_psnr=min_psnr,
+        device=None if device is None else resolve_device(device),
+        public_key=public_key,
+    )
     if as_json:
         click.echo(json.dumps(report))
     else:
@@ -556,6 +562,19 @@ def validate_cmd(artifact, min_psnr, device, as_json) -> None:
             f"gate {report['gate_db']:.0f} dB ({report['precision']})"
         )
     sys.exit(0 if report["passed"] else 1)
+
+
+@main.command("sign")
+@handle_errors
+@click.argument("artifact", type=click.Path())
+@click.option("--key", required=True, help="Ed25519 private key (PEM), e.g. from openssl genpkey -algorithm ed25519.")
+def sign_cmd(artifact, key) -> None:
+    """Sign an artifact's manifest (which hashes every file): writes manifest.json.sig."""
+    from .runtime.artifact import read_manifest
+    from .runtime.signing import sign_manifest
+
+    read_manifest(artifact)  # sign only what verifies
+    click.echo(f"wrote {sign_manifest(artifact, key)}")
 
 
 @main.command("demo")

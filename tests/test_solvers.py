@@ -211,18 +211,22 @@ def _solver_json(**change):
     "change,message",
     [
         ({"times": [0.0, float("nan"), 0.6]}, "NaN"),
-        ({"a": [1.0, float("inf"), 1.0]}, "NaN or inf"),
+        ({"a": [1.0, float("inf"), 1.0]}, "Infinity is not a JSON number"),
         ({"times": [0.0, 0.6, 0.3]}, "non-decreasing"),
         ({"times": [0.0, 0.3]}, "wrong lengths"),
         ({"b": [[0.3], [0.3, 0.3], [0.3]]}, "wrong lengths"),
         ({"schema_version": 99}, "unknown schema version"),
         ({"schema": "other"}, "not a bns-export solver file"),
-        ({"a": [1, "x", 1]}, "non-number"),
+        ({"a": [1, "x", 1]}, "a must be a number, got 'x'"),
+        ({"nfe": 3.7}, "nfe must be a whole number"),
+        ({"nfe": 1e400}, "nfe must be a whole number"),
+        ({"guidance": "abc"}, "guidance must be a number"),
+        ({"fingerprint": "0123456789abcdef"}, "stale fingerprint"),
     ],
 )
 def test_bad_solver_files_name_the_problem(tmp_path, change, message):
     p = tmp_path / "bad.json"
-    p.write_text(json.dumps(_solver_json(**change)).replace("NaN", "NaN").replace("Infinity", "Infinity"))
+    p.write_text(json.dumps(_solver_json(**change)).replace('"nfe": Infinity', '"nfe": 1e400'))
     with pytest.raises(BNSError, match=message):
         NSSolver.load(p)
 

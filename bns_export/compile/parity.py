@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..backends import Runner, get_backend
+from ..checks import number
 from ..errors import BNSError
 from ..groundtruth import ground_truth
 from ..metrics import psnr_per_sample
@@ -82,10 +83,13 @@ def validate_artifact(
     min_psnr: float | None = None,
     device: str | None = None,
     providers: list | None = None,
+    public_key: str | None = None,
 ) -> dict:
     """Run the parity report; `passed` is the gate's verdict."""
+    if min_psnr is not None:
+        min_psnr = number(min_psnr, "min_psnr", 0, 1000)
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder, public_key=public_key)
     device = device or default_device(manifest)
     runner = get_backend(manifest["format"]).open(folder, manifest, device=device, providers=providers)
     reference = EagerRunner(folder, manifest, device)

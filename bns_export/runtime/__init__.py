@@ -13,15 +13,22 @@ from ..backends import Runner, get_backend
 from .artifact import read_manifest
 
 
-def load(folder: str | os.PathLike, providers: list | None = None, device: str | None = None, **options) -> Runner:
+def load(
+    folder: str | os.PathLike,
+    providers: list | None = None,
+    device: str | None = None,
+    public_key: str | os.PathLike | None = None,
+    **options,
+) -> Runner:
     """Open an artifact directory (hashes verified) and return its runner.
 
+    public_key: an Ed25519 public key (PEM file); the manifest's detached signature must verify.
     providers: ONNX Runtime execution providers, names or (name, options) pairs, passed through
     (TensorRT EP entries get profile shapes and an engine cache derived from the manifest);
     device: "cpu", "cuda" or "cuda:N" (default: the artifact's, or CUDA when available for ONNX);
     options: backend extras, e.g. cuda_graph=True for ONNX on the CUDA EP.
     """
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder, public_key=public_key)
     return get_backend(manifest.get("format")).open(folder, manifest, device=device, providers=providers, **options)
 
 

@@ -16,9 +16,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..checks import integer, number, read_json
 from ..errors import BNSError
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.json.sig"
+UNHASHED = (MANIFEST, SIGNATURE)
 SCHEMA = "bns-export/artifact"
 SCHEMA_VERSION = 1
 
@@ -32,12 +35,12 @@ def sha256_file(path: Path) -> str:
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder` except the manifest, by relative path."""
-    return {
-        str(p.relative_to(folder)): sha256_file(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+    """sha256 of every file in `folder` except the manifest and its signature, by name."""
+    entries = sorted(folder.iterdir())
+    nested = [p.name for p in entries if p.is_dir()]
+    if nested:
+        raise BNSError(f"artifact folders are flat; {folder} holds folder(s) {', '.join(nested)}")
+    return {p.name: sha256_file(p) for p in entries if p.is_file() and p.name not in UNHASHED}
 
 
 def write_manifest(folder: Path, manifest: dict) -> dict:
@@ -76,28 +79,101 @@ def staging_dir(dest: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_manifest(folder: str | os.PathLike, verify: bool = True) -> dict:
-    """The manifest of an artifact directory, refusing a missing, tampered or foreign one."""
+def read_manifest(folder: str | os.PathLike, verify: bool = True, public_key: str | os.PathLike | None = None) -> dict:
+    """The manifest of an artifact directory, refusing a missing, tampered, foreign or malformed one.
+
+    Integrity: every file the runners open (model, its external data, solver) must be listed with
+    its sha256, under a plain name inside the folder (no `..`, no absolute path, no link), and the
+    folder may hold no file the manifest does not list.  With `public_key` (an Ed25519 PEM file),
+    the detached signature `manifest.json.sig` must verify too.
+    """
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
         raise BNSError(f"artifact not found: {folder} is not a directory")
-    if not path.exists():
+    if not path.is_file():
         raise BNSError(f"{folder} is not a complete artifact (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BNSError(f"{path}: corrupt manifest ({e})") from None
+    manifest = read_json(path, "manifest")
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise BNSError(f"{path}: not a bns-export artifact manifest")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise BNSError(f"{path}: unknown artifact schema version {manifest.get('schema_version')!r}")
+    try:
+        check_manifest(manifest)
+    except BNSError as e:
+        raise BNSError(f"{path}: {e}") from None
+    if public_key is not None:
+        from .signing import verify_manifest
+
+        verify_manifest(folder, public_key)
     if verify:
-        files = manifest.get("files") or {}
-        for name, digest in files.items():
-            p = folder / name
-            if not p.is_file():
-                raise BNSError(f"artifact {folder} is incomplete: {name} is missing")
-            if sha256_file(p) != digest:
-                raise BNSError(f"artifact {folder} was modified: sha256 of {name} does not match the manifest")
+        verify_files(folder, manifest)
     return manifest
+
+
+#: manifest fields the runners and the validator read, and their checks
+FIELD_CHECKS = {
+    "format": lambda v, k: _choice(v, k, ("onnx", "tensorrt", "aoti")),
+    "precision": lambda v, k: _choice(v, k, ("fp32", "fp16")),
+    "nfe": lambda v, k: integer(v, k, 1, 1024),
+    "max_batch": lambda v, k: integer(v, k, 1, 1 << 20),
+    "guidance": lambda v, k: number(v, k, 0, 100),
+    "model_file": lambda v, k: plain_name(v, k),
+    "solver_file": lambda v, k: plain_name(v, k),
+}
+
+
+def check_manifest(m: dict) -> None:
+    """Types and ranges of every field a runner or the validator reads."""
+    for key, check in FIELD_CHECKS.items():
+        if key not in m:
+            raise BNSError(f"manifest has no {key!r}")
+        check(m[key], key)
+    shape = m.get("sample_shape")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 8:
+        raise BNSError(f"sample_shape must be a list of 1 to 8 sizes, got {shape!r}")
+    for size in shape:
+        integer(size, "sample_shape", 1, 1 << 20)
+    if m.get("num_classes") is not None:
+        integer(m["num_classes"], "num_classes", 1, 1 << 20)
+    if m.get("opt_batch") is not None:
+        integer(m["opt_batch"], "opt_batch", 1, m["max_batch"])
+    files = m.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BNSError("manifest lists no file hashes: refusing an artifact that cannot be verified")
+    for name, digest in files.items():
+        plain_name(name, "file name")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise BNSError(f"sha256 of {name} is not 64 hex digits")
+    for key in ("model_file", "solver_file"):
+        if m[key] not in files:
+            raise BNSError(f"{key} {m[key]!r} is not among the hashed files")
+
+
+def plain_name(name, what: str) -> str:
+    """A file name inside the artifact folder: no separators, no `..`, not hidden, not absolute."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise BNSError(f"{what} {name!r} is not a plain file name inside the artifact folder")
+    return name
+
+
+def _choice(v, k: str, allowed: tuple[str, ...]) -> str:
+    if v not in allowed:
+        raise BNSError(f"{k} must be one of {', '.join(allowed)}, got {v!r}")
+    return v
+
+
+def verify_files(folder: Path, manifest: dict) -> None:
+    """Every listed file present, a regular file (not a link) with its sha256; no unlisted file."""
+    files = manifest["files"]
+    for name, digest in files.items():
+        p = folder / name
+        if p.is_symlink():
+            raise BNSError(f"artifact {folder}: {name} is a symbolic link; artifacts hold regular files only")
+        if not p.is_file():
+            raise BNSError(f"artifact {folder} is incomplete: {name} is missing")
+        if sha256_file(p) != digest:
+            raise BNSError(f"artifact {folder} was modified: sha256 of {name} does not match the manifest")
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in files and p.name not in UNHASHED)
+    if extra:
+        raise BNSError(f"artifact {folder} holds files its manifest does not list: {', '.join(extra[:5])}")

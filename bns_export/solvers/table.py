@@ -14,11 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import integer, number, read_json
 from ..errors import BNSError
 from ..fileio import atomic_write_text
 
 SCHEMA = "bns-export/solver"
 SCHEMA_VERSION = 1
+MAX_NFE = 1024
+MAX_SOLVER_BYTES = 1 << 20  # a 64-NFE table is about 60 kB
 
 
 @dataclass
@@ -91,14 +94,20 @@ class NSSolver:
                 f"{source}: unknown schema version {d.get('schema_version')!r} "
                 f"(this tool reads version {SCHEMA_VERSION})"
             )
+        missing = [k for k in ("nfe", "times", "t_end", "a", "b") if k not in d]
+        if missing:
+            raise BNSError(f"{source}: malformed solver file (missing {', '.join(missing)})")
         try:
-            n = int(d["nfe"])
+            n = integer(d["nfe"], "nfe", 1, MAX_NFE)
             t = _floats(d["times"], "times", source)
             a = _floats(d["a"], "a", source)
             rows = d["b"]
-            t_end = float(d["t_end"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise BNSError(f"{source}: malformed solver file ({e})") from None
+            t_end = number(d["t_end"], "t_end")
+            for key, check in META_CHECKS.items():
+                if d.get(key) is not None:
+                    check(d[key], key)
+        except BNSError as e:
+            raise BNSError(f"{source}: {e}") from None
         if len(t) != n or len(a) != n or not isinstance(rows, list) or len(rows) != n:
             raise BNSError(
                 f"{source}: wrong lengths: nfe={n} but {len(t)} times, {len(a)} a, "
@@ -116,20 +125,20 @@ class NSSolver:
             if k not in {"schema", "schema_version", "name", "nfe", "times", "t_end", "a", "b", "fingerprint"}
         }
         try:
-            return cls(t, a, b, t_end, name=str(d.get("name", "ns")), meta=meta)
+            solver = cls(t, a, b, t_end, name=str(d.get("name", "ns")), meta=meta)
         except BNSError as e:
             raise BNSError(f"{source}: {e}") from None
+        if "fingerprint" in d and d["fingerprint"] != solver.fingerprint():
+            raise BNSError(
+                f"{source}: stale fingerprint: the file says {d['fingerprint']!r}, its numbers hash to "
+                f"{solver.fingerprint()!r} (edited by hand or corrupted)"
+            )
+        return solver
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NSSolver:
-        p = Path(path)
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise BNSError(f"solver file not found: {p}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BNSError(f"{p}: not valid JSON ({e})") from None
-        return cls.from_json(d, source=str(p))
+        """Read and check a solver file (size, JSON, types, lengths, finiteness, fingerprint)."""
+        return cls.from_json(read_json(path, "solver file", MAX_SOLVER_BYTES), source=str(path))
 
 
 def check_table(t: np.ndarray, a: np.ndarray, b: np.ndarray, t_end: float) -> None:
@@ -150,13 +159,26 @@ def check_table(t: np.ndarray, a: np.ndarray, b: np.ndarray, t_end: float) -> No
 
 def _floats(v, what: str, source: str) -> list[float]:
     if not isinstance(v, list):
-        raise BNSError(f"{source}: {what} must be a list of numbers")
-    out = []
-    for x in v:
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
-            raise BNSError(f"{source}: {what} holds a non-number {x!r}")
-        out.append(float(x))
-    return out
+        raise BNSError(f"{what} must be a list of numbers")
+    if len(v) > MAX_NFE:
+        raise BNSError(f"{what} has {len(v)} entries, more than the {MAX_NFE} a solver may have")
+    return [number(x, what) for x in v]
+
+
+def _text(v, what: str) -> str:
+    if not isinstance(v, str):
+        raise BNSError(f"{what} must be a string, got {v!r}")
+    return v
+
+
+#: types of the provenance fields this tool reads back (other fields are kept as they are)
+META_CHECKS = {
+    "guidance": lambda v, k: number(v, k, 0, 100),
+    "model_fingerprint": _text,
+    "kind": _text,
+    "base_solver": _text,
+    "world_size": lambda v, k: integer(v, k, 1),
+}
 
 
 def _round(arr: np.ndarray) -> list[float]:
