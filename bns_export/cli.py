@@ -418,6 +418,7 @@ def distill_cmd(
 @network_dtype_option
 def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label, out, device, network_dtype) -> None:
     """Write samples: a PNG grid, or an .npz with noise, labels and samples."""
+    import numpy as np
     import torch
 
     from .devices import resolve_device
@@ -441,6 +442,8 @@ def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label,
             raise BNSError(f"--label {label} is not a class of model {model}")
         labels = torch.full((n_samples,), label, dtype=torch.long)
     samples = run_solver(field, ns, noise.to(dev), None if labels is None else labels.to(dev)).float().cpu().numpy()
+    if not np.isfinite(samples).all():
+        raise BNSError(f"model {model} produced NaN or inf samples with {ns.name}; nothing written")
     if out_path.suffix == ".png":
         write_png(out_path, grid(samples, scale=max(1, 64 // samples.shape[-1]) if samples.ndim == 4 else 1))
     else:

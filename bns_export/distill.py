@@ -25,7 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .checks import integer, number
 from .errors import BNSError
+from .fileio import honour_umask
 from .groundtruth import GTSet
 from .metrics import psnr_per_sample
 from .parallel import SINGLE, World, all_sum_grads
@@ -80,6 +82,15 @@ class DistillConfig:
     max_decays: int = 5  # halvings before early stopping
     learn: str = "all"  # "all": times, a and b; "times": times only (a, b stay the base solver's), an ablation
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        integer(self.nfe, "nfe", 1, 64)
+        for key in ("iterations", "batch_size", "val_every", "patience"):
+            integer(getattr(self, key), key, 1, 10_000_000)
+        integer(self.max_decays, "max_decays", 0, 100)
+        number(self.lr, "lr", 0, 10, lo_open=True)
+        if self.precondition is not None:
+            number(self.precondition, "precondition", 0, 100, lo_open=True)
 
     def base_solver(self) -> str:
         return self.base or ("midpoint" if self.nfe % 2 == 0 else "euler")
@@ -142,10 +153,14 @@ def _save_ckpt(path: Path, params: BNSParams, best: dict[str, Tensor], opt: torc
             tensors[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"]
             tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"]).reshape(1).double()
     tensors = {k: v.cpu().contiguous() for k, v in tensors.items()}  # the file holds CPU tensors
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    save_file(tensors, tmp, metadata={"state": json.dumps(state)})
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, tmp, metadata={"state": json.dumps(state)})
+        honour_umask(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _load_ckpt(path: Path, params: BNSParams, opt: torch.optim.Adam, run_id: str) -> tuple[dict, dict] | None:
@@ -245,6 +260,10 @@ def distill(
         opt.step()
         state["iteration"] = it + 1
         mean_loss = world.all_sum(loss.detach()).item()
+        if not math.isfinite(mean_loss):
+            raise BNSError(
+                f"the distillation loss became NaN or inf at iteration {it + 1}: the model or GT is not finite"
+            )
         state["train_psnr"] = float(10 * math.log10(4.0) - 10 * mean_loss / math.log(10))
         if state["iteration"] % cfg.val_every == 0 or state["iteration"] == cfg.iterations:
             v = mean_psnr(field, params.tables(dtype, device), val, world)

@@ -1,4 +1,8 @@
-"""Atomic file writes: a temporary sibling renamed into place, so no reader sees half a file."""
+"""Atomic file writes: a temporary sibling renamed into place, so no reader sees half a file.
+
+Outputs honour the umask (0644 files and 0755 folders under umask 022): temporary files are
+created private by mkstemp/mkdtemp and given the umask's mode before they are renamed into place.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,18 @@ import tempfile
 from pathlib import Path
 
 from .errors import BNSError
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path, directory: bool = False) -> None:
+    """Give a file (0666) or folder (0777) created private by mkstemp/mkdtemp the mode the umask allows."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -26,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        honour_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .checks import integer, number
 from .devices import device_of
 from .errors import BNSError
 from .parallel import SINGLE, World
@@ -62,7 +64,7 @@ def dopri5(
     h = h0 if h0 is not None else 0.01 * span
     while t < t1 - 1e-12 * abs(span):
         if steps + rejected >= max_steps:
-            raise RuntimeError(f"dopri5: more than {max_steps} steps")
+            raise BNSError(f"dopri5 took more than {max_steps} steps (reached t={t:.4g}): the ODE is too stiff")
         h = min(h, t1 - t)
         ks = [k1]
         for i in range(1, 7):
@@ -73,6 +75,8 @@ def dopri5(
         err = h * sum((b5 - b4) * k for b5, b4, k in zip(_B5, _B4, ks) if b5 != b4)
         scale = atol + rtol * torch.maximum(x.abs(), x5.abs())
         en = ((err / scale) ** 2).flatten(1).mean(1).sqrt().max().item()
+        if not math.isfinite(en):
+            raise BNSError(f"the model returned NaN or inf between t={t:.4g} and t={t + h:.4g}: no ground truth")
         if en <= 1.0:
             t, x, k1 = t + h, x5, ks[6]
             steps += 1
@@ -147,6 +151,9 @@ def ground_truth(
     """
     from safetensors.torch import load_file, save_file
 
+    n = integer(n, "number of pairs", 1, 10_000_000)
+    seed = integer(seed, "seed", 0, 2**63 - 1)
+    rtol, atol = number(rtol, "rtol", 1e-10, 0.1), number(atol, "atol", 1e-12, 0.1)
     dtype = dtype or field.default_dtype
     device = device_of(field)
     key = gt_key(field, n, seed, rtol, atol, dtype)
@@ -186,10 +193,13 @@ def ground_truth(
     try:
         if world.is_main:
             cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")  # the cache stays private (0600)
             os.close(fd)
-            save_file(tensors, tmp)
-            os.replace(tmp, path)
+            try:
+                save_file(tensors, tmp)
+                os.replace(tmp, path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
     except OSError:
         pass  # an unwritable cache only costs recomputation
     return GTSet(*_on(device, noise, labels, x1), nfe_mean, key)

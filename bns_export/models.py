@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checks import number
 from .errors import BNSError
 from .fields import ANALYTIC, PREDICTIONS, SCHEDULES, TIME_INPUTS, GuidedField, NetworkField, make_schedule
 from .fields.field import VelocityField
@@ -64,6 +66,9 @@ def load_model(
     network_dtype: the dtype the network runs in (fp32, bf16, fp16); solver state, conversions,
     guidance and ground truth stay fp32.  The fingerprint does not depend on it.
     """
+    if not isinstance(spec, str) or not spec:
+        raise BNSError("a model spec must be a shipped model name, analytic:NAME or package.module:factory")
+    guidance = number(guidance, "guidance", 0, 100)
     field = _load_field(spec, options or ModelOptions())
     if guidance != 1.0 and field.num_classes is None:
         raise BNSError(f"model {spec} is unconditional: guidance {guidance} needs a class-conditional model")
@@ -111,7 +116,7 @@ def load_shipped(folder: Path) -> NetworkField:
     net = module.build_network(**cfg.get("architecture", {}))
     net.load_state_dict(load_file(str(folder / "weights.safetensors")))
     schedule = make_schedule(cfg["schedule"], cfg.get("train_steps", 1000))
-    return NetworkField(
+    field = NetworkField(
         net,
         schedule,
         tuple(cfg["shape"]),
@@ -122,21 +127,21 @@ def load_shipped(folder: Path) -> NetworkField:
         t_hi=cfg.get("t_hi"),
         name=folder.name,
     )
+    check_network(field)
+    return field
 
 
 def _load_factory(spec: str, opt: ModelOptions) -> NetworkField:
     module_name, _, attr = spec.partition(":")
-    try:
+    if not module_name or not attr:
+        raise BNSError(f"bad model spec {spec!r}: expected package.module:factory")
+    with users_code(f"importing model module {module_name!r}"):
         module = importlib.import_module(module_name)
-        factory = getattr(module, attr)
-    except ImportError as e:
-        raise BNSError(f"cannot import model factory {spec!r}: {e}") from None
-    except AttributeError:
-        raise BNSError(f"module {module_name!r} has no attribute {attr!r}") from None
-    try:
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise BNSError(f"module {module_name!r} has no callable {attr!r}")
+    with users_code(f"model factory {spec!r}"):
         net = factory()
-    except Exception as e:  # the user's code: report, never a traceback
-        raise BNSError(f"model factory {spec!r} failed: {type(e).__name__}: {e}") from None
     if not isinstance(net, nn.Module):
         raise BNSError(f"model factory {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
     if opt.shape is None:
@@ -164,15 +169,27 @@ def _load_factory(spec: str, opt: ModelOptions) -> NetworkField:
     return field
 
 
-def check_network(field: NetworkField) -> None:
-    """One forward call on a batch of 2: the output must have the sample's shape."""
-    x = torch.zeros((2, *field.sample_shape))
-    labels = None if field.num_classes is None else torch.zeros(2, dtype=torch.long)
+@contextlib.contextmanager
+def users_code(what: str):
+    """Run a user's code: any exception, a syntax error or sys.exit() inside it is one line, not a traceback."""
     try:
-        with torch.no_grad():
-            out = field(x, torch.tensor(0.5), labels)
-    except Exception as e:
-        problem = f"{type(e).__name__}: {e}"
-        raise BNSError(f"model {field.name} fails on input of shape {tuple(x.shape)}: {problem}") from None
-    if tuple(out.shape) != tuple(x.shape):
-        raise BNSError(f"model {field.name} returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
+        yield
+    except SystemExit as e:
+        raise BNSError(f"{what} called sys.exit({e.code!r})") from None
+    except Exception as e:  # includes SyntaxError and ImportError raised while importing
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise BNSError(f"{what} failed: {type(e).__name__}: {first}") from None
+
+
+def check_network(field: NetworkField) -> None:
+    """Forward calls on a batch of 2 at the interval's ends and middle: the output must have the
+    sample's shape and be finite (a model returning NaN is named here, with the time, once)."""
+    x = torch.zeros((2, *field.sample_shape), dtype=field.default_dtype)
+    labels = None if field.num_classes is None else torch.zeros(2, dtype=torch.long)
+    for t in (field.t_lo, 0.5 * (field.t_lo + field.t_hi), field.t_hi):
+        with users_code(f"model {field.name} on input of shape {tuple(x.shape)} at t={t:.4g}"), torch.no_grad():
+            out = field(x, torch.tensor(t), labels)
+        if tuple(out.shape) != tuple(x.shape):
+            raise BNSError(f"model {field.name} returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
+        if not torch.isfinite(out).all():
+            raise BNSError(f"model {field.name} returns NaN or inf at t={t:.4g} (our time: 0 noise, 1 data)")

@@ -45,6 +45,40 @@ def to_numpy(x, dtype) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=dtype)
 
 
+def _array(x, what: str):
+    """A torch tensor as it is, anything else as a numpy array (lists, tuples, scalars)."""
+    if is_torch(x):
+        return x
+    if x is None or isinstance(x, (str, bytes, dict)):
+        raise BNSError(f"{what} must be an array of numbers, got {type(x).__name__}")
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise BNSError(f"{what} is not an array of numbers ({str(e).splitlines()[0]})") from None
+    if arr.dtype == object or arr.dtype.kind in "USV":
+        raise BNSError(f"{what} must be an array of numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _kind(x) -> str:
+    """numpy's dtype kind (f, i, u, b, c) of a numpy array or torch tensor."""
+    if is_torch(x):
+        if x.dtype.is_complex:
+            return "c"
+        if x.dtype.is_floating_point:
+            return "f"
+        return "b" if str(x.dtype) == "torch.bool" else "i"
+    return x.dtype.kind
+
+
+def _all_finite(x) -> bool:
+    if is_torch(x):
+        import torch
+
+        return bool(torch.isfinite(x).all())
+    return bool(np.isfinite(x).all())
+
+
 class Runner(ABC):
     """Callable artifact: runner(noise (B, *shape) float32 [, labels (B,) int64]) -> samples (B, *shape)."""
 
@@ -61,26 +95,39 @@ class Runner(ABC):
         self.nfe = int(manifest["nfe"])
         self._lock = threading.Lock()  # for backends whose contexts are not thread-safe
 
-    def check_inputs(self, noise, labels) -> None:
-        """One clear error for a wrong shape, a batch beyond the built maximum, or missing labels."""
+    def check_inputs(self, noise, labels) -> tuple:
+        """Noise: array-like of real floats, finite, shape (B, *sample_shape), 1 <= B <= max_batch; labels:
+        integers in 0..K-1 or -1, shape (B,), exactly when the artifact is conditional.  Returns the
+        inputs (lists become numpy arrays); anything else is one clear error."""
+        noise = _array(noise, "noise")
         shape = tuple(noise.shape)
         if len(shape) != len(self.sample_shape) + 1 or shape[1:] != self.sample_shape:
             raise BNSError(f"noise has shape {shape}, expected (B, {', '.join(map(str, self.sample_shape))})")
         if not 1 <= shape[0] <= self.max_batch:
             raise BNSError(f"batch {shape[0]} is outside 1..{self.max_batch}, the range this artifact was built for")
-        if self.conditional:
-            if labels is None:
-                raise BNSError("this artifact is class-conditional: labels (B,) int64 are required")
-            if tuple(labels.shape) != (shape[0],):
-                raise BNSError(f"labels have shape {tuple(labels.shape)}, expected ({shape[0]},)")
-            lab = to_numpy(labels, np.int64)
-            if lab.size and (lab.min() < NULL_LABEL or lab.max() >= self.num_classes):
-                raise BNSError(f"labels must be in 0..{self.num_classes - 1} (or {NULL_LABEL} for unconditional)")
-        elif labels is not None:
-            raise BNSError("this artifact is unconditional: do not pass labels")
+        kind = _kind(noise)
+        if kind != "f":
+            raise BNSError(f"noise must hold real floating-point numbers, got dtype {noise.dtype}")
+        if not _all_finite(noise):
+            raise BNSError("noise holds NaN or inf")
+        if not self.conditional:
+            if labels is not None:
+                raise BNSError("this artifact is unconditional: do not pass labels")
+            return noise, None
+        if labels is None:
+            raise BNSError("this artifact is class-conditional: labels (B,) int64 are required")
+        labels = _array(labels, "labels")
+        if tuple(labels.shape) != (shape[0],):
+            raise BNSError(f"labels have shape {tuple(labels.shape)}, expected ({shape[0]},)")
+        if _kind(labels) not in ("i", "u"):
+            raise BNSError(f"labels must be integers (class indices), got dtype {labels.dtype}")
+        lab = to_numpy(labels, np.int64)
+        if lab.size and (lab.min() < NULL_LABEL or lab.max() >= self.num_classes):
+            raise BNSError(f"labels must be in 0..{self.num_classes - 1} (or {NULL_LABEL} for unconditional)")
+        return noise, labels
 
     def __call__(self, noise, labels=None):
-        self.check_inputs(noise, labels)
+        noise, labels = self.check_inputs(noise, labels)
         return self.infer(noise, labels)
 
     @abstractmethod

@@ -16,6 +16,7 @@ import torch
 
 from .. import __version__
 from ..backends import ExportRequest, get_backend
+from ..checks import integer, number
 from ..errors import EXIT_PARITY_FAILED, BNSError
 from ..fields import GuidedField, NetworkField
 from ..models import ModelOptions, load_model
@@ -97,11 +98,13 @@ def compile_artifact(
     also the package's target device; ONNX graphs are device-independent).
     """
     backend = get_backend(fmt)
-    if max_batch < 1:
-        raise BNSError(f"--max-batch must be at least 1, got {max_batch}")
-    opt_batch = opt_batch or max(1, max_batch // 2)
-    if not 1 <= opt_batch <= max_batch:
+    max_batch = integer(max_batch, "max_batch", 1, 65536)
+    opt_batch = integer(opt_batch or max(1, max_batch // 2), "opt_batch", 1, 65536)
+    if opt_batch > max_batch:
         raise BNSError(f"--opt-batch {opt_batch} is outside 1..{max_batch}")
+    if min_psnr is not None:
+        min_psnr = number(min_psnr, "min_psnr", 0, 1000)
+    integer(workspace_bytes, "workspace_bytes", 1 << 24, 1 << 50)
     options = options or ModelOptions()
     field = load_model(model, options, guidance)
     ns = resolve_solver(solver, field, nfe)

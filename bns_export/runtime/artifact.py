@@ -8,16 +8,19 @@ Imports nothing beyond the standard library: the torch-free runtime reads manife
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..checks import integer, number, read_json
 from ..errors import BNSError
+from ..fileio import honour_umask
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
@@ -52,21 +55,56 @@ def write_manifest(folder: Path, manifest: dict) -> dict:
     return manifest
 
 
+#: when this process started: staging folders older than this and unlocked are leftovers of killed runs
+PROCESS_START = time.time()
+STAGING_PATTERNS = (".*.partial-*", ".*.old-*")
+
+
+def remove_stale_staging(parent: Path) -> list[str]:
+    """Remove staging folders of killed builds in `parent`: older than this process and not locked by a
+    live build (each build holds an flock on `<staging>.lock` until it ends; the kernel drops it on exit)."""
+    removed = []
+    for pattern in STAGING_PATTERNS:
+        for d in parent.glob(pattern):
+            if not d.is_dir() or d.is_symlink() or d.stat().st_mtime >= PROCESS_START:
+                continue
+            lock_path = d.with_name(d.name + ".lock")
+            with contextlib.ExitStack() as stack:
+                if lock_path.exists():
+                    try:
+                        f = stack.enter_context(open(lock_path, "a"))
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        continue  # a live build holds it
+                shutil.rmtree(d, ignore_errors=True)
+                lock_path.unlink(missing_ok=True)
+                removed.append(d.name)
+    return removed
+
+
 @contextlib.contextmanager
 def staging_dir(dest: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `dest`; on normal exit it replaces `dest`, otherwise it is removed."""
+    """Yield a temporary sibling of `dest`; on normal exit it replaces `dest`, otherwise it is removed.
+
+    The staging folder is locked for the life of the build, so a later build removes it only once
+    its process is gone (killed with SIGKILL, say); the published folder honours the umask.
+    """
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise BNSError(f"output {dest} exists and is not a directory")
     parent = dest.parent
     if not parent.is_dir():
         raise BNSError(f"output folder does not exist: {parent}")
+    remove_stale_staging(parent)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=parent))
+        lock = open(tmp.with_name(tmp.name + ".lock"), "w")
     except OSError as e:
         raise BNSError(f"cannot write to {parent}: {e.strerror}") from None
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield tmp
+        honour_umask(tmp, directory=True)
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=parent))
             os.replace(dest, old / "x")
@@ -77,6 +115,8 @@ def staging_dir(dest: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        Path(lock.name).unlink(missing_ok=True)
+        lock.close()
 
 
 def read_manifest(folder: str | os.PathLike, verify: bool = True, public_key: str | os.PathLike | None = None) -> dict:
