@@ -71,7 +71,7 @@ def verify_manifest(folder: str | os.PathLike, public_key: str | os.PathLike) ->
     if not sig_path.is_file() or sig_path.is_symlink():
         raise BNSError(f"artifact {folder} is not signed (no {SIGNATURE})")
     try:
-        sig = base64.b64decode(sig_path.read_bytes()[:256], validate=True)
+        sig = base64.b64decode(sig_path.read_bytes()[:256].strip(), validate=True)
         key.verify(sig, (folder / MANIFEST).read_bytes())
     except (invalid, ValueError):
         raise BNSError(f"artifact {folder}: the manifest's signature does not verify with {public_key}") from None
