@@ -164,7 +164,8 @@ def test_killed_compile_leaves_nothing_that_looks_complete(tmp_path, sig, delay)
         read_manifest(out)
     partial = [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
     if sig != signal.SIGKILL:
-        assert code in (0, 128 + sig) and partial == [], (code, partial, err)
+        # 128 + sig: cleaned up and exited; -sig: the signal came before Python got to the command (nothing written)
+        assert code in (0, 128 + sig, -sig) and partial == [], (code, partial, err[-2000:])
     # the next compile (a later process) into the same folder removes what a killed one left behind
     nxt = _spawn(
         ["compile", "-m", "analytic:gmm", "-s", "euler", "--nfe", "2", "--max-batch", "2", "-o", str(tmp_path / "next")]
