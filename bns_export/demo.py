@@ -25,6 +25,7 @@ from .solvers.table import NSSolver
 
 #: the baselines a comparison runs: each solver on its default grid, plus the common variants
 COMPARE = ["euler", "midpoint", "heun", "rk4", "ab2", "ddim", "dpm++2m", "heun:karras", "dpm++2m:karras"]
+COMPARE += ["dpm++3m", "unipc", "unipc-bh1", "deis", "ipndm", "unipc:karras", "deis:karras"]
 
 
 @dataclass

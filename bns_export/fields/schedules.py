@@ -160,7 +160,9 @@ class DDPMDiscrete(_VP):
         on_device = moved is not None and t.device.type != "cpu" and moved.device == t.device
         la = (moved if on_device else self._log_ab).to(t.device, t.dtype)
         pos = (1.0 - t) * self.steps - 1.0
-        idx = torch.clamp(torch.floor(pos.detach()), 0, self.steps - 2).long()
+        # a time on (or, after fp32 rounding, within 1e-3 steps of) a step takes the segment that starts there,
+        # so fp32 sampling and fp64 tables agree on d alpha/dt at the steps diffusers' timesteps sit on
+        idx = torch.clamp(torch.floor(pos.detach() + 1e-3), 0, self.steps - 2).long()
         frac = pos - idx.to(t.dtype)
         flat = idx.reshape(-1)  # index_select, not la[idx]: no data-dependent shape for torch.export to guard
         lo = la.index_select(0, flat).reshape(idx.shape)
