@@ -204,6 +204,14 @@ class OnnxRunner(Runner):
             self.session = ort.InferenceSession(str(self.folder / manifest["model_file"]), opts, providers=chosen)
         except Exception as e:  # a corrupt model file that still matched its hash is a build bug, but say so
             raise BNSError(f"ONNX Runtime cannot load {manifest['model_file']}: {str(e).strip()[:300]}") from None
+        names = sorted(i.name for i in self.session.get_inputs())
+        wanted = sorted(["noise", "labels"] if self.conditional else ["noise"])
+        outs = [o.name for o in self.session.get_outputs()]
+        if names != wanted or outs != ["sample"]:
+            raise BNSError(
+                f"{manifest['model_file']} takes {names} and gives {outs}, but its manifest describes "
+                f"{wanted} -> ['sample']: the manifest does not belong to this graph"
+            )
         self.providers = self.session.get_providers()
         gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.device_id = int(chosen[0][1].get("device_id", 0)) if gpu else 0
@@ -214,7 +222,12 @@ class OnnxRunner(Runner):
         feed = {"noise": to_numpy(noise, np.float32)}
         if self.conditional:
             feed["labels"] = to_numpy(labels, np.int64)
-        out = self._replay(feed) if self.cuda_graph else self.session.run(["sample"], feed)[0]
+        try:
+            out = self._replay(feed) if self.cuda_graph else self.session.run(["sample"], feed)[0]
+        except Exception as e:  # a graph/manifest mismatch that the checks above could not see
+            raise BNSError(
+                f"ONNX Runtime failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}"
+            ) from None
         if is_torch(noise):
             import torch
 

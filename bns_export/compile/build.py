@@ -60,6 +60,37 @@ def io_specs(field, max_batch: int) -> tuple[list[dict], list[dict]]:
     return inputs, [{"name": "sample", "dtype": "float32", "shape": shape}]
 
 
+CONFORMANCE_FILE = "conformance.safetensors"
+CONFORMANCE_SEED = 20240601
+
+
+def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportRequest) -> dict:
+    """Conformance vectors any runtime can check: fixed noise (and labels, one of them -1) and the eager
+    fp32 reference's samples, in safetensors (a JSON header and raw little-endian arrays)."""
+    from safetensors.torch import save_file
+
+    batch = min(4, request.max_batch)
+    g = torch.Generator().manual_seed(CONFORMANCE_SEED)
+    noise = torch.randn((batch, *request.sample_shape), generator=g)
+    tensors = {"noise": noise}
+    labels = None
+    if request.conditional:
+        labels = torch.randint(0, reference.field.num_classes, (batch,), generator=g)
+        labels[-1] = -1
+        tensors["labels"] = labels
+    device = next(iter(reference.buffers())).device
+    with torch.no_grad():
+        out = reference(noise.to(device), None if labels is None else labels.to(device))
+    tensors["sample"] = out.float().cpu().contiguous()
+    save_file(tensors, str(folder / CONFORMANCE_FILE), metadata={"schema": "bns-export/conformance", "version": "1"})
+    return {
+        "file": CONFORMANCE_FILE,
+        "batch": batch,
+        "seed": CONFORMANCE_SEED,
+        "inputs": sorted(set(tensors) - {"sample"}),
+    }
+
+
 #: manifest keys also stored in the ONNX graph's metadata
 GRAPH_METADATA = (
     "solver_fingerprint",
@@ -154,6 +185,8 @@ def compile_artifact(
     with staging_dir(Path(out)) as tmp:
         ns.save(tmp / "solver.json")
         manifest.update(backend.export(sampler, request, tmp, log))
+        reference = copy.deepcopy(field).float() if field.default_dtype == torch.float64 else field
+        manifest["conformance"] = write_conformance(tmp, UnrolledSampler(reference, ns).eval(), request)
         manifest = write_manifest(tmp, manifest)
         if validate:
             from .parity import validate_artifact

@@ -78,6 +78,19 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
     }
 
 
+def check_conformance(folder: Path, manifest: dict, runner: Runner) -> dict:
+    """The artifact's output on its stored conformance inputs against the stored eager reference."""
+    from safetensors.numpy import load_file
+
+    name = manifest["conformance"]["file"]
+    if name not in manifest["files"]:
+        raise BNSError(f"conformance file {name!r} is not among the hashed files")
+    d = load_file(str(folder / name))
+    out = runner(d["noise"], d.get("labels"))
+    row = compare(torch.as_tensor(np.asarray(out)), torch.as_tensor(d["sample"]))
+    return {"batch": int(d["noise"].shape[0]), **row}
+
+
 def validate_artifact(
     folder: str | Path,
     min_psnr: float | None = None,
@@ -114,6 +127,8 @@ def validate_artifact(
             row["artifact_psnr_vs_gt"] = float(psnr_per_sample(out.cpu(), x1).mean())
             row["eager_psnr_vs_gt"] = float(psnr_per_sample(ref.cpu(), x1).mean())
         rows.append(row)
+    if manifest.get("conformance"):
+        rows.append({"case": "conformance vectors", **check_conformance(folder, manifest, runner)})
     psnr_min = min(r["psnr_min"] for r in rows)
     report = {
         "artifact": str(folder),
