@@ -567,6 +567,20 @@ def validate_cmd(artifact, min_psnr, device, public_key, as_json) -> None:
     sys.exit(0 if report["passed"] else 1)
 
 
+@main.command("triton")
+@handle_errors
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--repo", required=True, type=click.Path(file_okay=False), help="Triton model repository folder.")
+@click.option("--name", default=None, help="Model name in the repository (default: the first artifact's folder name).")
+@click.option("--gpu/--cpu", "gpu", default=None, help="Instance kind (default: GPU for TensorRT plans, else CPU).")
+def triton_cmd(artifacts, repo, name, gpu) -> None:
+    """Write a Triton model repository entry: config.pbtxt and one version per artifact (e.g. NFE 4 / 8 / 16)."""
+    from .runtime.triton import write_repository
+
+    out = write_repository(list(artifacts), repo, name, gpu)
+    click.echo(f"wrote {out} ({len(artifacts)} version(s)); serve with: tritonserver --model-repository {repo}")
+
+
 @main.command("sign")
 @handle_errors
 @click.argument("artifact", type=click.Path())
