@@ -184,7 +184,7 @@ def test_validate_cli_reports_and_gates(onnx_artifacts):
     report = json.loads(out)
     assert code == 0 and report["passed"] and report["psnr_min"] >= 60
     cases = {c["case"] for c in report["cases"]}
-    assert {"batch 1", "batch 6", "batch 6, unconditional"} == cases
+    assert {"batch 1", "batch 6", "batch 6, unconditional", "conformance vectors"} == cases
     assert report["tensorrt_support"]["ok"]
     assert all(abs(c["artifact_psnr_vs_gt"] - c["eager_psnr_vs_gt"]) < 0.01 for c in report["cases"][:2])
     code, out, _ = cli("validate", onnx_artifacts[2], "--min-psnr", 1000)

@@ -64,22 +64,12 @@ class NetworkField(VelocityField):
         does not change); conversions to velocity, guidance and the solver stay in the sample's dtype."""
         self.autocast_dtype = None if dtype == torch.float32 else dtype
 
-    def _net_time(self, t: Tensor) -> Tensor:
-        if self.time_input == "t":
-            return t
-        if self.time_input == "s":
-            return 1.0 - t
-        if self.time_input == "index":
-            return self.schedule.step_index(t)
-        return self.schedule.sigma(t) / self.schedule.alpha(t)
-
     def velocity(self, x: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
-        sch = self.schedule
         tb = t.expand(x.shape[0]) if t.ndim == 0 else t
-        xin = x / sch.alpha(t) if (self.time_input == "sigma" or isinstance(sch, EDM)) else x
+        xin = network_input(self.schedule, self.time_input, x, t)
         if self.net_dtype is not None:
             xin = xin.to(self.net_dtype)
-        args = (xin, self._net_time(tb))
+        args = (xin, network_time(self.schedule, self.time_input, tb))
         if self.num_classes is not None:
             if labels is None:
                 labels = torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long, device=x.device)
@@ -89,19 +79,7 @@ class NetworkField(VelocityField):
         else:
             with torch.autocast(x.device.type, dtype=self.autocast_dtype):
                 out = self.net(*args)
-        out = out.to(x.dtype)
-        if self.prediction == "velocity":
-            return out
-        if self.prediction == "flow":
-            return -out
-        a, s, da, ds = sch.alpha(t), sch.sigma(t), sch.d_alpha(t), sch.d_sigma(t)
-        if self.prediction == "eps":
-            return (da / a) * x + (ds - s * da / a) * out
-        if self.prediction == "x0":
-            return (ds / s) * x + (da - a * ds / s) * out
-        # v = alpha eps - sigma x1, general form (reduces to (ds a - da s) v for VP)
-        n2 = a * a + s * s
-        return ((da * a + ds * s) * x + (ds * a - da * s) * out) / n2
+        return to_velocity(self.schedule, self.prediction, x, t, out.to(x.dtype))
 
     def describe(self) -> dict:
         d = super().describe()
@@ -112,3 +90,36 @@ class NetworkField(VelocityField):
             null_label=self.null_label if self.num_classes is not None else None,
         )
         return d
+
+
+def network_time(schedule: Schedule, time_input: str, t: Tensor) -> Tensor:
+    """The network's time input for our time t: t, s = 1 - t, the DDPM step index, or EDM's sigma/alpha."""
+    if time_input == "t":
+        return t
+    if time_input == "s":
+        return 1.0 - t
+    if time_input == "index":
+        return schedule.step_index(t)
+    return schedule.sigma(t) / schedule.alpha(t)
+
+
+def network_input(schedule: Schedule, time_input: str, x: Tensor, t: Tensor) -> Tensor:
+    """What the network sees: x, or x / alpha for EDM-style networks (sigma time input or the edm schedule)."""
+    return x / schedule.alpha(t) if (time_input == "sigma" or isinstance(schedule, EDM)) else x
+
+
+def to_velocity(schedule: Schedule, prediction: str, x: Tensor, t: Tensor, out: Tensor) -> Tensor:
+    """Our velocity u from a network output (method.md section 1): velocity as is, diffusers' flow target
+    negated, eps / x0 / v through u = (alpha' x1 + sigma' eps) with x = alpha x1 + sigma eps."""
+    if prediction == "velocity":
+        return out
+    if prediction == "flow":
+        return -out
+    a, s, da, ds = schedule.alpha(t), schedule.sigma(t), schedule.d_alpha(t), schedule.d_sigma(t)
+    if prediction == "eps":
+        return (da / a) * x + (ds - s * da / a) * out
+    if prediction == "x0":
+        return (ds / s) * x + (da - a * ds / s) * out
+    # v = alpha eps - sigma x1, general form (reduces to (ds a - da s) v for VP)
+    n2 = a * a + s * s
+    return ((da * a + ds * s) * x + (ds * a - da * s) * out) / n2

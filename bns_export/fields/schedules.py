@@ -230,3 +230,25 @@ def make_schedule(name: str, train_steps: int = 1000) -> Schedule:
     from ..errors import BNSError
 
     raise BNSError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def schedule_to_dict(schedule: Schedule) -> dict:
+    """A JSON-able description from which `schedule_from_dict` rebuilds the same schedule (DDPM: its betas)."""
+    if isinstance(schedule, DDPMDiscrete):
+        return {"name": "ddpm", "betas": schedule.betas.tolist()}
+    return schedule.config()
+
+
+def schedule_from_dict(d: dict) -> Schedule:
+    """Inverse of `schedule_to_dict`."""
+    from ..errors import BNSError
+
+    name = d.get("name") if isinstance(d, dict) else None
+    params = {k: v for k, v in d.items() if k != "name"} if isinstance(d, dict) else {}
+    try:
+        if name == "ddpm":
+            return DDPMDiscrete(params["betas"])
+        cls = {"fm-ot": FMOT, "vp-linear": VPLinear, "vp-cosine": VPCosine, "edm": EDM}[name]
+        return cls(**params)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BNSError(f"bad schedule description {d!r}: {e}") from None

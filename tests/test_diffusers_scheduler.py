@@ -1,0 +1,81 @@
+"""BNSScheduler: a diffusers-style loop gives the sample of `bns_export.solvers.sample`; pipelines run with it."""
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
+
+from bns_export.diffusers import BNSScheduler  # noqa: E402
+from bns_export.errors import BNSError  # noqa: E402
+from bns_export.fields import NetworkField  # noqa: E402
+from bns_export.fields.schedules import DDPMDiscrete  # noqa: E402
+from bns_export.solvers import baseline, sample  # noqa: E402
+
+
+class Eps(torch.nn.Module):
+    """net(x, t) -> eps for our NetworkField, from a diffusers UNet2DModel."""
+
+    def __init__(self, unet) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t):
+        return self.unet(x, t).sample
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def field(unet):
+    return NetworkField(Eps(unet), DDPMDiscrete.linear(1000), (1, 8, 8), prediction="eps", time_input="index")
+
+
+@pytest.mark.parametrize("spec", ["dpm++2m", "unipc:karras"])
+def test_diffusers_loop_equals_our_sampler(unet, field, spec):
+    solver = baseline(spec, 6, field.schedule, field.t_lo, field.t_hi)
+    sched = BNSScheduler.from_solver(solver, field)
+    sched.set_timesteps(6)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = noise * sched.init_noise_sigma
+    with torch.no_grad():
+        for t in sched.timesteps:
+            eps = unet(sched.scale_model_input(x, t), t).sample
+            x = sched.step(eps, t, x).prev_sample
+        ours = sample(field, solver, noise)
+    assert (x - ours).abs().max().item() <= 1e-5 * max(1.0, ours.abs().max().item())
+
+
+def test_config_round_trip_and_refusals(field, tmp_path):
+    solver = baseline("deis", 5, field.schedule, field.t_lo, field.t_hi)
+    sched = BNSScheduler.from_solver(solver, field)
+    sched.save_pretrained(tmp_path)
+    back = BNSScheduler.from_pretrained(tmp_path)
+    assert np.array_equal(back.solver.b, solver.b) and back.config.prediction_type == "epsilon"
+    assert torch.equal(back.timesteps, sched.timesteps) and len(back) == 5
+    with pytest.raises(BNSError, match="exactly 5 steps"):
+        back.set_timesteps(10)
+    with pytest.raises(BNSError, match="takes no timesteps"):
+        back.set_timesteps(timesteps=[999, 500])
+
+
+def test_a_pipeline_runs_with_the_scheduler_swapped_in(unet, field):
+    solver = baseline("dpm++2m", 4, field.schedule, field.t_lo, field.t_hi)
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=BNSScheduler.from_solver(solver, field))
+    images = pipe(
+        batch_size=2, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
+    assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
