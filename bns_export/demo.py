@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from .errors import BNSError
 from .evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on, run_solver
 from .fileio import atomic_write_text
 from .groundtruth import ground_truth
-from .images import grid, write_png
+from .images import labelled_grid, write_png
 from .models import load_model
 from .solvers import BASELINES, baseline, parse_spec
 from .solvers.table import NSSolver
@@ -39,17 +39,17 @@ class DemoContext:
     out_dir: Path
     device: str = "cpu"
     report: dict = field(default_factory=dict)
+    gts: dict = field(default_factory=dict)
+    distill_config: DistillConfig | None = None
 
 
-def compile_step(ctx: DemoContext) -> dict:
-    """Compile the distilled solver with the model to ONNX and validate parity against eager PyTorch."""
+def _compile(ctx: DemoContext, solver_path: Path, nfe: int) -> tuple[Path, dict]:
     from .compile.build import compile_artifact
 
-    t0 = time.time()
-    folder = ctx.out_dir / f"onnx-bns-{ctx.solver.nfe}"
+    folder = ctx.out_dir / f"onnx-bns-{nfe}"
     manifest = compile_artifact(
         ctx.model,
-        str(ctx.solver_path),
+        str(solver_path),
         "onnx",
         folder,
         guidance=ctx.field.guidance,
@@ -57,6 +57,13 @@ def compile_step(ctx: DemoContext) -> dict:
         device=ctx.device,
         log=lambda m: None,
     )
+    return folder, manifest
+
+
+def compile_step(ctx: DemoContext) -> dict:
+    """Compile the distilled solver with the model to ONNX and validate parity against eager PyTorch."""
+    t0 = time.time()
+    folder, manifest = _compile(ctx, ctx.solver_path, ctx.solver.nfe)
     v = manifest["validation"]
     return {
         "artifact": str(folder),
@@ -68,8 +75,50 @@ def compile_step(ctx: DemoContext) -> dict:
     }
 
 
+def latency_step(ctx: DemoContext, repeat: int = 20) -> dict:
+    """What the artifact buys at batch 1: its median latency against the eager PyTorch loop's."""
+    import statistics
+
+    from .runtime import load
+
+    runner = load(ctx.out_dir / f"onnx-bns-{ctx.solver.nfe}", device="cpu")
+    test = ctx.gts["test"]
+    noise = test.noise[:1].float()
+    labels = None if test.labels is None else test.labels[:1]
+
+    def median_ms(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times)
+
+    eager = median_ms(lambda: run_solver(ctx.field, ctx.solver, test.noise[:1], labels))
+    art = median_ms(lambda: runner(noise.cpu().numpy(), None if labels is None else labels.cpu().numpy()))
+    return {"batch": 1, "eager_ms": round(eager, 2), "artifact_ms": round(art, 2), "speedup": round(eager / art, 1)}
+
+
+def triton_step(ctx: DemoContext) -> dict:
+    """A Triton model repository serving the model at NFE n/2 and n (a second solver distilled alike)."""
+    from .runtime.triton import write_repository
+
+    half = max(2, ctx.solver.nfe // 2)
+    half_path = ctx.out_dir / f"bns-{half}.json"
+    cfg = replace(ctx.distill_config, nfe=half)
+    distill(ctx.field, ctx.gts["train"], ctx.gts["val"], cfg, out=half_path)
+    folder, _ = _compile(ctx, half_path, half)
+    repo = write_repository([folder, ctx.out_dir / f"onnx-bns-{ctx.solver.nfe}"], ctx.out_dir / "triton", ctx.model)
+    return {"repository": str(repo.parent), "model": repo.name, "versions": {"1": half, "2": ctx.solver.nfe}}
+
+
 #: steps run after distillation and comparison; each returns a JSON-able dict for the report
-POST_STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = [("compile", compile_step)]
+POST_STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = [
+    ("compile", compile_step),
+    ("latency", latency_step),
+    ("triton", triton_step),
+]
 
 
 def compare_baselines(fld, gt, nfe: int, names: list[str] = COMPARE) -> list[dict]:
@@ -148,7 +197,8 @@ def run_demo(
     stack = torch.cat([test.x1[:k], bns_x, best_x]).float().cpu().numpy()
     if stack.ndim == 4:
         scale = max(1, 48 // stack.shape[-1])
-        write_png(out / "grid.png", grid(stack, ncol=k, scale=scale))
+        labels = ["ground truth", f"BNS {nfe}", f"{best['solver']} {nfe}"]
+        write_png(out / "grid.png", labelled_grid(stack, labels, ncol=k, scale=scale))
     report = {
         "model": model,
         "nfe": nfe,
@@ -161,7 +211,7 @@ def run_demo(
         "gt_nfe_mean": test.nfe_mean,
         "grid": "grid.png (rows: ground truth, BNS, best baseline)",
     }
-    ctx = DemoContext(model, fld, solver, solver_path, out, device, report)
+    ctx = DemoContext(model, fld, solver, solver_path, out, device, report, gts, cfg)
     for name, step in POST_STEPS:
         log(f"{name} ...")
         report[name] = step(ctx)
