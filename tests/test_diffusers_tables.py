@@ -7,6 +7,7 @@ import torch
 
 from bns_export.models import load_model
 from bns_export.solvers import BASELINES, ns_sample
+from bns_export.solvers.grids import make_grid
 from bns_export.solvers.sampler import solver_tensors
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
@@ -33,9 +34,10 @@ def digits():
 
 
 def _ours(field, name: str, timesteps: np.ndarray, x: torch.Tensor) -> torch.Tensor:
-    """Our table on the grid of diffusers' timesteps (step n sits at t = 1 - (n + 1) / T), ending at step 0."""
+    """Our table on the `diffusers` grid (diffusers' default timesteps, step n at t = 1 - (n + 1) / T)."""
     steps = field.schedule.steps
-    grid = np.append(1.0 - (timesteps.astype(np.float64) + 1) / steps, 1.0 - 1.0 / steps)
+    grid = make_grid("diffusers", len(timesteps), field.schedule, field.t_lo, field.t_hi)
+    assert np.allclose(grid[:-1], 1.0 - (timesteps.astype(np.float64) + 1) / steps)
     solver = BASELINES[name].build(grid, field.schedule).to_ns(name=name)
     with torch.no_grad():
         return ns_sample(field, *solver_tensors(solver, torch.float64), x)

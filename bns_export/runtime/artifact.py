@@ -104,6 +104,8 @@ def staging_dir(dest: Path) -> Iterator[Path]:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield tmp
+        for f in tmp.iterdir():  # whatever wrote them (safetensors, torch, TensorRT), files get the umask's mode
+            honour_umask(f, directory=f.is_dir())
         honour_umask(tmp, directory=True)
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=parent))

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..fields.schedules import Schedule
+from ..errors import BNSError
+from ..fields.schedules import DDPMDiscrete, Schedule
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
-GRIDS = ("uniform", "karras", "logsnr")
+GRIDS = ("uniform", "karras", "logsnr", "diffusers")
 
 
 def _log_snr(schedule: Schedule, t: np.ndarray) -> np.ndarray:
@@ -39,10 +40,22 @@ def _lam_range(schedule: Schedule, t_lo: float, t_hi: float) -> tuple[float, flo
     return max(lam[0], -np.log(SIGMA_MAX)), min(lam[1], -np.log(SIGMA_MIN))
 
 
+def diffusers_grid(schedule: Schedule, m: int) -> np.ndarray:
+    """The timesteps diffusers' multistep schedulers use by default (timestep_spacing "linspace"), as our
+    times: step k at t = 1 - (k + 1) / T, ending at step 0 (final_sigmas_type "sigma_min")."""
+    if not isinstance(schedule, DDPMDiscrete):
+        raise BNSError(f"the diffusers grid needs a discrete ddpm schedule, not {schedule.name}")
+    steps = schedule.steps
+    timesteps = np.linspace(0, steps - 1, m + 1).round()[::-1][:-1]
+    return np.append(1.0 - (timesteps + 1) / steps, 1.0 - 1.0 / steps)
+
+
 def make_grid(kind: str, m: int, schedule: Schedule, t_lo: float, t_hi: float, rho: float = 7.0) -> np.ndarray:
     """m + 1 grid times from t_lo to t_hi."""
     if kind == "uniform":
         return np.linspace(t_lo, t_hi, m + 1)
+    if kind == "diffusers":
+        return diffusers_grid(schedule, m)
     lam_lo, lam_hi = _lam_range(schedule, t_lo, t_hi)
     if kind == "karras":
         smax, smin = np.exp(-lam_lo), np.exp(-lam_hi)
