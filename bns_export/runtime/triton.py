@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import BNSError
-from ..fileio import honour_umask
-from .artifact import read_manifest
+from .artifact import read_manifest, staging_dir
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
@@ -113,10 +111,12 @@ def write_repository(
     if not name or "/" in name or name.startswith("."):
         raise BNSError(f"bad model name {name!r}")
     repo = Path(repo)
-    repo.mkdir(parents=True, exist_ok=True)
-    gpu = first["format"] == "tensorrt" if gpu is None else gpu
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=repo))
     try:
+        repo.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BNSError(f"cannot create repository folder {repo}: {e.strerror}") from None
+    gpu = first["format"] == "tensorrt" if gpu is None else gpu
+    with staging_dir(repo / name) as staging:
         rows = []
         for version, (a, m) in enumerate(zip(artifacts, manifests), start=1):
             vdir = staging / str(version)
@@ -136,17 +136,4 @@ def write_repository(
             + "\n".join(rows)
             + "\n"
         )
-        for p in [staging, *staging.rglob("*")]:
-            honour_umask(p, directory=p.is_dir())
-        dest = repo / name
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=repo))
-            os.replace(dest, old / "x")
-            os.replace(staging, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, dest)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return repo / name
