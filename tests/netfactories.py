@@ -100,3 +100,55 @@ class GaussianOracle(nn.Module):
 
 def ddpm_schedule() -> DDPMDiscrete:
     return DDPMDiscrete.linear(1000)
+
+
+class DiffusersEps(nn.Module):
+    """net(x, t) -> eps from a diffusers UNet (a fixed conditioning tensor for cross-attention UNets)."""
+
+    def __init__(self, unet, context: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("context", context)
+
+    def forward(self, x, t):
+        if self.context is None:
+            return self.unet(x, t).sample
+        return self.unet(x, t, encoder_hidden_states=self.context.expand(x.shape[0], -1, -1)).sample
+
+
+def attention_unet():
+    """A small diffusers UNet2DModel with self-attention blocks (random weights)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
+    return DiffusersEps(unet)
+
+
+def cross_attention_unet():
+    """A small diffusers UNet2DConditionModel with cross-attention on a fixed (1, 4, 32) context."""
+    import diffusers
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+    )
+    return DiffusersEps(unet, torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(1)))

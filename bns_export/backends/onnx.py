@@ -67,6 +67,7 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
             raise BNSError(f"ONNX conversion failed: {str(e).strip().splitlines()[0]}") from None
         finally:
             onnx_logger.setLevel(level)
+    dedupe_initializers(onnx_program.model)
     weight_bytes = sum(p.numel() * p.element_size() for p in sampler.parameters())
     external = weight_bytes > EXTERNAL_DATA_BYTES
     onnx_program.save(str(path), external_data=external)
@@ -84,6 +85,33 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
     onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred")
     Path(str(path) + ".inferred").unlink()
     return graph_stats(onnx.load(str(path), load_external_data=False), external)
+
+
+def dedupe_initializers(model) -> int:
+    """Merge initializers with identical dtype, shape and bytes (onnx_ir model, in place); return how many went.
+
+    Constant folding turns `W.T` of an attention projection into a new initializer once per
+    unrolled step; merging identical ones stores each weight (or its transpose) once, whatever the NFE.
+    """
+    import hashlib
+
+    import onnx_ir as ir
+
+    keep: dict[tuple, object] = {}
+    removed = 0
+    for name, value in list(model.graph.initializers.items()):
+        const = value.const_value
+        if const is None:
+            continue
+        data = const.numpy()
+        key = (str(value.dtype), tuple(data.shape), hashlib.sha256(data.tobytes()).hexdigest())
+        if key not in keep:
+            keep[key] = value
+            continue
+        ir.convenience.replace_all_uses_with(value, keep[key])
+        del model.graph.initializers[name]
+        removed += 1
+    return removed
 
 
 def graph_stats(model, external: bool = False) -> dict:

@@ -1,0 +1,37 @@
+"""Weights stored once in ONNX artifacts for attention, cross-attention, group-norm and linear layers:
+initializer bytes constant in NFE and at most 1.05x the network's weight bytes."""
+
+import pytest
+
+from bns_export.compile.build import compile_artifact
+from bns_export.models import ModelOptions
+
+pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
+
+OPTIONS = ModelOptions(prediction="eps", schedule="ddpm", time_input="index", shape=(1, 8, 8))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory", ["attention_unet", "cross_attention_unet"])
+def test_initializers_are_the_weights_once(factory, tmp_path):
+    import netfactories
+
+    net = getattr(netfactories, factory)()
+    weight_bytes = sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+    stats = {}
+    for nfe in (2, 4):
+        m = compile_artifact(
+            f"netfactories:{factory}",
+            "dpm++2m",
+            "onnx",
+            tmp_path / f"a{nfe}",
+            options=OPTIONS,
+            nfe=nfe,
+            max_batch=2,
+            log=lambda m: None,
+        )
+        assert m["validation"]["passed"]
+        stats[nfe] = m["graph"]
+    assert abs(stats[4]["initializer_bytes"] - stats[2]["initializer_bytes"]) < 1024  # only the solver's scalars
+    assert stats[4]["initializer_bytes"] <= 1.05 * weight_bytes, (stats, weight_bytes)
+    assert stats[4]["nodes"] > stats[2]["nodes"]
