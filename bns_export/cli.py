@@ -10,6 +10,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import signal
 import sys
 import threading
@@ -19,7 +20,7 @@ import click
 
 from . import __version__
 from .checks import Integer, Number
-from .errors import EXIT_BAD_INPUT, BNSError
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BNSError
 
 # the number options' ranges, shared where several commands take the same option
 GUIDANCE = Number(0, 100)  # classifier-free guidance scale w (1 = none)
@@ -44,24 +45,27 @@ def _shape(value: str | None) -> tuple[int, ...] | None:
 def model_options(fn):
     """--model and the options describing a user's network, shared by every command."""
 
-    @click.option("--model", "-m", required=True, help="Shipped model name, analytic:NAME, or package.module:factory.")
+    @click.option(
+        "--model",
+        "-m",
+        required=True,
+        help="Shipped model name, analytic:NAME, diffusers:PATH (a save_pretrained folder), or package.module:factory.",
+    )
     @click.option(
         "--prediction",
-        default="velocity",
-        show_default=True,
-        help="What a user network predicts: velocity|flow|eps|x0|v.",
+        default=None,
+        help="What a user network predicts: velocity|flow|eps|x0|v (default velocity; diffusers: its config).",
     )
     @click.option(
         "--schedule",
-        default="fm-ot",
-        show_default=True,
-        help="The network's noise schedule: fm-ot|vp-linear|vp-cosine|ddpm|edm.",
+        default=None,
+        help="The network's noise schedule: fm-ot|vp-linear|vp-cosine|ddpm|edm (default fm-ot).",
     )
     @click.option(
         "--time-input",
-        default="t",
-        show_default=True,
-        help="The network's time input: t (ours), s = 1 - t, index (DDPM step), sigma (EDM).",
+        default=None,
+        help="The network's time input: t (ours, default), s = 1 - t, index (DDPM step), sigma (EDM), "
+        "flow-timestep (1000 (1 - t)).",
     )
     @click.option(
         "--train-steps",
@@ -178,6 +182,12 @@ def handle_errors(fn):
             signum = getattr(e, "signum", signal.SIGINT)
             click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
             sys.exit(128 + signum)
+        except Exception as e:  # a model's own error mid-run, or a bug: still one line, never a traceback
+            if os.environ.get("BNS_EXPORT_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            click.echo(f"error: unexpected {type(e).__name__}: {first} (BNS_EXPORT_DEBUG=1 shows where)", err=True)
+            sys.exit(EXIT_INTERNAL)
 
     return wrapper
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 EXIT_PARITY_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_MISSING_BACKEND = 3
+EXIT_INTERNAL = 4  # an unexpected exception: reported in one line (BNS_EXPORT_DEBUG=1 shows the traceback)
 
 
 class BNSError(Exception):

@@ -17,7 +17,7 @@ from torch import nn
 from .checks import number
 from .errors import BNSError
 from .fields import ANALYTIC, PREDICTIONS, SCHEDULES, TIME_INPUTS, GuidedField, NetworkField, make_schedule
-from .fields.field import VelocityField
+from .fields.field import NULL_LABEL, VelocityField
 
 
 def models_dir() -> Path:
@@ -28,11 +28,14 @@ def models_dir() -> Path:
 
 @dataclass
 class ModelOptions:
-    """How to read a user's network (ignored for shipped and analytic models, which know)."""
+    """How to read a user's network (ignored for shipped and analytic models, which know).
 
-    prediction: str = "velocity"
-    schedule: str = "fm-ot"
-    time_input: str = "t"
+    None means "not given": factories then use velocity / fm-ot / t, diffusers folders their configs.
+    """
+
+    prediction: str | None = None
+    schedule: str | None = None
+    time_input: str | None = None
     train_steps: int = 1000
     shape: tuple[int, ...] | None = None
     num_classes: int | None = None
@@ -91,9 +94,17 @@ def _load_field(spec: str, opt: ModelOptions) -> VelocityField:
     shipped = models_dir() / spec / "config.json"
     if "/" not in spec and ":" not in spec and shipped.exists():
         return load_shipped(shipped.parent)
+    if spec.startswith("diffusers:"):
+        from .diffusers_models import load_diffusers_field
+
+        field = load_diffusers_field(spec.split(":", 1)[1], opt)
+        check_network(field)
+        return field
     if ":" not in spec:
         names = ", ".join(m["name"] for m in list_models())
-        raise BNSError(f"unknown model {spec!r}: not a shipped model ({names}) nor a module:factory path")
+        raise BNSError(
+            f"unknown model {spec!r}: not a shipped model ({names}), diffusers:PATH nor a module:factory path"
+        )
     return _load_factory(spec, opt)
 
 
@@ -146,22 +157,17 @@ def _load_factory(spec: str, opt: ModelOptions) -> NetworkField:
         raise BNSError(f"model factory {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
     if opt.shape is None:
         raise BNSError(f"model {spec!r} needs --shape (the sample shape, e.g. 1,28,28)")
+    prediction, schedule, time_input = opt.prediction or "velocity", opt.schedule or "fm-ot", opt.time_input or "t"
     for value, allowed, what in (
-        (opt.prediction, PREDICTIONS, "prediction"),
-        (opt.schedule, SCHEDULES, "schedule"),
-        (opt.time_input, TIME_INPUTS, "time input"),
+        (prediction, PREDICTIONS, "prediction"),
+        (schedule, SCHEDULES, "schedule"),
+        (time_input, TIME_INPUTS, "time input"),
     ):
         if value not in allowed:
             raise BNSError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
     try:
         field = NetworkField(
-            net,
-            make_schedule(opt.schedule, opt.train_steps),
-            opt.shape,
-            opt.prediction,
-            opt.time_input,
-            opt.num_classes,
-            name=spec,
+            net, make_schedule(schedule, opt.train_steps), opt.shape, prediction, time_input, opt.num_classes, name=spec
         )
     except ValueError as e:
         raise BNSError(str(e)) from None
@@ -185,7 +191,7 @@ def check_network(field: NetworkField) -> None:
     """Forward calls on a batch of 2 at the interval's ends and middle: the output must have the
     sample's shape and be finite (a model returning NaN is named here, with the time, once)."""
     x = torch.zeros((2, *field.sample_shape), dtype=field.default_dtype)
-    labels = None if field.num_classes is None else torch.zeros(2, dtype=torch.long)
+    labels = None if field.num_classes is None else torch.tensor([0, NULL_LABEL])  # a class and the null class
     for t in (field.t_lo, 0.5 * (field.t_lo + field.t_hi), field.t_hi):
         with users_code(f"model {field.name} on input of shape {tuple(x.shape)} at t={t:.4g}"), torch.no_grad():
             out = field(x, torch.tensor(t), labels)

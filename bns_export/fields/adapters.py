@@ -9,7 +9,7 @@ from .field import NULL_LABEL, VelocityField
 from .schedules import EDM, DDPMDiscrete, Schedule
 
 PREDICTIONS = ("velocity", "flow", "eps", "x0", "v")
-TIME_INPUTS = ("t", "s", "index", "sigma")
+TIME_INPUTS = ("t", "s", "index", "sigma", "flow-timestep")
 
 
 class NetworkField(VelocityField):
@@ -100,6 +100,8 @@ def network_time(schedule: Schedule, time_input: str, t: Tensor) -> Tensor:
         return 1.0 - t
     if time_input == "index":
         return schedule.step_index(t)
+    if time_input == "flow-timestep":  # diffusers' flow-matching models: sigma * 1000, sigma = 1 - t
+        return 1000.0 * (1.0 - t)
     return schedule.sigma(t) / schedule.alpha(t)
 
 
