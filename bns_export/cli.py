@@ -305,9 +305,10 @@ def eval_cmd(
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Solver file to write (.json).")
 @click.option(
     "--base",
-    default=None,
-    help="Base solver for initialisation (default midpoint for even NFE, euler for odd, as in the paper); "
-    "'auto' starts from the best of several baselines on the validation set.",
+    default="auto",
+    show_default=True,
+    help="Base solver for initialisation: 'auto' starts from the best of the classic solvers on the validation "
+    "set; 'paper' from midpoint (even NFE) or Euler (odd); or a solver spec such as unipc:karras.",
 )
 @click.option(
     "--precondition",
@@ -359,7 +360,7 @@ def distill_cmd(
     out_path = Path(out)
     if not out_path.parent.exists():
         raise BNSError(f"output folder does not exist: {out_path.parent}")
-    if base is not None and base != "auto":
+    if base not in ("auto", "paper"):
         parse_spec(base)
     world, dev = init_world(resolve_device(device))
     field = load_model(model, model_opts, guidance if guidance is not None else 1.0, dev, network_dtype)

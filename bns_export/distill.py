@@ -72,7 +72,9 @@ class DistillConfig:
     """Training settings; every field is recorded in the solver file."""
 
     nfe: int = 8
-    base: str | None = None  # default: midpoint for even NFE, euler for odd; "auto": best of AUTO_BASES
+    # "auto": the best of AUTO_BASES on validation (measured: digits NFE 8, 39.8 dB in 400 iterations vs 35.7 dB in
+    # 2000 from midpoint); "paper": midpoint for even NFE, Euler for odd (method.md); or any classic solver spec
+    base: str = "auto"
     precondition: float | None = None  # sigma_0
     iterations: int = 2000
     batch_size: int = 128
@@ -93,7 +95,10 @@ class DistillConfig:
             number(self.precondition, "precondition", 0, 100, lo_open=True)
 
     def base_solver(self) -> str:
-        return self.base or ("midpoint" if self.nfe % 2 == 0 else "euler")
+        """The single base solver of a non-auto config."""
+        if self.base in (None, "paper"):
+            return "midpoint" if self.nfe % 2 == 0 else "euler"
+        return self.base
 
 
 #: candidates of `base="auto"`: one-step and two-stage solvers with strictly increasing times
