@@ -179,7 +179,7 @@ def handle_errors(fn):
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt as e:
-            signum = getattr(e, "signum", signal.SIGINT)
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
             click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
             sys.exit(128 + signum)
         except Exception as e:  # a model's own error mid-run, or a bug: still one line, never a traceback

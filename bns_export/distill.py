@@ -301,7 +301,7 @@ def distill(
         precondition_sigma0=cfg.precondition,
         model_fingerprint=fp,
         model=field.describe(),
-        guidance=float(getattr(field, "guidance", 1.0)),
+        guidance=float(field.guidance),
         train_psnr=train_psnr,
         val_psnr=state["best_val"],
         best_iteration=state["best_iter"],

@@ -51,5 +51,5 @@ def evaluate(
     """PSNR of `solver` against the dopri5 ground truth of `n_samples` seeded noises."""
     gt = ground_truth(field, n_samples, seed, rtol, atol, cache_dir=cache_dir)
     report = evaluate_on(field, solver, gt)
-    report.update(seed=seed, guidance=float(getattr(field, "guidance", 1.0)))
+    report.update(seed=seed, guidance=float(field.guidance))
     return report

@@ -114,7 +114,7 @@ def make_inputs(field, n: int, seed: int, dtype: torch.dtype) -> tuple[Tensor, T
 def gt_key(field, n: int, seed: int, rtol: float, atol: float, dtype: torch.dtype) -> str:
     payload = {
         "field": field.fingerprint(),
-        "guidance": float(getattr(field, "guidance", 1.0)),
+        "guidance": float(field.guidance),
         "n": n,
         "seed": seed,
         "rtol": rtol,
