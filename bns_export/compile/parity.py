@@ -17,7 +17,7 @@ import torch
 
 from ..backends import Runner, get_backend
 from ..checks import number
-from ..errors import BNSError
+from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..groundtruth import ground_truth
 from ..metrics import psnr_per_sample
 from ..models import ModelOptions, load_model
@@ -91,6 +91,18 @@ def check_conformance(folder: Path, manifest: dict, runner: Runner) -> dict:
     return {"batch": int(d["noise"].shape[0]), **row}
 
 
+def open_artifact(folder: Path, manifest: dict, device: str, providers: list | None) -> Runner:
+    """The artifact's runner on `device`; an ONNX artifact falls back to the CPU where ONNX Runtime has no
+    CUDA provider (the CPU build on a GPU machine), so the reference still runs on the GPU."""
+    backend = get_backend(manifest["format"])
+    try:
+        return backend.open(folder, manifest, device=device, providers=providers)
+    except BNSError as e:
+        if e.exit_code != EXIT_MISSING_BACKEND or manifest["format"] != "onnx" or providers is not None:
+            raise
+        return backend.open(folder, manifest, device="cpu", providers=None)
+
+
 def validate_artifact(
     folder: str | Path,
     min_psnr: float | None = None,
@@ -104,7 +116,7 @@ def validate_artifact(
     folder = Path(folder)
     manifest = read_manifest(folder, public_key=public_key)
     device = device or default_device(manifest)
-    runner = get_backend(manifest["format"]).open(folder, manifest, device=device, providers=providers)
+    runner = open_artifact(folder, manifest, device, providers)
     reference = EagerRunner(folder, manifest, device)
     n = int(manifest["max_batch"])
     gt = ground_truth(reference.field, n, VALIDATE_SEED)
@@ -136,6 +148,7 @@ def validate_artifact(
         "precision": manifest["precision"],
         "nfe": manifest["nfe"],
         "device": device,
+        "artifact_device": runner.device,
         "gate_db": gate,
         "psnr_min": psnr_min,
         "psnr_median": float(np.median([r["psnr_median"] for r in rows])),
