@@ -74,3 +74,17 @@ def test_aoti_probe_turns_a_crashing_loader_into_one_line(tmp_path, monkeypatch)
     monkeypatch.setattr(aoti, "PROBE", "raise SystemExit('no such package')")
     with pytest.raises(BNSError, match="no such package"):
         aoti.probe_load(tmp_path / "model.pt2", "cuda:0")
+
+
+def test_onnx_validation_falls_back_to_the_cpu_without_a_cuda_provider(artifact):
+    import onnxruntime as ort
+
+    from bns_export.compile.parity import open_artifact
+    from bns_export.runtime import read_manifest
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has the CUDA provider")
+    runner = open_artifact(artifact, read_manifest(artifact), "cuda", None)
+    assert runner.device == "cpu"
+    with pytest.raises(BNSError, match="lacks CUDAExecutionProvider"):
+        open_artifact(artifact, read_manifest(artifact), "cuda", ["CUDAExecutionProvider"])
