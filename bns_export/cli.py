@@ -79,6 +79,12 @@ def model_options(fn):
         "--num-classes", type=Integer(1, 1_000_000), default=None, help="Classes of a conditional user network."
     )
     @click.option(
+        "--cond-set",
+        default=None,
+        help="Tensor conditioning: safetensors file with 'cond' (N, ...) conditions (e.g. prompt embeddings) "
+        "that pairs draw from, and optionally 'null' (the unconditional condition; default zeros).",
+    )
+    @click.option(
         "--guidance",
         "-w",
         type=GUIDANCE,
@@ -96,6 +102,7 @@ def model_options(fn):
             train_steps=kw.pop("train_steps"),
             shape=_shape(kw.pop("shape")),
             num_classes=kw.pop("num_classes"),
+            cond_set=kw.pop("cond_set"),
         )
         return fn(*args, **kw)
 

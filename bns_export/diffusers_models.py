@@ -25,14 +25,16 @@ FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteSche
 
 
 class DiffusersNet(nn.Module):
-    """net(x, time[, labels]) -> the model's `.sample` (class labels passed as `class_labels`)."""
+    """net(x, time[, condition]) -> the model's `.sample`: the condition goes in as `encoder_hidden_states`
+    for text-conditioned models, else as `class_labels`."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, text: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.key = "encoder_hidden_states" if text else "class_labels"
 
-    def forward(self, x, t, labels=None):
-        kwargs = {} if labels is None else {"class_labels": labels}
+    def forward(self, x, t, cond=None):
+        kwargs = {} if cond is None else {self.key: cond}
         return self.model(x, t, **kwargs).sample
 
 
@@ -76,10 +78,11 @@ def load_diffusers_field(path: str, opt) -> NetworkField:
     cls = getattr(diffusers, str(cls_name), None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise BNSError(f"{sub}/config.json names {cls_name!r}, not a diffusers model class")
-    if "cross_attention_dim" in model_cfg or "encoder_hid_dim" in model_cfg:
+    text = "cross_attention_dim" in model_cfg or "encoder_hid_dim" in model_cfg
+    if text and not opt.cond_set:
         raise BNSError(
-            f"{cls_name} is conditioned on encoder_hidden_states; tensor conditioning is not supported yet "
-            "(class labels and unconditional models are)"
+            f"{cls_name} is conditioned on encoder_hidden_states: give --cond-set FILE.safetensors with 'cond' "
+            "(N, L, D) prompt embeddings (and 'null', the empty prompt's)"
         )
     if not list(sub.glob("*.safetensors")):
         raise BNSError(f"{sub} has no .safetensors weights; bns-export never unpickles .bin files")
@@ -109,15 +112,22 @@ def load_diffusers_field(path: str, opt) -> NetworkField:
     # class-conditional diffusers models embed K classes + 1 null class (the last): -1 maps to it
     classes = model_cfg.get("num_class_embeds")
     classes = int(classes) - 1 if classes and int(classes) > 1 else None
+    cond, null = (None, None)
+    if opt.cond_set:
+        from .models import load_condition_set
+
+        cond, null = load_condition_set(opt.cond_set)
     try:
         return NetworkField(
-            DiffusersNet(model),
+            DiffusersNet(model, text),
             schedule,
             shape,
             prediction=opt.prediction or prediction,
             time_input=opt.time_input or time_input,
-            num_classes=opt.num_classes if opt.num_classes is not None else classes,
+            num_classes=None if cond is not None else (opt.num_classes if opt.num_classes is not None else classes),
             name=f"diffusers:{root.name}",
+            cond_set=cond,
+            null_cond=null,
         )
     except ValueError as e:
         raise BNSError(str(e)) from None

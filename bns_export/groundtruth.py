@@ -102,12 +102,16 @@ class GTSet:
 
 
 def make_inputs(field, n: int, seed: int, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-    """Seeded noise (and uniform class labels for a class-conditional field)."""
+    """Seeded noise, and the conditions: uniform class labels, or conditions drawn from the field's
+    conditioning set (uniform indices) for a tensor-conditioned field."""
     g = torch.Generator().manual_seed(int(seed))
     noise = torch.randn((n, *field.sample_shape), generator=g, dtype=torch.float64).to(dtype)
     labels = None
     if field.num_classes:
         labels = torch.randint(0, field.num_classes, (n,), generator=g)
+    elif field.cond_shape is not None:
+        idx = torch.randint(0, field.cond_set.shape[0], (n,), generator=g)
+        labels = field.cond_set.detach().cpu()[idx].to(dtype)
     return noise, labels
 
 

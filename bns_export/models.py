@@ -39,6 +39,9 @@ class ModelOptions:
     train_steps: int = 1000
     shape: tuple[int, ...] | None = None
     num_classes: int | None = None
+    #: safetensors file with "cond" (N, ...) conditions (e.g. prompt embeddings) and optionally "null" (...),
+    #: the unconditional branch's condition (default zeros): the model is then tensor-conditioned
+    cond_set: str | None = None
 
 
 def list_models() -> list[dict]:
@@ -73,8 +76,8 @@ def load_model(
         raise BNSError("a model spec must be a shipped model name, analytic:NAME or package.module:factory")
     guidance = number(guidance, "guidance", 0, 100)
     field = _load_field(spec, options or ModelOptions())
-    if guidance != 1.0 and field.num_classes is None:
-        raise BNSError(f"model {spec} is unconditional: guidance {guidance} needs a class-conditional model")
+    if guidance != 1.0 and not field.conditional:
+        raise BNSError(f"model {spec} is unconditional: guidance {guidance} needs a conditional model")
     if network_dtype not in NETWORK_DTYPES:
         raise BNSError(f"unknown network dtype {network_dtype!r}; choose one of {', '.join(NETWORK_DTYPES)}")
     if network_dtype != "fp32":
@@ -165,9 +168,18 @@ def _load_factory(spec: str, opt: ModelOptions) -> NetworkField:
     ):
         if value not in allowed:
             raise BNSError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+    cond, null = load_condition_set(opt.cond_set) if opt.cond_set else (None, None)
     try:
         field = NetworkField(
-            net, make_schedule(schedule, opt.train_steps), opt.shape, prediction, time_input, opt.num_classes, name=spec
+            net,
+            make_schedule(schedule, opt.train_steps),
+            opt.shape,
+            prediction,
+            time_input,
+            opt.num_classes,
+            name=spec,
+            cond_set=cond,
+            null_cond=null,
         )
     except ValueError as e:
         raise BNSError(str(e)) from None
@@ -187,11 +199,37 @@ def users_code(what: str):
         raise BNSError(f"{what} failed: {type(e).__name__}: {first}") from None
 
 
+def load_condition_set(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The conditions ("cond", (N, ...)) and the optional null condition ("null") of a safetensors file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise BNSError(f"conditioning set not found: {p}")
+    try:
+        d = load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BNSError(f"{p}: not a safetensors file ({str(e).splitlines()[0][:200]})") from None
+    if "cond" not in d:
+        raise BNSError(f"{p} has no tensor named 'cond' (N, ...): the conditions pairs draw from")
+    cond, null = d["cond"], d.get("null")
+    if not cond.is_floating_point() or cond.ndim < 2 or not torch.isfinite(cond).all():
+        raise BNSError(f"{p}: 'cond' must be finite floats of shape (N, ...), got {cond.dtype} {tuple(cond.shape)}")
+    if null is not None and (tuple(null.shape) != tuple(cond.shape[1:]) or not torch.isfinite(null).all()):
+        raise BNSError(f"{p}: 'null' must be finite with shape {tuple(cond.shape[1:])}, got {tuple(null.shape)}")
+    return cond, null
+
+
 def check_network(field: NetworkField) -> None:
     """Forward calls on a batch of 2 at the interval's ends and middle: the output must have the
     sample's shape and be finite (a model returning NaN is named here, with the time, once)."""
     x = torch.zeros((2, *field.sample_shape), dtype=field.default_dtype)
-    labels = None if field.num_classes is None else torch.tensor([0, NULL_LABEL])  # a class and the null class
+    labels = None
+    if field.num_classes is not None:
+        labels = torch.tensor([0, NULL_LABEL])  # a class and the null class
+    elif field.cond_shape is not None:
+        labels = torch.stack([field.cond_set[0], field.null_cond]).to(field.default_dtype)
     for t in (field.t_lo, 0.5 * (field.t_lo + field.t_hi), field.t_hi):
         with users_code(f"model {field.name} on input of shape {tuple(x.shape)} at t={t:.4g}"), torch.no_grad():
             out = field(x, torch.tensor(t), labels)

@@ -63,6 +63,7 @@ class Counting(torch.nn.Module):
         super().__init__()
         self.inner, self.calls, self.batches = field, 0, []
         self.num_classes = field.num_classes
+        self.null_condition = field.null_condition
 
     def forward(self, x, t, labels=None):
         self.calls += 1

@@ -31,6 +31,14 @@ class ExportRequest:
     metadata: dict = field(default_factory=dict)
     workspace_bytes: int = 2 << 30
     timing_cache: str | None = None
+    cond_shape: tuple[int, ...] | None = None  # a tensor condition's shape (else labels, when conditional)
+
+    @property
+    def condition_name(self) -> str | None:
+        """The graph's condition input: "labels" (B,) int64, "cond" (B, *cond_shape) float32, or None."""
+        if not self.conditional:
+            return None
+        return "cond" if self.cond_shape is not None else "labels"
 
 
 def is_torch(x) -> bool:
@@ -58,6 +66,10 @@ def _array(x, what: str):
     if arr.dtype == object or arr.dtype.kind in "USV":
         raise BNSError(f"{what} must be an array of numbers, got dtype {arr.dtype}")
     return arr
+
+
+def _dims(shape) -> str:
+    return ", ".join(map(str, shape))
 
 
 def _kind(x) -> str:
@@ -91,7 +103,11 @@ class Runner(ABC):
         self.sample_shape = tuple(manifest["sample_shape"])
         self.max_batch = int(manifest["max_batch"])
         self.num_classes = manifest.get("num_classes")
-        self.conditional = self.num_classes is not None
+        self.cond_shape = tuple(manifest["cond_shape"]) if manifest.get("cond_shape") is not None else None
+        self.conditional = self.num_classes is not None or self.cond_shape is not None
+        #: the graph's condition input ("labels" or "cond") and its numpy dtype
+        self.condition_name = None if not self.conditional else ("cond" if self.cond_shape else "labels")
+        self.condition_dtype = np.float32 if self.cond_shape else np.int64
         self.nfe = int(manifest["nfe"])
         self._lock = threading.Lock()  # for backends whose contexts are not thread-safe
 
@@ -115,7 +131,13 @@ class Runner(ABC):
                 raise BNSError("this artifact is unconditional: do not pass labels")
             return noise, None
         if labels is None:
+            if self.cond_shape is not None:
+                raise BNSError(
+                    f"this artifact is conditioned on a tensor: cond (B, {_dims(self.cond_shape)}) is required"
+                )
             raise BNSError("this artifact is class-conditional: labels (B,) int64 are required")
+        if self.cond_shape is not None:
+            return noise, self._check_cond(labels, shape[0])
         labels = _array(labels, "labels")
         if tuple(labels.shape) != (shape[0],):
             raise BNSError(f"labels have shape {tuple(labels.shape)}, expected ({shape[0]},)")
@@ -125,6 +147,17 @@ class Runner(ABC):
         if lab.size and (lab.min() < NULL_LABEL or lab.max() >= self.num_classes):
             raise BNSError(f"labels must be in 0..{self.num_classes - 1} (or {NULL_LABEL} for unconditional)")
         return noise, labels
+
+    def _check_cond(self, cond, batch: int):
+        """A tensor condition: real floats, finite, shape (B, *cond_shape)."""
+        cond = _array(cond, "cond")
+        if tuple(cond.shape) != (batch, *self.cond_shape):
+            raise BNSError(f"cond has shape {tuple(cond.shape)}, expected ({batch}, {_dims(self.cond_shape)})")
+        if _kind(cond) != "f":
+            raise BNSError(f"cond must hold real floating-point numbers, got dtype {cond.dtype}")
+        if not _all_finite(cond):
+            raise BNSError("cond holds NaN or inf")
+        return cond
 
     def __call__(self, noise, labels=None):
         noise, labels = self.check_inputs(noise, labels)

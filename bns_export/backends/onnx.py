@@ -48,7 +48,7 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
 
     onnx = import_onnx()
     program = export_program(sampler, request)
-    input_names = ["noise", "labels"] if request.conditional else ["noise"]
+    input_names = ["noise", request.condition_name] if request.conditional else ["noise"]
     onnx_logger = logging.getLogger("torch.onnx")
     level = onnx_logger.level
     onnx_logger.setLevel(logging.ERROR)  # silence "torchvision is not installed" and similar notices
@@ -176,8 +176,9 @@ def tensorrt_ep_defaults(manifest: dict) -> dict:
     import onnxruntime as ort
 
     def shapes(batch: int) -> str:
-        dims = "x".join(str(d) for d in (batch, *manifest["sample_shape"]))
-        return f"noise:{dims}" + (f",labels:{batch}" if manifest.get("num_classes") is not None else "")
+        return ",".join(
+            f"{s['name']}:" + "x".join(str(d) for d in (batch, *s["shape"][1:])) for s in manifest["inputs"]
+        )
 
     key = hashlib.sha256(
         f"{manifest['files'][manifest['model_file']]}|ort {ort.__version__}|{manifest.get('versions')}".encode()
@@ -233,7 +234,7 @@ class OnnxRunner(Runner):
         except Exception as e:  # a corrupt model file that still matched its hash is a build bug, but say so
             raise BNSError(f"ONNX Runtime cannot load {manifest['model_file']}: {str(e).strip()[:300]}") from None
         names = sorted(i.name for i in self.session.get_inputs())
-        wanted = sorted(["noise", "labels"] if self.conditional else ["noise"])
+        wanted = sorted(["noise", self.condition_name] if self.conditional else ["noise"])
         outs = [o.name for o in self.session.get_outputs()]
         if names != wanted or outs != ["sample"]:
             raise BNSError(
@@ -249,7 +250,7 @@ class OnnxRunner(Runner):
     def infer(self, noise, labels):
         feed = {"noise": to_numpy(noise, np.float32)}
         if self.conditional:
-            feed["labels"] = to_numpy(labels, np.int64)
+            feed[self.condition_name] = to_numpy(labels, self.condition_dtype)
         try:
             out = self._replay(feed) if self.cuda_graph else self.session.run(["sample"], feed)[0]
         except Exception as e:  # a graph/manifest mismatch that the checks above could not see

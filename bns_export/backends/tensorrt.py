@@ -69,7 +69,8 @@ def build_engine(onnx_path: Path, plan_path: Path, request: ExportRequest) -> di
     shape, lo, opt, hi = request.sample_shape, 1, request.opt_batch, request.max_batch
     profile.set_shape("noise", (lo, *shape), (opt, *shape), (hi, *shape))
     if request.conditional:
-        profile.set_shape("labels", (lo,), (opt,), (hi,))
+        extra = tuple(request.cond_shape or ())
+        profile.set_shape(request.condition_name, (lo, *extra), (opt, *extra), (hi, *extra))
     config.add_optimization_profile(profile)
     cache_path = Path(request.timing_cache) if request.timing_cache else default_timing_cache()
     cache_bytes = cache_path.read_bytes() if cache_path.exists() else b""
@@ -119,9 +120,10 @@ class TensorRTRunner(Runner):
             self.context.set_input_shape("noise", tuple(x.shape))
             self.context.set_tensor_address("noise", x.data_ptr())
             if self.conditional:
-                lab = torch.as_tensor(labels, dtype=torch.long).to(self.device).contiguous()
-                self.context.set_input_shape("labels", tuple(lab.shape))
-                self.context.set_tensor_address("labels", lab.data_ptr())
+                dtype = torch.float32 if self.cond_shape else torch.long
+                lab = torch.as_tensor(labels, dtype=dtype).to(self.device).contiguous()
+                self.context.set_input_shape(self.condition_name, tuple(lab.shape))
+                self.context.set_tensor_address(self.condition_name, lab.data_ptr())
             self.context.set_tensor_address("sample", out.data_ptr())
             stream = torch.cuda.current_stream()
             if not self.context.execute_async_v3(stream.cuda_stream):

@@ -32,6 +32,8 @@ def example_inputs(sampler: torch.nn.Module, request: ExportRequest, batch: int 
     """Inputs for tracing on the sampler's device; batch >= 2 so the batch dimension is not specialised."""
     device = device_of(sampler)
     noise = torch.randn((batch, *request.sample_shape), generator=torch.Generator().manual_seed(0)).to(device)
+    if request.cond_shape is not None:
+        return (noise, torch.zeros((batch, *request.cond_shape), device=device))
     if request.conditional:
         return (noise, torch.zeros(batch, dtype=torch.long, device=device))
     return (noise,)

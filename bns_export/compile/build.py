@@ -48,7 +48,16 @@ def half_precision(field: GuidedField) -> GuidedField:
 def io_specs(field, max_batch: int) -> tuple[list[dict], list[dict]]:
     shape = ["batch", *field.sample_shape]
     inputs = [{"name": "noise", "dtype": "float32", "shape": shape}]
-    if field.num_classes is not None:
+    if field.cond_shape is not None:
+        inputs.append(
+            {
+                "name": "cond",
+                "dtype": "float32",
+                "shape": ["batch", *field.cond_shape],
+                "note": "one condition per sample (e.g. a prompt embedding); the null condition for unconditional",
+            }
+        )
+    elif field.num_classes is not None:
         inputs.append(
             {
                 "name": "labels",
@@ -74,7 +83,12 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
     noise = torch.randn((batch, *request.sample_shape), generator=g)
     tensors = {"noise": noise}
     labels = None
-    if request.conditional:
+    if request.cond_shape is not None:
+        idx = torch.randint(0, reference.field.cond_set.shape[0], (batch,), generator=g)
+        labels = reference.field.cond_set.detach().cpu()[idx].float()
+        labels[-1] = reference.field.null_cond.detach().cpu()
+        tensors["cond"] = labels
+    elif request.conditional:
         labels = torch.randint(0, reference.field.num_classes, (batch,), generator=g)
         labels[-1] = -1
         tensors["labels"] = labels
@@ -141,7 +155,8 @@ def compile_artifact(
     ns = resolve_solver(solver, field, nfe)
     request = ExportRequest(
         sample_shape=tuple(field.sample_shape),
-        conditional=field.num_classes is not None,
+        conditional=field.conditional,
+        cond_shape=field.cond_shape,
         max_batch=max_batch,
         opt_batch=opt_batch,
         device=device,
@@ -165,6 +180,7 @@ def compile_artifact(
         "opt_batch": opt_batch,
         "sample_shape": list(field.sample_shape),
         "num_classes": field.num_classes,
+        "cond_shape": None if field.cond_shape is None else list(field.cond_shape),
         "inputs": inputs,
         "outputs": outputs,
         "model_file": backend.model_file,

@@ -51,7 +51,8 @@ class EagerRunner(Runner):
 
     def infer(self, noise, labels):
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
-        lab = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(self.device)
+        dtype = torch.float32 if self.cond_shape else torch.long
+        lab = None if labels is None else torch.as_tensor(labels, dtype=dtype).to(self.device)
         with torch.no_grad():
             out = self.sampler(x, lab)
         return out.to(noise.device) if isinstance(noise, torch.Tensor) else out.cpu().numpy()
@@ -86,7 +87,7 @@ def check_conformance(folder: Path, manifest: dict, runner: Runner) -> dict:
     if name not in manifest["files"]:
         raise BNSError(f"conformance file {name!r} is not among the hashed files")
     d = load_file(str(folder / name))
-    out = runner(d["noise"], d.get("labels"))
+    out = runner(d["noise"], d.get("labels", d.get("cond")))
     row = compare(torch.as_tensor(np.asarray(out)), torch.as_tensor(d["sample"]))
     return {"batch": int(d["noise"].shape[0]), **row}
 
@@ -122,12 +123,15 @@ def validate_artifact(
     gt = ground_truth(reference.field, n, VALIDATE_SEED)
     noise = gt.noise.float().to(device)
     labels = None if gt.labels is None else gt.labels.to(device)
+    if labels is not None and labels.is_floating_point():
+        labels = labels.float()
     cases = [
         ("batch 1", noise[:1], None if labels is None else labels[:1], True),
         (f"batch {n}", noise, labels, True),
     ]
     if labels is not None:
-        cases.append((f"batch {n}, unconditional", noise, torch.full_like(labels, -1), False))
+        null = reference.field.null_condition(labels)  # label -1, or the null tensor condition
+        cases.append((f"batch {n}, unconditional", noise, null.to(labels.dtype), False))
     gate = float(min_psnr) if min_psnr is not None else GATES[manifest["precision"]]
     rows = []
     for name, x, lab, has_gt in cases:

@@ -22,7 +22,7 @@ class UnrolledSampler(nn.Module):
         super().__init__()
         self.field = field
         self.nfe = solver.nfe
-        self.conditional = field.num_classes is not None
+        self.conditional = field.conditional
         self.init_scale = float(field.init_scale)
         t, a, b = solver_tensors(solver, dtype, device_of(field))
         self.register_buffer("t", t, persistent=False)

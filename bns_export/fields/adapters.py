@@ -33,6 +33,9 @@ class NetworkField(VelocityField):
         t_lo: float | None = None,
         t_hi: float | None = None,
         name: str = "network",
+        cond_set: Tensor | None = None,
+        null_cond: Tensor | None = None,
+        cond_kwarg: str | None = None,
     ) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
@@ -47,6 +50,25 @@ class NetworkField(VelocityField):
             t_hi = 1.0 - 1e-3  # data form divides by sigma = 0
         super().__init__(schedule, sample_shape, num_classes, t_lo, t_hi)
         self.net = net
+        #: tensor conditioning: the set GT pairs draw from (N, *cond_shape), the null condition, and the
+        #: keyword the network takes it by (None: third positional argument)
+        if cond_set is not None:
+            if num_classes is not None:
+                raise ValueError("a model takes class labels or a tensor condition, not both")
+            cond_set = torch.as_tensor(cond_set, dtype=torch.float32)
+            if cond_set.ndim < 2 or cond_set.shape[0] < 1:
+                raise ValueError(f"a conditioning set is (N, ...) with N >= 1, got shape {tuple(cond_set.shape)}")
+            self.cond_shape = tuple(cond_set.shape[1:])
+            null = (
+                torch.zeros(self.cond_shape) if null_cond is None else torch.as_tensor(null_cond, dtype=torch.float32)
+            )
+            if tuple(null.shape) != self.cond_shape:
+                raise ValueError(
+                    f"null condition has shape {tuple(null.shape)}, the set's conditions {self.cond_shape}"
+                )
+            self.register_buffer("cond_set", cond_set)
+            self.register_buffer("null_cond", null)
+        self.cond_kwarg = cond_kwarg
         self.prediction = prediction
         self.time_input = time_input
         self.null_label = num_classes if null_label is None else int(null_label)
@@ -69,17 +91,30 @@ class NetworkField(VelocityField):
         xin = network_input(self.schedule, self.time_input, x, t)
         if self.net_dtype is not None:
             xin = xin.to(self.net_dtype)
-        args = (xin, network_time(self.schedule, self.time_input, tb))
-        if self.num_classes is not None:
+        args, kwargs = (xin, network_time(self.schedule, self.time_input, tb)), {}
+        cond = None
+        if self.cond_shape is not None:
+            cond = self.null_cond.expand(x.shape[0], *self.cond_shape) if labels is None else labels.to(xin.dtype)
+        elif self.num_classes is not None:
             if labels is None:
                 labels = torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long, device=x.device)
-            args += (torch.where(labels == NULL_LABEL, torch.full_like(labels, self.null_label), labels),)
+            cond = torch.where(labels == NULL_LABEL, torch.full_like(labels, self.null_label), labels)
+        if cond is not None and self.cond_kwarg:
+            kwargs[self.cond_kwarg] = cond
+        elif cond is not None:
+            args += (cond,)
         if self.autocast_dtype is None:
-            out = self.net(*args)
+            out = self.net(*args, **kwargs)
         else:
             with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                out = self.net(*args)
+                out = self.net(*args, **kwargs)
         return to_velocity(self.schedule, self.prediction, x, t, out.to(x.dtype))
+
+    def null_condition(self, cond: Tensor) -> Tensor:
+        """The null condition (zeros or the given empty-prompt embedding) for tensor fields, else NULL_LABEL."""
+        if self.cond_shape is None:
+            return super().null_condition(cond)
+        return self.null_cond.to(cond.dtype).expand_as(cond)
 
     def describe(self) -> dict:
         d = super().describe()

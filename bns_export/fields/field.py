@@ -45,6 +45,18 @@ class VelocityField(nn.Module):
         self.schedule.apply_to_tables(fn)
         return self
 
+    #: shape of one tensor condition (e.g. text embeddings (L, D)) for tensor-conditioned fields, else None
+    cond_shape: tuple[int, ...] | None = None
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the field takes a condition: class labels (num_classes) or a tensor (cond_shape)."""
+        return self.num_classes is not None or self.cond_shape is not None
+
+    def null_condition(self, cond: Tensor) -> Tensor:
+        """The unconditional branch's condition, shaped like `cond`: NULL_LABEL labels (tensor fields override)."""
+        return torch.full_like(cond, NULL_LABEL)
+
     # the guidance scale of a plain field is 1 (no guidance)
     guidance: float = 1.0
 
@@ -66,13 +78,20 @@ class VelocityField(nn.Module):
 
     def describe(self) -> dict:
         """JSON-able description (without weights); subclasses add their own keys."""
-        return {
-            "kind": type(self).__name__,
-            "schedule": self.schedule.config(),
-            "sample_shape": list(self.sample_shape),
-            "num_classes": self.num_classes,
-            "interval": [self.t_lo, self.t_hi],
-        }
+        return self._describe_condition(
+            {
+                "kind": type(self).__name__,
+                "schedule": self.schedule.config(),
+                "sample_shape": list(self.sample_shape),
+                "num_classes": self.num_classes,
+                "interval": [self.t_lo, self.t_hi],
+            }
+        )
+
+    def _describe_condition(self, d: dict) -> dict:
+        if self.cond_shape is not None:  # only then, so label and unconditional fingerprints stay as they were
+            d["cond_shape"] = list(self.cond_shape)
+        return d
 
     def weight_digest(self) -> str:
         """sha256 over every parameter and buffer (names, dtypes, shapes, bytes)."""
@@ -104,7 +123,7 @@ class GuidedField(nn.Module):
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
         if labels is None or self.guidance == 1.0:
             return self.field(x, t, labels)
-        null = torch.full_like(labels, NULL_LABEL)
+        null = self.field.null_condition(labels)
         both = self.field(torch.cat([x, x]), t, torch.cat([null, labels]))
         n = x.shape[0]
         u_unc, u_cond = both[:n], both[n:]

@@ -178,6 +178,13 @@ def check_manifest(m: dict) -> None:
         integer(size, "sample_shape", 1, 1 << 20)
     if m.get("num_classes") is not None:
         integer(m["num_classes"], "num_classes", 1, 1 << 20)
+    if m.get("cond_shape") is not None:
+        if not isinstance(m["cond_shape"], list) or not 1 <= len(m["cond_shape"]) <= 8:
+            raise BNSError(f"cond_shape must be a list of 1 to 8 sizes, got {m['cond_shape']!r}")
+        for size in m["cond_shape"]:
+            integer(size, "cond_shape", 1, 1 << 20)
+        if m.get("num_classes") is not None:
+            raise BNSError("a manifest names num_classes or cond_shape, not both")
     if m.get("opt_batch") is not None:
         integer(m["opt_batch"], "opt_batch", 1, m["max_batch"])
     files = m.get("files")
