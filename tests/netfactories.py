@@ -116,39 +116,48 @@ class DiffusersEps(nn.Module):
         return self.unet(x, t, encoder_hidden_states=self.context.expand(x.shape[0], -1, -1)).sample
 
 
-def attention_unet():
-    """A small diffusers UNet2DModel with self-attention blocks (random weights)."""
+def diffusers_unet(channels: tuple[int, int] = (32, 64), groups: int = 8, **kw):
+    """A small random-weight diffusers UNet2DModel on 1x8x8 with self-attention in its second level."""
     import diffusers
 
     torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(
+    return diffusers.UNet2DModel(
         sample_size=8,
         in_channels=1,
         out_channels=1,
         layers_per_block=1,
-        block_out_channels=(32, 64),
+        block_out_channels=channels,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
+        norm_num_groups=groups,
+        **kw,
     )
-    return DiffusersEps(unet)
+
+
+def diffusers_text_unet(channels: tuple[int, int] = (32, 64), groups: int = 8, context_dim: int = 32, heads: int = 8):
+    """A small random-weight diffusers UNet2DConditionModel on 1x8x8 with cross-attention to (L, context_dim)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=channels,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=groups,
+        cross_attention_dim=context_dim,
+        attention_head_dim=heads,
+    )
+
+
+def attention_unet():
+    """A small diffusers UNet2DModel with self-attention blocks (random weights)."""
+    return DiffusersEps(diffusers_unet())
 
 
 def cross_attention_unet():
     """A small diffusers UNet2DConditionModel with cross-attention on a fixed (1, 4, 32) context."""
-    import diffusers
-
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-    )
-    return DiffusersEps(unet, torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(1)))
+    return DiffusersEps(diffusers_text_unet(), torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(1)))

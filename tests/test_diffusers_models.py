@@ -9,24 +9,15 @@ from click.testing import CliRunner
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
 
+from netfactories import diffusers_unet  # noqa: E402
+
 from bns_export.cli import main  # noqa: E402
 from bns_export.errors import BNSError  # noqa: E402
 from bns_export.models import ModelOptions, load_model  # noqa: E402
 
 
 def _unet(num_class_embeds=None):
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        num_class_embeds=num_class_embeds,
-    )
+    return diffusers_unet((8, 16), 4, num_class_embeds=num_class_embeds)
 
 
 def _save(tmp_path, scheduler, unet=None, name="pipe"):

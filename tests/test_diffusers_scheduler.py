@@ -6,6 +6,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
 
+from netfactories import diffusers_unet  # noqa: E402
+
 from bns_export.diffusers import BNSScheduler  # noqa: E402
 from bns_export.errors import BNSError  # noqa: E402
 from bns_export.fields import NetworkField  # noqa: E402
@@ -26,17 +28,7 @@ class Eps(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def unet():
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    ).eval()
+    return diffusers_unet((8, 16), 4).eval()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from click.testing import CliRunner
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
 
+from netfactories import diffusers_text_unet  # noqa: E402
+
 from bns_export.cli import main  # noqa: E402
 from bns_export.compile.build import compile_artifact  # noqa: E402
 from bns_export.distill import DistillConfig, distill  # noqa: E402
@@ -26,19 +28,7 @@ def folder(tmp_path_factory):
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("text")
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        cross_attention_dim=8,
-        attention_head_dim=4,
-    )
+    unet = diffusers_text_unet((8, 16), 4, context_dim=8, heads=4)
     unet.save_pretrained(root / "model" / "unet")
     diffusers.DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "model" / "scheduler")
     g = torch.Generator().manual_seed(1)
