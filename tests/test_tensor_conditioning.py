@@ -79,44 +79,14 @@ def test_text_conditioned_model_end_to_end(folder, tmp_path):
 
 
 def test_cli_needs_the_set_and_checks_it(folder, tmp_path):
-    r = CliRunner().invoke(main, ["eval", "-m", f"diffusers:{folder / 'model'}", "-s", "ddim", "--nfe", "2", "-n", "2"])
+    def run(*args):
+        return CliRunner().invoke(main, ["eval", "-m", f"diffusers:{folder / 'model'}", *map(str, args)])
+
+    r = run("-s", "ddim", "--nfe", 2, "-n", 2)
     assert r.exit_code == 2 and "--cond-set" in r.stderr
     (tmp_path / "bad.safetensors").write_bytes(b"junk")
-    r = CliRunner().invoke(
-        main,
-        [
-            "eval",
-            "-m",
-            f"diffusers:{folder / 'model'}",
-            "--cond-set",
-            str(tmp_path / "bad.safetensors"),
-            "-s",
-            "ddim",
-            "--nfe",
-            "2",
-            "-n",
-            "2",
-        ],
-    )
+    r = run("--cond-set", tmp_path / "bad.safetensors", "-s", "ddim", "--nfe", 2, "-n", 2)
     assert r.exit_code == 2 and "not a safetensors file" in r.stderr
-    r = CliRunner().invoke(
-        main,
-        [
-            "eval",
-            "-m",
-            f"diffusers:{folder / 'model'}",
-            "--cond-set",
-            str(folder / "cond.safetensors"),
-            "-w",
-            "2",
-            "-s",
-            "unipc",
-            "--nfe",
-            "4",
-            "-n",
-            "4",
-            "--json",
-        ],
-    )
+    r = run("--cond-set", folder / "cond.safetensors", "-w", 2, "-s", "unipc", "--nfe", 4, "-n", 4, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["guidance"] == 2.0

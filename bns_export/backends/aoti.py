@@ -62,7 +62,7 @@ class AotiRunner(Runner):
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
         args = [x]
         if self.conditional:
-            args.append(torch.as_tensor(labels, dtype=torch.float32 if self.cond_shape else torch.long).to(self.device))
+            args.append(self.condition_tensor(labels, self.device))
         with self._lock, torch.no_grad():
             out = self.model(*args)
         out = out[0] if isinstance(out, (list, tuple)) else out

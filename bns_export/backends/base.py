@@ -19,6 +19,14 @@ from ..errors import BNSError
 NULL_LABEL = -1  # the unconditional branch (same value as bns_export.fields.NULL_LABEL)
 
 
+def condition_input(conditional: bool, cond_shape) -> tuple[str | None, type | None]:
+    """The graph's condition input and its numpy dtype: ("labels", int64) for class labels (B,),
+    ("cond", float32) for a tensor condition (B, *cond_shape), (None, None) when unconditional."""
+    if not conditional:
+        return None, None
+    return ("cond", np.float32) if cond_shape is not None else ("labels", np.int64)
+
+
 @dataclass(frozen=True)
 class ExportRequest:
     """What an exporter needs besides the module: shapes, batch range, device and backend knobs."""
@@ -35,10 +43,8 @@ class ExportRequest:
 
     @property
     def condition_name(self) -> str | None:
-        """The graph's condition input: "labels" (B,) int64, "cond" (B, *cond_shape) float32, or None."""
-        if not self.conditional:
-            return None
-        return "cond" if self.cond_shape is not None else "labels"
+        """The graph's condition input: "labels", "cond" or None (see `condition_input`)."""
+        return condition_input(self.conditional, self.cond_shape)[0]
 
 
 def is_torch(x) -> bool:
@@ -106,8 +112,7 @@ class Runner(ABC):
         self.cond_shape = tuple(manifest["cond_shape"]) if manifest.get("cond_shape") is not None else None
         self.conditional = self.num_classes is not None or self.cond_shape is not None
         #: the graph's condition input ("labels" or "cond") and its numpy dtype
-        self.condition_name = None if not self.conditional else ("cond" if self.cond_shape else "labels")
-        self.condition_dtype = np.float32 if self.cond_shape else np.int64
+        self.condition_name, self.condition_dtype = condition_input(self.conditional, self.cond_shape)
         self.nfe = int(manifest["nfe"])
         self._lock = threading.Lock()  # for backends whose contexts are not thread-safe
 
@@ -118,11 +123,10 @@ class Runner(ABC):
         noise = _array(noise, "noise")
         shape = tuple(noise.shape)
         if len(shape) != len(self.sample_shape) + 1 or shape[1:] != self.sample_shape:
-            raise BNSError(f"noise has shape {shape}, expected (B, {', '.join(map(str, self.sample_shape))})")
+            raise BNSError(f"noise has shape {shape}, expected (B, {_dims(self.sample_shape)})")
         if not 1 <= shape[0] <= self.max_batch:
             raise BNSError(f"batch {shape[0]} is outside 1..{self.max_batch}, the range this artifact was built for")
-        kind = _kind(noise)
-        if kind != "f":
+        if _kind(noise) != "f":
             raise BNSError(f"noise must hold real floating-point numbers, got dtype {noise.dtype}")
         if not _all_finite(noise):
             raise BNSError("noise holds NaN or inf")
@@ -158,6 +162,15 @@ class Runner(ABC):
         if not _all_finite(cond):
             raise BNSError("cond holds NaN or inf")
         return cond
+
+    def condition_tensor(self, labels, device):
+        """Checked labels or cond as a torch tensor of the graph's dtype on `device` (torch backends)."""
+        import torch
+
+        dtype = torch.float32 if self.condition_dtype == np.float32 else torch.long
+        if is_torch(labels):  # stays on its device until moved: no round trip through the host
+            return labels.to(device=device, dtype=dtype)
+        return torch.as_tensor(to_numpy(labels, self.condition_dtype)).to(device)
 
     def __call__(self, noise, labels=None):
         noise, labels = self.check_inputs(noise, labels)

@@ -120,8 +120,7 @@ class TensorRTRunner(Runner):
             self.context.set_input_shape("noise", tuple(x.shape))
             self.context.set_tensor_address("noise", x.data_ptr())
             if self.conditional:
-                dtype = torch.float32 if self.cond_shape else torch.long
-                lab = torch.as_tensor(labels, dtype=dtype).to(self.device).contiguous()
+                lab = self.condition_tensor(labels, self.device).contiguous()
                 self.context.set_input_shape(self.condition_name, tuple(lab.shape))
                 self.context.set_tensor_address(self.condition_name, lab.data_ptr())
             self.context.set_tensor_address("sample", out.data_ptr())

@@ -51,8 +51,7 @@ class EagerRunner(Runner):
 
     def infer(self, noise, labels):
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
-        dtype = torch.float32 if self.cond_shape else torch.long
-        lab = None if labels is None else torch.as_tensor(labels, dtype=dtype).to(self.device)
+        lab = None if labels is None else self.condition_tensor(labels, self.device)
         with torch.no_grad():
             out = self.sampler(x, lab)
         return out.to(noise.device) if isinstance(noise, torch.Tensor) else out.cpu().numpy()

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from ..errors import EXIT_MISSING_BACKEND, BNSError
+from .artifact import MANIFEST, SIGNATURE
 
-MANIFEST, SIGNATURE = "manifest.json", "manifest.json.sig"
 MAX_KEY_BYTES = 16 << 10
 
 
