@@ -99,8 +99,8 @@ class NSSolver:
             raise BNSError(f"{source}: malformed solver file (missing {', '.join(missing)})")
         try:
             n = integer(d["nfe"], "nfe", 1, MAX_NFE)
-            t = _floats(d["times"], "times", source)
-            a = _floats(d["a"], "a", source)
+            t = _floats(d["times"], "times")
+            a = _floats(d["a"], "a")
             rows = d["b"]
             t_end = number(d["t_end"], "t_end")
             for key, check in META_CHECKS.items():
@@ -115,7 +115,10 @@ class NSSolver:
             )
         b = np.zeros((n, n))
         for i, r in enumerate(rows):
-            r = _floats(r, f"b[{i}]", source)
+            try:
+                r = _floats(r, f"b[{i}]")
+            except BNSError as e:
+                raise BNSError(f"{source}: {e}") from None
             if len(r) != i + 1:
                 raise BNSError(f"{source}: wrong lengths: row b[{i}] has {len(r)} values, expected {i + 1}")
             b[i, : i + 1] = r
@@ -157,7 +160,7 @@ def check_table(t: np.ndarray, a: np.ndarray, b: np.ndarray, t_end: float) -> No
         raise BNSError("solver times must be non-decreasing and end after they start")
 
 
-def _floats(v, what: str, source: str) -> list[float]:
+def _floats(v, what: str) -> list[float]:
     if not isinstance(v, list):
         raise BNSError(f"{what} must be a list of numbers")
     if len(v) > MAX_NFE:
