@@ -8,6 +8,7 @@ world of size 1 and runs the same code with no communication.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -71,7 +72,18 @@ def init_world(device: str) -> tuple[World, str]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # leave the group before the interpreter exits: gloo/nccl threads alive at exit can abort the
+        # process ("terminate called without an active exception"), seen once in a full test run
+        atexit.register(_leave)
     return World(dist.get_rank(), dist.get_world_size()), device
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_sum_grads(world: World, params: list[Tensor]) -> None:
