@@ -432,13 +432,22 @@ def distill_cmd(
     "--label", type=Integer(0, 1_000_000), default=None, help="One class for every sample (default: random classes)."
 )
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="FILE.png (grid) or FILE.npz.")
+@click.option(
+    "--decoder",
+    default=None,
+    help="Latent models: append a decoder so the output is an image: vae (the diffusers folder's vae/), "
+    "a diffusers autoencoder folder, or package.module:factory.",
+)
 @device_option
 @network_dtype_option
-def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label, out, device, network_dtype) -> None:
-    """Write samples: a PNG grid, or an .npz with noise, labels and samples."""
+def sample_cmd(
+    model, model_opts, guidance, solver, nfe, n_samples, seed, label, out, decoder, device, network_dtype
+) -> None:
+    """Write samples: a PNG grid, or an .npz with noise, labels and samples (and images, with --decoder)."""
     import numpy as np
     import torch
 
+    from .decoders import load_decoder
     from .devices import resolve_device
     from .evaluate import run_solver
     from .groundtruth import make_inputs
@@ -459,14 +468,26 @@ def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label,
         if field.num_classes is None or not 0 <= label < field.num_classes:
             raise BNSError(f"--label {label} is not a class of model {model}")
         labels = torch.full((n_samples,), label, dtype=torch.long)
-    samples = run_solver(field, ns, noise.to(dev), None if labels is None else labels.to(dev)).float().cpu().numpy()
-    if not np.isfinite(samples).all():
+    dec = load_decoder(decoder, model, field.sample_shape).to(dev) if decoder else None
+    latents = run_solver(field, ns, noise.to(dev), None if labels is None else labels.to(dev)).float()
+    samples = latents.cpu().numpy()
+    images = None
+    if dec is not None:
+        with torch.no_grad():
+            images = dec(latents).float().cpu().numpy()
+    if not np.isfinite(samples).all() or (images is not None and not np.isfinite(images).all()):
         raise BNSError(f"model {model} produced NaN or inf samples with {ns.name}; nothing written")
     if out_path.suffix == ".png":
-        write_png(out_path, grid(samples, scale=max(1, 64 // samples.shape[-1]) if samples.ndim == 4 else 1))
+        shown = samples if images is None else images
+        write_png(out_path, grid(shown, scale=max(1, 64 // shown.shape[-1]) if shown.ndim == 4 else 1))
     else:
         write_npz(
-            out_path, noise=noise.float().numpy(), samples=samples, labels=None if labels is None else labels.numpy()
+            out_path,
+            noise=noise.float().numpy(),
+            samples=samples,
+            labels=None if labels is None or labels.is_floating_point() else labels.numpy(),
+            cond=labels.float().numpy() if labels is not None and labels.is_floating_point() else None,
+            images=images,
         )
     click.echo(f"wrote {n_samples} samples to {out_path} ({ns.name}, {ns.nfe} NFE)")
 
@@ -491,10 +512,17 @@ def sample_cmd(model, model_opts, guidance, solver, nfe, n_samples, seed, label,
 @click.option("--no-validate", is_flag=True, help="Skip the parity check (not recommended).")
 @click.option("--min-psnr", type=GATE, default=None, help="Parity gate in dB (default 60 fp32, 35 fp16).")
 @click.option("--out", "-o", required=True, help="Artifact directory to create (replaced atomically).")
+@click.option(
+    "--decoder",
+    default=None,
+    help="Latent models: append a decoder so the output is an image: vae (the diffusers folder's vae/), "
+    "a diffusers autoencoder folder, or package.module:factory.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile_cmd(
     model,
     model_opts,
+    decoder,
     guidance,
     solver,
     nfe,
@@ -510,7 +538,10 @@ def compile_cmd(
     out,
     as_json,
 ) -> None:
-    """Compile model + solver into one graph (noise [+ labels] in, sample out) and validate it."""
+    """Compile model + solver (+ decoder) into one graph (noise [+ condition] in, sample [+ image] out) and
+    validate it."""
+    from dataclasses import replace
+
     from .compile.build import compile_artifact
     from .devices import resolve_device
 
@@ -519,7 +550,7 @@ def compile_cmd(
         solver,
         fmt,
         out,
-        options=model_opts,
+        options=replace(model_opts, decoder=decoder),
         guidance=_guidance(solver, guidance),
         nfe=nfe,
         fp16=fp16,

@@ -59,14 +59,21 @@ def betas(cfg: dict) -> torch.Tensor:
     raise BNSError(f"unsupported beta_schedule {kind!r}: use linear, scaled_linear or squaredcos_cap_v2")
 
 
-def load_diffusers_field(path: str, opt) -> NetworkField:
-    """The velocity field of a diffusers folder; options given explicitly (not None) override the configs."""
+def import_diffusers():
+    """The diffusers package with its loading notices silenced (e.g. "install accelerate"), or exit code 3."""
     try:
         import diffusers
     except ImportError:
         raise BNSError(
             "diffusers models need the diffusers package: pip install diffusers", EXIT_MISSING_BACKEND
         ) from None
+    diffusers.utils.logging.set_verbosity_error()
+    return diffusers
+
+
+def load_diffusers_field(path: str, opt) -> NetworkField:
+    """The velocity field of a diffusers folder; options given explicitly (not None) override the configs."""
+    diffusers = import_diffusers()
     root = Path(path).expanduser()
     if not root.is_dir():
         raise BNSError(f"diffusers folder not found: {root}")

@@ -42,6 +42,9 @@ class ModelOptions:
     #: safetensors file with "cond" (N, ...) conditions (e.g. prompt embeddings) and optionally "null" (...),
     #: the unconditional branch's condition (default zeros): the model is then tensor-conditioned
     cond_set: str | None = None
+    #: a decoder appended after the sampler (latent models): vae, a diffusers autoencoder folder or
+    #: module:factory (see bns_export.decoders); read by compile and sample only
+    decoder: str | None = None
 
 
 def list_models() -> list[dict]:
@@ -122,10 +125,12 @@ def _import_file(path: Path, name: str):
 
 def load_shipped(folder: Path) -> NetworkField:
     """A shipped model folder: config.json, weights.safetensors, and the network code it names
-    ("code", default net.py, relative to the folder) exposing build_network(**architecture)."""
+    ("code", default net.py, relative to the folder) exposing build_network(**architecture); a
+    tensor-conditioned model also names its conditioning set ("cond_set", a safetensors file)."""
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "config.json").read_text())
+    cond, null = load_condition_set(str(folder / cfg["cond_set"])) if cfg.get("cond_set") else (None, None)
     module = _import_file((folder / cfg.get("code", "net.py")).resolve(), folder.name)
     net = module.build_network(**cfg.get("architecture", {}))
     net.load_state_dict(load_file(str(folder / "weights.safetensors")))
@@ -140,6 +145,8 @@ def load_shipped(folder: Path) -> NetworkField:
         t_lo=cfg.get("t_lo"),
         t_hi=cfg.get("t_hi"),
         name=folder.name,
+        cond_set=cond,
+        null_cond=null,
     )
     check_network(field)
     return field

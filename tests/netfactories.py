@@ -161,3 +161,33 @@ def attention_unet():
 def cross_attention_unet():
     """A small diffusers UNet2DConditionModel with cross-attention on a fixed (1, 4, 32) context."""
     return DiffusersEps(diffusers_text_unet(), torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(1)))
+
+
+class TinyDecoder(nn.Module):
+    """A seeded stand-in decoder: 1x4x4 latents -> 3x8x8 images in [-1, 1]."""
+
+    def __init__(self, nan: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.up = nn.ConvTranspose2d(1, 3, 2, stride=2)
+        self.nan = nan
+
+    def forward(self, z):
+        out = torch.tanh(self.up(z))
+        return out * float("nan") if self.nan else out
+
+
+def tiny_decoder():
+    return TinyDecoder()
+
+
+def nan_decoder():
+    return TinyDecoder(nan=True)
+
+
+def flat_decoder():
+    class Flat(nn.Module):
+        def forward(self, z):
+            return z.sum()
+
+    return Flat()

@@ -111,7 +111,7 @@ def make_server(artifact: str, host: str = "127.0.0.1", port: int = 0, max_delay
                 sample = batcher.submit(noise, label).result(timeout=60)
             except (BNSError, ValueError, TypeError) as e:
                 return self._send(400, {"error": str(e).splitlines()[0] if str(e) else type(e).__name__})
-            self._send(200, {"sample": sample.tolist()})
+            self._send(200, {runner.output_names[-1]: sample.tolist()})
 
     return ThreadingHTTPServer((host, port), Handler), batcher
 

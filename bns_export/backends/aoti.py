@@ -5,10 +5,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import EXIT_MISSING_BACKEND, BNSError
-from .base import ExportRequest, Runner, is_torch
+from .base import ExportRequest, Runner
 
 
 def check_available(request: ExportRequest) -> None:
@@ -65,10 +63,7 @@ class AotiRunner(Runner):
             args.append(self.condition_tensor(labels, self.device))
         with self._lock, torch.no_grad():
             out = self.model(*args)
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        if is_torch(noise):
-            return out.to(noise.device)
-        return np.asarray(out.cpu().numpy())
+        return dict(zip(self.output_names, out if isinstance(out, (list, tuple)) else (out,)))
 
 
 PROBE = """

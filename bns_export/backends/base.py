@@ -2,6 +2,8 @@
 input checks shared by all runners (Polygraphy's BaseRunner shape: load once, then infer many times).
 
 Runner outputs follow their inputs: numpy in, numpy out; torch in, torch out on the input's device.
+`runner(noise, cond)` returns the artifact's product (the image when a decoder is in the graph, else
+the sample); `runner.run(noise, cond)` returns every output by name (Polygraphy's `infer` dict).
 Imports nothing heavier than numpy, so the ONNX runtime path stays torch-free.
 """
 
@@ -40,6 +42,8 @@ class ExportRequest:
     workspace_bytes: int = 2 << 30
     timing_cache: str | None = None
     cond_shape: tuple[int, ...] | None = None  # a tensor condition's shape (else labels, when conditional)
+    #: the graph's outputs: ("sample",), or ("sample", "image") with a decoder
+    output_names: tuple[str, ...] = ("sample",)
 
     @property
     def condition_name(self) -> str | None:
@@ -97,8 +101,18 @@ def _all_finite(x) -> bool:
     return bool(np.isfinite(x).all())
 
 
+def follow(out, like):
+    """`out` (numpy or torch) as the kind of `like`: torch on like's device, else a numpy array."""
+    if is_torch(like):
+        import torch
+
+        return (out if is_torch(out) else torch.from_numpy(np.ascontiguousarray(out))).to(like.device)
+    return np.asarray(out.detach().cpu().numpy()) if is_torch(out) else np.asarray(out)
+
+
 class Runner(ABC):
-    """Callable artifact: runner(noise (B, *shape) float32 [, labels (B,) int64]) -> samples (B, *shape)."""
+    """Callable artifact: runner(noise (B, *shape) float32 [, labels (B,) int64 | cond (B, ...) float32])
+    -> its product (B, ...): images with a decoder in the graph, else samples."""
 
     #: where the backend computes ("cpu", "cuda", "cuda:1")
     device: str = "cpu"
@@ -114,6 +128,9 @@ class Runner(ABC):
         #: the graph's condition input ("labels" or "cond") and its numpy dtype
         self.condition_name, self.condition_dtype = condition_input(self.conditional, self.cond_shape)
         self.nfe = int(manifest["nfe"])
+        #: the graph's outputs in order ("sample", then "image" with a decoder) and one item's shape each
+        self.output_names = [o["name"] for o in manifest["outputs"]]
+        self.output_shapes = {o["name"]: tuple(o["shape"][1:]) for o in manifest["outputs"]}
         self._lock = threading.Lock()  # for backends whose contexts are not thread-safe
 
     def check_inputs(self, noise, labels) -> tuple:
@@ -173,9 +190,14 @@ class Runner(ABC):
         return torch.as_tensor(to_numpy(labels, self.condition_dtype)).to(device)
 
     def __call__(self, noise, labels=None):
+        """The artifact's product: its last output (the image with a decoder, else the sample)."""
+        return self.run(noise, labels)[self.output_names[-1]]
+
+    def run(self, noise, labels=None) -> dict:
+        """Every output by name, in the graph's order; kind and device follow `noise`."""
         noise, labels = self.check_inputs(noise, labels)
-        return self.infer(noise, labels)
+        return {k: follow(v, noise) for k, v in self.infer(noise, labels).items()}
 
     @abstractmethod
-    def infer(self, noise, labels):
-        """Run the sampler on checked inputs; the output's kind and device follow `noise`."""
+    def infer(self, noise, labels) -> dict:
+        """Run the sampler on checked inputs: {output name: array or tensor} (`run` converts to noise's kind)."""

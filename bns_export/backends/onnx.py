@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EXIT_MISSING_BACKEND, BNSError
-from .base import ExportRequest, Runner, is_torch, to_numpy
+from .base import ExportRequest, Runner, to_numpy
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 512 << 20  # weights above this go to model.onnx.data (protobuf caps a file at 2 GB)
@@ -59,7 +59,7 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
                 program,
                 dynamo=True,
                 input_names=input_names,
-                output_names=["sample"],
+                output_names=list(request.output_names),
                 opset_version=OPSET,
                 verbose=False,
             )
@@ -84,7 +84,11 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
     onnx.checker.check_model(str(path), full_check=True)
     onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred")
     Path(str(path) + ".inferred").unlink()
-    return graph_stats(onnx.load(str(path), load_external_data=False), external)
+    stats = graph_stats(onnx.load(str(path), load_external_data=False), external)
+    # what "weights stored once" is measured against: the sampler's parameters and buffers (network, decoder)
+    stats["module_bytes"] = sum(t.numel() * t.element_size() for t in (*sampler.parameters(), *sampler.buffers()))
+    stats["initializer_ratio"] = round(stats["initializer_bytes"] / max(1, stats["module_bytes"]), 4)
+    return stats
 
 
 def dedupe_initializers(model) -> int:
@@ -115,13 +119,14 @@ def dedupe_initializers(model) -> int:
 
 
 def graph_stats(model, external: bool = False) -> dict:
-    """Node and initializer counts; `weight_*` counts only initializers named after parameters."""
+    """Node and initializer counts; `weight_*` counts only initializers named after the network's and the
+    decoder's parameters and buffers."""
     inits = list(model.graph.initializer)
 
     def nbytes(t) -> int:
         return int(np.prod(t.dims)) * {1: 4, 10: 2, 7: 8, 6: 4, 11: 8, 9: 1}.get(t.data_type, 4)
 
-    weights = [t for t in inits if t.name.startswith("field.")]
+    weights = [t for t in inits if t.name.startswith(("field.", "decoder."))]
     return {
         "nodes": len(model.graph.node),
         "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
@@ -236,10 +241,10 @@ class OnnxRunner(Runner):
         names = sorted(i.name for i in self.session.get_inputs())
         wanted = sorted(["noise", self.condition_name] if self.conditional else ["noise"])
         outs = [o.name for o in self.session.get_outputs()]
-        if names != wanted or outs != ["sample"]:
+        if names != wanted or outs != self.output_names:
             raise BNSError(
                 f"{manifest['model_file']} takes {names} and gives {outs}, but its manifest describes "
-                f"{wanted} -> ['sample']: the manifest does not belong to this graph"
+                f"{wanted} -> {self.output_names}: the manifest does not belong to this graph"
             )
         self.providers = self.session.get_providers()
         gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -252,18 +257,14 @@ class OnnxRunner(Runner):
         if self.conditional:
             feed[self.condition_name] = to_numpy(labels, self.condition_dtype)
         try:
-            out = self._replay(feed) if self.cuda_graph else self.session.run(["sample"], feed)[0]
+            outs = self._replay(feed) if self.cuda_graph else self.session.run(self.output_names, feed)
         except Exception as e:  # a graph/manifest mismatch that the checks above could not see
             raise BNSError(
                 f"ONNX Runtime failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}"
             ) from None
-        if is_torch(noise):
-            import torch
+        return dict(zip(self.output_names, outs))
 
-            return torch.from_numpy(out).to(noise.device)
-        return out
-
-    def _replay(self, feed: dict) -> np.ndarray:
+    def _replay(self, feed: dict) -> list[np.ndarray]:
         """Copy into this batch size's bound device buffers and replay its CUDA graph (captured on first use)."""
         ort = self._ort
         batch = feed["noise"].shape[0]
@@ -271,18 +272,24 @@ class OnnxRunner(Runner):
             if batch not in self._graphs:
                 binding = self.session.io_binding()
                 values = {k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", self.device_id) for k, v in feed.items()}
-                out = ort.OrtValue.ortvalue_from_shape_and_type(feed["noise"].shape, np.float32, "cuda", self.device_id)
+                outs = [
+                    ort.OrtValue.ortvalue_from_shape_and_type(
+                        (batch, *self.output_shapes[name]), np.float32, "cuda", self.device_id
+                    )
+                    for name in self.output_names
+                ]
                 for k, v in values.items():
                     binding.bind_ortvalue_input(k, v)
-                binding.bind_ortvalue_output("sample", out)
+                for name, out in zip(self.output_names, outs):
+                    binding.bind_ortvalue_output(name, out)
                 run_options = ort.RunOptions()
                 run_options.add_run_config_entry("gpu_graph_id", str(len(self._graphs) + 1))
-                self._graphs[batch] = (binding, values, out, run_options)
-            binding, values, out, run_options = self._graphs[batch]
+                self._graphs[batch] = (binding, values, outs, run_options)
+            binding, values, outs, run_options = self._graphs[batch]
             for k, v in feed.items():
                 values[k].update_inplace(v)
             self.session.run_with_iobinding(binding, run_options)
-            return out.numpy()
+            return [out.numpy() for out in outs]
 
 
 def open_runner(

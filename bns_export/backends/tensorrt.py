@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..fileio import atomic_write_bytes
-from .base import ExportRequest, Runner, is_torch
+from .base import ExportRequest, Runner
 
 
 def import_tensorrt():
@@ -115,7 +113,9 @@ class TensorRTRunner(Runner):
         import torch
 
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device).contiguous()
-        out = torch.empty_like(x)
+        outs = {
+            name: torch.empty((x.shape[0], *self.output_shapes[name]), device=x.device) for name in self.output_names
+        }
         with self._lock, torch.cuda.device(x.device):
             self.context.set_input_shape("noise", tuple(x.shape))
             self.context.set_tensor_address("noise", x.data_ptr())
@@ -123,14 +123,13 @@ class TensorRTRunner(Runner):
                 lab = self.condition_tensor(labels, self.device).contiguous()
                 self.context.set_input_shape(self.condition_name, tuple(lab.shape))
                 self.context.set_tensor_address(self.condition_name, lab.data_ptr())
-            self.context.set_tensor_address("sample", out.data_ptr())
+            for name, out in outs.items():
+                self.context.set_tensor_address(name, out.data_ptr())
             stream = torch.cuda.current_stream()
             if not self.context.execute_async_v3(stream.cuda_stream):
                 raise BNSError("TensorRT execution failed")
             stream.synchronize()
-        if is_torch(noise):
-            return out.to(noise.device)
-        return np.asarray(out.cpu().numpy())
+        return outs
 
 
 def open_runner(folder: Path, manifest: dict, device: str | None = None, providers=None) -> TensorRTRunner:

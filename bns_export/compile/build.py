@@ -17,6 +17,7 @@ import torch
 from .. import __version__
 from ..backends import ExportRequest, get_backend
 from ..checks import integer, number
+from ..decoders import load_decoder
 from ..errors import EXIT_PARITY_FAILED, BNSError
 from ..fields import GuidedField, NetworkField
 from ..models import ModelOptions, load_model
@@ -45,7 +46,8 @@ def half_precision(field: GuidedField) -> GuidedField:
     return field
 
 
-def io_specs(field, max_batch: int) -> tuple[list[dict], list[dict]]:
+def io_specs(field, max_batch: int, decoder=None) -> tuple[list[dict], list[dict]]:
+    """The graph's inputs and outputs (name, dtype, shape with a symbolic batch) for the manifest."""
     shape = ["batch", *field.sample_shape]
     inputs = [{"name": "noise", "dtype": "float32", "shape": shape}]
     if field.cond_shape is not None:
@@ -66,7 +68,18 @@ def io_specs(field, max_batch: int) -> tuple[list[dict], list[dict]]:
                 "note": f"0..{field.num_classes - 1}, or -1 for unconditional",
             }
         )
-    return inputs, [{"name": "sample", "dtype": "float32", "shape": shape}]
+    outputs = [{"name": "sample", "dtype": "float32", "shape": shape}]
+    if decoder is not None:
+        outputs[0]["note"] = "the latents"
+        outputs.append(
+            {
+                "name": "image",
+                "dtype": "float32",
+                "shape": ["batch", *decoder.image_shape],
+                "note": f"the decoded image ({decoder.source}), in the decoder's range (diffusers: [-1, 1])",
+            }
+        )
+    return inputs, outputs
 
 
 CONFORMANCE_FILE = "conformance.safetensors"
@@ -95,13 +108,16 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
     device = next(iter(reference.buffers())).device
     with torch.no_grad():
         out = reference(noise.to(device), None if labels is None else labels.to(device))
-    tensors["sample"] = out.float().cpu().contiguous()
+    outputs = dict(zip(("sample", "image"), out if isinstance(out, tuple) else (out,)))
+    inputs = sorted(tensors)
+    tensors.update({k: v.float().cpu().contiguous() for k, v in outputs.items()})
     save_file(tensors, str(folder / CONFORMANCE_FILE), metadata={"schema": "bns-export/conformance", "version": "1"})
     return {
         "file": CONFORMANCE_FILE,
         "batch": batch,
         "seed": CONFORMANCE_SEED,
-        "inputs": sorted(set(tensors) - {"sample"}),
+        "inputs": inputs,
+        "outputs": list(outputs),
     }
 
 
@@ -153,6 +169,7 @@ def compile_artifact(
     options = options or ModelOptions()
     field = load_model(model, options, guidance)
     ns = resolve_solver(solver, field, nfe)
+    decoder = load_decoder(options.decoder, model, field.sample_shape) if options.decoder else None
     request = ExportRequest(
         sample_shape=tuple(field.sample_shape),
         conditional=field.conditional,
@@ -169,8 +186,8 @@ def compile_artifact(
     if field.default_dtype == torch.float64:  # analytic fields: the artifact computes in fp32
         export_field = copy.deepcopy(export_field).float()
     export_device = device if fmt == "aoti" else "cpu"
-    sampler = UnrolledSampler(export_field, ns).eval().to(export_device)
-    inputs, outputs = io_specs(field, max_batch)
+    sampler = UnrolledSampler(export_field, ns, decoder=decoder).eval().to(export_device)
+    inputs, outputs = io_specs(field, max_batch, decoder)
     manifest = {
         "format": fmt,
         "precision": precision,
@@ -189,6 +206,7 @@ def compile_artifact(
         "solver_name": ns.name,
         "model_fingerprint": field.fingerprint(),
         "model": field.describe(),
+        "decoder": None if decoder is None else {**decoder.describe(), "fingerprint": decoder.fingerprint()},
         "model_spec": {"model": model, "options": asdict(options)},
         "interval": [field.t_lo, field.t_hi],
         "init_scale": field.init_scale,
@@ -197,12 +215,15 @@ def compile_artifact(
         "versions": library_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    request = replace(request, metadata={k: manifest[k] for k in GRAPH_METADATA})
+    request = replace(
+        request, metadata={k: manifest[k] for k in GRAPH_METADATA}, output_names=tuple(o["name"] for o in outputs)
+    )
     with staging_dir(Path(out)) as tmp:
         ns.save(tmp / "solver.json")
         manifest.update(backend.export(sampler, request, tmp, log))
         reference = copy.deepcopy(field).float() if field.default_dtype == torch.float64 else field
-        manifest["conformance"] = write_conformance(tmp, UnrolledSampler(reference, ns).eval(), request)
+        reference = UnrolledSampler(reference, ns, decoder=decoder).eval()
+        manifest["conformance"] = write_conformance(tmp, reference, request)
         manifest = write_manifest(tmp, manifest)
         if validate:
             from .parity import validate_artifact

@@ -4,7 +4,8 @@ The reference is a runner too (`EagerRunner`): it rebuilds the eager sampler fro
 (same model spec, same solver file, fp32).  Both run on the same fixed seeds at batch 1 and at
 the artifact's maximum batch (and, for conditional models, with every label -1, the
 unconditional branch); `compare` reports per-sample PSNR (min and median), max absolute error,
-and each one's PSNR against the dopri5 ground truth.
+and each one's PSNR against the dopri5 ground truth.  With a decoder in the graph every case is
+compared on both outputs, the latents ("sample") and the decoded images ("image", data range 2).
 Gate: min per-sample PSNR >= 60 dB for fp32 artifacts, >= 35 dB for fp16 (Core ML's gate).
 """
 
@@ -17,6 +18,7 @@ import torch
 
 from ..backends import Runner, get_backend
 from ..checks import number
+from ..decoders import load_decoder
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..groundtruth import ground_truth
 from ..metrics import psnr_per_sample
@@ -47,14 +49,19 @@ class EagerRunner(Runner):
         if solver.fingerprint() != manifest["solver_fingerprint"]:
             raise BNSError("the artifact's solver file does not match its manifest")
         self.device = device
-        self.sampler = UnrolledSampler(self.field, solver).eval().float().to(device)
+        decoder = None
+        if manifest.get("decoder"):
+            decoder = load_decoder(opts["decoder"], spec["model"], self.field.sample_shape)
+            if decoder.fingerprint() != manifest["decoder"]["fingerprint"]:
+                raise BNSError(f"decoder {opts['decoder']} changed since export (fingerprint {decoder.fingerprint()})")
+        self.sampler = UnrolledSampler(self.field, solver, decoder=decoder).eval().float().to(device)
 
-    def infer(self, noise, labels):
+    def infer(self, noise, labels) -> dict:
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
         lab = None if labels is None else self.condition_tensor(labels, self.device)
         with torch.no_grad():
             out = self.sampler(x, lab)
-        return out.to(noise.device) if isinstance(noise, torch.Tensor) else out.cpu().numpy()
+        return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,)))
 
 
 def default_device(manifest: dict) -> str:
@@ -78,17 +85,29 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
     }
 
 
-def check_conformance(folder: Path, manifest: dict, runner: Runner) -> dict:
-    """The artifact's output on its stored conformance inputs against the stored eager reference."""
+def check_conformance(folder: Path, manifest: dict, runner: Runner) -> list[dict]:
+    """The artifact's outputs on its stored conformance inputs against the stored eager reference's."""
     from safetensors.numpy import load_file
 
     name = manifest["conformance"]["file"]
     if name not in manifest["files"]:
         raise BNSError(f"conformance file {name!r} is not among the hashed files")
     d = load_file(str(folder / name))
-    out = runner(d["noise"], d.get("labels", d.get("cond")))
-    row = compare(torch.as_tensor(np.asarray(out)), torch.as_tensor(d["sample"]))
-    return {"batch": int(d["noise"].shape[0]), **row}
+    out = runner.run(d["noise"], d.get("labels", d.get("cond")))
+    return rows_for("conformance vectors", out, {k: d[k] for k in out}, int(d["noise"].shape[0]))
+
+
+def rows_for(case: str, out: dict, ref: dict, batch: int) -> list[dict]:
+    """One comparison row per output (the sample, and the image when a decoder is in the graph)."""
+    return [
+        {
+            "case": case if len(out) == 1 else f"{case}: {key}",
+            "output": key,
+            "batch": batch,
+            **compare(torch.as_tensor(np.asarray(out[key])), torch.as_tensor(np.asarray(ref[key]))),
+        }
+        for key in out
+    ]
 
 
 def open_artifact(folder: Path, manifest: dict, device: str, providers: list | None) -> Runner:
@@ -134,16 +153,16 @@ def validate_artifact(
     gate = float(min_psnr) if min_psnr is not None else GATES[manifest["precision"]]
     rows = []
     for name, x, lab, has_gt in cases:
-        ref = reference(x, lab)
-        out = runner(x, lab)
-        row = {"case": name, "batch": int(x.shape[0]), **compare(out, ref)}
-        if has_gt:
+        ref = reference.run(x, lab)
+        out = runner.run(x, lab)
+        case_rows = rows_for(name, out, ref, int(x.shape[0]))
+        if has_gt:  # the ground truth is the ODE's solution: the sample (latents), not the image
             x1 = gt.x1[: x.shape[0]].float()
-            row["artifact_psnr_vs_gt"] = float(psnr_per_sample(out.cpu(), x1).mean())
-            row["eager_psnr_vs_gt"] = float(psnr_per_sample(ref.cpu(), x1).mean())
-        rows.append(row)
+            case_rows[0]["artifact_psnr_vs_gt"] = float(psnr_per_sample(out["sample"].cpu(), x1).mean())
+            case_rows[0]["eager_psnr_vs_gt"] = float(psnr_per_sample(ref["sample"].cpu(), x1).mean())
+        rows.extend(case_rows)
     if manifest.get("conformance"):
-        rows.append({"case": "conformance vectors", **check_conformance(folder, manifest, runner)})
+        rows.extend(check_conformance(folder, manifest, runner))
     psnr_min = min(r["psnr_min"] for r in rows)
     report = {
         "artifact": str(folder),

@@ -1,4 +1,4 @@
-"""The unrolled sampler: one module, noise (+ labels) in, sample out, the solver baked in.
+"""The unrolled sampler: one module, noise (+ labels) in, sample (+ decoded image) out, the solver baked in.
 
 It calls the same `ns_sample` loop as evaluation and distillation with the same fp32 constants,
 so its eager output equals `solvers.sample` bit for bit, and tracing it unrolls the n steps
@@ -16,11 +16,15 @@ from ..solvers.table import NSSolver
 
 
 class UnrolledSampler(nn.Module):
-    """forward(noise[, labels]) -> sample, for a (guided) field and an NS table."""
+    """forward(noise[, labels]) -> sample, or (sample, decoder(sample)) with a decoder, for a (guided)
+    field and an NS table."""
 
-    def __init__(self, field: nn.Module, solver: NSSolver, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, field: nn.Module, solver: NSSolver, dtype: torch.dtype = torch.float32, decoder: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.field = field
+        self.decoder = decoder
         self.nfe = solver.nfe
         self.conditional = field.conditional
         self.init_scale = float(field.init_scale)
@@ -29,5 +33,6 @@ class UnrolledSampler(nn.Module):
         self.register_buffer("a", a, persistent=False)
         self.register_buffer("b", b, persistent=False)
 
-    def forward(self, noise: Tensor, labels: Tensor | None = None) -> Tensor:
-        return ns_sample(self.field, self.t, self.a, self.b, noise * self.init_scale, labels)
+    def forward(self, noise: Tensor, labels: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        x = ns_sample(self.field, self.t, self.a, self.b, noise * self.init_scale, labels)
+        return x if self.decoder is None else (x, self.decoder(x))

@@ -14,6 +14,16 @@ from .schedules import Schedule
 NULL_LABEL = -1
 
 
+def state_digest(module: nn.Module) -> str:
+    """sha256 over a module's parameters and buffers (names, dtypes, shapes, bytes): its weights' identity."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
 class VelocityField(nn.Module):
     """A velocity field u(x, t, labels) on [t_lo, t_hi], t = 0 noise, t = 1 data (method.md 1).
 
@@ -95,12 +105,7 @@ class VelocityField(nn.Module):
 
     def weight_digest(self) -> str:
         """sha256 over every parameter and buffer (names, dtypes, shapes, bytes)."""
-        h = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
-            tensor = tensor.detach().cpu().contiguous()
-            h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-        return h.hexdigest()
+        return state_digest(self)
 
     def fingerprint(self) -> str:
         """Short stable id of this field: description + weights (not the guidance scale)."""

@@ -1,5 +1,8 @@
 """Load and run exported artifacts: `sampler = load(dir); x = sampler(noise, labels)`.
 
+`sampler(noise, cond)` returns the artifact's product: the decoded image when it was compiled with
+a decoder, else the sample; `sampler.run(noise, cond)` returns every output by name.
+
 ONNX artifacts need only numpy and onnxruntime (no torch); AOTInductor and TensorRT artifacts
 need torch (and tensorrt).  Every runner checks inputs against the manifest, is safe to call
 from several threads at once, and returns what it was given (numpy, or torch on the input's device).

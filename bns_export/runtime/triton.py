@@ -129,9 +129,10 @@ def write_repository(
         cache = f"/tmp/triton-trt-cache/{name}"
         (staging / "config.pbtxt").write_text(config_pbtxt(name, first, gpu, cache))
         names = ", ".join(s["name"] for s in first["inputs"])
+        outs = ", ".join(s["name"] for s in first["outputs"])
         (staging / "README.md").write_text(
             f"# {name}\n\nbns-export samplers of one model ({first['model'].get('name', '')}), served as one "
-            f"Triton model with a version per solver. Inputs: {names}; output: sample.\n\n"
+            f"Triton model with a version per solver. Inputs: {names}; outputs: {outs}.\n\n"
             "| version | NFE | solver | solver fingerprint | artifact |\n|---|---|---|---|---|\n"
             + "\n".join(rows)
             + "\n"

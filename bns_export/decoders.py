@@ -1,0 +1,124 @@
+"""Decoders for latent models: latents in, images out, appended after the sampler in the same graph.
+
+`--decoder` names one of (parsed here only):
+  vae              the `vae/` folder of the `-m diffusers:PATH` model
+  PATH             a folder written by a diffusers autoencoder's `save_pretrained` (AutoencoderKL, ...)
+  module:factory   a factory returning an nn.Module that maps latents (B, *sample_shape) to images
+A diffusers autoencoder decodes `latents / scaling_factor + shift_factor` (its config's values), as
+the diffusers pipelines do; a factory's module gets the latents as they are.  Images are expected in
+[-1, 1] (diffusers' convention), which parity's PSNR assumes (data range 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checks import read_json
+from .errors import BNSError
+from .fields.field import state_digest
+
+
+class Decoder(nn.Module):
+    """images = net.decode(latents * scale + shift).sample for a diffusers autoencoder, net(latents) for a
+    user's module: one module whatever the source, with its description and fingerprint."""
+
+    image_shape: tuple[int, ...] | None = None  # one image's shape, set by check_decoder
+
+    def __init__(self, net: nn.Module, source: str, scale: float = 1.0, shift: float = 0.0, autoencoder=False) -> None:
+        super().__init__()
+        self.net = net
+        self.source = source
+        self.scale = float(scale)
+        self.shift = float(shift)
+        self.autoencoder = autoencoder
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        if not self.autoencoder:
+            return self.net(latents)
+        return self.net.decode(latents * self.scale + self.shift).sample
+
+    def describe(self) -> dict:
+        return {"decoder": self.source, "class": type(self.net).__name__, "scale": self.scale, "shift": self.shift}
+
+    def fingerprint(self) -> str:
+        """Short stable id: description + weights."""
+        desc = json.dumps(self.describe(), sort_keys=True)
+        return hashlib.sha256((desc + state_digest(self)).encode()).hexdigest()[:16]
+
+
+def load_decoder(spec: str, model_spec: str, sample_shape: tuple[int, ...]) -> Decoder:
+    """The decoder `spec` names (see the module docstring), checked on a batch of zero latents."""
+    from .models import users_code
+
+    if not isinstance(spec, str) or not spec:
+        raise BNSError("--decoder takes vae, a diffusers autoencoder folder, or package.module:factory")
+    if spec == "vae":
+        if not model_spec.startswith("diffusers:"):
+            raise BNSError("--decoder vae means the diffusers folder's vae/: it needs -m diffusers:PATH")
+        decoder = _diffusers_autoencoder(Path(model_spec.split(":", 1)[1]).expanduser() / "vae", spec)
+    elif Path(spec).expanduser().is_dir():
+        decoder = _diffusers_autoencoder(Path(spec).expanduser(), spec)
+    elif ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        with users_code(f"importing decoder module {module_name!r}"):
+            module = importlib.import_module(module_name)
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise BNSError(f"module {module_name!r} has no callable {attr!r}")
+        with users_code(f"decoder factory {spec!r}"):
+            net = factory()
+        if not isinstance(net, nn.Module):
+            raise BNSError(f"decoder factory {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
+        decoder = Decoder(net.eval(), spec)
+    else:
+        raise BNSError(f"decoder {spec!r}: not a folder, not 'vae' and not package.module:factory")
+    check_decoder(decoder, sample_shape)
+    return decoder
+
+
+def _diffusers_autoencoder(folder: Path, spec: str) -> Decoder:
+    """A diffusers autoencoder saved with save_pretrained (safetensors only), with its latent scaling."""
+    from .diffusers_models import import_diffusers
+
+    diffusers = import_diffusers()
+    cfg = read_json(folder / "config.json", "decoder config")
+    cls_name = cfg.get("_class_name") if isinstance(cfg, dict) else None
+    cls = getattr(diffusers, str(cls_name), None)
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, nn.Module)) or not hasattr(cls, "decode"):
+        raise BNSError(f"{folder}/config.json names {cls_name!r}, not a diffusers autoencoder with decode()")
+    if not list(folder.glob("*.safetensors")):
+        raise BNSError(f"{folder} has no .safetensors weights; bns-export never unpickles .bin files")
+    try:
+        net = cls.from_pretrained(str(folder), use_safetensors=True).eval()
+    except Exception as e:
+        raise BNSError(
+            f"cannot load {cls_name} from {folder}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        ) from None
+    for part in ("encoder", "quant_conv"):  # decoding never reads them: not exported, not fingerprinted
+        if isinstance(getattr(net, part, None), nn.Module):
+            setattr(net, part, None)
+    scaling = cfg.get("scaling_factor") or 1.0
+    shift = cfg.get("shift_factor") or 0.0
+    return Decoder(net, spec, 1.0 / float(scaling), float(shift), autoencoder=True)
+
+
+def check_decoder(decoder: Decoder, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Decode two zero latents: the output must be a finite float batch of 2; return one image's shape."""
+    from .models import users_code
+
+    z = torch.zeros((2, *sample_shape))
+    with users_code(f"decoder {decoder.source} on latents of shape {tuple(z.shape)}"), torch.no_grad():
+        out = decoder(z)
+    if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != 2 or not out.is_floating_point():
+        what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BNSError(f"decoder {decoder.source} returned {what} for latents {tuple(z.shape)}; expected (2, C, H, W)")
+    if not torch.isfinite(out).all():
+        raise BNSError(f"decoder {decoder.source} returns NaN or inf on zero latents")
+    decoder.image_shape = tuple(out.shape[1:])
+    return decoder.image_shape

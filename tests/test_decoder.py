@@ -1,0 +1,126 @@
+"""Latent models with the decoder in the graph: the artifact outputs images, parity covers latents and
+images, decoder weights are stored once; a factory decoder and a diffusers folder's vae/."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bns_export.cli import main
+from bns_export.compile.build import compile_artifact
+from bns_export.models import ModelOptions
+from bns_export.runtime import load
+
+TINY = ["-m", "netfactories:tiny", "--shape", "1,4,4"]
+
+
+def test_factory_decoder_end_to_end(tmp_path):
+    out = tmp_path / "art"
+    r = CliRunner().invoke(
+        main,
+        [
+            "compile", *TINY, "-s", "dpm++2m", "--nfe", "3", "--max-batch", "3",
+            "--decoder", "netfactories:tiny_decoder", "-o", str(out), "--json",
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert [o["name"] for o in m["outputs"]] == ["sample", "image"]
+    assert m["outputs"][1]["shape"] == ["batch", 3, 8, 8] and m["decoder"]["class"] == "TinyDecoder"
+    cases = {c["case"] for c in m["validation"]["cases"]}
+    assert {"batch 1: sample", "batch 1: image", "conformance vectors: image"} <= cases
+    assert m["validation"]["passed"]
+    runner = load(out)
+    noise = np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    image = runner(noise)
+    both = runner.run(noise)
+    assert image.shape == (2, 3, 8, 8) and isinstance(image, np.ndarray)
+    assert list(both) == ["sample", "image"] and np.array_equal(both["image"], image)
+    import netfactories
+
+    with torch.no_grad():
+        expect = netfactories.tiny_decoder()(torch.from_numpy(both["sample"])).numpy()
+    assert np.abs(expect - image).max() < 1e-5
+    as_torch = runner(torch.from_numpy(noise))  # torch in, torch out
+    assert isinstance(as_torch, torch.Tensor) and torch.allclose(as_torch, torch.from_numpy(image), atol=1e-6)
+    # the eager `sample` command decodes too
+    npz = tmp_path / "s.npz"
+    r = CliRunner().invoke(
+        main,
+        [
+            "sample",
+            *TINY,
+            "-s",
+            "dpm++2m",
+            "--nfe",
+            "3",
+            "-n",
+            "2",
+            "--decoder",
+            "netfactories:tiny_decoder",
+            "-o",
+            str(npz),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    d = np.load(npz)
+    assert d["images"].shape == (2, 3, 8, 8) and d["samples"].shape == (2, 1, 4, 4)
+
+
+@pytest.mark.parametrize(
+    "decoder,message",
+    [
+        ("vae", "needs -m diffusers:PATH"),
+        ("netfactories:nan_decoder", "NaN or inf"),
+        ("netfactories:flat_decoder", "expected (2, C, H, W)"),
+        ("netfactories:nope", "no callable 'nope'"),
+        ("no_such_module_xyz:f", "ModuleNotFoundError"),
+        ("not-a-folder", "not a folder"),
+    ],
+)
+def test_bad_decoders_are_one_line(tmp_path, decoder, message):
+    out = tmp_path / "art"
+    r = CliRunner().invoke(main, ["compile", *TINY, "-s", "ddim", "--nfe", "2", "--decoder", decoder, "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output and not out.exists()
+
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from tiny_pipeline import build
+
+    return build(tmp_path_factory.mktemp("pipe") / "tiny")
+
+
+@pytest.mark.slow
+def test_diffusers_vae_in_the_graph_weights_once(pipeline, tmp_path):
+    """The README's worked example: text-conditioned latent UNet + vae/ -> one ONNX graph, images out."""
+    opts = ModelOptions(cond_set=str(pipeline / "prompts.safetensors"), decoder="vae")
+    stats = {}
+    for nfe in (2, 4):
+        m = compile_artifact(
+            f"diffusers:{pipeline}", "dpm++2m", "onnx", tmp_path / f"a{nfe}",
+            options=opts, nfe=nfe, guidance=3.0, max_batch=2, log=lambda m: None,
+        )  # fmt: skip
+        assert m["validation"]["passed"], m["validation"]
+        stats[nfe] = m["graph"]
+    assert m["decoder"]["class"] == "AutoencoderKL" and m["outputs"][1]["shape"] == ["batch", 3, 16, 16]
+    assert abs(stats[4]["initializer_bytes"] - stats[2]["initializer_bytes"]) < 1024
+    assert stats[4]["initializer_ratio"] <= 1.05, stats
+    runner = load(tmp_path / "a4")
+    from safetensors.numpy import load_file
+
+    prompts = load_file(str(pipeline / "prompts.safetensors"))
+    noise = np.random.default_rng(1).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    image = runner(noise, np.stack([prompts["cond"][0], prompts["null"]]))
+    assert image.shape == (2, 3, 16, 16) and np.isfinite(image).all()
+    rows = {r["case"]: r for r in m["validation"]["cases"]}
+    assert rows["batch 2: image"]["psnr_min"] >= 60 and rows["batch 2: sample"]["psnr_min"] >= 60
