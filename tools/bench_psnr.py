@@ -36,32 +36,60 @@ def parse_model(spec: str) -> tuple[str, float]:
     return name, float(w) if w else 1.0
 
 
-def load_sets(spec: str, args):
-    """The (guided) field of `spec` and its train / validation / test ground-truth sets."""
+def load_sets(spec: str, args, timing: dict | None = None):
+    """The (guided) field of `spec` and its train / validation / test ground-truth sets; `timing` gets the
+    seconds the train + validation GT took (what a user's distillation pays once per model)."""
     name, w = parse_model(spec)
     field = load_model(name, guidance=w)
-    sets = [
-        ground_truth(field, n, seed)
-        for n, seed in ((args.train_pairs, TRAIN_SEED), (args.val_pairs, VAL_SEED), (args.test_pairs, EVAL_SEED))
-    ]
-    return field, *sets
+    t0 = time.time()
+    train, val = (
+        ground_truth(field, n, seed) for n, seed in ((args.train_pairs, TRAIN_SEED), (args.val_pairs, VAL_SEED))
+    )
+    if timing is not None:
+        timing["gt_train_val_s"] = round(time.time() - t0, 1)
+    return field, train, val, ground_truth(field, args.test_pairs, EVAL_SEED)
+
+
+def ceiling(field, test, n: int, tight: float = 1e-8) -> dict:
+    """The ruler (issue 12, part 4): PSNR of the first n test GT samples against a rtol = atol = `tight` solve."""
+    from gt_ceiling import solve
+
+    from bns_export.metrics import psnr_per_sample
+
+    labels = None if test.labels is None else test.labels[:n]
+    x_tight, nfe, _ = solve(field, test.noise[:n].to(field.default_dtype), labels, tight)
+    p = psnr_per_sample(test.x1[:n], x_tight)
+    return {"ceiling_mean": float(p.mean()), "ceiling_min": float(p.min()), "ceiling_pairs": n, "ceiling_tol": tight}
+
+
+def training_seconds(name: str) -> float | None:
+    """The shipped model's own training wall time (models/NAME/training.json), if recorded."""
+    path = ROOT / "models" / name / "training.json"
+    return json.loads(path.read_text()).get("wall_time_s") if path.exists() else None
 
 
 def bench_model(spec: str, nfes: list[int], args, out: dict, save: Callable[[], None]) -> None:
     """Fill `out` with one model's rows; `save()` after each NFE keeps partial results."""
     name, w = parse_model(spec)
     t0 = time.time()
-    field, train, val, test = load_sets(spec, args)
+    timing: dict = {}
+    field, train, val, test = load_sets(spec, args, timing)
     out.update(
         {
             "model": name,
             "guidance": w,
             "gt_nfe_mean": test.nfe_mean,
             "gt_seconds": round(time.time() - t0, 1),
+            **timing,
+            "training_s": training_seconds(name),
             "pairs": [len(train), len(val), len(test)],
             "rows": {},
         }
     )
+    if args.ceiling_pairs:
+        out.update(ceiling(field, test, min(args.ceiling_pairs, len(test))))
+        print(f"{spec}: ceiling {out['ceiling_mean']:.1f} dB mean, {out['ceiling_min']:.1f} min", flush=True)
+    save()
     for nfe in nfes:
         row = {r["solver"]: r["psnr_mean"] for r in compare_baselines(field, test, nfe)}
         cfg = DistillConfig(nfe=nfe, base=args.base, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr)
@@ -141,8 +169,10 @@ def gain(row: dict) -> float:
     return row["BNS"] - best_baseline(row)
 
 
-def summary_lines(rows: dict[int, dict], nfes: list[int]) -> list[str]:
+def summary_lines(rows: dict[int, dict], nfes: list[int], res: dict | None = None) -> list[str]:
     """The table's closing rows: gains, the "BNS at n vs best baseline at 2n" target, cost, init."""
+    res = res or {}
+    gt_s, train_s = res.get("gt_train_val_s"), res.get("training_s")
     cells = {
         "BNS gain over best baseline": [f"{gain(rows[n]):+.2f}" for n in nfes],
         "best baseline at 2n NFE": [f"{best_baseline(rows[2 * n]):.2f}" if 2 * n in rows else "n/a" for n in nfes],
@@ -150,6 +180,10 @@ def summary_lines(rows: dict[int, dict], nfes: list[int]) -> list[str]:
             f"{rows[n]['BNS'] - best_baseline(rows[2 * n]):+.2f}" if 2 * n in rows else "n/a" for n in nfes
         ],
         "distillation wall time (s)": [f"{rows[n]['_distill_s']:.0f}" for n in nfes],
+        "incl. train + val GT (s)": [f"{rows[n]['_distill_s'] + gt_s:.0f}" if gt_s else "n/a" for n in nfes],
+        "share of the model's training time": [
+            f"{(rows[n]['_distill_s'] + (gt_s or 0)) / train_s:.0%}" if train_s else "n/a" for n in nfes
+        ],
         "iterations run": [str(rows[n]["_iterations"]) for n in nfes],
         "BNS init": [rows[n]["_bns_base"] for n in nfes],
     }
@@ -173,12 +207,21 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: d
         lines.append(
             f"### {res['model']}, guidance {res['guidance']:g} (ground truth: {res['gt_nfe_mean']:.0f} NFE mean)\n"
         )
+        if "ceiling_mean" in res:
+            lines.append(
+                f"Ruler: the ground truth's own PSNR against a rtol = atol = {res['ceiling_tol']:g} solve on "
+                f"{res['ceiling_pairs']} test pairs is {res['ceiling_mean']:.1f} dB mean "
+                f"({res['ceiling_min']:.1f} min); "
+                f"train + validation GT took {res.get('gt_train_val_s', 0):.0f} s"
+                + (f"; the model trained in {res['training_s']:.0f} s" if res.get("training_s") else "")
+                + ".\n"
+            )
         lines.append("| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
         lines.append("|---" * (len(nfes) + 1) + "|")
         for s in solvers:
             cells = [f"{res['rows'][n][s]:.2f}" if s in res["rows"][n] else "n/a" for n in nfes]
             lines.append(f"| {'**BNS**' if s == 'BNS' else s} | " + " | ".join(cells) + " |")
-        lines += summary_lines(res["rows"], nfes)
+        lines += summary_lines(res["rows"], nfes, res)
     if ablation_rows:
         lines.append("### Ablations\n")
         lines.append("| run | init val PSNR | test PSNR | iterations | wall time (s) |\n|---|---|---|---|---|")
@@ -194,12 +237,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["digits", "mnist@1", "mnist@3"])
     ap.add_argument("--nfe", nargs="+", type=int, default=[4, 6, 8, 12, 16])
-    ap.add_argument("--iterations", type=int, default=400)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--iterations", type=int, default=DistillConfig.iterations)
+    ap.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
     ap.add_argument("--base", default="auto")
     ap.add_argument("--lr", type=float, default=DistillConfig.lr, help="Adam learning rate")
     ap.add_argument("--train-pairs", type=int, default=520)
-    ap.add_argument("--val-pairs", type=int, default=256)
+    ap.add_argument("--val-pairs", type=int, default=1024)
+    ap.add_argument("--ceiling-pairs", type=int, default=64, help="test pairs for the GT ceiling (0: skip)")
     ap.add_argument("--test-pairs", type=int, default=256)
     ap.add_argument("--ablation", default=None, help="model for the ablation runs (at NFE 8)")
     ap.add_argument("--ablation-iterations", type=int, default=None, help="budget of each ablation run")

@@ -2,6 +2,7 @@
 
     python tools/check_samples.py digits
     python tools/check_samples.py mnist --guidance 3
+    python tools/check_samples.py digits-text --guidance 3
 
 Samples come from the model's exact ODE solution (dopri5) from seeded noise.  Reports the
 classifier's accuracy on held-out real data, its mean confidence and predicted-class spread on
@@ -63,7 +64,11 @@ def main() -> None:
         "nn_distance_real_heldout": float(nn.kneighbors(xte)[0].mean()),
     }
     if gt.labels is not None:
-        report["label_accuracy"] = float((pred == gt.labels.numpy()).mean())
+        labels = gt.labels
+        if labels.is_floating_point():  # token conditioning: the class is the table row drawn
+            table = field.cond_set.to(labels.dtype)
+            labels = ((labels[:, None] - table[None]) ** 2).flatten(2).sum(2).argmin(1)
+        report["label_accuracy"] = float((pred == labels.numpy()).mean())
     print(json.dumps(report, indent=2))
     out = ROOT / "models" / args.name / f"quality-w{args.guidance:g}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
