@@ -109,6 +109,14 @@ def model_options(fn):
     return wrapper
 
 
+decoder_option = click.option(
+    "--decoder",
+    default=None,
+    help="Latent models: append a decoder so the output is an image: vae (the diffusers folder's vae/), "
+    "a diffusers autoencoder folder, or package.module:factory.",
+)
+
+
 def gt_options(fn):
     """--rtol, --atol and --cache-dir of the ground truth."""
     fn = click.option("--cache-dir", default=None, help="Ground-truth cache (default ~/.cache/bns-export/gt).")(fn)
@@ -432,12 +440,7 @@ def distill_cmd(
     "--label", type=Integer(0, 1_000_000), default=None, help="One class for every sample (default: random classes)."
 )
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="FILE.png (grid) or FILE.npz.")
-@click.option(
-    "--decoder",
-    default=None,
-    help="Latent models: append a decoder so the output is an image: vae (the diffusers folder's vae/), "
-    "a diffusers autoencoder folder, or package.module:factory.",
-)
+@decoder_option
 @device_option
 @network_dtype_option
 def sample_cmd(
@@ -512,12 +515,7 @@ def sample_cmd(
 @click.option("--no-validate", is_flag=True, help="Skip the parity check (not recommended).")
 @click.option("--min-psnr", type=GATE, default=None, help="Parity gate in dB (default 60 fp32, 35 fp16).")
 @click.option("--out", "-o", required=True, help="Artifact directory to create (replaced atomically).")
-@click.option(
-    "--decoder",
-    default=None,
-    help="Latent models: append a decoder so the output is an image: vae (the diffusers folder's vae/), "
-    "a diffusers autoencoder folder, or package.module:factory.",
-)
+@decoder_option
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile_cmd(
     model,

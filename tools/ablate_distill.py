@@ -1,8 +1,12 @@
 """Distillation-recipe ablation: the same model, NFE and pairs under several DistillConfig settings;
 prints one JSON line per run (test PSNR, iterations run, best iteration, wall time).
 
-    python tools/ablate_distill.py analytic:gmm 16
-    python tools/ablate_distill.py digits 8 --iterations 1000
+    python tools/ablate_distill.py analytic:gmm 16                  # the early-stopping runs
+    python tools/ablate_distill.py digits 8 --set recipe --section ablation-recipe-digits
+
+`--set recipe` varies one thing at a time from the default recipe: iterations, batch, learning rate
+and its schedule (plateau halvings), the initialisation, preconditioning sigma_0 and what is
+learned; `--section NAME` also writes the table into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,13 +22,30 @@ from bns_export.evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on
 from bns_export.groundtruth import ground_truth
 from bns_export.models import load_model
 
-RUNS = [
-    ("patience 4 (the old default)", dict(patience=4)),
-    ("patience 12 (the default)", dict(patience=12)),
-    ("patience 12, 10 halvings", dict(patience=12, max_decays=10)),
-    ("lr 1e-3, patience 12", dict(lr=1e-3, patience=12)),
-    ("batch 256, patience 12", dict(batch_size=256, patience=12)),
-]
+RUN_SETS = {
+    "patience": [
+        ("patience 4 (the old default)", dict(patience=4)),
+        ("patience 12 (the default)", dict(patience=12)),
+        ("patience 12, 10 halvings", dict(patience=12, max_decays=10)),
+        ("lr 1e-3, patience 12", dict(lr=1e-3, patience=12)),
+        ("batch 256, patience 12", dict(batch_size=256, patience=12)),
+    ],
+    "recipe": [
+        ("default (auto init, 2000 it., batch 128, lr 3e-3, patience 12)", {}),
+        ("iterations 4000", dict(iterations=4000)),
+        ("iterations 500", dict(iterations=500)),
+        ("batch 64", dict(batch_size=64)),
+        ("batch 256", dict(batch_size=256)),
+        ("lr 1e-3", dict(lr=1e-3)),
+        ("lr 1e-2", dict(lr=1e-2)),
+        ("lr constant (no plateau halvings)", dict(max_decays=0, patience=10_000)),
+        ("init midpoint (the paper's)", dict(base="midpoint")),
+        ("init dpm++2m", dict(base="dpm++2m")),
+        ("sigma_0 = 2", dict(precondition=2.0)),
+        ("sigma_0 = 5", dict(precondition=5.0)),
+        ("times only (a, b from the init)", dict(learn="times")),
+    ],
+}
 
 
 def main() -> None:
@@ -33,20 +54,50 @@ def main() -> None:
     ap.add_argument("nfe", type=int)
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--val-pairs", type=int, default=512)
+    ap.add_argument("--set", default="patience", choices=sorted(RUN_SETS), help="which runs")
+    ap.add_argument("--section", default=None, help="also write this docs/benchmarks.md section")
     args = ap.parse_args()
     torch.set_num_threads(2)
     name, _, w = args.model.partition("@")
     f = load_model(name, guidance=float(w or 1))
     train, val = ground_truth(f, 520, TRAIN_SEED), ground_truth(f, args.val_pairs, VAL_SEED)
     test = ground_truth(f, 256, EVAL_SEED)
-    for label, kw in RUNS:
+    rows = []
+    for label, kw in RUN_SETS[args.set]:
         t0 = time.time()
-        cfg = DistillConfig(nfe=args.nfe, iterations=args.iterations, **{"batch_size": 128, **kw})
+        cfg = DistillConfig(nfe=args.nfe, **{"iterations": args.iterations, "batch_size": 128, **kw})
         s = distill(f, train, val, cfg)
         row = {"model": args.model, "nfe": args.nfe, "run": label, "init": s.meta["base_solver"]}
         row.update(test_psnr=round(evaluate_on(f, s, test)["psnr_mean"], 2), iterations=s.meta["iterations"])
         row.update(best_iteration=s.meta["best_iteration"], wall_s=round(time.time() - t0, 1))
         print(json.dumps(row), flush=True)
+        rows.append(row)
+    if args.section:
+        write_table(args, rows)
+
+
+def write_table(args, rows: list[dict]) -> None:
+    """The runs as a docs/benchmarks.md section, with the command and machine."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchdoc import git_rev, machine, write_section
+
+    lines = [
+        f"## Distillation recipe ablation: {args.model}, NFE {args.nfe} (issue 12, part 3)\n",
+        f"Command: `python tools/ablate_distill.py {' '.join(sys.argv[1:])}` (commit {git_rev()}). "
+        f"Machine: {machine()}. 520 train / {args.val_pairs} validation / 256 test pairs; each run changes one "
+        "setting of the default recipe.\n",
+        "| run | init | test PSNR (dB) | iterations run | best iteration | wall (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['init']} | {r['test_psnr']:.2f} | {r['iterations']} | {r['best_iteration']} | "
+            f"{r['wall_s']:.0f} |"
+        )
+    write_section(args.section, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

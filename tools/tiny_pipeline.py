@@ -21,25 +21,37 @@ import torch
 TOKENS, DIM, LATENT = 4, 16, (4, 8, 8)
 
 
-def build(out: Path, seed: int = 0) -> Path:
-    """Create the folder and return it."""
+def build(out: Path, seed: int = 0, text: bool = True) -> Path:
+    """Create the folder and return it; text=False: an unconditional UNet2DModel with self-attention instead."""
     import diffusers
     from safetensors.torch import save_file
 
     out = Path(out)
     torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=LATENT[1],
-        in_channels=LATENT[0],
-        out_channels=LATENT[0],
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-        cross_attention_dim=DIM,
-        attention_head_dim=4,
-    )
+    if not text:
+        unet = diffusers.UNet2DModel(
+            sample_size=LATENT[1],
+            in_channels=LATENT[0],
+            out_channels=LATENT[0],
+            layers_per_block=1,
+            block_out_channels=(16, 32),
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=8,
+        )
+    else:
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=LATENT[1],
+            in_channels=LATENT[0],
+            out_channels=LATENT[0],
+            layers_per_block=1,
+            block_out_channels=(16, 32),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=8,
+            cross_attention_dim=DIM,
+            attention_head_dim=4,
+        )
     vae = diffusers.AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -59,9 +71,9 @@ def build(out: Path, seed: int = 0) -> Path:
     vae.save_pretrained(out / "vae")
     scheduler.save_pretrained(out / "scheduler")
     index = {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": "StableDiffusionPipeline" if text else "LDMPipeline",
         "_diffusers_version": diffusers.__version__,
-        "unet": ["diffusers", "UNet2DConditionModel"],
+        "unet": ["diffusers", type(unet).__name__],
         "vae": ["diffusers", "AutoencoderKL"],
         "scheduler": ["diffusers", "DDPMScheduler"],
     }
@@ -78,7 +90,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", help="folder to create")
     ap.add_argument("--seed", type=int, default=0)
-    out = build(Path(ap.parse_args().out), ap.parse_args().seed)
+    ap.add_argument("--unconditional", action="store_true", help="a UNet2DModel with self-attention instead")
+    args = ap.parse_args()
+    out = build(Path(args.out), args.seed, text=not args.unconditional)
     print(f"wrote {out} (unet/, vae/, scheduler/, prompts.safetensors)")
 
 

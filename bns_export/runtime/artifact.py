@@ -171,20 +171,27 @@ def check_manifest(m: dict) -> None:
         if key not in m:
             raise BNSError(f"manifest has no {key!r}")
         check(m[key], key)
-    shape = m.get("sample_shape")
-    if not isinstance(shape, list) or not 1 <= len(shape) <= 8:
-        raise BNSError(f"sample_shape must be a list of 1 to 8 sizes, got {shape!r}")
-    for size in shape:
-        integer(size, "sample_shape", 1, 1 << 20)
+    _sizes(m.get("sample_shape"), "sample_shape")
     if m.get("num_classes") is not None:
         integer(m["num_classes"], "num_classes", 1, 1 << 20)
     if m.get("cond_shape") is not None:
-        if not isinstance(m["cond_shape"], list) or not 1 <= len(m["cond_shape"]) <= 8:
-            raise BNSError(f"cond_shape must be a list of 1 to 8 sizes, got {m['cond_shape']!r}")
-        for size in m["cond_shape"]:
-            integer(size, "cond_shape", 1, 1 << 20)
+        _sizes(m["cond_shape"], "cond_shape")
         if m.get("num_classes") is not None:
             raise BNSError("a manifest names num_classes or cond_shape, not both")
+    outputs = m.get("outputs")
+    names = (
+        [o.get("name") for o in outputs]
+        if isinstance(outputs, list) and all(isinstance(o, dict) for o in outputs)
+        else None
+    )
+    if names not in (["sample"], ["sample", "image"]):
+        raise BNSError(f"outputs must be [sample] or [sample, image] (with a decoder), got {names or outputs!r}")
+    for o in outputs:
+        if not isinstance(o.get("shape"), list) or o["shape"][:1] != ["batch"]:
+            raise BNSError(f"output {o['name']}'s shape must be ['batch', sizes...], got {o.get('shape')!r}")
+        _sizes(o["shape"][1:], f"output {o['name']}'s shape")
+    if outputs[0]["shape"][1:] != m["sample_shape"]:
+        raise BNSError("output sample's shape does not match sample_shape")
     if m.get("opt_batch") is not None:
         integer(m["opt_batch"], "opt_batch", 1, m["max_batch"])
     files = m.get("files")
@@ -197,6 +204,14 @@ def check_manifest(m: dict) -> None:
     for key in ("model_file", "solver_file"):
         if m[key] not in files:
             raise BNSError(f"{key} {m[key]!r} is not among the hashed files")
+
+
+def _sizes(shape, key: str) -> None:
+    """A shape: a list of 1 to 8 positive sizes."""
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 8:
+        raise BNSError(f"{key} must be a list of 1 to 8 sizes, got {shape!r}")
+    for size in shape:
+        integer(size, key, 1, 1 << 20)
 
 
 def plain_name(name, what: str) -> str:
