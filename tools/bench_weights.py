@@ -42,7 +42,9 @@ def measure(folder: Path, text: bool, decoder: bool, nfe: int, out: Path) -> dic
     export_s = time.time() - t0
     t0 = time.time()
     report = validate_artifact(out)
-    psnr = {o: min(r["psnr_min"] for r in report["cases"] if r["output"] == o) for o in ("sample", "image")}
+    psnr: dict = {}
+    for r in report["cases"]:
+        psnr[r["output"]] = min(psnr.get(r["output"], float("inf")), r["psnr_min"])
     g = m["graph"]
     return {
         "architecture": "UNet2DConditionModel, cross-attention, w = 3" if text else "UNet2DModel, self-attention",
@@ -64,7 +66,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nfe", nargs="+", type=int, default=[2, 4, 8])
     ap.add_argument("--json", default=str(ROOT / "docs" / "bench_weights.json"))
+    ap.add_argument("--render", action="store_true", help="only rewrite the section from --json")
     args = ap.parse_args()
+    if args.render:
+        saved = json.loads(Path(args.json).read_text())
+        return write(saved["rows"], saved["command"][1:], saved.get("commit", "?"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for text in (False, True):
@@ -73,11 +79,16 @@ def main() -> None:
                 for nfe in args.nfe:
                     rows.append(measure(folder, text, decoder, nfe, Path(tmp) / f"art-{text}-{decoder}-{nfe}"))
                     print(json.dumps(rows[-1]), flush=True)
-                    Path(args.json).write_text(json.dumps({"command": sys.argv, "rows": rows}, indent=2))
+                    saved = {"command": sys.argv, "commit": git_rev(), "rows": rows}
+                    Path(args.json).write_text(json.dumps(saved, indent=2))
+    write(rows, sys.argv[1:], git_rev())
+
+
+def write(rows: list[dict], argv: list[str], commit: str) -> None:
+    """The `weights-once` section of docs/benchmarks.md."""
     lines = [
         "## Weights stored once: initializer bytes vs weight bytes (issue 9)\n",
-        f"Command: `python tools/bench_weights.py {' '.join(sys.argv[1:])}` (commit {git_rev()}). "
-        f"Machine: {machine()}.",
+        f"Command: `python tools/bench_weights.py {' '.join(argv)}` (commit {commit}). Machine: {machine()}.",
         "Models: tools/tiny_pipeline.py's random-weight latent pipelines (4x8x8 latents; AutoencoderKL decoder to "
         "3x16x16). ONNX, dpm++2m, max batch 2, fp32. *weight bytes*: the exported sampler's parameters and "
         "buffers (the UNet, and the VAE's decoder half with --decoder vae); *initializers*: every initializer "
@@ -93,7 +104,7 @@ def main() -> None:
         lines.append(
             f"| {r['architecture']} | {'vae' if r['decoder'] else 'none'} | {r['nfe']} | {r['initializer_bytes']:,} | "
             f"{r['module_bytes']:,} | {r['ratio']:.3f} | {r['nodes']:,} | {r['export_s']:.0f} | "
-            f"{r['validate_s']:.0f} | {r['psnr_sample']:.1f} | {img} |"
+            f"{r['validate_s']:.1f} | {r['psnr_sample']:.1f} | {img} |"
         )
     write_section("weights-once", "\n".join(lines) + "\n")
 
