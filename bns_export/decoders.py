@@ -12,7 +12,6 @@ the diffusers pipelines do; a factory's module gets the latents as they are.  Im
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from pathlib import Path
 
@@ -30,7 +29,9 @@ class Decoder(nn.Module):
 
     image_shape: tuple[int, ...] | None = None  # one image's shape, set by check_decoder
 
-    def __init__(self, net: nn.Module, source: str, scale: float = 1.0, shift: float = 0.0, autoencoder=False) -> None:
+    def __init__(
+        self, net: nn.Module, source: str, scale: float = 1.0, shift: float = 0.0, autoencoder: bool = False
+    ) -> None:
         super().__init__()
         self.net = net
         self.source = source
@@ -44,6 +45,7 @@ class Decoder(nn.Module):
         return self.net.decode(latents * self.scale + self.shift).sample
 
     def describe(self) -> dict:
+        """JSON-able description (without weights), recorded in the manifest."""
         return {"decoder": self.source, "class": type(self.net).__name__, "scale": self.scale, "shift": self.shift}
 
     def fingerprint(self) -> str:
@@ -54,8 +56,6 @@ class Decoder(nn.Module):
 
 def load_decoder(spec: str, model_spec: str, sample_shape: tuple[int, ...]) -> Decoder:
     """The decoder `spec` names (see the module docstring), checked on a batch of zero latents."""
-    from .models import users_code
-
     if not isinstance(spec, str) or not spec:
         raise BNSError("--decoder takes vae, a diffusers autoencoder folder, or package.module:factory")
     if spec == "vae":
@@ -65,17 +65,9 @@ def load_decoder(spec: str, model_spec: str, sample_shape: tuple[int, ...]) -> D
     elif Path(spec).expanduser().is_dir():
         decoder = _diffusers_autoencoder(Path(spec).expanduser(), spec)
     elif ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        with users_code(f"importing decoder module {module_name!r}"):
-            module = importlib.import_module(module_name)
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise BNSError(f"module {module_name!r} has no callable {attr!r}")
-        with users_code(f"decoder factory {spec!r}"):
-            net = factory()
-        if not isinstance(net, nn.Module):
-            raise BNSError(f"decoder factory {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
-        decoder = Decoder(net.eval(), spec)
+        from .models import call_factory
+
+        decoder = Decoder(call_factory(spec, "decoder").eval(), spec)
     else:
         raise BNSError(f"decoder {spec!r}: not a folder, not 'vae' and not package.module:factory")
     check_decoder(decoder, sample_shape)
@@ -84,22 +76,13 @@ def load_decoder(spec: str, model_spec: str, sample_shape: tuple[int, ...]) -> D
 
 def _diffusers_autoencoder(folder: Path, spec: str) -> Decoder:
     """A diffusers autoencoder saved with save_pretrained (safetensors only), with its latent scaling."""
-    from .diffusers_models import import_diffusers
+    from .diffusers_models import model_class, pretrained
 
-    diffusers = import_diffusers()
     cfg = read_json(folder / "config.json", "decoder config")
-    cls_name = cfg.get("_class_name") if isinstance(cfg, dict) else None
-    cls = getattr(diffusers, str(cls_name), None)
-    if cls is None or not (isinstance(cls, type) and issubclass(cls, nn.Module)) or not hasattr(cls, "decode"):
-        raise BNSError(f"{folder}/config.json names {cls_name!r}, not a diffusers autoencoder with decode()")
-    if not list(folder.glob("*.safetensors")):
-        raise BNSError(f"{folder} has no .safetensors weights; bns-export never unpickles .bin files")
-    try:
-        net = cls.from_pretrained(str(folder), use_safetensors=True).eval()
-    except Exception as e:
-        raise BNSError(
-            f"cannot load {cls_name} from {folder}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        ) from None
+    cls = model_class(cfg, folder)
+    if not hasattr(cls, "decode"):
+        raise BNSError(f"{folder}/config.json names {cls.__name__}, not a diffusers autoencoder with decode()")
+    net = pretrained(cls, folder)
     for part in ("encoder", "quant_conv"):  # decoding never reads them: not exported, not fingerprinted
         if isinstance(getattr(net, part, None), nn.Module):
             setattr(net, part, None)

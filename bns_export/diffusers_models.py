@@ -71,9 +71,31 @@ def import_diffusers():
     return diffusers
 
 
+def model_class(cfg, folder: Path) -> type[nn.Module]:
+    """The diffusers model class a save_pretrained config.json names (its `_class_name`)."""
+    diffusers = import_diffusers()
+    cls_name = cfg.get("_class_name") if isinstance(cfg, dict) else None
+    cls = getattr(diffusers, str(cls_name), None)
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise BNSError(f"{folder}/config.json names {cls_name!r}, not a diffusers model class")
+    return cls
+
+
+def pretrained(cls: type, folder: Path) -> nn.Module:
+    """cls.from_pretrained(folder) in eval mode, from safetensors only (nothing is unpickled)."""
+    if not list(folder.glob("*.safetensors")):
+        raise BNSError(f"{folder} has no .safetensors weights; bns-export never unpickles .bin files")
+    try:
+        return cls.from_pretrained(str(folder), use_safetensors=True).eval()
+    except Exception as e:
+        raise BNSError(
+            f"cannot load {cls.__name__} from {folder}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        ) from None
+
+
 def load_diffusers_field(path: str, opt) -> NetworkField:
     """The velocity field of a diffusers folder; options given explicitly (not None) override the configs."""
-    diffusers = import_diffusers()
+    import_diffusers()  # exit 3 before anything is read when diffusers is missing
     root = Path(path).expanduser()
     if not root.is_dir():
         raise BNSError(f"diffusers folder not found: {root}")
@@ -81,24 +103,14 @@ def load_diffusers_field(path: str, opt) -> NetworkField:
     if sub is None:
         raise BNSError(f"{root} has no unet/ or transformer/ folder with a config.json (save_pretrained layout)")
     model_cfg = read_json(sub / "config.json", "model config")
-    cls_name = model_cfg.get("_class_name") if isinstance(model_cfg, dict) else None
-    cls = getattr(diffusers, str(cls_name), None)
-    if cls is None or not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise BNSError(f"{sub}/config.json names {cls_name!r}, not a diffusers model class")
+    cls = model_class(model_cfg, sub)
     text = "cross_attention_dim" in model_cfg or "encoder_hid_dim" in model_cfg
     if text and not opt.cond_set:
         raise BNSError(
-            f"{cls_name} is conditioned on encoder_hidden_states: give --cond-set FILE.safetensors with 'cond' "
+            f"{cls.__name__} is conditioned on encoder_hidden_states: give --cond-set FILE.safetensors with 'cond' "
             "(N, L, D) prompt embeddings (and 'null', the empty prompt's)"
         )
-    if not list(sub.glob("*.safetensors")):
-        raise BNSError(f"{sub} has no .safetensors weights; bns-export never unpickles .bin files")
-    try:
-        model = cls.from_pretrained(str(sub), use_safetensors=True).eval()
-    except Exception as e:
-        raise BNSError(
-            f"cannot load {cls_name} from {sub}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        ) from None
+    model = pretrained(cls, sub)
     sched_cfg = read_json(root / "scheduler" / "scheduler_config.json", "scheduler config")
     if not isinstance(sched_cfg, dict):
         raise BNSError(f"{root}/scheduler/scheduler_config.json is not a JSON object")

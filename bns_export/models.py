@@ -152,19 +152,25 @@ def load_shipped(folder: Path) -> NetworkField:
     return field
 
 
-def _load_factory(spec: str, opt: ModelOptions) -> NetworkField:
+def call_factory(spec: str, what: str = "model") -> nn.Module:
+    """Import `package.module:factory` and call it; it must return an nn.Module (else one line, exit 2)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise BNSError(f"bad model spec {spec!r}: expected package.module:factory")
-    with users_code(f"importing model module {module_name!r}"):
+        raise BNSError(f"bad {what} spec {spec!r}: expected package.module:factory")
+    with users_code(f"importing {what} module {module_name!r}"):
         module = importlib.import_module(module_name)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise BNSError(f"module {module_name!r} has no callable {attr!r}")
-    with users_code(f"model factory {spec!r}"):
+    with users_code(f"{what} factory {spec!r}"):
         net = factory()
     if not isinstance(net, nn.Module):
-        raise BNSError(f"model factory {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
+        raise BNSError(f"{what} factory {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def _load_factory(spec: str, opt: ModelOptions) -> NetworkField:
+    net = call_factory(spec)
     if opt.shape is None:
         raise BNSError(f"model {spec!r} needs --shape (the sample shape, e.g. 1,28,28)")
     prediction, schedule, time_input = opt.prediction or "velocity", opt.schedule or "fm-ot", opt.time_input or "t"
