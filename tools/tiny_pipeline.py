@@ -28,29 +28,25 @@ def build(out: Path, seed: int = 0, text: bool = True) -> Path:
 
     out = Path(out)
     torch.manual_seed(seed)
+    common = dict(
+        sample_size=LATENT[1],
+        in_channels=LATENT[0],
+        out_channels=LATENT[0],
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+    )
     if not text:
         unet = diffusers.UNet2DModel(
-            sample_size=LATENT[1],
-            in_channels=LATENT[0],
-            out_channels=LATENT[0],
-            layers_per_block=1,
-            block_out_channels=(16, 32),
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-            norm_num_groups=8,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"), **common
         )
     else:
         unet = diffusers.UNet2DConditionModel(
-            sample_size=LATENT[1],
-            in_channels=LATENT[0],
-            out_channels=LATENT[0],
-            layers_per_block=1,
-            block_out_channels=(16, 32),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            norm_num_groups=8,
             cross_attention_dim=DIM,
             attention_head_dim=4,
+            **common,
         )
     vae = diffusers.AutoencoderKL(
         in_channels=3,
