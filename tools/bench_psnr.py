@@ -42,9 +42,11 @@ def load_sets(spec: str, args, timing: dict | None = None):
     name, w = parse_model(spec)
     field = load_model(name, guidance=w)
     t0 = time.time()
-    train, val = (
-        ground_truth(field, n, seed) for n, seed in ((args.train_pairs, TRAIN_SEED), (args.val_pairs, VAL_SEED))
-    )
+    train = val = None
+    if not getattr(args, "baselines_only", False):  # baselines need only the test pairs
+        train, val = (
+            ground_truth(field, n, seed) for n, seed in ((args.train_pairs, TRAIN_SEED), (args.val_pairs, VAL_SEED))
+        )
     if timing is not None:
         timing["gt_train_val_s"] = round(time.time() - t0, 1)
     return field, train, val, ground_truth(field, args.test_pairs, EVAL_SEED)
@@ -82,7 +84,7 @@ def bench_model(spec: str, nfes: list[int], args, out: dict, save: Callable[[], 
             "gt_seconds": round(time.time() - t0, 1),
             **timing,
             "training_s": training_seconds(name),
-            "pairs": [len(train), len(val), len(test)],
+            "pairs": [0 if s is None else len(s) for s in (train, val, test)],
             "rows": {},
         }
     )
@@ -92,6 +94,10 @@ def bench_model(spec: str, nfes: list[int], args, out: dict, save: Callable[[], 
     save()
     for nfe in nfes:
         row = {r["solver"]: r["psnr_mean"] for r in compare_baselines(field, test, nfe)}
+        if args.baselines_only:
+            out["rows"][nfe] = {**row, "_requested": True}
+            print(f"{spec} NFE {nfe}: best baseline {best_baseline(row):.2f} dB", flush=True)
+            continue
         cfg = DistillConfig(nfe=nfe, base=args.base, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr)
         solver = distill(field, train, val, cfg)
         row["BNS"] = evaluate_on(field, solver, test)["psnr_mean"]
@@ -165,6 +171,10 @@ def best_baseline(row: dict) -> float:
     return max(v for k, v in row.items() if not k.startswith("_") and k != "BNS")
 
 
+def best_name(row: dict) -> str:
+    return max((v, k) for k, v in row.items() if not k.startswith("_") and k != "BNS")[1]
+
+
 def gain(row: dict) -> float:
     return row["BNS"] - best_baseline(row)
 
@@ -173,6 +183,14 @@ def summary_lines(rows: dict[int, dict], nfes: list[int], res: dict | None = Non
     """The table's closing rows: gains, the "BNS at n vs best baseline at 2n" target, cost, init."""
     res = res or {}
     gt_s, train_s = res.get("gt_train_val_s"), res.get("training_s")
+    if not all("BNS" in rows[n] for n in nfes):  # a baselines-only run
+        cells = {
+            "best baseline at n": [f"{best_baseline(rows[n]):.2f} ({best_name(rows[n])})" for n in nfes],
+            "best baseline at 2n NFE": [
+                f"{best_baseline(rows[2 * n]):.2f} ({best_name(rows[2 * n])})" if 2 * n in rows else "n/a" for n in nfes
+            ],
+        }
+        return [f"| {label} | " + " | ".join(c) + " |" for label, c in cells.items()] + [""]
     cells = {
         "BNS gain over best baseline": [f"{gain(rows[n]):+.2f}" for n in nfes],
         "best baseline at 2n NFE": [f"{best_baseline(rows[2 * n]):.2f}" if 2 * n in rows else "n/a" for n in nfes],
@@ -194,18 +212,25 @@ def summary_lines(rows: dict[int, dict], nfes: list[int], res: dict | None = Non
 
 def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: dict) -> str:
     lines = [
-        f"## PSNR vs NFE: {', '.join(args.models)}, at most {args.iterations} iterations\n",
+        f"## PSNR vs NFE: {', '.join(args.models)}, "
+        + ("baselines only\n" if args.baselines_only else f"at most {args.iterations} iterations\n"),
         f"Command: `{run['command']}` (commit {run.get('commit', '?')}).  Machine: {run.get('machine', '?')}.\n",
         f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
-        f"dopri5 solution (rtol = atol = 1e-5). BNS: {args.train_pairs} train / {args.val_pairs} validation "
-        f"pairs, batch {args.batch_size}, at most {args.iterations} Adam iterations (learning rate {args.lr:g}), "
-        f"initialised from `{args.base}`. Wall times are "
-        f"as measured on this machine, which may have run other jobs at the same time.\n",
+        f"dopri5 solution (rtol = atol = 1e-5). "
+        + (
+            "Baselines only (no distillation): the best classic table at n and at 2n NFE.\n"
+            if args.baselines_only
+            else f"BNS: {args.train_pairs} train / {args.val_pairs} validation "
+            f"pairs, batch {args.batch_size}, at most {args.iterations} Adam iterations (learning rate {args.lr:g}), "
+            f"initialised from `{args.base}`. Wall times are "
+            f"as measured on this machine, which may have run other jobs at the same time.\n"
+        ),
         "![PSNR vs NFE](psnr_vs_nfe.png)\n",
     ]
     for res in results:
-        nfes = [n for n in res["rows"] if "BNS" in res["rows"][n]]
-        solvers = ["BNS"] + [s for s in COMPARE if any(s in r for r in res["rows"].values())]
+        nfes = [n for n in res["rows"] if "BNS" in res["rows"][n] or res["rows"][n].get("_requested")]
+        has_bns = any("BNS" in r for r in res["rows"].values())
+        solvers = ["BNS"] * has_bns + [s for s in COMPARE if any(s in r for r in res["rows"].values())]
         lines.append(
             f"### {res['model']}, guidance {res['guidance']:g} (ground truth: {res['gt_nfe_mean']:.0f} NFE mean)\n"
         )
@@ -251,6 +276,7 @@ def main() -> None:
     ap.add_argument("--val-pairs", type=int, default=1024)
     ap.add_argument("--ceiling-pairs", type=int, default=64, help="test pairs for the GT ceiling (0: skip)")
     ap.add_argument("--test-pairs", type=int, default=256)
+    ap.add_argument("--baselines-only", action="store_true", help="no distillation: the baselines at n and 2n")
     ap.add_argument("--ablation", default=None, help="model for the ablation runs (at NFE 8)")
     ap.add_argument("--ablation-iterations", type=int, default=None, help="budget of each ablation run")
     ap.add_argument("--section", default="psnr", help="docs/benchmarks.md section to write")
