@@ -47,7 +47,7 @@ def load_sets(spec: str, args, timing: dict | None = None):
         train, val = (
             ground_truth(field, n, seed) for n, seed in ((args.train_pairs, TRAIN_SEED), (args.val_pairs, VAL_SEED))
         )
-    if timing is not None:
+    if timing is not None and train is not None:
         timing["gt_train_val_s"] = round(time.time() - t0, 1)
     return field, train, val, ground_truth(field, args.test_pairs, EVAL_SEED)
 
@@ -243,6 +243,8 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: d
                     f"train + validation GT took {res['gt_train_val_s']:.0f} s"
                     if res.get("gt_train_val_s")
                     else "train + validation GT came from the cache (its cost is not in this run)"
+                    if "gt_train_val_s" in res
+                    else "no train + validation GT (baselines only)"
                 )
                 + (f"; the model trained in {res['training_s']:.0f} s" if res.get("training_s") else "")
                 + ".\n"
