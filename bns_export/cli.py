@@ -484,12 +484,13 @@ def sample_cmd(
         shown = samples if images is None else images
         write_png(out_path, grid(shown, scale=max(1, 64 // shown.shape[-1]) if shown.ndim == 4 else 1))
     else:
+        tensor_cond = labels is not None and labels.is_floating_point()  # conditions drawn from --cond-set
         write_npz(
             out_path,
             noise=noise.float().numpy(),
             samples=samples,
-            labels=None if labels is None or labels.is_floating_point() else labels.numpy(),
-            cond=labels.float().numpy() if labels is not None and labels.is_floating_point() else None,
+            labels=None if labels is None or tensor_cond else labels.numpy(),
+            cond=labels.float().numpy() if tensor_cond else None,
             images=images,
         )
     click.echo(f"wrote {n_samples} samples to {out_path} ({ns.name}, {ns.nfe} NFE)")

@@ -116,40 +116,33 @@ class DiffusersEps(nn.Module):
         return self.unet(x, t, encoder_hidden_states=self.context.expand(x.shape[0], -1, -1)).sample
 
 
-def diffusers_unet(channels: tuple[int, int] = (32, 64), groups: int = 8, **kw):
-    """A small random-weight diffusers UNet2DModel on 1x8x8 with self-attention in its second level."""
+def _small_unet(cls_name: str, channels: tuple[int, int], groups: int, attention: str, **kw):
+    """A seeded random-weight diffusers UNet on 1x8x8, two levels, `attention` blocks in the second."""
     import diffusers
 
     torch.manual_seed(0)
-    return diffusers.UNet2DModel(
+    return getattr(diffusers, cls_name)(
         sample_size=8,
         in_channels=1,
         out_channels=1,
         layers_per_block=1,
         block_out_channels=channels,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        down_block_types=("DownBlock2D", f"{attention}DownBlock2D"),
+        up_block_types=(f"{attention}UpBlock2D", "UpBlock2D"),
         norm_num_groups=groups,
         **kw,
     )
 
 
+def diffusers_unet(channels: tuple[int, int] = (32, 64), groups: int = 8, **kw):
+    """A small random-weight diffusers UNet2DModel on 1x8x8 with self-attention in its second level."""
+    return _small_unet("UNet2DModel", channels, groups, "Attn", **kw)
+
+
 def diffusers_text_unet(channels: tuple[int, int] = (32, 64), groups: int = 8, context_dim: int = 32, heads: int = 8):
     """A small random-weight diffusers UNet2DConditionModel on 1x8x8 with cross-attention to (L, context_dim)."""
-    import diffusers
-
-    torch.manual_seed(0)
-    return diffusers.UNet2DConditionModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=channels,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=groups,
-        cross_attention_dim=context_dim,
-        attention_head_dim=heads,
+    return _small_unet(
+        "UNet2DConditionModel", channels, groups, "CrossAttn", cross_attention_dim=context_dim, attention_head_dim=heads
     )
 
 

@@ -23,7 +23,7 @@ from ..fields import GuidedField, NetworkField
 from ..models import ModelOptions, load_model
 from ..runtime.artifact import staging_dir, write_manifest
 from ..solvers import resolve_solver
-from .unroll import UnrolledSampler
+from .unroll import OUTPUTS, UnrolledSampler
 
 
 def library_versions() -> dict:
@@ -68,12 +68,12 @@ def io_specs(field, max_batch: int, decoder=None) -> tuple[list[dict], list[dict
                 "note": f"0..{field.num_classes - 1}, or -1 for unconditional",
             }
         )
-    outputs = [{"name": "sample", "dtype": "float32", "shape": shape}]
+    outputs = [{"name": OUTPUTS[0], "dtype": "float32", "shape": shape}]
     if decoder is not None:
         outputs[0]["note"] = "the latents"
         outputs.append(
             {
-                "name": "image",
+                "name": OUTPUTS[1],
                 "dtype": "float32",
                 "shape": ["batch", *decoder.image_shape],
                 "note": f"the decoded image ({decoder.source}), in the decoder's range (diffusers: [-1, 1])",
@@ -106,9 +106,7 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
         labels[-1] = -1
         tensors["labels"] = labels
     device = next(iter(reference.buffers())).device
-    with torch.no_grad():
-        out = reference(noise.to(device), None if labels is None else labels.to(device))
-    outputs = dict(zip(("sample", "image"), out if isinstance(out, tuple) else (out,)))
+    outputs = reference.named(noise.to(device), None if labels is None else labels.to(device))
     inputs = sorted(tensors)
     tensors.update({k: v.float().cpu().contiguous() for k, v in outputs.items()})
     save_file(tensors, str(folder / CONFORMANCE_FILE), metadata={"schema": "bns-export/conformance", "version": "1"})
@@ -215,9 +213,7 @@ def compile_artifact(
         "versions": library_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    request = replace(
-        request, metadata={k: manifest[k] for k in GRAPH_METADATA}, output_names=tuple(o["name"] for o in outputs)
-    )
+    request = replace(request, metadata={k: manifest[k] for k in GRAPH_METADATA}, output_names=sampler.output_names)
     with staging_dir(Path(out)) as tmp:
         ns.save(tmp / "solver.json")
         manifest.update(backend.export(sampler, request, tmp, log))

@@ -59,9 +59,7 @@ class EagerRunner(Runner):
     def infer(self, noise, labels) -> dict:
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
         lab = None if labels is None else self.condition_tensor(labels, self.device)
-        with torch.no_grad():
-            out = self.sampler(x, lab)
-        return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,)))
+        return self.sampler.named(x, lab)
 
 
 def default_device(manifest: dict) -> str:

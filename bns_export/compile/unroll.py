@@ -14,6 +14,9 @@ from ..devices import device_of
 from ..solvers.sampler import ns_sample, solver_tensors
 from ..solvers.table import NSSolver
 
+#: output names: the sample (latents for a latent model), then the decoded image when a decoder is appended
+OUTPUTS = ("sample", "image")
+
 
 class UnrolledSampler(nn.Module):
     """forward(noise[, labels]) -> sample, or (sample, decoder(sample)) with a decoder, for a (guided)
@@ -33,6 +36,17 @@ class UnrolledSampler(nn.Module):
         self.register_buffer("a", a, persistent=False)
         self.register_buffer("b", b, persistent=False)
 
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The graph's outputs: ("sample",), or ("sample", "image") with a decoder."""
+        return OUTPUTS if self.decoder is not None else OUTPUTS[:1]
+
     def forward(self, noise: Tensor, labels: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         x = ns_sample(self.field, self.t, self.a, self.b, noise * self.init_scale, labels)
         return x if self.decoder is None else (x, self.decoder(x))
+
+    def named(self, noise: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
+        """forward's outputs by name (no gradients): what runners and conformance files hold."""
+        with torch.no_grad():
+            out = self(noise, labels)
+        return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,)))
