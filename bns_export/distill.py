@@ -37,9 +37,16 @@ from .solvers.table import NSSolver
 
 
 class BNSParams(nn.Module):
-    """Trainable (t, a, b) of an n-NFE NS solver, initialised from a base solver's table."""
+    """Trainable (t, a, b) of an n-NFE NS solver, initialised from a base solver's table.
 
-    def __init__(self, init: NSSolver) -> None:
+    Times: `time_param="t"` spaces them by softmax fractions of [t_lo, t_end] (method.md 3);
+    `"logsnr"` by fractions of the log-SNR range, mapped back through a dense monotone table of the
+    schedule.  Coefficients: `coef_scale="step"` learns b_ij / h_j, with h_j the init's j-th step
+    length, so one Adam learning rate moves every b by the same relative amount (b scales like dt;
+    measured on digits NFE 8: +1.9 dB, docs/benchmarks.md); `"none"` learns b itself.
+    """
+
+    def __init__(self, init: NSSolver, time_param: str = "t", coef_scale: str = "step", schedule=None) -> None:
         super().__init__()
         n = init.nfe
         self.t_lo, self.t_end = float(init.t[0]), float(init.t_end)
@@ -49,22 +56,66 @@ class BNSParams(nn.Module):
                 f"base solver {init.name} repeats a time; BNS needs strictly increasing times "
                 "(use midpoint, euler, ab2, ddim or dpm++2m as base)"
             )
-        span = self.t_end - self.t_lo
-        self.logits = nn.Parameter(torch.log(torch.as_tensor(inc / span, dtype=torch.float64)))
+        self.warp = _LogSNRWarp(schedule, self.t_lo, self.t_end) if time_param == "logsnr" else None
+        if self.warp is not None:
+            lam = self.warp.lam_of(init.t[1:])
+            inc_w = np.diff(np.concatenate([[self.warp.lo], lam, [self.warp.hi]]))
+            if np.any(inc_w <= 0):
+                raise BNSError(f"base solver {init.name} has a time outside the finite log-SNR range")
+            self.logits = nn.Parameter(torch.log(torch.as_tensor(inc_w / (self.warp.hi - self.warp.lo))))
+        else:
+            self.logits = nn.Parameter(torch.log(torch.as_tensor(inc / (self.t_end - self.t_lo), dtype=torch.float64)))
+        h = torch.as_tensor(inc, dtype=torch.float64) if coef_scale == "step" else torch.ones(n, dtype=torch.float64)
+        self.register_buffer("b_scale", h.reshape(1, n).expand(n, n).clone())
         self.a = nn.Parameter(torch.as_tensor(init.a, dtype=torch.float64))
-        self.b = nn.Parameter(torch.as_tensor(init.b, dtype=torch.float64))
+        self.b = nn.Parameter(torch.as_tensor(init.b, dtype=torch.float64) / self.b_scale)
         self.register_buffer("mask", torch.tril(torch.ones(n, n, dtype=torch.float64)))
 
     def tables(self, dtype: torch.dtype = torch.float64, device=None) -> tuple[Tensor, Tensor, Tensor]:
         """(t, a, b) in the sampling dtype on the sampling device (differentiable)."""
-        w = torch.softmax(self.logits, 0)
-        cum = torch.cumsum(w, 0)[:-1]
-        t = self.t_lo + (self.t_end - self.t_lo) * torch.cat([cum.new_zeros(1), cum])
-        return tuple(v.to(dtype=dtype, device=device) for v in (t, self.a, self.b * self.mask))
+        cum = torch.cumsum(torch.softmax(self.logits, 0), 0)[:-1]
+        if self.warp is not None:
+            inner = self.warp.t_of(self.warp.lo + (self.warp.hi - self.warp.lo) * cum)
+        else:
+            inner = self.t_lo + (self.t_end - self.t_lo) * cum
+        t = torch.cat([inner.new_full((1,), self.t_lo), inner])
+        return tuple(v.to(dtype=dtype, device=device) for v in (t, self.a, self.b * self.b_scale * self.mask))
 
     def solver(self, name: str = "bns", **meta) -> NSSolver:
         t, a, b = (v.detach().cpu().numpy() for v in self.tables())
         return NSSolver(t, a, b, self.t_end, name=name, meta=meta)
+
+
+class _LogSNRWarp:
+    """t as a function of log-SNR lambda on [t_lo, t_end]: piecewise-linear on a dense grid of t
+    (2^16 + 1 points; differentiable in lambda), restricted to where lambda is finite."""
+
+    def __init__(self, schedule, t_lo: float, t_end: float, points: int = 65537) -> None:
+        if schedule is None:
+            raise BNSError("time_param='logsnr' needs the field's schedule")
+        t = torch.linspace(t_lo, t_end, points, dtype=torch.float64)
+        with torch.no_grad():
+            lam = schedule.log_snr(t)
+        keep = torch.isfinite(lam)
+        self.t, self.lam = t[keep], torch.cummax(lam[keep], 0).values  # monotone for searchsorted
+        if self.lam.numel() < 2 or not bool((torch.diff(self.lam) > 0).all()):
+            raise BNSError("time_param='logsnr' needs a strictly increasing log-SNR on the interval")
+        self.lo, self.hi = float(self.lam[0]), float(self.lam[-1])
+
+    def lam_of(self, t: np.ndarray) -> np.ndarray:
+        """log-SNR of times by the same table (so t_of(lam_of(t)) == t at the init)."""
+        return np.interp(t, self.t.numpy(), self.lam.numpy())
+
+    def t_of(self, lam: Tensor) -> Tensor:
+        tab_lam, tab_t = self.lam.to(lam.device), self.t.to(lam.device)
+        lam = lam.clamp(self.lo, self.hi)
+        k = torch.searchsorted(tab_lam, lam.detach()).clamp(1, tab_lam.numel() - 1)
+        l0, l1, t0, t1 = tab_lam[k - 1], tab_lam[k], tab_t[k - 1], tab_t[k]
+        return t0 + (t1 - t0) * (lam - l0) / (l1 - l0)
+
+
+#: the distillation options that are one of a few names, checked once in DistillConfig
+CHOICES = {"learn": ("all", "times"), "time_param": ("t", "logsnr"), "coef_scale": ("step", "none")}
 
 
 @dataclass
@@ -78,13 +129,17 @@ class DistillConfig:
     precondition: float | None = None  # sigma_0
     iterations: int = 2000
     batch_size: int = 128
-    lr: float = 3e-3  # measured: +2.0 dB over 1e-3 on digits NFE 8 (400 it.), +0.5 dB on mnist w=3 (50 it.)
+    # measured with coef_scale="step" (docs/benchmarks.md): best on the analytic fields; digits NFE 8 gains at 3e-2, the
+    # analytic fields lose 3-12 dB there, so the safe value is the default and --lr the per-model knob
+    lr: float = 3e-3
     val_every: int = 25
     # validations without improvement before the learning rate is halved; 12 measured better than 4 (analytic:gmm
     # NFE 16: 78.95 vs 73.18 dB; analytic:points NFE 12: 81.85 vs 73.76 dB; tools/ablate_distill.py)
     patience: int = 12
     max_decays: int = 5  # halvings before early stopping
     learn: str = "all"  # "all": times, a and b; "times": times only (a, b stay the base solver's), an ablation
+    time_param: str = "t"  # "t" or "logsnr": the variable whose range the learned time fractions split
+    coef_scale: str = "step"  # "step": b learned relative to the init's step lengths; "none": b itself
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,6 +150,9 @@ class DistillConfig:
         number(self.lr, "lr", 0, 10, lo_open=True)
         if self.precondition is not None:
             number(self.precondition, "precondition", 0, 100, lo_open=True)
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise BNSError(f"unknown {key}={getattr(self, key)!r}: use one of {', '.join(allowed)}")
 
     def base_solver(self) -> str:
         """The single base solver of a non-auto config."""
@@ -218,9 +276,7 @@ def distill(
     if cfg.batch_size < world.size:
         raise BNSError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes")
     init, init_val = initial_solver(field, cfg, val, world)
-    params = BNSParams(init).to(device)
-    if cfg.learn not in ("all", "times"):
-        raise BNSError(f"unknown learn={cfg.learn!r}: use 'all' or 'times'")
+    params = BNSParams(init, cfg.time_param, cfg.coef_scale, field.schedule).to(device)
     if cfg.learn == "times":
         params.a.requires_grad_(False)
         params.b.requires_grad_(False)

@@ -84,3 +84,46 @@ def test_auto_base_picks_the_best_baseline_on_validation(gmm_sets):
     scores = {b: evaluate_on(f, baseline(b, 6, f.schedule, 0.0, 1.0), val)["psnr_mean"] for b in AUTO_BASES}
     assert solver.meta["base_solver"].split(":")[0] == max(scores, key=scores.get).split(":")[0]
     assert psnr == pytest.approx(max(scores.values()))
+
+
+@pytest.mark.parametrize("time_param", ["t", "logsnr"])
+@pytest.mark.parametrize("coef_scale", ["step", "none"])
+def test_parametrisations_start_at_the_base_table(time_param, coef_scale):
+    from bns_export.distill import BNSParams
+
+    sched = VPLinear()
+    init = baseline("unipc", 8, sched, 0.0, 0.999)
+    t, a, b = (v.detach().numpy() for v in BNSParams(init, time_param, coef_scale, sched).tables())
+    np.testing.assert_allclose(t, init.t, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(b, init.b, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(a, init.a)
+
+
+def test_logsnr_times_stay_increasing_and_in_the_interval():
+    from bns_export.distill import BNSParams
+
+    sched = VPLinear()
+    p = BNSParams(baseline("ddim", 6, sched, 0.0, 0.999), "logsnr", "step", sched)
+    with torch.no_grad():
+        p.logits.copy_(torch.tensor([-30.0, 5.0, -30.0, 0.0, 3.0, -30.0], dtype=torch.float64))
+    t = p.tables()[0]
+    assert t[0] == 0.0 and torch.all(torch.diff(t) > 0) and float(t[-1]) <= 0.999
+    p.tables()[0].sum().backward()
+    assert torch.isfinite(p.logits.grad).all() and p.logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("key", ["learn", "time_param", "coef_scale"])
+def test_unknown_choice_is_one_error(key):
+    from bns_export.errors import BNSError
+
+    with pytest.raises(BNSError, match=key):
+        DistillConfig(**{key: "sideways"})
+
+
+def test_cli_defaults_are_the_config_defaults():
+    from bns_export.cli import distill_cmd
+
+    defaults = {p.name: p.default for p in distill_cmd.params}
+    cfg = DistillConfig()
+    for key in ("iterations", "batch_size", "lr", "val_every", "base"):
+        assert defaults[key] == getattr(cfg, key), key

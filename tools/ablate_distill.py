@@ -5,8 +5,9 @@ prints one JSON line per run (test PSNR, iterations run, best iteration, wall ti
     python tools/ablate_distill.py digits 8 --set recipe --section ablation-recipe-digits
 
 `--set recipe` varies one thing at a time from the default recipe: iterations, batch, learning rate
-and its schedule (plateau halvings), the initialisation, preconditioning sigma_0 and what is
-learned; `--section NAME` also writes the table into docs/benchmarks.md.
+and its schedule (plateau halvings), the initialisation, preconditioning sigma_0, the time
+parametrisation, the coefficient scaling and what is learned; `--section NAME` also writes the table
+into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -31,19 +32,23 @@ RUN_SETS = {
         ("batch 256, patience 12", dict(batch_size=256, patience=12)),
     ],
     "recipe": [
-        ("default (auto init, 2000 it., batch 128, lr 3e-3, patience 12)", {}),
+        ("default (auto init, 2000 it., batch 128, lr 3e-3, b per step length, times in t)", {}),
+        ("b unscaled (the previous default)", dict(coef_scale="none")),
         ("iterations 4000", dict(iterations=4000)),
-        ("iterations 500", dict(iterations=500)),
         ("batch 64", dict(batch_size=64)),
-        ("batch 256", dict(batch_size=256)),
-        ("lr 1e-3", dict(lr=1e-3)),
         ("lr 1e-2", dict(lr=1e-2)),
+        ("lr 3e-2", dict(lr=3e-2)),
+        ("lr 3e-2, b unscaled", dict(lr=3e-2, coef_scale="none")),
         ("lr constant (no plateau halvings)", dict(max_decays=0, patience=10_000)),
         ("init midpoint (the paper's)", dict(base="midpoint")),
-        ("init dpm++2m", dict(base="dpm++2m")),
-        ("sigma_0 = 2", dict(precondition=2.0)),
-        ("sigma_0 = 5", dict(precondition=5.0)),
+        ("times in log-SNR", dict(time_param="logsnr")),
         ("times only (a, b from the init)", dict(learn="times")),
+    ],
+    "scale": [
+        ("b unscaled, lr 3e-3 (the previous default)", dict(coef_scale="none")),
+        ("b per step length, lr 3e-3 (the default)", {}),
+        ("b per step length, lr 1e-2", dict(lr=1e-2)),
+        ("b per step length, lr 3e-2", dict(lr=3e-2)),
     ],
 }
 
