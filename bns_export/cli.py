@@ -120,12 +120,9 @@ decoder_option = click.option(
 def gt_options(fn):
     """--rtol, --atol and --cache-dir of the ground truth."""
     fn = click.option("--cache-dir", default=None, help="Ground-truth cache (default ~/.cache/bns-export/gt).")(fn)
-    fn = click.option(
-        "--atol", type=Number(1e-12, 0.1), default=1e-5, show_default=True, help="Ground-truth dopri5 atol."
-    )(fn)
-    return click.option(
-        "--rtol", type=Number(1e-10, 0.1), default=1e-5, show_default=True, help="Ground-truth dopri5 rtol."
-    )(fn)
+    dflt = "[default: the model's, 1e-5 unless its config.json sets gt_tolerance]"
+    fn = click.option("--atol", type=Number(1e-12, 0.1), default=None, help=f"Ground-truth dopri5 atol. {dflt}")(fn)
+    return click.option("--rtol", type=Number(1e-10, 0.1), default=None, help=f"Ground-truth dopri5 rtol. {dflt}")(fn)
 
 
 def device_option(fn):

@@ -137,6 +137,7 @@ class DistillConfig:
     # NFE 16: 78.95 vs 73.18 dB; analytic:points NFE 12: 81.85 vs 73.76 dB; tools/ablate_distill.py)
     patience: int = 12
     max_decays: int = 5  # halvings before early stopping
+    warmup: int = 0  # iterations of linear learning-rate ramp at the start and after every restart
     learn: str = "all"  # "all": times, a and b; "times": times only (a, b stay the base solver's), an ablation
     time_param: str = "t"  # "t" or "logsnr": the variable whose range the learned time fractions split
     coef_scale: str = "step"  # "step": b learned relative to the init's step lengths; "none": b itself
@@ -144,6 +145,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         integer(self.nfe, "nfe", 1, 64)
+        integer(self.warmup, "warmup", 0, 10_000_000)
         for key in ("iterations", "batch_size", "val_every", "patience"):
             integer(getattr(self, key), key, 1, 10_000_000)
         integer(self.max_decays, "max_decays", 0, 100)
@@ -296,6 +298,7 @@ def distill(
         "best_iter": 0,
         "stale": 0,
         "decays": 0,
+        "since_restart": 0,
         "train_psnr": None,
         "elapsed": 0.0,
     }
@@ -309,7 +312,8 @@ def distill(
     while state["iteration"] < cfg.iterations and state["decays"] <= cfg.max_decays:
         it = state["iteration"]
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * 0.5 ** state["decays"]
+            ramp = min(1.0, (state.get("since_restart", 0) + 1) / cfg.warmup) if cfg.warmup else 1.0
+            group["lr"] = cfg.lr * 0.5 ** state["decays"] * ramp
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
         batch = torch.randperm(n_train, generator=g)[: cfg.batch_size]
         idx = batch[world.rank :: world.size].to(device)  # this rank's share of the one seeded batch
@@ -323,6 +327,7 @@ def distill(
         all_sum_grads(world, trained)
         opt.step()
         state["iteration"] = it + 1
+        state["since_restart"] = state.get("since_restart", 0) + 1
         mean_loss = world.all_sum(loss.detach()).item()
         if not math.isfinite(mean_loss):
             raise BNSError(
@@ -338,7 +343,7 @@ def distill(
                 state["stale"] += 1
                 if state["stale"] >= cfg.patience:
                     # plateau: restart from the best solver at half the step size
-                    state.update(stale=0, decays=state["decays"] + 1)
+                    state.update(stale=0, decays=state["decays"] + 1, since_restart=0)
                     params.load_state_dict(best)
                     opt.state.clear()
             state["elapsed"] = elapsed0 + time.time() - started

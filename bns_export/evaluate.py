@@ -44,8 +44,8 @@ def evaluate(
     solver: NSSolver,
     n_samples: int = 256,
     seed: int = EVAL_SEED,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     cache_dir: str | None = None,
 ) -> dict:
     """PSNR of `solver` against the dopri5 ground truth of `n_samples` seeded noises."""

@@ -138,8 +138,8 @@ def ground_truth(
     field,
     n: int,
     seed: int,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     dtype: torch.dtype | None = None,
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 256,
@@ -147,6 +147,8 @@ def ground_truth(
     world: World = SINGLE,
 ) -> GTSet:
     """Solve n seeded pairs to x(t_hi) with dopri5 on the field's device, in batches.
+
+    rtol / atol default to the field's `gt_tolerance` (1e-5 unless the model sets a tighter one).
 
     The noise is drawn on the CPU (the same pairs on every device); the cache holds CPU tensors
     under a device-independent key; the returned set lives on the field's device.  Under torchrun
@@ -157,7 +159,8 @@ def ground_truth(
 
     n = integer(n, "number of pairs", 1, 10_000_000)
     seed = integer(seed, "seed", 0, 2**63 - 1)
-    rtol, atol = number(rtol, "rtol", 1e-10, 0.1), number(atol, "atol", 1e-12, 0.1)
+    rtol = number(field.gt_tolerance if rtol is None else rtol, "rtol", 1e-10, 0.1)
+    atol = number(field.gt_tolerance if atol is None else atol, "atol", 1e-12, 0.1)
     dtype = dtype or field.default_dtype
     device = device_of(field)
     key = gt_key(field, n, seed, rtol, atol, dtype)

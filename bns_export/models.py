@@ -148,6 +148,8 @@ def load_shipped(folder: Path) -> NetworkField:
         cond_set=cond,
         null_cond=null,
     )
+    if "gt_tolerance" in cfg:
+        field.gt_tolerance = number(cfg["gt_tolerance"], f"{folder.name} config gt_tolerance", 1e-10, 0.1)
     check_network(field)
     return field
 

@@ -52,13 +52,14 @@ def load_sets(spec: str, args, timing: dict | None = None):
     return field, train, val, ground_truth(field, args.test_pairs, EVAL_SEED)
 
 
-def ceiling(field, test, n: int, tight: float = 1e-8) -> dict:
-    """The ruler (issue 12, part 4): PSNR of the first n test GT samples against a rtol = atol = `tight` solve."""
-    from gt_ceiling import solve
+def ceiling(field, test, n: int) -> dict:
+    """The ruler (issue 12, part 4): PSNR of the first n test GT samples against a tighter solve (reference_tol)."""
+    from gt_ceiling import reference_tol, solve
 
     from bns_export.metrics import psnr_per_sample
 
     labels = None if test.labels is None else test.labels[:n]
+    tight = reference_tol(field.gt_tolerance)
     x_tight, nfe, _ = solve(field, test.noise[:n].to(field.default_dtype), labels, tight)
     p = psnr_per_sample(test.x1[:n], x_tight)
     return {"ceiling_mean": float(p.mean()), "ceiling_min": float(p.min()), "ceiling_pairs": n, "ceiling_tol": tight}
@@ -81,6 +82,7 @@ def bench_model(spec: str, nfes: list[int], args, out: dict, save: Callable[[], 
             "model": name,
             "guidance": w,
             "gt_nfe_mean": test.nfe_mean,
+            "gt_tolerance": field.gt_tolerance,
             "gt_seconds": round(time.time() - t0, 1),
             **timing,
             "training_s": training_seconds(name),
@@ -216,7 +218,7 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: d
         + ("baselines only\n" if args.baselines_only else f"at most {args.iterations} iterations\n"),
         f"Command: `{run['command']}` (commit {run.get('commit', '?')}).  Machine: {run.get('machine', '?')}.\n",
         f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
-        f"dopri5 solution (rtol = atol = 1e-5). "
+        "dopri5 solution (rtol = atol = the model's ground-truth tolerance, 1e-5 unless said below). "
         + (
             "Baselines only (no distillation): the best classic table at n and at 2n NFE.\n"
             if args.baselines_only
@@ -232,7 +234,8 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: d
         has_bns = any("BNS" in r for r in res["rows"].values())
         solvers = ["BNS"] * has_bns + [s for s in COMPARE if any(s in r for r in res["rows"].values())]
         lines.append(
-            f"### {res['model']}, guidance {res['guidance']:g} (ground truth: {res['gt_nfe_mean']:.0f} NFE mean)\n"
+            f"### {res['model']}, guidance {res['guidance']:g} (ground truth: rtol = atol = "
+            f"{res.get('gt_tolerance', 1e-5):g}, {res['gt_nfe_mean']:.0f} NFE mean)\n"
         )
         if "ceiling_mean" in res:
             lines.append(
