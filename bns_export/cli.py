@@ -330,7 +330,14 @@ def eval_cmd(
 )
 @click.option("--iterations", type=Integer(1, 10_000_000), default=2000, show_default=True)
 @click.option("--batch-size", type=Integer(1, 1_000_000), default=128, show_default=True)
-@click.option("--lr", type=Number(0, 10, lo_open=True), default=3e-3, show_default=True, help="Adam learning rate.")
+@click.option("--lr", type=Number(0, 10, lo_open=True), default=3e-2, show_default=True, help="Adam learning rate.")
+@click.option(
+    "--warmup",
+    type=Integer(0, 10_000_000),
+    default=100,
+    show_default=True,
+    help="Iterations of linear learning-rate ramp, at the start and after every plateau restart.",
+)
 @click.option("--train-pairs", type=Integer(1, 10_000_000), default=520, show_default=True)
 @click.option("--val-pairs", type=Integer(1, 10_000_000), default=1024, show_default=True)
 @click.option("--val-every", type=Integer(1, 10_000_000), default=25, show_default=True)
@@ -350,6 +357,7 @@ def distill_cmd(
     iterations,
     batch_size,
     lr,
+    warmup,
     train_pairs,
     val_pairs,
     val_every,
@@ -383,6 +391,7 @@ def distill_cmd(
         iterations=iterations,
         batch_size=batch_size,
         lr=lr,
+        warmup=warmup,
         val_every=val_every,
     )
     train = _ground_truth(field, train_pairs, TRAIN_SEED, rtol, atol, cache_dir, "ground truth (train)", world)

@@ -125,5 +125,5 @@ def test_cli_defaults_are_the_config_defaults():
 
     defaults = {p.name: p.default for p in distill_cmd.params}
     cfg = DistillConfig()
-    for key in ("iterations", "batch_size", "lr", "val_every", "base"):
+    for key in ("iterations", "batch_size", "lr", "warmup", "val_every", "base"):
         assert defaults[key] == getattr(cfg, key), key

@@ -23,32 +23,47 @@ from bns_export.evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on
 from bns_export.groundtruth import ground_truth
 from bns_export.models import load_model
 
+OLD = dict(lr=3e-3, warmup=0)  # the learning rate and warmup of the default recipe before the warmup runs
 RUN_SETS = {
+    # measured with the recipe of its time: b unscaled, lr 3e-3, no warmup
     "patience": [
-        ("patience 4 (the old default)", dict(patience=4)),
-        ("patience 12 (the default)", dict(patience=12)),
-        ("patience 12, 10 halvings", dict(patience=12, max_decays=10)),
-        ("lr 1e-3, patience 12", dict(lr=1e-3, patience=12)),
-        ("batch 256, patience 12", dict(batch_size=256, patience=12)),
+        (label, {"coef_scale": "none", **OLD, **kw})
+        for label, kw in [
+            ("patience 4 (the old default)", dict(patience=4)),
+            ("patience 12 (the default)", dict(patience=12)),
+            ("patience 12, 10 halvings", dict(patience=12, max_decays=10)),
+            ("lr 1e-3, patience 12", dict(lr=1e-3, patience=12)),
+            ("batch 256, patience 12", dict(batch_size=256, patience=12)),
+        ]
     ],
+    # measured before the warmup runs, when the default was lr 3e-3 without warmup: every row states both
     "recipe": [
-        ("default (auto init, 2000 it., batch 128, lr 3e-3, b per step length, times in t)", {}),
-        ("b unscaled (the previous default)", dict(coef_scale="none")),
-        ("iterations 4000", dict(iterations=4000)),
-        ("batch 64", dict(batch_size=64)),
-        ("lr 1e-2", dict(lr=1e-2)),
-        ("lr 3e-2", dict(lr=3e-2)),
-        ("lr 3e-2, b unscaled", dict(lr=3e-2, coef_scale="none")),
-        ("lr constant (no plateau halvings)", dict(max_decays=0, patience=10_000)),
-        ("init midpoint (the paper's)", dict(base="midpoint")),
-        ("times in log-SNR", dict(time_param="logsnr")),
-        ("times only (a, b from the init)", dict(learn="times")),
+        (label, {**OLD, **kw})
+        for label, kw in [
+            ("lr 3e-3, no warmup (auto init, 2000 it., batch 128, b per step length, times in t)", {}),
+            ("b unscaled (the default before these runs)", dict(coef_scale="none")),
+            ("iterations 4000", dict(iterations=4000)),
+            ("batch 64", dict(batch_size=64)),
+            ("lr 1e-2", dict(lr=1e-2)),
+            ("lr 3e-2", dict(lr=3e-2)),
+            ("lr 3e-2, b unscaled", dict(lr=3e-2, coef_scale="none")),
+            ("lr constant (no plateau halvings)", dict(max_decays=0, patience=10_000)),
+            ("init midpoint (the paper's)", dict(base="midpoint")),
+            ("times in log-SNR", dict(time_param="logsnr")),
+            ("times only (a, b from the init)", dict(learn="times")),
+        ]
     ],
     "scale": [
-        ("b unscaled, lr 3e-3 (the previous default)", dict(coef_scale="none")),
-        ("b per step length, lr 3e-3 (the default)", {}),
-        ("b per step length, lr 1e-2", dict(lr=1e-2)),
-        ("b per step length, lr 3e-2", dict(lr=3e-2)),
+        ("b unscaled, lr 3e-3 (the default before these runs)", dict(coef_scale="none", **OLD)),
+        ("b per step length, lr 3e-3", OLD),
+        ("b per step length, lr 1e-2", dict(lr=1e-2, warmup=0)),
+        ("b per step length, lr 3e-2", dict(lr=3e-2, warmup=0)),
+        ("b per step length, lr 1e-2, warmup 100", dict(lr=1e-2, warmup=100)),
+        ("b per step length, lr 3e-2, warmup 100 (the default)", {}),
+    ],
+    "warmup": [
+        ("lr 1e-2, warmup 100", dict(lr=1e-2, warmup=100)),
+        ("lr 3e-2, warmup 100 (the default)", {}),
     ],
 }
 

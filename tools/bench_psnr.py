@@ -223,7 +223,8 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: d
             "Baselines only (no distillation): the best classic table at n and at 2n NFE.\n"
             if args.baselines_only
             else f"BNS: {args.train_pairs} train / {args.val_pairs} validation "
-            f"pairs, batch {args.batch_size}, at most {args.iterations} Adam iterations (learning rate {args.lr:g}), "
+            f"pairs, batch {args.batch_size}, at most {args.iterations} Adam iterations (learning rate {args.lr:g}, "
+            f"{DistillConfig.warmup}-iteration warmup, b learned {DistillConfig.coef_scale!r}-scaled), "
             f"initialised from `{args.base}`. Wall times are "
             f"as measured on this machine, which may have run other jobs at the same time.\n"
         ),
