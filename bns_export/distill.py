@@ -1,10 +1,11 @@
 """BNS distillation (method.md section 3): optimise (t, a, b) through the unrolled sampler.
 
 Times are parametrised as t_lo + span * cumsum(softmax(logits)), so they stay strictly
-increasing with fixed end points; a and b are free.  The loss is the batch mean of
-log MSE(x_n, x(1)) per sample (the PSNR loss); the network is frozen.  The solver of the best
-validation PSNR is kept; when validation stalls, training restarts from the best solver at half
-the learning rate, and stops after a few such halvings; it checkpoints to
+increasing with fixed end points; a is free and b is learned relative to the init's step lengths.
+The loss is the batch mean of log MSE(x_n, x(1)) per sample (the PSNR loss); the network is
+frozen.  Adam's learning rate ramps up linearly over the first `warmup` iterations.  The solver of
+the best validation PSNR is kept; when validation stalls, training restarts from the best solver
+at half the learning rate (with the ramp again), and stops after a few such halvings; it checkpoints to
 `<out>.ckpt.safetensors` and resumes from it after an interruption.
 """
 
@@ -43,7 +44,8 @@ class BNSParams(nn.Module):
     `"logsnr"` by fractions of the log-SNR range, mapped back through a dense monotone table of the
     schedule.  Coefficients: `coef_scale="step"` learns b_ij / h_j, with h_j the init's j-th step
     length, so one Adam learning rate moves every b by the same relative amount (b scales like dt;
-    measured on digits NFE 8: +1.9 dB, docs/benchmarks.md); `"none"` learns b itself.
+    +0.9 to +2.8 dB at equal learning rate on digits and the analytic fields, docs/benchmarks.md);
+    `"none"` learns b itself.
     """
 
     def __init__(self, init: NSSolver, time_param: str = "t", coef_scale: str = "step", schedule=None) -> None:

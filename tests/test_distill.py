@@ -127,3 +127,16 @@ def test_cli_defaults_are_the_config_defaults():
     cfg = DistillConfig()
     for key in ("iterations", "batch_size", "lr", "warmup", "val_every", "base"):
         assert defaults[key] == getattr(cfg, key), key
+
+
+def test_learning_rate_warms_up_linearly(gmm_sets, monkeypatch):
+    f, train, val, _ = gmm_sets
+    seen, step = [], torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    distill(f, train, val, DistillConfig(nfe=4, iterations=6, batch_size=32, lr=0.01, warmup=4))
+    np.testing.assert_allclose(seen, [0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
