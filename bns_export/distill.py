@@ -60,6 +60,10 @@ class BNSParams(nn.Module):
             )
         self.warp = _LogSNRWarp(schedule, self.t_lo, self.t_end) if time_param == "logsnr" else None
         if self.warp is not None:
+            # the warp's table as buffers: .to(device) moves it once, not on every tables() call; not
+            # persistent, so checkpoints and best-solver snapshots stay the size of (t, a, b)
+            self.register_buffer("warp_t", self.warp.t, persistent=False)
+            self.register_buffer("warp_lam", self.warp.lam, persistent=False)
             lam = self.warp.lam_of(init.t[1:])
             inc_w = np.diff(np.concatenate([[self.warp.lo], lam, [self.warp.hi]]))
             if np.any(inc_w <= 0):
@@ -77,7 +81,7 @@ class BNSParams(nn.Module):
         """(t, a, b) in the sampling dtype on the sampling device (differentiable)."""
         cum = torch.cumsum(torch.softmax(self.logits, 0), 0)[:-1]
         if self.warp is not None:
-            inner = self.warp.t_of(self.warp.lo + (self.warp.hi - self.warp.lo) * cum)
+            inner = _interp(self.warp.lo + (self.warp.hi - self.warp.lo) * cum, self.warp_lam, self.warp_t)
         else:
             inner = self.t_lo + (self.t_end - self.t_lo) * cum
         t = torch.cat([inner.new_full((1,), self.t_lo), inner])
@@ -105,15 +109,16 @@ class _LogSNRWarp:
         self.lo, self.hi = float(self.lam[0]), float(self.lam[-1])
 
     def lam_of(self, t: np.ndarray) -> np.ndarray:
-        """log-SNR of times by the same table (so t_of(lam_of(t)) == t at the init)."""
+        """log-SNR of times by the same table (so _interp back through it returns t at the init)."""
         return np.interp(t, self.t.numpy(), self.lam.numpy())
 
-    def t_of(self, lam: Tensor) -> Tensor:
-        tab_lam, tab_t = self.lam.to(lam.device), self.t.to(lam.device)
-        lam = lam.clamp(self.lo, self.hi)
-        k = torch.searchsorted(tab_lam, lam.detach()).clamp(1, tab_lam.numel() - 1)
-        l0, l1, t0, t1 = tab_lam[k - 1], tab_lam[k], tab_t[k - 1], tab_t[k]
-        return t0 + (t1 - t0) * (lam - l0) / (l1 - l0)
+
+def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """Piecewise-linear f(x) through (xp, fp), xp increasing, x clamped to its range; differentiable in x."""
+    x = torch.clamp(x, xp[0], xp[-1])
+    k = torch.searchsorted(xp, x.detach()).clamp(1, xp.numel() - 1)
+    x0, x1, f0, f1 = xp[k - 1], xp[k], fp[k - 1], fp[k]
+    return f0 + (f1 - f0) * (x - x0) / (x1 - x0)
 
 
 #: the distillation options that are one of a few names, checked once in DistillConfig
@@ -315,7 +320,7 @@ def distill(
     while state["iteration"] < cfg.iterations and state["decays"] <= cfg.max_decays:
         it = state["iteration"]
         for group in opt.param_groups:
-            ramp = min(1.0, (state.get("since_restart", 0) + 1) / cfg.warmup) if cfg.warmup else 1.0
+            ramp = min(1.0, (state["since_restart"] + 1) / cfg.warmup) if cfg.warmup else 1.0
             group["lr"] = cfg.lr * 0.5 ** state["decays"] * ramp
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
         batch = torch.randperm(n_train, generator=g)[: cfg.batch_size]
@@ -330,7 +335,7 @@ def distill(
         all_sum_grads(world, trained)
         opt.step()
         state["iteration"] = it + 1
-        state["since_restart"] = state.get("since_restart", 0) + 1
+        state["since_restart"] += 1
         mean_loss = world.all_sum(loss.detach()).item()
         if not math.isfinite(mean_loss):
             raise BNSError(

@@ -27,7 +27,7 @@ from bns_export.models import load_model  # noqa: E402
 
 
 def reference_tol(tol: float) -> float:
-    """The ruler's reference tolerance: 100x tighter than the GT's and at least 1e-8 (1e-8 for the default 1e-5)."""
+    """The ruler's reference tolerance: 100x tighter than the GT's, and never looser than 1e-8."""
     return min(1e-8, tol / 100)
 
 
