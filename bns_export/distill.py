@@ -138,7 +138,7 @@ class DistillConfig:
     batch_size: int = 128
     # lr and warmup measured with coef_scale="step" (docs/benchmarks.md, ablation-scale-*, ablation-warmup-digits):
     # digits NFE 8 45.7 dB vs 43.1 at 3e-3; the warmup keeps the analytic fields within 2 dB of 3e-3 (without it,
-    # 3e-2 loses 7-12 dB there)
+    # 3e-2 loses 3-12 dB there)
     lr: float = 3e-2
     val_every: int = 25
     # validations without improvement before the learning rate is halved; 12 measured better than 4 (analytic:gmm
