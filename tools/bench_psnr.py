@@ -40,7 +40,7 @@ def load_sets(spec: str, args, timing: dict | None = None):
     """The (guided) field of `spec` and its train / validation / test ground-truth sets; `timing` gets the
     seconds the train + validation GT took (what a user's distillation pays once per model)."""
     name, w = parse_model(spec)
-    field = load_model(name, guidance=w)
+    field = load_model(name, guidance=w, device=args.device)
     t0 = time.time()
     train = val = None
     if not getattr(args, "baselines_only", False):  # baselines need only the test pairs
@@ -63,6 +63,16 @@ def ceiling(field, test, n: int) -> dict:
     x_tight, nfe, _ = solve(field, test.noise[:n].to(field.default_dtype), labels, tight)
     p = psnr_per_sample(test.x1[:n], x_tight)
     return {"ceiling_mean": float(p.mean()), "ceiling_min": float(p.min()), "ceiling_pairs": n, "ceiling_tol": tight}
+
+
+def gpu_name(device: str) -> str:
+    """', GPU NAME, TF32 off' for a CUDA run (the figures are the GPU's), '' on the CPU."""
+    if not device.startswith("cuda"):
+        return ""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return f", {torch.cuda.get_device_name(device)}, TF32 off"
 
 
 def training_seconds(name: str) -> float | None:
@@ -94,6 +104,8 @@ def bench_model(spec: str, nfes: list[int], args, out: dict, save: Callable[[], 
         out.update(ceiling(field, test, min(args.ceiling_pairs, len(test))))
         print(f"{spec}: ceiling {out['ceiling_mean']:.1f} dB mean, {out['ceiling_min']:.1f} min", flush=True)
     save()
+    if args.gt_only:
+        return
     for nfe in nfes:
         row = {r["solver"]: r["psnr_mean"] for r in compare_baselines(field, test, nfe)}
         if args.baselines_only:
@@ -216,7 +228,8 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: d
     lines = [
         f"## PSNR vs NFE: {', '.join(args.models)}, "
         + ("baselines only\n" if args.baselines_only else f"at most {args.iterations} iterations\n"),
-        f"Command: `{run['command']}` (commit {run.get('commit', '?')}).  Machine: {run.get('machine', '?')}.\n",
+        f"Command: `{run['command']}`{run.get('merged_note', '')} (commit {run.get('commit', '?')}).  "
+        f"Machine: {run.get('machine', '?')}.\n",
         f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
         "dopri5 solution (rtol = atol = the model's ground-truth tolerance, 1e-5 unless said below). "
         + (
@@ -270,6 +283,27 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: d
     return "\n".join(lines) + "\n"
 
 
+def merge_runs(runs: list[dict]) -> dict:
+    """One run from several (e.g. one process per NFE on a GPU): rows united per model and guidance; the
+    ground-truth time is the largest (the run that solved it; the others read the cache)."""
+    merged: dict[tuple, dict] = {}
+    for run in runs:
+        for res in run["results"]:
+            cur = merged.setdefault((res["model"], res["guidance"]), {"rows": {}})
+            for k, v in res.items():
+                if k == "rows":
+                    cur["rows"].update({int(n): r for n, r in v.items()})
+                elif k in ("gt_seconds", "gt_train_val_s"):
+                    cur[k] = max(cur.get(k) or 0, v or 0)
+                else:
+                    cur.setdefault(k, v)
+    for cur in merged.values():
+        cur["rows"] = dict(sorted(cur["rows"].items()))
+    base = next((r for r in runs if "--gt-only" not in r["command"]), runs[0])  # its settings head the section
+    more = f" and {len(runs) - 1} more runs, merged" if len(runs) > 1 else ""
+    return {**base, "merged_note": more, "results": list(merged.values())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["digits", "mnist@1", "mnist@3"])
@@ -285,21 +319,26 @@ def main() -> None:
     ap.add_argument("--baselines-only", action="store_true", help="no distillation: the baselines at n and 2n")
     ap.add_argument("--ablation", default=None, help="model for the ablation runs (at NFE 8)")
     ap.add_argument("--ablation-iterations", type=int, default=None, help="budget of each ablation run")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where GT, baselines and BNS run")
     ap.add_argument("--section", default="psnr", help="docs/benchmarks.md section to write")
     ap.add_argument("--json", default=str(ROOT / "docs" / "bench_psnr.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "psnr_vs_nfe.png"))
-    ap.add_argument("--render", metavar="JSON", help="only rewrite the section and plot from a saved run")
+    ap.add_argument("--gt-only", action="store_true", help="only the ground truth (cached) and the ceiling")
+    ap.add_argument(
+        "--render", nargs="+", metavar="JSON", help="only rewrite the section and plot from saved runs (merged)"
+    )
     args = ap.parse_args()
     if args.render:
-        run = json.loads(Path(args.render).read_text())
-        args = ap.parse_args(shlex.split(run["command"])[2:])  # the run's own settings
-        for res in run["results"]:
-            res["rows"] = {int(n): r for n, r in res["rows"].items()}
+        run = merge_runs([json.loads(Path(p).read_text()) for p in args.render])
+        section, plot_path = args.section, args.plot
+        args = ap.parse_args(shlex.split(run["command"])[2:])  # the first run's own settings
+        args.section, args.plot = section, plot_path
+        args.models = [f"{r['model']}@{r['guidance']:g}" for r in run["results"]]
     else:
         run = {
             "command": "python tools/bench_psnr.py " + shlex.join(sys.argv[1:]),
             "commit": git_rev(),
-            "machine": machine(),
+            "machine": machine() + gpu_name(args.device),
             "results": [],
             "ablation": None,
         }
@@ -313,6 +352,8 @@ def main() -> None:
         if args.ablation:
             run["ablation"] = ablation(args.ablation, 8, args)
         save()
+        if args.gt_only:
+            return
     plot(run["results"], Path(args.plot))
     text = markdown(run["results"], run["ablation"], args, run)
     write_section(args.section, text.replace("psnr_vs_nfe.png", Path(args.plot).name))

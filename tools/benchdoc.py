@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from datetime import date
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parent.parent
+#: the document the sections go to; BNS_BENCH_DOC redirects it (gpu_check gives each concurrent lane its own)
+DOC = Path(os.environ.get("BNS_BENCH_DOC") or ROOT / "docs" / "benchmarks.md")
 HEADER = "# Benchmarks\n\nEvery figure here is written by a script in `tools/`; each section names its command.\n"
 
 
@@ -20,8 +23,6 @@ def machine() -> str:
         )
     except (OSError, StopIteration):
         cpu = platform.processor() or "unknown CPU"
-    import os
-
     import torch
 
     return (
@@ -33,10 +34,10 @@ def machine() -> str:
 def git_rev() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=DOC.parent.parent
-        ).stdout.strip()
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip() or os.environ.get("BNS_GIT_REV", "?")
     except OSError:
-        return "?"
+        return os.environ.get("BNS_GIT_REV", "?")
 
 
 def write_section(name: str, body: str) -> None:
