@@ -68,7 +68,13 @@ def init_world(device: str) -> tuple[World, str]:
 
     cuda = device.startswith("cuda")
     if cuda:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise BNSError(
+                f"torchrun started more processes per node than this machine has CUDA devices "
+                f"({torch.cuda.device_count()}): use --nproc_per_node <= {torch.cuda.device_count()}, or --device cpu"
+            )
+        device = f"cuda:{local}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")

@@ -12,6 +12,7 @@ import pytest
 
 ARGS = ["-m", "analytic:gmm", "--nfe", "4", "--iterations", "30", "--batch-size", "32"]
 ARGS += ["--train-pairs", "96", "--val-pairs", "80", "--val-every", "10", "--device", "cpu", "--json"]
+EVAL_ARGS = ["-m", "analytic:gmm", "-s", "rk4", "-n", "40", "--device", "cpu", "--json"]
 
 
 def _cli() -> str:
@@ -58,8 +59,5 @@ def test_two_gloo_processes_distill_the_one_process_solver(tmp_path):
         assert np.allclose(r1, r2, rtol=0, atol=1e-6)
     assert abs(one["val_psnr"] - two["val_psnr"]) < 1e-6 and one["best_iteration"] == two["best_iteration"]
     # eval shards too, and reports the same numbers
-    ev = {
-        k: _run(k, None, tmp_path / f"cache{k}", "eval", "-m", "analytic:gmm", "-s", "rk4", "-n", "40", "--json")
-        for k in (1, 2)
-    }
+    ev = {k: _run(k, None, tmp_path / f"cache{k}", "eval", *EVAL_ARGS) for k in (1, 2)}
     assert abs(ev[1]["psnr_mean"] - ev[2]["psnr_mean"]) < 1e-9 and ev[2]["world_size"] == 2

@@ -33,6 +33,7 @@ from bns_export.backends import ExportRequest  # noqa: E402
 from bns_export.backends.onnx import export_onnx  # noqa: E402
 from bns_export.compile.build import compile_artifact  # noqa: E402
 from bns_export.compile.unroll import UnrolledSampler  # noqa: E402
+from bns_export.errors import BNSError  # noqa: E402
 from bns_export.models import load_model  # noqa: E402
 from bns_export.runtime import load  # noqa: E402
 from bns_export.solvers import baseline  # noqa: E402
@@ -138,11 +139,12 @@ def main() -> None:
         aoti = None
         if not args.no_aoti:
             aoti_s = build(args, solver_path, "aoti", work / f"aoti{nfe}", max_b)
-            aoti = load(work / f"aoti{nfe}", device=args.device)
-            meta.append(
-                f"| {nfe} | AOTInductor | compile {aoti_s:.1f} s | package "
-                f"{(work / f'aoti{nfe}' / 'model.pt2').stat().st_size / 1e6:.2f} MB |"
-            )
+            size_mb = (work / f"aoti{nfe}" / "model.pt2").stat().st_size / 1e6
+            try:
+                aoti = load(work / f"aoti{nfe}", device=args.device)
+                meta.append(f"| {nfe} | AOTInductor | compile {aoti_s:.1f} s | package {size_mb:.2f} MB |")
+            except BNSError as e:  # e.g. a loader that crashes (torch 2.11 CUDA packages): the rest still runs
+                meta.append(f"| {nfe} | AOTInductor | compile {aoti_s:.1f} s, not loadable: {e} | {size_mb:.2f} MB |")
         meta.append(
             f"| {nfe} | ONNX | export {onnx_export_s:.1f} s, session {session_s:.2f} s | model "
             f"{size / 1e6:.2f} MB (weights {weight_bytes / 1e6:.2f} MB) |"

@@ -102,10 +102,15 @@ def rows_for(case: str, out: dict, ref: dict, batch: int) -> list[dict]:
             "case": case if len(out) == 1 else f"{case}: {key}",
             "output": key,
             "batch": batch,
-            **compare(torch.as_tensor(np.asarray(out[key])), torch.as_tensor(np.asarray(ref[key]))),
+            **compare(_on_host(out[key]), _on_host(ref[key])),
         }
         for key in out
     ]
+
+
+def _on_host(x) -> torch.Tensor:
+    """A runner's output as a tensor: numpy becomes one; torch (on any device) stays as it is."""
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
 def open_artifact(folder: Path, manifest: dict, device: str, providers: list | None) -> Runner:
@@ -155,7 +160,7 @@ def validate_artifact(
         out = runner.run(x, lab)
         case_rows = rows_for(name, out, ref, int(x.shape[0]))
         if has_gt:  # the ground truth is the ODE's solution: the sample (latents), not the image
-            x1 = gt.x1[: x.shape[0]].float()
+            x1 = gt.x1[: x.shape[0]].float().cpu()  # the GT lives on the reference's device
             case_rows[0]["artifact_psnr_vs_gt"] = float(psnr_per_sample(out["sample"].cpu(), x1).mean())
             case_rows[0]["eager_psnr_vs_gt"] = float(psnr_per_sample(ref["sample"].cpu(), x1).mean())
         rows.extend(case_rows)
