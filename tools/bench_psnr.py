@@ -299,8 +299,12 @@ def merge_runs(runs: list[dict]) -> dict:
                     cur.setdefault(k, v)
     for cur in merged.values():
         cur["rows"] = dict(sorted(cur["rows"].items()))
-    base = next((r for r in runs if "--gt-only" not in r["command"]), runs[0])  # its settings head the section
-    more = f" and {len(runs) - 1} more runs, merged" if len(runs) > 1 else ""
+
+    def finished(run: dict) -> bool:  # a run with a BNS row: its command and settings head the section
+        return any("BNS" in row for res in run["results"] for row in res.get("rows", {}).values())
+
+    base = next((r for r in runs if finished(r)), runs[0])
+    more = f" and {len(runs) - 1} more runs, merged" if len(runs) > 1 else base.get("merged_note", "")
     return {**base, "merged_note": more, "results": list(merged.values())}
 
 

@@ -11,8 +11,12 @@ one deadline (`--budget` seconds), each step's failure recorded, not fatal:
             (validated with the CUDA EP where onnxruntime-gpu is installed, else on the CPU), aoti on the
             device and tensorrt (where installed), each validated;
   latency   tools/bench_latency.py: eager loop, AOTInductor, torch.compile CUDA graphs, floor; batch 1/64/256;
-  psnr      tools/bench_psnr.py on the device: mnist guidance 3 then 1 at 8 NFE with the default recipe
-            (GT, ceiling, baselines at n and 2n, BNS distillation time).
+  psnr      tools/bench_psnr.py on the device, default recipe, mnist at guidance 3 and 1: the ground truth
+            first (one process per guidance), then one process per --psnr-nfe and one per ceiling, all
+            reading the cached GT; one merged section (GT, ceiling, baselines at n and 2n, BNS, its time).
+            The first run (12 processes at NFE 4-16) showed that many distillations on one GPU each take
+            minutes, so the default is NFE 8 alone; `--skip tests compile latency --psnr-nfe 4 6 8 12 16`
+            gives the lane the whole budget.
 Lanes share the GPU and the CPU, so their timings are upper bounds; the report says so.  Everything
 lands in DIR: one log per step, each lane's benchmarks section (BNS_BENCH_DOC), summary.md, and
 results.tgz with all of it.
@@ -138,9 +142,9 @@ def lanes(args, py: str, out: Path) -> dict[str, list[list[Step]]]:
 
     # mnist at guidance 3 and 1 with the default recipe: the ground truth first (one process per guidance),
     # then one process per NFE and one for the ceiling, all reading the cached GT
-    psnr_env = {**one, "BNS_EXPORT_CACHE": str(out / "gt-cache")}
+    psnr_env = {**one, "BNS_EXPORT_CACHE": str(out / "gt-cache"), "BNS_BENCH_DOC": str(out / "psnr" / "scratch.md")}
     small = ["--iterations", "20", "--train-pairs", "64", "--val-pairs", "64", "--test-pairs", "32"] * args.quick
-    nfes = ["4", "6"] if args.quick else ["8", "6", "4", "12", "16"]
+    nfes = ["4", "6"] if args.quick else [str(n) for n in args.psnr_nfe]
 
     def bench(name: str, model: str, *extra: str) -> Step:
         cmd = [py, "tools/bench_psnr.py", "--models", model, "--device", args.device, *small, *extra]
@@ -205,6 +209,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small settings, for a dry run")
     ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "compile", "latency", "psnr"])
     ap.add_argument("--test-workers", type=int, default=4)
+    ap.add_argument("--psnr-nfe", nargs="+", type=int, default=[8], help="the psnr lane's NFEs")
     args = ap.parse_args()
     started = time.time()
     out = args.out.resolve()

@@ -11,6 +11,7 @@ Gate: min per-sample PSNR >= 60 dB for fp32 artifacts, >= 35 dB for fp16 (Core M
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,20 @@ class EagerRunner(Runner):
     def infer(self, noise, labels) -> dict:
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
         lab = None if labels is None else self.condition_tensor(labels, self.device)
-        return self.sampler.named(x, lab)
+        with full_fp32():
+            return self.sampler.named(x, lab)
+
+
+@contextmanager
+def full_fp32():
+    """TF32 off while the reference runs: on a GPU cuDNN convolutions default to TF32 (10-bit mantissa),
+    which would make the fp32 reference itself the less exact side of the comparison."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 def default_device(manifest: dict) -> str:
