@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -31,3 +33,15 @@ def device_of(module: torch.nn.Module) -> torch.device:
     for t in (*module.parameters(), *module.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """TF32 off inside the block: on a GPU cuDNN convolutions default to TF32 (a 10-bit mantissa), too coarse
+    for a ground truth solved to 1e-6 or for the fp32 reference an artifact is compared with."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags

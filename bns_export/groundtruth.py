@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .checks import integer, number
-from .devices import device_of
+from .devices import device_of, full_fp32
 from .errors import BNSError
 from .parallel import SINGLE, World
 
@@ -180,7 +180,7 @@ def ground_truth(
     starts = list(range(0, n, batch_size))
     x1 = torch.zeros((n, *field.sample_shape), dtype=dtype, device=device)
     nfes = torch.zeros(len(starts), dtype=torch.float64, device=device)
-    with torch.no_grad():
+    with torch.no_grad(), full_fp32():
         for k in world.mine(range(len(starts))):
             lo = starts[k]
             xb = noise[lo : lo + batch_size].to(device) * field.init_scale

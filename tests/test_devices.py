@@ -109,3 +109,16 @@ def test_network_dtype_bf16_runs_the_network_in_bf16_and_keeps_the_fingerprint()
     assert 0 < err < 0.2
     with pytest.raises(BNSError, match="needs a network model"):
         load_model("analytic:gmm", network_dtype="bf16")
+
+
+def test_full_fp32_turns_tf32_off_inside_and_restores_the_flags():
+    from bns_export.devices import full_fp32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with full_fp32():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

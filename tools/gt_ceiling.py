@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from benchdoc import git_rev, machine, write_section  # noqa: E402
 
+from bns_export.devices import full_fp32  # noqa: E402
 from bns_export.groundtruth import dopri5, make_inputs  # noqa: E402
 from bns_export.metrics import psnr_per_sample  # noqa: E402
 from bns_export.models import load_model  # noqa: E402
@@ -33,7 +34,7 @@ def reference_tol(tol: float) -> float:
 
 def solve(field, noise, labels, tol: float):
     t0 = time.time()
-    with torch.no_grad():
+    with torch.no_grad(), full_fp32():
         res = dopri5(lambda x, t: field(x, t, labels), noise * field.init_scale, field.t_lo, field.t_hi, tol, tol)
     return res.x, res.nfe, time.time() - t0
 

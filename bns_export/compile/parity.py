@@ -11,7 +11,6 @@ Gate: min per-sample PSNR >= 60 dB for fp32 artifacts, >= 35 dB for fp16 (Core M
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from ..backends import Runner, get_backend
 from ..checks import number
 from ..decoders import load_decoder
+from ..devices import full_fp32
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..groundtruth import ground_truth
 from ..metrics import psnr_per_sample
@@ -62,18 +62,6 @@ class EagerRunner(Runner):
         lab = None if labels is None else self.condition_tensor(labels, self.device)
         with full_fp32():
             return self.sampler.named(x, lab)
-
-
-@contextmanager
-def full_fp32():
-    """TF32 off while the reference runs: on a GPU cuDNN convolutions default to TF32 (10-bit mantissa),
-    which would make the fp32 reference itself the less exact side of the comparison."""
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 def default_device(manifest: dict) -> str:
