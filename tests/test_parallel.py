@@ -61,3 +61,16 @@ def test_two_gloo_processes_distill_the_one_process_solver(tmp_path):
     # eval shards too, and reports the same numbers
     ev = {k: _run(k, None, tmp_path / f"cache{k}", "eval", *EVAL_ARGS) for k in (1, 2)}
     assert abs(ev[1]["psnr_mean"] - ev[2]["psnr_mean"]) < 1e-9 and ev[2]["world_size"] == 2
+
+
+def test_more_ranks_than_gpus_is_one_line(monkeypatch):
+    import torch
+
+    from bns_export.errors import BNSError
+    from bns_export.parallel import init_world
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(BNSError, match="more processes per node than this machine has CUDA devices"):
+        init_world("cuda")
