@@ -12,11 +12,11 @@ buffers; the digits sampler at 2 NFE.
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
 
-dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 PROBE = """
 import json, sys, torch
 m = torch._inductor.aoti_load_package(sys.argv[1])
@@ -26,12 +26,13 @@ print("ran", (y[0] if isinstance(y, (list, tuple)) else y).shape)
 """
 
 
-def build_and_probe(name: str, module: torch.nn.Module, x: torch.Tensor) -> None:
-    """Export, package and load `module` in a child process; print what happened."""
+def build_and_probe(name: str, module: torch.nn.Module, x: torch.Tensor, folder: str) -> None:
+    """Export, package into `folder` and load `module` in a child process; print what happened."""
+    dev = str(x.device)
     t0 = time.time()
     try:
         ep = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("b", min=1, max=8)},))
-        path = f"/tmp/{name}.pt2"
+        path = f"{folder}/{name}.pt2"
         torch._inductor.aoti_compile_and_package(ep, package_path=path)
     except Exception as e:
         print(f"[{name}] build failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
@@ -47,7 +48,9 @@ def build_and_probe(name: str, module: torch.nn.Module, x: torch.Tensor) -> None
 
 
 class Tiny(torch.nn.Module):
-    def __init__(self, scalar_buffer):
+    """nn.Linear(8, 8), optionally times a 0-d buffer made on the CPU and moved with the module."""
+
+    def __init__(self, scalar_buffer: bool) -> None:
         super().__init__()
         self.lin = torch.nn.Linear(8, 8)
         if scalar_buffer:
@@ -59,26 +62,33 @@ class Tiny(torch.nn.Module):
         return y * self.c if self.scalar_buffer else y
 
 
-x = torch.randn(2, 8, device=dev)
-build_and_probe("tiny", Tiny(False).to(dev), x)
-build_and_probe("tiny_scalar_buffer", Tiny(True).to(dev), x)
+def main() -> None:
+    from bns_export.compile.unroll import UnrolledSampler
+    from bns_export.models import load_model
+    from bns_export.solvers import baseline
 
-from bns_export.compile.unroll import UnrolledSampler  # noqa: E402
-from bns_export.models import load_model  # noqa: E402
-from bns_export.solvers import baseline  # noqa: E402
+    dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
+    with tempfile.TemporaryDirectory() as tmp:
+        x = torch.randn(2, 8, device=dev)
+        build_and_probe("tiny", Tiny(False).to(dev), x, tmp)
+        build_and_probe("tiny_scalar_buffer", Tiny(True).to(dev), x, tmp)
 
-f = load_model("analytic:gmm", device=dev)
-s = baseline("euler", 2, f.schedule, f.t_lo, f.t_hi)
-u = UnrolledSampler(f, s).eval()
-xs = torch.randn(2, *f.sample_shape, device=dev)
-build_and_probe("gmm_sampler", u, xs)
-u2 = UnrolledSampler(f, s).eval()
-for k in ("t", "a", "b"):  # the table as persistent buffers (state_dict), not lifted constants
-    v = getattr(u2, k)
-    delattr(u2, k)
-    u2.register_buffer(k, v.clone(), persistent=True)
-build_and_probe("gmm_sampler_persistent", u2, xs)
+        f = load_model("analytic:gmm", device=dev)
+        s = baseline("euler", 2, f.schedule, f.t_lo, f.t_hi)
+        xs = torch.randn(2, *f.sample_shape, device=dev)
+        build_and_probe("gmm_sampler", UnrolledSampler(f, s).eval(), xs, tmp)
+        u = UnrolledSampler(f, s).eval()
+        for k in ("t", "a", "b"):  # the table as persistent buffers (state_dict), not lifted constants
+            v = getattr(u, k)
+            delattr(u, k)
+            u.register_buffer(k, v.clone(), persistent=True)
+        build_and_probe("gmm_sampler_persistent", u, xs, tmp)
 
-d = load_model("digits", device=dev)
-sd = baseline("dpm++2m", 2, d.schedule, d.t_lo, d.t_hi)
-build_and_probe("digits_sampler", UnrolledSampler(d, sd).eval(), torch.randn(2, *d.sample_shape, device=dev))
+        d = load_model("digits", device=dev)
+        sd = baseline("dpm++2m", 2, d.schedule, d.t_lo, d.t_hi)
+        xd = torch.randn(2, *d.sample_shape, device=dev)
+        build_and_probe("digits_sampler", UnrolledSampler(d, sd).eval(), xd, tmp)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from benchdoc import git_rev, machine, write_section  # noqa: E402
+from benchdoc import git_rev, gpu_note, machine, write_section  # noqa: E402
 
 from bns_export.backends import ExportRequest  # noqa: E402
 from bns_export.backends.onnx import export_onnx  # noqa: E402
@@ -172,10 +172,9 @@ def main() -> None:
                     graph_t = timeit(lambda: graphed(tn, tl).clone(), args.repeat)  # noqa: B023
             rows.append((nfe, b, eager, floor_eager, onnx_t, floor_ort, aoti_t, graph_t))
             print(rows[-1], flush=True)
-    gpu = f", {torch.cuda.get_device_name(args.device)}, TF32 off" if cuda else ""
     lines = [
         f"## Latency: {args.model}, guidance {args.guidance:g}, {args.device}\n",
-        f"Command: `{command}` (commit {git_rev()}).  Machine: {machine()}{gpu}; ONNX Runtime "
+        f"Command: `{command}` (commit {git_rev()}).  Machine: {machine()}{gpu_note(args.device)}; ONNX Runtime "
         f"{ort.__version__}, {ort_providers[0] if time_ort else 'not timed (no CUDA execution provider)'}.  "
         "Solver: DPM-Solver++(2M) table (any table costs the "
         f"same).  Median of {args.repeat} runs, milliseconds.\n",

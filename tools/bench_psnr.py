@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from benchdoc import git_rev, machine, write_section  # noqa: E402
+from benchdoc import git_rev, gpu_note, machine, write_section  # noqa: E402
 
 from bns_export.demo import COMPARE, compare_baselines  # noqa: E402
 from bns_export.distill import DistillConfig, distill  # noqa: E402
@@ -63,16 +63,6 @@ def ceiling(field, test, n: int) -> dict:
     x_tight, nfe, _ = solve(field, test.noise[:n].to(field.default_dtype), labels, tight)
     p = psnr_per_sample(test.x1[:n], x_tight)
     return {"ceiling_mean": float(p.mean()), "ceiling_min": float(p.min()), "ceiling_pairs": n, "ceiling_tol": tight}
-
-
-def gpu_name(device: str) -> str:
-    """', GPU NAME, TF32 off' for a CUDA run (the figures are the GPU's), '' on the CPU."""
-    if not device.startswith("cuda"):
-        return ""
-    import torch
-
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    return f", {torch.cuda.get_device_name(device)}, TF32 off"
 
 
 def training_seconds(name: str) -> float | None:
@@ -339,10 +329,14 @@ def main() -> None:
         args.section, args.plot = section, plot_path
         args.models = [f"{r['model']}@{r['guidance']:g}" for r in run["results"]]
     else:
+        if args.device.startswith("cuda"):  # fp32 as on the CPU: no TF32 in baselines or distillation either
+            import torch
+
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         run = {
             "command": "python tools/bench_psnr.py " + shlex.join(sys.argv[1:]),
             "commit": git_rev(),
-            "machine": machine() + gpu_name(args.device),
+            "machine": machine() + gpu_note(args.device),
             "results": [],
             "ablation": None,
         }

@@ -32,12 +32,28 @@ def machine() -> str:
 
 
 def git_rev() -> str:
+    """The commit the figures come from: BNS_GIT_REV when set (a copied tree, e.g. on a lent GPU, can carry a
+    stale .git), else git's HEAD."""
+    if os.environ.get("BNS_GIT_REV"):
+        return os.environ["BNS_GIT_REV"]
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip() or os.environ.get("BNS_GIT_REV", "?")
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+            ).stdout.strip()
+            or "?"
+        )
     except OSError:
-        return os.environ.get("BNS_GIT_REV", "?")
+        return "?"
+
+
+def gpu_note(device: str) -> str:
+    """', GPU NAME, TF32 off' for a CUDA run (benchmarks turn TF32 off), '' on the CPU."""
+    if not device.startswith("cuda"):
+        return ""
+    import torch
+
+    return f", {torch.cuda.get_device_name(device)}, TF32 off"
 
 
 def write_section(name: str, body: str) -> None:

@@ -83,9 +83,10 @@ def run_lane(stages: list[list[Step]], logs: Path, deadline: float) -> None:
             th.join()
 
 
-def tail(path: Path, n: int = 1) -> str:
+def tail(path: Path) -> str:
+    """The last non-blank line of a log (at most 200 characters), '' if there is none."""
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.exists() else []
-    return " / ".join(lines[-n:])[:200]
+    return lines[-1][:200] if lines else ""
 
 
 def last_json(path: Path) -> dict | None:
@@ -163,6 +164,7 @@ def lanes(args, py: str, out: Path) -> dict[str, list[list[Step]]]:
 def report(args, steps: dict[str, list[Step]], out: Path, started: float) -> str:
     """The GPU check's section: tests, the compile table, and where each lane's own table is."""
     import torch
+    from benchdoc import git_rev
 
     from bns_export.compile.build import library_versions
 
@@ -171,7 +173,7 @@ def report(args, steps: dict[str, list[Step]], out: Path, started: float) -> str
     logs = out / "logs"
     lines = [
         f"## GPU check: {gpu}\n",
-        f"Command: `python tools/gpu_check.py {' '.join(sys.argv[1:])}` (commit {os.environ.get('BNS_GIT_REV', '?')}),"
+        f"Command: `python tools/gpu_check.py {' '.join(sys.argv[1:])}` (commit {git_rev()}),"
         f" {time.time() - started:.0f} s in all.  Versions: {json.dumps(library_versions())}.  The lanes below ran "
         "concurrently on one GPU and one CPU (builds and tests at nice 10), so each timing is an upper bound.\n",
     ]

@@ -51,6 +51,8 @@ SPECS = {
         "shape": [1, 28, 28],
         "num_classes": 10,
         "label_dropout": 0.1,
+        # at 1e-5 the GT is 64.7 / 65.7 dB from a 1e-8 solve (w = 1 / 3), at 1e-6 80.8 / 91.8 (docs/benchmarks.md)
+        "gt_tolerance": 1e-6,
         "iterations": 6000,
         "batch": 64,
         "lr": 1e-3,
