@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 import click
@@ -51,31 +52,75 @@ def integer(value, name: str, lo: int | None = None, hi: int | None = None) -> i
     return v
 
 
-def read_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_BYTES):
-    """Parse a small JSON file: missing, a folder, too big, not UTF-8, not JSON or nested too deep is one line."""
-    p = Path(path)
-    if p.is_dir():
-        raise BNSError(f"{what} {p} is a directory, not a file")
+def read_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_BYTES, constants: bool = False):
+    """Parse a small JSON file: missing, not a regular file (a folder, FIFO or device), too big, not UTF-8,
+    not JSON or nested too deeply is one line naming the position.  constants=True accepts the
+    NaN / Infinity / -Infinity literals that diffusers writes into scheduler configs."""
+    data = read_small_file(path, what, max_bytes)
     try:
-        size = p.stat().st_size
+        text = data.decode("utf-8")
+        return json.loads(text, parse_constant=None if constants else _no_constant)
+    except _Constant as e:
+        pos = text.find(e.name)
+        line, col = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+        raise BNSError(
+            f"{path}: not a valid JSON {what} ({e.name} is not a JSON number: line {line} column {col})"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise BNSError(f"{path}: not a valid JSON {what} (not UTF-8 at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise BNSError(f"{path}: not a valid JSON {what} ({e.msg}: line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise BNSError(f"{path}: not a valid JSON {what} (nested too deeply)") from None
+
+
+def read_small_file(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most max_bytes, read without blocking on a FIFO and never more
+    than max_bytes + 1 (a device such as /dev/zero is refused before it is read)."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise BNSError(f"{what} not found: {p}") from None
+    except IsADirectoryError:
+        raise BNSError(f"{what} {p} is a directory, not a file") from None
     except OSError as e:
         raise BNSError(f"cannot read {what} {p}: {e.strerror}") from None
-    if size > max_bytes:
-        raise BNSError(f"{what} {p} is {size} bytes, more than the {max_bytes} a {what} may have")
     try:
-        return json.loads(p.read_bytes().decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BNSError(f"{p}: not a valid JSON {what} ({str(e).splitlines()[0]})") from None
-    except RecursionError:
-        raise BNSError(f"{p}: not a valid JSON {what} (nested too deeply)") from None
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise BNSError(f"{what} {p} is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise BNSError(f"{what} {p} is not a regular file (a FIFO, socket or device); refusing to read it")
+        if st.st_size > max_bytes:
+            raise BNSError(f"{what} {p} is {st.st_size} bytes, more than the {max_bytes} a {what} may have")
+        os.set_blocking(fd, True)
+        chunks, total = [], 0
+        while total <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > max_bytes:  # it grew while we read it
+            raise BNSError(f"{what} {p} is more than the {max_bytes} bytes a {what} may have")
+        return b"".join(chunks)
     except OSError as e:
         raise BNSError(f"cannot read {what} {p}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+class _Constant(ValueError):
+    """NaN, Infinity or -Infinity where strict JSON has no such number."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 def _no_constant(name: str):
-    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+    raise _Constant(name)
 
 
 class Number(click.ParamType):

@@ -93,7 +93,7 @@ def model_options(fn):
     )
     @functools.wraps(fn)
     def wrapper(*args, **kw):
-        from .models import ModelOptions
+        from .loaders import ModelOptions
 
         kw["model_opts"] = ModelOptions(
             prediction=kw.pop("prediction"),
@@ -255,7 +255,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models_cmd(as_json: bool) -> None:
     """List the available velocity models."""
-    from .models import list_models
+    from .loaders import list_models
 
     models = list_models()
     if as_json:
@@ -288,7 +288,7 @@ def eval_cmd(
     """PSNR of a solver's samples against the exact (dopri5) ODE solution."""
     from .devices import resolve_device
     from .evaluate import evaluate_on
-    from .models import load_model
+    from .loaders import load_model
     from .parallel import init_world
     from .solvers import resolve_solver
 
@@ -373,7 +373,7 @@ def distill_cmd(
     from .devices import resolve_device
     from .distill import DistillConfig, distill
     from .evaluate import TRAIN_SEED, VAL_SEED
-    from .models import load_model
+    from .loaders import load_model
     from .parallel import init_world
     from .solvers import parse_spec
 
@@ -456,12 +456,12 @@ def sample_cmd(
     import numpy as np
     import torch
 
-    from .decoders import load_decoder
     from .devices import resolve_device
     from .evaluate import run_solver
     from .groundtruth import make_inputs
     from .images import grid, write_npz, write_png
-    from .models import load_model
+    from .loaders import load_model
+    from .loaders.decoders import load_decoder
     from .solvers import resolve_solver
 
     out_path = Path(out)
@@ -582,9 +582,24 @@ def compile_cmd(
 @click.option("--min-psnr", type=GATE, default=None, help="Gate in dB (default 60 fp32, 35 fp16).")
 @click.option("--device", default=None, help="Where to run both sides: cpu, cuda, cuda:N (default: the artifact's).")
 @click.option("--public-key", default=None, help="Ed25519 public key (PEM): the manifest's signature must verify.")
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    help="The model to rebuild the eager reference from (default: the manifest's, unless it names code to import).",
+)
+@click.option("--decoder", default=None, help="The decoder for the reference (default: the manifest's, same rule).")
+@click.option(
+    "--trust-model-spec",
+    is_flag=True,
+    help="Import and run the module:factory code the artifact's manifest names (only for artifacts you trust).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def validate_cmd(artifact, min_psnr, device, public_key, as_json) -> None:
-    """Parity of an artifact against the eager PyTorch sampler; exit 0 pass, 1 fail, 2 bad input."""
+def validate_cmd(artifact, min_psnr, device, public_key, model, decoder, trust_model_spec, as_json) -> None:
+    """Parity of an artifact against the eager PyTorch sampler; exit 0 pass, 1 fail, 2 bad input.
+
+    An artifact is data: code its manifest names is never imported unless given with -m / --decoder
+    or allowed with --trust-model-spec."""
     from .compile.parity import validate_artifact
     from .devices import resolve_device
 
@@ -593,6 +608,9 @@ def validate_cmd(artifact, min_psnr, device, public_key, as_json) -> None:
         min_psnr=min_psnr,
         device=None if device is None else resolve_device(device),
         public_key=public_key,
+        model=model,
+        decoder=decoder,
+        trust_model_spec=trust_model_spec,
     )
     if as_json:
         click.echo(json.dumps(report))

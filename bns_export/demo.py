@@ -19,7 +19,7 @@ from .evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on, run_solver
 from .fileio import atomic_write_text
 from .groundtruth import ground_truth
 from .images import labelled_grid, write_png
-from .models import load_model
+from .loaders import load_model
 from .solvers import BASELINES, baseline, parse_spec
 from .solvers.table import NSSolver
 

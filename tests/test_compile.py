@@ -19,7 +19,7 @@ from bns_export.compile.unroll import UnrolledSampler
 from bns_export.errors import BNSError
 from bns_export.fields import GuidedField, NetworkField
 from bns_export.fields.schedules import DDPMDiscrete
-from bns_export.models import ModelOptions, load_model
+from bns_export.loaders import ModelOptions, load_model
 from bns_export.runtime import load
 from bns_export.solvers import baseline, sample
 
@@ -180,14 +180,14 @@ def test_tampered_truncated_and_incomplete_artifacts_are_refused(onnx_artifacts,
 
 
 def test_validate_cli_reports_and_gates(onnx_artifacts):
-    code, out, _ = cli("validate", onnx_artifacts[2], "--json")
+    code, out, _ = cli("validate", onnx_artifacts[2], "--json", "-m", COND["model"])
     report = json.loads(out)
     assert code == 0 and report["passed"] and report["psnr_min"] >= 60
     cases = {c["case"] for c in report["cases"]}
     assert {"batch 1", "batch 6", "batch 6, unconditional", "conformance vectors"} == cases
     assert report["tensorrt_support"]["ok"]
     assert all(abs(c["artifact_psnr_vs_gt"] - c["eager_psnr_vs_gt"]) < 0.01 for c in report["cases"][:2])
-    code, out, _ = cli("validate", onnx_artifacts[2], "--min-psnr", 1000)
+    code, out, _ = cli("validate", onnx_artifacts[2], "--min-psnr", 1000, "--trust-model-spec")
     assert code == 1 and "FAIL" in out
 
 

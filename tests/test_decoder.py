@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from bns_export.cli import main
 from bns_export.compile.build import compile_artifact
-from bns_export.models import ModelOptions
+from bns_export.loaders import ModelOptions
 from bns_export.runtime import load
 
 TINY = ["-m", "netfactories:tiny", "--shape", "1,4,4"]

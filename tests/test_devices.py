@@ -17,7 +17,7 @@ from bns_export.devices import resolve_device
 from bns_export.distill import BNSParams
 from bns_export.errors import BNSError
 from bns_export.groundtruth import dopri5
-from bns_export.models import ModelOptions, load_model
+from bns_export.loaders import ModelOptions, load_model
 from bns_export.solvers import baseline, ns_sample, sample
 
 MODELS = [

@@ -13,7 +13,7 @@ from netfactories import diffusers_unet  # noqa: E402
 
 from bns_export.cli import main  # noqa: E402
 from bns_export.errors import BNSError  # noqa: E402
-from bns_export.models import ModelOptions, load_model  # noqa: E402
+from bns_export.loaders import ModelOptions, load_model  # noqa: E402
 
 
 def _unet(num_class_embeds=None):

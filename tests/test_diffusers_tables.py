@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bns_export.models import load_model
+from bns_export.loaders import load_model
 from bns_export.solvers import BASELINES, ns_sample
 from bns_export.solvers.grids import make_grid
 from bns_export.solvers.sampler import solver_tensors

@@ -7,7 +7,7 @@ import torch
 
 from bns_export.distill import DistillConfig, distill
 from bns_export.groundtruth import ground_truth
-from bns_export.models import list_models, load_model, models_dir
+from bns_export.loaders import list_models, load_model, models_dir
 
 SHIPPED = [m["name"] for m in list_models() if m["kind"] == "shipped"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bns_export.models import load_model, models_dir
+from bns_export.loaders import load_model, models_dir
 from bns_export.solvers import NSSolver, baseline, sample
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

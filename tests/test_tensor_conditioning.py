@@ -18,7 +18,7 @@ from bns_export.compile.build import compile_artifact  # noqa: E402
 from bns_export.distill import DistillConfig, distill  # noqa: E402
 from bns_export.errors import BNSError  # noqa: E402
 from bns_export.groundtruth import ground_truth  # noqa: E402
-from bns_export.models import ModelOptions, load_model  # noqa: E402
+from bns_export.loaders import ModelOptions, load_model  # noqa: E402
 from bns_export.runtime import load  # noqa: E402
 from bns_export.solvers import NSSolver, sample  # noqa: E402
 

@@ -4,7 +4,7 @@ initializer bytes constant in NFE and at most 1.05x the network's weight bytes."
 import pytest
 
 from bns_export.compile.build import compile_artifact
-from bns_export.models import ModelOptions
+from bns_export.loaders import ModelOptions
 
 pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
 

@@ -21,7 +21,7 @@ import torch
 from bns_export.distill import DistillConfig, distill
 from bns_export.evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on
 from bns_export.groundtruth import ground_truth
-from bns_export.models import load_model
+from bns_export.loaders import load_model
 
 OLD = dict(lr=3e-3, warmup=0)  # the learning rate and warmup of the default recipe before the warmup runs
 RUN_SETS = {

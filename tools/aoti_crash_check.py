@@ -64,7 +64,7 @@ class Tiny(torch.nn.Module):
 
 def main() -> None:
     from bns_export.compile.unroll import UnrolledSampler
-    from bns_export.models import load_model
+    from bns_export.loaders import load_model
     from bns_export.solvers import baseline
 
     dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"

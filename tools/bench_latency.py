@@ -34,7 +34,7 @@ from bns_export.backends.onnx import export_onnx  # noqa: E402
 from bns_export.compile.build import compile_artifact  # noqa: E402
 from bns_export.compile.unroll import UnrolledSampler  # noqa: E402
 from bns_export.errors import BNSError  # noqa: E402
-from bns_export.models import load_model  # noqa: E402
+from bns_export.loaders import load_model  # noqa: E402
 from bns_export.runtime import load  # noqa: E402
 from bns_export.solvers import baseline  # noqa: E402
 from bns_export.solvers.sampler import sample  # noqa: E402

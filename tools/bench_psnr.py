@@ -28,7 +28,7 @@ from bns_export.demo import COMPARE, compare_baselines  # noqa: E402
 from bns_export.distill import DistillConfig, distill  # noqa: E402
 from bns_export.evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on  # noqa: E402
 from bns_export.groundtruth import ground_truth  # noqa: E402
-from bns_export.models import load_model  # noqa: E402
+from bns_export.loaders import load_model  # noqa: E402
 
 
 def parse_model(spec: str) -> tuple[str, float]:

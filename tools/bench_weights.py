@@ -26,7 +26,7 @@ from tiny_pipeline import build  # noqa: E402
 
 from bns_export.compile.build import compile_artifact  # noqa: E402
 from bns_export.compile.parity import validate_artifact  # noqa: E402
-from bns_export.models import ModelOptions  # noqa: E402
+from bns_export.loaders import ModelOptions  # noqa: E402
 
 
 def measure(folder: Path, text: bool, decoder: bool, nfe: int, out: Path) -> dict:

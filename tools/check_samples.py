@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from train_model import load_data  # noqa: E402
 
 from bns_export.groundtruth import ground_truth  # noqa: E402
-from bns_export.models import load_model  # noqa: E402
+from bns_export.loaders import load_model  # noqa: E402
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ from benchdoc import git_rev, machine, write_section  # noqa: E402
 
 from bns_export.devices import full_fp32  # noqa: E402
 from bns_export.groundtruth import dopri5, make_inputs  # noqa: E402
+from bns_export.loaders import load_model  # noqa: E402
 from bns_export.metrics import psnr_per_sample  # noqa: E402
-from bns_export.models import load_model  # noqa: E402
 
 
 def reference_tol(tol: float) -> float:

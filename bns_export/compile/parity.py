@@ -11,6 +11,7 @@ Gate: min per-sample PSNR >= 60 dB for fp32 artifacts, >= 35 dB for fp16 (Core M
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,13 @@ import torch
 
 from ..backends import Runner, get_backend
 from ..checks import number
-from ..decoders import load_decoder
 from ..devices import full_fp32
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..groundtruth import ground_truth
+from ..loaders import ModelSpec, load_model
+from ..loaders.decoders import load_decoder
+from ..loaders.spec import decoder_runs_code
 from ..metrics import psnr_per_sample
-from ..models import ModelOptions, load_model
 from ..runtime.artifact import read_manifest
 from ..solvers import NSSolver
 from .unroll import UnrolledSampler
@@ -33,17 +35,15 @@ VALIDATE_SEED = 12345
 
 
 class EagerRunner(Runner):
-    """The reference: the eager fp32 PyTorch sampler rebuilt from an artifact's manifest."""
+    """The reference: the eager fp32 PyTorch sampler rebuilt from an artifact's manifest (or `spec`)."""
 
-    def __init__(self, folder: Path, manifest: dict, device: str = "cpu") -> None:
+    def __init__(self, folder: Path, manifest: dict, device: str = "cpu", spec: ModelSpec | None = None) -> None:
         super().__init__(folder, manifest)
-        spec = manifest["model_spec"]
-        opts = dict(spec["options"])
-        opts["shape"] = tuple(opts["shape"]) if opts.get("shape") else None
-        self.field = load_model(spec["model"], ModelOptions(**opts), manifest["guidance"]).to(device)
+        spec = spec or ModelSpec.from_json(manifest.get("model_spec"))
+        self.field = load_model(spec, guidance=manifest["guidance"]).to(device)
         if self.field.fingerprint() != manifest["model_fingerprint"]:
             raise BNSError(
-                f"model {spec['model']} changed since export (fingerprint {self.field.fingerprint()}, "
+                f"model {spec.model} changed since export (fingerprint {self.field.fingerprint()}, "
                 f"artifact {manifest['model_fingerprint']})"
             )
         solver = NSSolver.load(self.folder / manifest["solver_file"])
@@ -52,9 +52,13 @@ class EagerRunner(Runner):
         self.device = device
         decoder = None
         if manifest.get("decoder"):
-            decoder = load_decoder(opts["decoder"], spec["model"], self.field.sample_shape)
-            if decoder.fingerprint() != manifest["decoder"]["fingerprint"]:
-                raise BNSError(f"decoder {opts['decoder']} changed since export (fingerprint {decoder.fingerprint()})")
+            if not spec.options.decoder:
+                raise BNSError("the manifest records a decoder but its model_spec names none")
+            decoder = load_decoder(spec.options.decoder, spec, self.field.sample_shape)
+            if decoder.fingerprint() != manifest["decoder"].get("fingerprint"):
+                raise BNSError(
+                    f"decoder {spec.options.decoder} changed since export (fingerprint {decoder.fingerprint()})"
+                )
         self.sampler = UnrolledSampler(self.field, solver, decoder=decoder).eval().float().to(device)
 
     def infer(self, noise, labels) -> dict:
@@ -62,6 +66,31 @@ class EagerRunner(Runner):
         lab = None if labels is None else self.condition_tensor(labels, self.device)
         with full_fp32():
             return self.sampler.named(x, lab)
+
+
+def reference_spec(
+    manifest: dict, model: str | None = None, decoder: str | None = None, trust_model_spec: bool = False
+) -> ModelSpec:
+    """The model spec the reference is rebuilt from: the manifest's, with `model` / `decoder` from the user.
+
+    An artifact is data from elsewhere: code its manifest names (a module:factory model or decoder)
+    is imported only when the user names it (`model`, `decoder`) or says `trust_model_spec`.
+    """
+    recorded = ModelSpec.from_json(manifest.get("model_spec"))
+    options = recorded.options if decoder is None else replace(recorded.options, decoder=decoder)
+    spec = ModelSpec(model if model is not None else recorded.model, options)
+    named_by_artifact = []
+    if model is None and recorded.kind == "factory":
+        named_by_artifact.append(f"model {recorded.model!r}")
+    if decoder is None and decoder_runs_code(recorded.options.decoder):
+        named_by_artifact.append(f"decoder {recorded.options.decoder!r}")
+    if named_by_artifact and not trust_model_spec:
+        raise BNSError(
+            f"the artifact's manifest names code to import ({' and '.join(named_by_artifact)}); validation never "
+            "runs code an artifact names: give it yourself (validate -m SPEC [--decoder SPEC]) or pass "
+            "--trust-model-spec"
+        )
+    return spec
 
 
 def default_device(manifest: dict) -> str:
@@ -133,15 +162,23 @@ def validate_artifact(
     device: str | None = None,
     providers: list | None = None,
     public_key: str | None = None,
+    model: str | None = None,
+    decoder: str | None = None,
+    trust_model_spec: bool = False,
 ) -> dict:
-    """Run the parity report; `passed` is the gate's verdict."""
+    """Run the parity report; `passed` is the gate's verdict.
+
+    model / decoder: the specs to rebuild the eager reference from (default: the manifest's, which
+    may name code to import only with trust_model_spec; see `reference_spec`).
+    """
     if min_psnr is not None:
         min_psnr = number(min_psnr, "min_psnr", 0, 1000)
     folder = Path(folder)
     manifest = read_manifest(folder, public_key=public_key)
+    spec = reference_spec(manifest, model, decoder, trust_model_spec)
     device = device or default_device(manifest)
     runner = open_artifact(folder, manifest, device, providers)
-    reference = EagerRunner(folder, manifest, device)
+    reference = EagerRunner(folder, manifest, device, spec)
     n = int(manifest["max_batch"])
     gt = ground_truth(reference.field, n, VALIDATE_SEED)
     noise = gt.noise.float().to(device)

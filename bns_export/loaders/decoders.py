@@ -18,9 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checks import read_json
-from .errors import BNSError
-from .fields.field import state_digest
+from ..checks import read_json
+from ..errors import BNSError
+from ..fields.field import state_digest
+from .diffusers import model_class, pretrained
+from .factory import call_factory
+from .network import users_code
+from .spec import DIFFUSERS_PREFIX, ModelSpec
 
 
 class Decoder(nn.Module):
@@ -54,19 +58,18 @@ class Decoder(nn.Module):
         return hashlib.sha256((desc + state_digest(self)).encode()).hexdigest()[:16]
 
 
-def load_decoder(spec: str, model_spec: str, sample_shape: tuple[int, ...]) -> Decoder:
-    """The decoder `spec` names (see the module docstring), checked on a batch of zero latents."""
+def load_decoder(spec: str, model: ModelSpec | str, sample_shape: tuple[int, ...]) -> Decoder:
+    """The decoder `spec` names (see the module docstring) for `model`, checked on a batch of zero latents."""
     if not isinstance(spec, str) or not spec:
         raise BNSError("--decoder takes vae, a diffusers autoencoder folder, or package.module:factory")
+    model = model if isinstance(model, ModelSpec) else ModelSpec(model)
     if spec == "vae":
-        if not model_spec.startswith("diffusers:"):
+        if model.kind != "diffusers":
             raise BNSError("--decoder vae means the diffusers folder's vae/: it needs -m diffusers:PATH")
-        decoder = _diffusers_autoencoder(Path(model_spec.split(":", 1)[1]).expanduser() / "vae", spec)
+        decoder = _diffusers_autoencoder(Path(model.model[len(DIFFUSERS_PREFIX) :]).expanduser() / "vae", spec)
     elif Path(spec).expanduser().is_dir():
         decoder = _diffusers_autoencoder(Path(spec).expanduser(), spec)
     elif ":" in spec:
-        from .models import call_factory
-
         decoder = Decoder(call_factory(spec, "decoder").eval(), spec)
     else:
         raise BNSError(f"decoder {spec!r}: not a folder, not 'vae' and not package.module:factory")
@@ -76,8 +79,6 @@ def load_decoder(spec: str, model_spec: str, sample_shape: tuple[int, ...]) -> D
 
 def _diffusers_autoencoder(folder: Path, spec: str) -> Decoder:
     """A diffusers autoencoder saved with save_pretrained (safetensors only), with its latent scaling."""
-    from .diffusers_models import model_class, pretrained
-
     cfg = read_json(folder / "config.json", "decoder config")
     cls = model_class(cfg, folder)
     if not hasattr(cls, "decode"):
@@ -93,8 +94,6 @@ def _diffusers_autoencoder(folder: Path, spec: str) -> Decoder:
 
 def check_decoder(decoder: Decoder, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Decode two zero latents: the output must be a finite float batch of 2; return one image's shape."""
-    from .models import users_code
-
     z = torch.zeros((2, *sample_shape))
     with users_code(f"decoder {decoder.source} on latents of shape {tuple(z.shape)}"), torch.no_grad():
         out = decoder(z)

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checks import read_json
-from .errors import EXIT_MISSING_BACKEND, BNSError
-from .fields import NetworkField
-from .fields.schedules import FMOT, DDPMDiscrete
+from ..checks import read_json
+from ..errors import EXIT_MISSING_BACKEND, BNSError
+from ..fields import NetworkField
+from ..fields.schedules import FMOT, DDPMDiscrete
+from .conditions import load_condition_set
 
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
@@ -133,8 +134,6 @@ def load_diffusers_field(path: str, opt) -> NetworkField:
     classes = int(classes) - 1 if classes and int(classes) > 1 else None
     cond, null = (None, None)
     if opt.cond_set:
-        from .models import load_condition_set
-
         cond, null = load_condition_set(opt.cond_set)
     try:
         return NetworkField(
