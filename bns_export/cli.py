@@ -6,14 +6,12 @@ Progress goes to stderr, so `--json` output on stdout stays machine-readable.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
@@ -21,6 +19,7 @@ import click
 from . import __version__
 from .checks import Integer, Number
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BNSError
+from .interrupts import Interrupted, pending, raise_if_interrupted, signals_as_interrupts
 
 # the number options' ranges, shared where several commands take the same option
 GUIDANCE = Number(0, 100)  # classifier-free guidance scale w (1 = none)
@@ -153,32 +152,6 @@ def _guidance(solver_spec: str | None, guidance: float | None) -> float:
     return 1.0 if g is None else g
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised like Ctrl-C so every `finally` cleans up (staging folders, temp files)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _interrupt(signum, frame) -> None:
-    raise Interrupted(signum)
-
-
-@contextlib.contextmanager
-def signals_as_interrupts():
-    """While a command runs, SIGTERM (timeout, docker, systemd, Kubernetes) and SIGHUP act like SIGINT."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
 def handle_errors(fn):
     """Map BNSError (and SIGINT/SIGTERM/SIGHUP) to one line on stderr and the exit code (128 + signal)."""
 
@@ -186,15 +159,19 @@ def handle_errors(fn):
     def wrapper(*args, **kw):
         try:
             with signals_as_interrupts():
-                return fn(*args, **kw)
+                result = fn(*args, **kw)
+                raise_if_interrupted()  # a signal somebody swallowed still ends the command
+                return result
+        except KeyboardInterrupt as e:
+            _interrupted(e.signum if isinstance(e, Interrupted) else signal.SIGINT)
         except BNSError as e:
+            if pending():
+                _interrupted(pending())
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt as e:
-            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-            click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
-            sys.exit(128 + signum)
         except Exception as e:  # a model's own error mid-run, or a bug: still one line, never a traceback
+            if pending():  # e.g. an import interrupted half-way, failing later
+                _interrupted(pending())
             if os.environ.get("BNS_EXPORT_DEBUG"):
                 raise
             first = (str(e).strip().splitlines() or [""])[0][:300]
@@ -202,6 +179,11 @@ def handle_errors(fn):
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def _interrupted(signum: int) -> None:
+    click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+    sys.exit(128 + signum)
 
 
 class CLI(click.Group):
@@ -522,6 +504,7 @@ def sample_cmd(
 @click.option("--no-validate", is_flag=True, help="Skip the parity check (not recommended).")
 @click.option("--min-psnr", type=GATE, default=None, help="Parity gate in dB (default 60 fp32, 35 fp16).")
 @click.option("--out", "-o", required=True, help="Artifact directory to create (replaced atomically).")
+@click.option("--force", is_flag=True, help="Replace --out even when it is not a bns-export artifact.")
 @decoder_option
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile_cmd(
@@ -541,6 +524,7 @@ def compile_cmd(
     no_validate,
     min_psnr,
     out,
+    force,
     as_json,
 ) -> None:
     """Compile model + solver (+ decoder) into one graph (noise [+ condition] in, sample [+ image] out) and
@@ -566,6 +550,7 @@ def compile_cmd(
         min_psnr=min_psnr,
         workspace_bytes=workspace_mb << 20,
         timing_cache=timing_cache,
+        force=force,
         log=lambda m: click.echo(m, err=True),
     )
     if as_json:
@@ -645,11 +630,17 @@ def validate_cmd(artifact, min_psnr, device, public_key, model, decoder, trust_m
 @click.option("--repo", required=True, type=click.Path(file_okay=False), help="Triton model repository folder.")
 @click.option("--name", default=None, help="Model name in the repository (default: the first artifact's folder name).")
 @click.option("--gpu/--cpu", "gpu", default=None, help="Instance kind (default: GPU for TensorRT plans, else CPU).")
-def triton_cmd(artifacts, repo, name, gpu) -> None:
-    """Write a Triton model repository entry: config.pbtxt and one version per artifact (e.g. NFE 4 / 8 / 16)."""
+@click.option(
+    "--replace", is_flag=True, help="Replace the model folder (only one bns-export wrote) instead of adding versions."
+)
+def triton_cmd(artifacts, repo, name, gpu, replace) -> None:
+    """Write a Triton model repository entry: config.pbtxt and one version per artifact (e.g. NFE 4 / 8 / 16).
+
+    An existing model folder that bns-export wrote gets the artifacts as new versions beside its others;
+    a config.pbtxt edited by hand is kept; a folder bns-export did not write is refused."""
     from .runtime.triton import write_repository
 
-    out = write_repository(list(artifacts), repo, name, gpu)
+    out = write_repository(list(artifacts), repo, name, gpu, replace=replace, log=lambda m: click.echo(m, err=True))
     click.echo(f"wrote {out} ({len(artifacts)} version(s)); serve with: tritonserver --model-repository {repo}")
 
 

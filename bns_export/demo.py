@@ -109,7 +109,8 @@ def triton_step(ctx: DemoContext) -> dict:
     cfg = replace(ctx.distill_config, nfe=half)
     distill(ctx.field, ctx.gts["train"], ctx.gts["val"], cfg, out=half_path)
     folder, _ = _compile(ctx, half_path, half)
-    repo = write_repository([folder, ctx.out_dir / f"onnx-bns-{ctx.solver.nfe}"], ctx.out_dir / "triton", ctx.model)
+    versions = [folder, ctx.out_dir / f"onnx-bns-{ctx.solver.nfe}"]
+    repo = write_repository(versions, ctx.out_dir / "triton", ctx.model, replace=True)
     return {"repository": str(repo.parent), "model": repo.name, "versions": {"1": half, "2": ctx.solver.nfe}}
 
 

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import BNSError
+from .interrupts import raise_if_interrupted
 
 
 def current_umask() -> int:
@@ -43,6 +44,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         honour_umask(Path(tmp))
+        raise_if_interrupted()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ Imports nothing heavier than numpy, so the ONNX runtime path stays torch-free.
 
 from __future__ import annotations
 
+import json
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -49,6 +50,34 @@ class ExportRequest:
     def condition_name(self) -> str | None:
         """The graph's condition input: "labels", "cond" or None (see `condition_input`)."""
         return condition_input(self.conditional, self.cond_shape)[0]
+
+
+#: manifest keys also stored in the graph's own metadata (ONNX metadata_props), compared on load
+GRAPH_METADATA = (
+    "solver_fingerprint",
+    "model_fingerprint",
+    "nfe",
+    "guidance",
+    "precision",
+    "inputs",
+    "outputs",
+    "tool_version",
+)
+
+
+def graph_metadata_value(value) -> str:
+    """How a manifest value is written into the graph's string metadata."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def check_graph_metadata(meta: dict, manifest: dict, model_file: str) -> None:
+    """The graph's own metadata must agree with its manifest (a swapped graph whose hash was updated is caught)."""
+    for key in GRAPH_METADATA:
+        if key in meta and key in manifest and meta[key] != graph_metadata_value(manifest[key]):
+            raise BNSError(
+                f"{model_file}'s own metadata says {key} {meta[key][:80]}, its manifest "
+                f"{graph_metadata_value(manifest[key])[:80]}: the graph does not belong to this manifest"
+            )
 
 
 def is_torch(x) -> bool:

@@ -6,7 +6,6 @@ their device).  The exporter imports torch when called.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EXIT_MISSING_BACKEND, BNSError
-from .base import ExportRequest, Runner, to_numpy
+from .base import ExportRequest, Runner, check_graph_metadata, graph_metadata_value, to_numpy
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 512 << 20  # weights above this go to model.onnx.data (protobuf caps a file at 2 GB)
@@ -78,7 +77,7 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
     del model.metadata_props[:]
     for key, value in request.metadata.items():
         entry = model.metadata_props.add()
-        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+        entry.key, entry.value = key, graph_metadata_value(value)
     model.doc_string = "bns-export unrolled sampler: noise (+ labels) in, sample out"
     onnx.save(model, str(path))  # external data, if any, stays in place: only the graph file changes
     onnx.checker.check_model(str(path), full_check=True)
@@ -238,6 +237,7 @@ class OnnxRunner(Runner):
             self.session = ort.InferenceSession(str(self.folder / manifest["model_file"]), opts, providers=chosen)
         except Exception as e:  # a corrupt model file that still matched its hash is a build bug, but say so
             raise BNSError(f"ONNX Runtime cannot load {manifest['model_file']}: {str(e).strip()[:300]}") from None
+        check_graph_metadata(self.session.get_modelmeta().custom_metadata_map, manifest, manifest["model_file"])
         names = sorted(i.name for i in self.session.get_inputs())
         wanted = sorted(["noise", self.condition_name] if self.conditional else ["noise"])
         outs = [o.name for o in self.session.get_outputs()]

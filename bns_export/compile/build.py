@@ -16,12 +16,13 @@ import torch
 
 from .. import __version__
 from ..backends import ExportRequest, get_backend
+from ..backends.base import GRAPH_METADATA
 from ..checks import integer, number
 from ..errors import EXIT_PARITY_FAILED, BNSError
 from ..fields import GuidedField, NetworkField
 from ..loaders import ModelOptions, ModelSpec, load_model
 from ..loaders.decoders import load_decoder
-from ..runtime.artifact import staging_dir, write_manifest
+from ..runtime.artifact import check_replaceable, staging_dir, write_manifest
 from ..solvers import resolve_solver
 from .unroll import OUTPUTS, UnrolledSampler
 
@@ -119,19 +120,6 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
     }
 
 
-#: manifest keys also stored in the ONNX graph's metadata
-GRAPH_METADATA = (
-    "solver_fingerprint",
-    "model_fingerprint",
-    "nfe",
-    "guidance",
-    "precision",
-    "inputs",
-    "outputs",
-    "tool_version",
-)
-
-
 def compile_artifact(
     model: str,
     solver: str,
@@ -149,14 +137,17 @@ def compile_artifact(
     min_psnr: float | None = None,
     workspace_bytes: int = 2 << 30,
     timing_cache: str | None = None,
+    force: bool = False,
     log=print,
 ) -> dict:
     """Build, validate and atomically publish an artifact directory; return its manifest.
 
     device: where the export traces the sampler and where the artifact is validated (for `aoti`
-    also the package's target device; ONNX graphs are device-independent).
+    also the package's target device; ONNX graphs are device-independent).  An existing `out` is
+    replaced only when it is empty or an artifact, unless force=True.
     """
     backend = get_backend(fmt)
+    check_replaceable(Path(out), force)  # before minutes of export, not after
     max_batch = integer(max_batch, "max_batch", 1, 65536)
     opt_batch = integer(opt_batch or max(1, max_batch // 2), "opt_batch", 1, 65536)
     if opt_batch > max_batch:
@@ -215,7 +206,7 @@ def compile_artifact(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     request = replace(request, metadata={k: manifest[k] for k in GRAPH_METADATA}, output_names=sampler.output_names)
-    with staging_dir(Path(out)) as tmp:
+    with staging_dir(Path(out), force=force) as tmp:
         ns.save(tmp / "solver.json")
         manifest.update(backend.export(sampler, request, tmp, log))
         reference = copy.deepcopy(field).float() if field.default_dtype == torch.float64 else field

@@ -21,10 +21,10 @@ from pathlib import Path
 from ..checks import integer, number, read_json
 from ..errors import BNSError
 from ..fileio import honour_umask
+from ..interrupts import raise_if_interrupted
+from .layout import MANIFEST, SIGNATURE, UNHASHED
+from .signing import verify_manifest
 
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.json.sig"
-UNHASHED = (MANIFEST, SIGNATURE)
 SCHEMA = "bns-export/artifact"
 SCHEMA_VERSION = 1
 
@@ -57,48 +57,130 @@ def write_manifest(folder: Path, manifest: dict) -> dict:
 
 #: when this process started: staging folders older than this and unlocked are leftovers of killed runs
 PROCESS_START = time.time()
-STAGING_PATTERNS = (".*.partial-*", ".*.old-*")
+#: a staging folder `.<name>.bns-partial-XXXX` is ours only with its lock file `<staging>.lock` holding this line
+STAGING_INFIX = ".bns-partial-"
+LOCK_MAGIC = "bns-export staging lock\n"
+
+
+def _our_lock(lock_path: Path) -> bool:
+    """A lock file this tool wrote: a regular file (not a link) of one known line."""
+    try:
+        return lock_path.is_file() and not lock_path.is_symlink() and lock_path.read_bytes()[:64] == LOCK_MAGIC.encode()
+    except OSError:
+        return False
 
 
 def remove_stale_staging(parent: Path) -> list[str]:
-    """Remove staging folders of killed builds in `parent`: older than this process and not locked by a
-    live build (each build holds an flock on `<staging>.lock` until it ends; the kernel drops it on exit)."""
+    """Remove staging folders of killed builds in `parent`: only folders named like ours *and* carrying our
+    lock file, older than this process and not locked by a live build (each build holds an flock on
+    `<staging>.lock` until it ends; the kernel drops it on exit).  Nothing else is touched."""
     removed = []
-    for pattern in STAGING_PATTERNS:
-        for d in parent.glob(pattern):
-            if not d.is_dir() or d.is_symlink() or d.stat().st_mtime >= PROCESS_START:
-                continue
-            lock_path = d.with_name(d.name + ".lock")
-            with contextlib.ExitStack() as stack:
-                if lock_path.exists():
-                    try:
-                        f = stack.enter_context(open(lock_path, "a"))
-                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except OSError:
-                        continue  # a live build holds it
+    for d in parent.glob(f".*{STAGING_INFIX}*"):
+        if d.name.endswith(".lock") or not d.is_dir() or d.is_symlink() or d.stat().st_mtime >= PROCESS_START:
+            continue
+        lock_path = d.with_name(d.name + ".lock")
+        if not _our_lock(lock_path):
+            continue
+        try:
+            with open(lock_path, "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 shutil.rmtree(d, ignore_errors=True)
                 lock_path.unlink(missing_ok=True)
-                removed.append(d.name)
+        except OSError:
+            continue  # a live build holds it
+        removed.append(d.name)
     return removed
 
 
+def is_artifact_dir(folder: Path) -> bool:
+    """A folder this tool may replace: empty, or a bns-export artifact (its manifest says so)."""
+    if not any(folder.iterdir()):
+        return True
+    try:
+        manifest = read_json(folder / MANIFEST, "manifest")
+    except BNSError:
+        return False
+    return isinstance(manifest, dict) and manifest.get("schema") == SCHEMA
+
+
+def check_replaceable(dest: Path, force: bool = False, replaceable=is_artifact_dir) -> None:
+    """An output folder may be (re)written: absent, or replaceable, or force; else one line, exit 2."""
+    if dest.exists() and not dest.is_dir():
+        raise BNSError(f"output {dest} exists and is not a directory")
+    if dest.is_dir() and not force and not replaceable(dest):
+        raise BNSError(f"output {dest} exists and is not a bns-export artifact; refusing to replace it (--force does)")
+
+
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
 @contextlib.contextmanager
-def staging_dir(dest: Path) -> Iterator[Path]:
+def _signals_held():
+    """Hold SIGINT/SIGTERM/SIGHUP for a few system calls that must not be separated; delivered afterwards."""
+    import signal
+
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    except (AttributeError, ValueError, OSError):
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def publish(tmp: Path, dest: Path) -> None:
+    """Put folder `tmp` at `dest`: at every instant `dest` is either the old folder or the new one.
+    The old one is then removed (it ends up at `tmp`, whose lock marks it for cleanup if we are killed)."""
+    if not dest.exists():
+        os.replace(tmp, dest)
+        return
+    if not exchange(tmp, dest):  # no atomic exchange here: two renames with signals held between them
+        aside = tmp.with_name(tmp.name + "-old")
+        with _signals_held():
+            os.replace(dest, aside)
+            os.replace(tmp, dest)
+            os.replace(aside, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_dir(dest: Path, force: bool = False, replaceable=is_artifact_dir) -> Iterator[Path]:
     """Yield a temporary sibling of `dest`; on normal exit it replaces `dest`, otherwise it is removed.
 
+    An existing `dest` is replaced only when `replaceable(dest)` (by default: empty or a bns-export
+    artifact) or with force=True; anything else is one line, exit 2, before anything is written.
     The staging folder is locked for the life of the build, so a later build removes it only once
     its process is gone (killed with SIGKILL, say); the published folder honours the umask.
     """
     dest = Path(dest)
-    if dest.exists() and not dest.is_dir():
-        raise BNSError(f"output {dest} exists and is not a directory")
+    check_replaceable(dest, force, replaceable)
     parent = dest.parent
     if not parent.is_dir():
         raise BNSError(f"output folder does not exist: {parent}")
     remove_stale_staging(parent)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{STAGING_INFIX}", dir=parent))
         lock = open(tmp.with_name(tmp.name + ".lock"), "w")
+        lock.write(LOCK_MAGIC)
+        lock.flush()
     except OSError as e:
         raise BNSError(f"cannot write to {parent}: {e.strerror}") from None
     try:
@@ -107,13 +189,8 @@ def staging_dir(dest: Path) -> Iterator[Path]:
         for f in tmp.iterdir():  # whatever wrote them (safetensors, torch, TensorRT), files get the umask's mode
             honour_umask(f, directory=f.is_dir())
         honour_umask(tmp, directory=True)
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=parent))
-            os.replace(dest, old / "x")
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        raise_if_interrupted()
+        publish(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -126,8 +203,9 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True, public_key: st
 
     Integrity: every file the runners open (model, its external data, solver) must be listed with
     its sha256, under a plain name inside the folder (no `..`, no absolute path, no link), and the
-    folder may hold no file the manifest does not list.  With `public_key` (an Ed25519 PEM file),
-    the detached signature `manifest.json.sig` must verify too.
+    folder may hold no file the manifest does not list.  A detached signature `manifest.json.sig`,
+    when present, must verify (by its embedded key, or by `public_key`, an Ed25519 PEM file, which
+    then must have made it).
     """
     folder = Path(folder)
     path = folder / MANIFEST
@@ -144,10 +222,8 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True, public_key: st
         check_manifest(manifest)
     except BNSError as e:
         raise BNSError(f"{path}: {e}") from None
-    if public_key is not None:
-        from .signing import verify_manifest
-
-        verify_manifest(folder, public_key)
+    if public_key is not None or (folder / SIGNATURE).exists() or (folder / SIGNATURE).is_symlink():
+        verify_manifest(folder, public_key)  # a present signature must verify, key or no key
     if verify:
         verify_files(folder, manifest)
     return manifest

@@ -1,5 +1,10 @@
 """Detached Ed25519 signatures of an artifact's manifest (which hashes every file): `manifest.json.sig`.
 
+The signature file holds the base64 signature and, on a second line `ed25519:<base64>`, the raw
+public key that made it.  Whenever the file is present it must verify: against the embedded key
+when no key is given (a swapped graph or an edited manifest is caught), and against the given key
+(which must be the embedded one) with `--public-key` (which also says *who* signed it).
+
 Keys are PEM files (`openssl genpkey -algorithm ed25519 -out key.pem`,
 `openssl pkey -in key.pem -pubout -out key.pub.pem`).  Needs the `cryptography` package
 (`pip install 'bns-export[sign]'`); without it, signing or verifying is one line with exit code 3.
@@ -12,9 +17,11 @@ import os
 from pathlib import Path
 
 from ..errors import EXIT_MISSING_BACKEND, BNSError
-from .artifact import MANIFEST, SIGNATURE
+from ..fileio import atomic_write_bytes
+from .layout import MANIFEST, SIGNATURE
 
 MAX_KEY_BYTES = 16 << 10
+KEY_PREFIX = b"ed25519:"
 
 
 def _crypto():
@@ -50,28 +57,59 @@ def sign_manifest(folder: str | os.PathLike, private_key: str | os.PathLike) -> 
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         raise BNSError(f"{folder} is not an artifact (no {MANIFEST})")
-    from ..fileio import atomic_write_bytes
-
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     sig = base64.b64encode(key.sign((folder / MANIFEST).read_bytes())) + b"\n"
-    atomic_write_bytes(folder / SIGNATURE, sig)
+    atomic_write_bytes(folder / SIGNATURE, sig + KEY_PREFIX + base64.b64encode(raw) + b"\n")
     return folder / SIGNATURE
 
 
-def verify_manifest(folder: str | os.PathLike, public_key: str | os.PathLike) -> None:
-    """Raise unless folder/manifest.json.sig is a valid signature of manifest.json by `public_key`."""
-    serialization, ed25519, invalid = _crypto()
+def _read_signature(sig_path: Path) -> tuple[bytes, bytes | None]:
+    """(signature, embedded raw public key or None for a file written before keys were embedded)."""
+    if sig_path.is_symlink() or not sig_path.is_file() or sig_path.stat().st_size > 1024:
+        raise BNSError(f"{sig_path} is not a signature file (a regular file of at most 1 KiB)")
+    lines = sig_path.read_bytes().strip().splitlines()
     try:
-        key = serialization.load_pem_public_key(_key_bytes(public_key, "public key"))
-    except (ValueError, TypeError) as e:
-        raise BNSError(f"cannot read public key {public_key}: {str(e).splitlines()[0]}") from None
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise BNSError(f"{public_key} is not an Ed25519 public key")
+        sig = base64.b64decode(lines[0].strip(), validate=True)
+        embedded = None
+        if len(lines) > 1 and lines[1].startswith(KEY_PREFIX):
+            embedded = base64.b64decode(lines[1][len(KEY_PREFIX) :].strip(), validate=True)
+    except (IndexError, ValueError):
+        raise BNSError(f"{sig_path} is not a signature file (base64 signature and key lines)") from None
+    return sig, embedded
+
+
+def verify_manifest(folder: str | os.PathLike, public_key: str | os.PathLike | None = None) -> None:
+    """Raise unless folder/manifest.json.sig verifies: with `public_key` (PEM) by that key, else by the key
+    embedded in the signature file.  Without a key and without a signature file there is nothing to check."""
     folder = Path(folder)
     sig_path = folder / SIGNATURE
-    if not sig_path.is_file() or sig_path.is_symlink():
-        raise BNSError(f"artifact {folder} is not signed (no {SIGNATURE})")
+    if public_key is None and not sig_path.exists() and not sig_path.is_symlink():
+        return
+    serialization, ed25519, invalid = _crypto()
+    if public_key is not None:
+        try:
+            key = serialization.load_pem_public_key(_key_bytes(public_key, "public key"))
+        except (ValueError, TypeError) as e:
+            raise BNSError(f"cannot read public key {public_key}: {str(e).splitlines()[0]}") from None
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise BNSError(f"{public_key} is not an Ed25519 public key")
+        if not sig_path.exists():
+            raise BNSError(f"artifact {folder} is not signed (no {SIGNATURE})")
+    sig, embedded = _read_signature(sig_path)
+    if public_key is None:
+        if embedded is None:
+            raise BNSError(f"artifact {folder} has a signature without its key: verify it with --public-key")
+        try:
+            key = ed25519.Ed25519PublicKey.from_public_bytes(embedded)
+        except ValueError:
+            raise BNSError(f"{sig_path}: the embedded public key is not an Ed25519 key") from None
+        by = "its embedded key"
+    else:
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        if embedded is not None and embedded != raw:
+            raise BNSError(f"artifact {folder} was signed by another key than {public_key}")
+        by = str(public_key)
     try:
-        sig = base64.b64decode(sig_path.read_bytes()[:256].strip(), validate=True)
         key.verify(sig, (folder / MANIFEST).read_bytes())
-    except (invalid, ValueError):
-        raise BNSError(f"artifact {folder}: the manifest's signature does not verify with {public_key}") from None
+    except invalid:
+        raise BNSError(f"artifact {folder}: the manifest's signature does not verify with {by}") from None

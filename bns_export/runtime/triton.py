@@ -10,11 +10,18 @@ the batch range and an engine cache.  Imports no torch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
+from ..checks import read_json
 from ..errors import BNSError
+from ..fileio import atomic_write_text, honour_umask
+from ..interrupts import raise_if_interrupted
 from .artifact import read_manifest, staging_dir
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -93,10 +100,82 @@ def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str) -> str
     return "\n".join(text) + "\n"
 
 
+#: Triton model and tensor names: plain identifiers (nothing that needs escaping in protobuf text)
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+#: in a model folder: what this tool wrote there (versions, config digest), so it never touches anything else
+RECORD = "bns-export.json"
+#: manifest keys every version of one Triton model must share
+SIGNATURE_KEYS = ("format", "precision", "max_batch", "inputs", "outputs", "model_fingerprint")
+
+
+def check_name(name, what: str) -> str:
+    """A name written into config.pbtxt: letters, digits, _ . - only (no quotes, no escapes, no injection)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise BNSError(
+            f"{what} {name!r} must be letters, digits, '_', '.' or '-' (at most 128, not starting with . or -)"
+        )
+    return name
+
+
+def _record(model_dir: Path) -> dict | None:
+    """The model folder's record, if this tool wrote the folder."""
+    if not (model_dir / RECORD).is_file():
+        return None
+    rec = read_json(model_dir / RECORD, "Triton model record")
+    if (
+        not isinstance(rec, dict)
+        or rec.get("schema") != "bns-export/triton-model"
+        or not isinstance(rec.get("versions"), list)
+    ):
+        raise BNSError(f"{model_dir / RECORD} is not a bns-export Triton model record")
+    return rec
+
+
+def _is_ours(model_dir: Path) -> bool:
+    return not any(model_dir.iterdir()) or _record(model_dir) is not None
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _copy_version(artifact: Path, manifest: dict, vdir: Path) -> None:
+    """The artifact's model file and its external data into a version folder, with the umask's modes."""
+    model_file = manifest["model_file"]
+    for f in manifest["files"]:
+        if f == model_file or f.startswith(model_file + "."):
+            shutil.copyfile(artifact / f, vdir / f)
+            honour_umask(vdir / f)
+    honour_umask(vdir, directory=True)
+
+
+def _readme(name: str, first: dict, rows: list[dict]) -> str:
+    names = ", ".join(s["name"] for s in first["inputs"])
+    outs = ", ".join(s["name"] for s in first["outputs"])
+    lines = [
+        f"| {r['version']} | {r['nfe']} | {r['solver']} | {r['solver_fingerprint']} | {r['artifact']} |" for r in rows
+    ]
+    return (
+        f"# {name}\n\nbns-export samplers of one model ({first['model'].get('name', '')}), served as one "
+        f"Triton model with a version per solver. Inputs: {names}; outputs: {outs}.\n\n"
+        "| version | NFE | solver | solver fingerprint | artifact |\n|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+    )
+
+
 def write_repository(
-    artifacts: list[str | os.PathLike], repo: str | os.PathLike, name: str | None = None, gpu: bool | None = None
+    artifacts: list[str | os.PathLike],
+    repo: str | os.PathLike,
+    name: str | None = None,
+    gpu: bool | None = None,
+    replace: bool = False,
+    log=lambda message: None,
 ) -> Path:
-    """Write (or replace) `<repo>/<name>/`: config.pbtxt, versions 1..k (one per artifact, in order), README.md."""
+    """Write `<repo>/<name>/`: config.pbtxt, one version folder per artifact, README.md and its record.
+
+    A new model folder gets versions 1..k.  An existing one that this tool wrote gets the artifacts as
+    new versions beside its others (which must be of the same model); a config.pbtxt edited by hand
+    since is kept.  replace=True replaces a folder this tool wrote.  A folder it did not write is refused.
+    """
     if not artifacts:
         raise BNSError("give at least one artifact directory")
     manifests = [read_manifest(a) for a in artifacts]
@@ -104,37 +183,81 @@ def write_repository(
     for a, m in zip(artifacts, manifests):
         if m["format"] not in PLATFORMS:
             raise BNSError(f"{a}: Triton serves onnx and tensorrt artifacts, not {m['format']!r}")
-        for key in ("format", "precision", "max_batch", "inputs", "outputs", "model_fingerprint"):
+        for key in SIGNATURE_KEYS:
             if m.get(key) != first.get(key):
                 raise BNSError(f"{a}: {key} differs from {artifacts[0]}'s; versions of one model must agree")
-    name = name or Path(artifacts[0]).resolve().name
-    if not name or "/" in name or name.startswith("."):
-        raise BNSError(f"bad model name {name!r}")
+    for spec in (*first["inputs"], *first["outputs"]):
+        check_name(spec.get("name"), "tensor name")
+        if spec.get("dtype") not in TYPES:
+            raise BNSError(
+                f"tensor {spec['name']} has dtype {spec.get('dtype')!r}; Triton configs take {', '.join(TYPES)}"
+            )
+    name = check_name(name or Path(artifacts[0]).resolve().name, "model name")
     repo = Path(repo)
+    model_dir = repo / name
+    for a in artifacts:  # `triton A --repo A` would write into the artifact (and break its hashes)
+        art = Path(a).resolve()
+        target = model_dir.resolve()
+        if art == target or art in target.parents or target in art.parents:
+            raise BNSError(f"the repository entry {model_dir} overlaps artifact {a}; choose a --repo outside it")
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BNSError(f"cannot create repository folder {repo}: {e.strerror}") from None
     gpu = first["format"] == "tensorrt" if gpu is None else gpu
-    with staging_dir(repo / name) as staging:
-        rows = []
-        for version, (a, m) in enumerate(zip(artifacts, manifests), start=1):
-            vdir = staging / str(version)
-            vdir.mkdir()
-            model_file = m["model_file"]
-            for f in m["files"]:
-                if f == model_file or f.startswith(model_file + "."):  # the model and its external data
-                    shutil.copy2(Path(a) / f, vdir / f)
-            rows.append(f"| {version} | {m['nfe']} | {m['solver_name']} | {m['solver_fingerprint']} | {a} |")
-        cache = f"/tmp/triton-trt-cache/{name}"
-        (staging / "config.pbtxt").write_text(config_pbtxt(name, first, gpu, cache))
-        names = ", ".join(s["name"] for s in first["inputs"])
-        outs = ", ".join(s["name"] for s in first["outputs"])
-        (staging / "README.md").write_text(
-            f"# {name}\n\nbns-export samplers of one model ({first['model'].get('name', '')}), served as one "
-            f"Triton model with a version per solver. Inputs: {names}; outputs: {outs}.\n\n"
-            "| version | NFE | solver | solver fingerprint | artifact |\n|---|---|---|---|---|\n"
-            + "\n".join(rows)
-            + "\n"
-        )
-    return repo / name
+    config = config_pbtxt(name, first, gpu, f"/tmp/triton-trt-cache/{name}")
+    signature = {k: first.get(k) for k in SIGNATURE_KEYS}
+    rows = [
+        {"nfe": m["nfe"], "solver": m["solver_name"], "solver_fingerprint": m["solver_fingerprint"], "artifact": str(a)}
+        for a, m in zip(artifacts, manifests)
+    ]
+    if replace or not model_dir.exists() or not any(model_dir.iterdir()):
+        with staging_dir(model_dir, replaceable=_is_ours) as staging:
+            for version, (a, m, row) in enumerate(zip(artifacts, manifests, rows), start=1):
+                row["version"] = version
+                (staging / str(version)).mkdir()
+                _copy_version(Path(a), m, staging / str(version))
+            _write_entry(staging, name, first, config, signature, rows)
+        return model_dir
+    record = _record(model_dir) if model_dir.is_dir() else None
+    if record is None:
+        raise BNSError(f"{model_dir} exists and was not written by bns-export; refusing to add versions to it")
+    if record.get("signature") != signature:
+        raise BNSError(f"{model_dir} serves another model (inputs, outputs, precision or fingerprint differ)")
+    taken = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+    start = max(taken, default=0) + 1
+    for version, (a, m, row) in enumerate(zip(artifacts, manifests, rows), start=start):
+        row["version"] = version
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.bns-partial-", dir=model_dir))
+        try:
+            _copy_version(Path(a), m, tmp)
+            raise_if_interrupted()
+            os.rename(tmp, model_dir / str(version))  # fails (one line) if another writer took the number
+        except OSError as e:
+            raise BNSError(f"cannot add version {version} to {model_dir}: {e.strerror}") from None
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    ours = _digest(model_dir / "config.pbtxt") in (record.get("config_sha256"), None)
+    if not ours:
+        log(f"kept {model_dir / 'config.pbtxt'}: it was edited since bns-export wrote it")
+    _write_entry(model_dir, name, first, config if ours else None, signature, record["versions"] + rows, record)
+    return model_dir
+
+
+def _write_entry(folder: Path, name: str, first: dict, config: str | None, signature: dict, rows: list, record=None):
+    """config.pbtxt (when given), README.md and the record of what this tool wrote, each atomically."""
+    if config is not None:
+        atomic_write_text(folder / "config.pbtxt", config)
+    readme = folder / "README.md"
+    if record is None or _digest(readme) in (record.get("readme_sha256"), None):
+        atomic_write_text(readme, _readme(name, first, rows))
+    rec = {
+        "schema": "bns-export/triton-model",
+        "version": 1,
+        "signature": signature,
+        "versions": rows,
+        "config_sha256": _digest(folder / "config.pbtxt") if config is not None else record.get("config_sha256"),
+        "readme_sha256": _digest(readme),
+    }
+    atomic_write_text(folder / RECORD, json.dumps(rec, indent=2) + "\n")

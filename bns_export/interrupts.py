@@ -1,0 +1,70 @@
+"""Signals that end a command: SIGINT, SIGTERM and SIGHUP, from the command's first instruction.
+
+Before a command starts (while the CLI imports), a signal exits at once with 128 + signal: nothing
+has been written yet.  While it runs, a signal raises `Interrupted` (a KeyboardInterrupt, so every
+`finally` removes its temporary files) and is remembered: code that swallows the exception (an
+import interrupted half-way, a library's broad `except`) cannot turn it into success, because
+publishing steps call `raise_if_interrupted()` and the CLI exits with 128 + signal whatever the
+command returned.  Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+_pending: list[int] = []
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal raised like Ctrl-C so every `finally` cleans up (staging folders, temp files)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def pending() -> int | None:
+    """The first signal received while a command ran, or None."""
+    return _pending[0] if _pending else None
+
+
+def raise_if_interrupted() -> None:
+    """Before publishing anything: a signal received earlier (even one somebody swallowed) stops here."""
+    if _pending:
+        raise Interrupted(_pending[0])
+
+
+def _exit_now(signum, frame) -> None:
+    os.write(2, f"interrupted ({signal.Signals(signum).name})\n".encode())
+    os._exit(128 + signum)
+
+
+def _raise(signum, frame) -> None:
+    if not _pending:
+        _pending.append(signum)
+    raise Interrupted(signum)
+
+
+def install_early() -> None:
+    """The console entry's first step: until a command starts, a signal ends the process at once."""
+    for sig in SIGNALS:
+        signal.signal(sig, _exit_now)
+
+
+@contextlib.contextmanager
+def signals_as_interrupts():
+    """While a command runs, SIGINT, SIGTERM (timeout, docker, systemd, Kubernetes) and SIGHUP raise
+    `Interrupted` and are remembered (see `pending`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, _raise) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
