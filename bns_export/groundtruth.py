@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -18,6 +19,8 @@ from .checks import integer, number
 from .devices import device_of, full_fp32
 from .errors import BNSError
 from .parallel import SINGLE, World
+
+log = logging.getLogger(__name__)
 
 # Dormand-Prince 5(4) tableau
 _C = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
@@ -125,7 +128,7 @@ def gt_key(field, n: int, seed: int, rtol: float, atol: float, dtype: torch.dtyp
         "atol": atol,
         "dtype": str(dtype),
         "shape": list(field.sample_shape),
-        "version": 1,
+        "version": 2,  # entries carry their key and digest
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -155,8 +158,6 @@ def ground_truth(
     the fixed batches are shared out over the ranks and summed back, so the result (and the cache)
     does not depend on the number of processes; rank 0 writes the cache.
     """
-    from safetensors.torch import load_file, save_file
-
     n = integer(n, "number of pairs", 1, 10_000_000)
     seed = integer(seed, "seed", 0, 2**63 - 1)
     rtol = number(field.gt_tolerance if rtol is None else rtol, "rtol", 1e-10, 0.1)
@@ -166,12 +167,7 @@ def ground_truth(
     key = gt_key(field, n, seed, rtol, atol, dtype)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"{key}.safetensors"
-    cached = None
-    if path.exists():
-        try:
-            cached = load_file(str(path))
-        except Exception:  # a corrupt cache file is recomputed, never trusted
-            path.unlink(missing_ok=True)
+    cached = read_cached(path, key, n, field, dtype)
     hits = world.all_sum(torch.tensor([float(cached is not None)], device=device))
     if int(hits.item()) == world.size:
         d = cached
@@ -197,19 +193,77 @@ def ground_truth(
     tensors = {"noise": noise.contiguous(), "x1": x1.contiguous(), "nfe_mean": torch.tensor(nfe_mean)}
     if labels is not None:
         tensors["labels"] = labels.contiguous()
-    try:
-        if world.is_main:
-            cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")  # the cache stays private (0600)
-            os.close(fd)
-            try:
-                save_file(tensors, tmp)
-                os.replace(tmp, path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-    except OSError:
-        pass  # an unwritable cache only costs recomputation
+    if world.is_main:
+        write_cached(cache, path, key, tensors)
     return GTSet(*_on(device, noise, labels, x1), nfe_mean, key)
+
+
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a cache entry's tensors (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def read_cached(path: Path, key: str, n: int, field, dtype: torch.dtype) -> dict | None:
+    """A cache entry that proves itself (its key and digest, shapes, dtype, finiteness), else None: a damaged
+    entry is reported once and recomputed, never trusted."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        d = load_file(str(path))
+    except Exception:
+        meta, d = {}, None
+    problem = None
+    if d is None:
+        problem = "not a readable safetensors file"
+    elif meta.get("key") != key or meta.get("digest") != tensors_digest(d):
+        problem = "its digest does not match its contents"
+    elif set(d) - {"noise", "x1", "nfe_mean", "labels"} or not {"noise", "x1", "nfe_mean"} <= set(d):
+        problem = "unexpected tensors"
+    else:
+        shape = (n, *field.sample_shape)
+        lab = d.get("labels")
+        if tuple(d["noise"].shape) != shape or tuple(d["x1"].shape) != shape or d["x1"].dtype != dtype:
+            problem = "wrong shapes or dtype"
+        elif (lab is None) != (field.num_classes is None and field.cond_shape is None) or (
+            lab is not None and lab.shape[0] != n
+        ):
+            problem = "wrong conditions"
+        elif not all(torch.isfinite(t).all() for t in d.values() if t.is_floating_point()):
+            problem = "non-finite values"
+    if problem is None:
+        return d
+    log.warning(f"ground-truth cache {path.name}: {problem}; recomputing it")
+    path.unlink(missing_ok=True)
+    return None
+
+
+def write_cached(cache: Path, path: Path, key: str, tensors: dict[str, Tensor]) -> None:
+    """Store an entry with its key and digest (private, 0600, written atomically); a full or unwritable
+    cache only costs recomputation next time: one warning, never a failure."""
+    from safetensors.torch import save_file
+
+    tmp = None
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")  # the cache stays private (0600)
+        os.close(fd)
+        save_file(tensors, tmp, metadata={"key": key, "digest": tensors_digest(tensors), "version": "2"})
+        os.replace(tmp, path)
+    except Exception as e:  # OSError (read-only, ENOSPC) or safetensors' own error for a short write
+        log.warning(f"warning: ground truth not cached in {cache} ({str(e).strip().splitlines()[0][:120]})")
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _on(device: torch.device, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:

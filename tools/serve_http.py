@@ -1,14 +1,18 @@
 """A small HTTP service around `bns_export.runtime.load`, batching concurrent requests up to the artifact's
-max batch: an example to copy, not a production server.
+max batch: a service to put behind a load balancer, and an example to copy.
 
     python tools/serve_http.py exported/demo/onnx-bns-8 --port 8080
     curl -s localhost:8080/health
     curl -s -X POST localhost:8080/sample -d '{"seed": 7}'              # one sample from seeded noise
     curl -s -X POST localhost:8080/sample -d '{"noise": [[[...]]], "label": 3}'
+    curl -s -X POST localhost:8080/sample -d '{"seed": 7, "cond": [[...]]}'   # tensor-conditioned artifacts
 
 Each request asks for one sample (its own noise, or a seed); a worker thread takes whatever requests
 are waiting (up to max_batch, after at most --max-delay-ms), runs them as one batch and answers each.
-Bad requests get HTTP 400 with {"error": one line}.  Needs numpy + onnxruntime only, for ONNX artifacts.
+Bounded everywhere: request bodies (--max-body bytes), the time to send one (--request-timeout s),
+connections handled at once (a pool of --workers threads, default 4 x max batch; more are answered
+503), the listen backlog (--backlog).  /health answers 503 once the batcher has stopped.  Every bad
+request gets a 4xx with {"error": one line}.  Needs numpy + onnxruntime only, for ONNX artifacts.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import json
 import queue
 import sys
 import threading
-from concurrent.futures import Future
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -30,20 +35,34 @@ from bns_export.errors import BNSError  # noqa: E402
 from bns_export.runtime import load  # noqa: E402
 
 MAX_BODY = 16 << 20
+SAMPLE_TIMEOUT_S = 60.0
+
+
+class HTTPError(Exception):
+    """A request the service refuses: its status code and one line."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Batcher:
-    """Collects single-sample requests and runs them through the runner in batches."""
+    """Collects single-sample requests and runs them through the runner in batches; never dies on a bad batch."""
 
     def __init__(self, runner, max_delay_s: float = 0.005) -> None:
         self.runner, self.max_delay_s = runner, max_delay_s
         self.requests: queue.Queue = queue.Queue()
         self.batches = 0
-        threading.Thread(target=self._work, daemon=True).start()
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
 
-    def submit(self, noise: np.ndarray, label: int | None) -> Future:
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def submit(self, noise: np.ndarray, cond) -> Future:
         fut: Future = Future()
-        self.requests.put((noise, label, fut))
+        self.requests.put((noise, cond, fut))
         return fut
 
     def _work(self) -> None:
@@ -54,66 +73,187 @@ class Batcher:
                     items.append(self.requests.get(timeout=self.max_delay_s))
             except queue.Empty:
                 pass
-            noise = np.stack([n for n, _, _ in items]).astype(np.float32)
-            labels = np.array([lab for _, lab, _ in items], np.int64) if self.runner.conditional else None
             try:
-                out = self.runner(noise, labels)
+                noise = np.stack([n for n, _, _ in items]).astype(np.float32)
+                cond = None
+                if self.runner.conditional:
+                    cond = np.stack([np.asarray(c, dtype=self.runner.condition_dtype) for _, c, _ in items])
+                out = self.runner(noise, cond)
                 self.batches += 1
                 for k, (_, _, fut) in enumerate(items):
                     fut.set_result(out[k])
-            except BNSError as e:
+            except Exception as e:  # one bad batch fails its requests, never the service
                 for _, _, fut in items:
-                    fut.set_exception(e)
+                    if not fut.done():
+                        fut.set_exception(e)
 
 
-def make_server(artifact: str, host: str = "127.0.0.1", port: int = 0, max_delay_ms: float = 5.0):
+def parse_request(runner, req) -> tuple[np.ndarray, object]:
+    """One request's noise and condition, checked against the artifact (HTTPError 400 otherwise)."""
+    if not isinstance(req, dict):
+        raise HTTPError(400, "request must be a JSON object")
+    unknown = sorted(set(req) - {"noise", "seed", "label", "cond"})
+    if unknown:
+        raise HTTPError(400, f"unknown field(s) {', '.join(unknown)}; use noise or seed, and label or cond")
+    if "noise" in req:
+        noise = np.asarray(req["noise"], dtype=np.float32)  # ValueError / TypeError for non-numbers: a 400
+    else:
+        seed = req.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise HTTPError(400, "seed must be a whole number in 0..2^63-1")
+        noise = np.random.default_rng(seed).standard_normal(runner.sample_shape).astype(np.float32)
+    cond = None
+    if runner.condition_name == "labels":
+        label = req.get("label", -1)
+        if isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < runner.num_classes:
+            raise HTTPError(400, f"label must be a whole number in 0..{runner.num_classes - 1} (or -1: unconditional)")
+        cond = np.array([label], np.int64)
+    elif runner.condition_name == "cond":
+        if "cond" not in req:
+            raise HTTPError(400, f"this artifact needs cond, an array of shape {list(runner.cond_shape)}")
+        cond = np.asarray(req["cond"], dtype=np.float32)[None]
+    elif "label" in req or "cond" in req:
+        raise HTTPError(400, "this artifact is unconditional: send no label or cond")
+    runner.check_inputs(noise[None], cond)
+    return noise, None if cond is None else cond[0]
+
+
+class Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a bounded worker pool (overflow answered 503) and a deep listen backlog."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, workers: int, backlog: int) -> None:
+        self.request_queue_size = backlog
+        super().__init__(address, handler)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="bns-http")
+        self.slots = threading.BoundedSemaphore(2 * workers)  # running + waiting for a worker
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            try:
+                body = b'{"error": "server busy: too many connections"}'
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        self.pool.submit(self._work, request, client_address)
+
+    def _work(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self.slots.release()
+
+    def handle_error(self, request, client_address) -> None:  # quiet: a dropped client is not an error
+        pass
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_server(
+    artifact: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_delay_ms: float = 5.0,
+    workers: int | None = None,
+    backlog: int = 1024,
+    request_timeout_s: float = 10.0,
+    max_body: int = MAX_BODY,
+):
     """The HTTP server (not started) and its batcher."""
     runner = load(artifact)
     batcher = Batcher(runner, max_delay_ms / 1000)
+    workers = workers or max(8, 4 * runner.max_batch)
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = request_timeout_s  # a socket read that waits longer closes the connection
+        protocol_version = "HTTP/1.1"
+
         def _send(self, code: int, body: dict) -> None:
             data = json.dumps(body).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
+            self.close_connection = True
 
         def log_message(self, *args) -> None:  # quiet
             pass
+
+        def send_error(self, code, message=None, explain=None) -> None:  # malformed request lines: JSON too
+            try:
+                self._send(code, {"error": str(message or code).splitlines()[0][:200]})
+            except OSError:
+                pass
 
         def do_GET(self) -> None:
             if self.path != "/health":
                 return self._send(404, {"error": "unknown path"})
             m = runner.manifest
-            self._send(200, {"nfe": m["nfe"], "sample_shape": m["sample_shape"], "max_batch": m["max_batch"]})
+            body = {"nfe": m["nfe"], "sample_shape": m["sample_shape"], "max_batch": m["max_batch"]}
+            if not batcher.alive:
+                return self._send(503, {**body, "error": "the batcher has stopped"})
+            self._send(200, {**body, "queued": batcher.requests.qsize()})
+
+        def _body(self) -> bytes:
+            """The request body, at most max_body bytes, sent within request_timeout_s in all."""
+            try:
+                size = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                raise HTTPError(411, "a Content-Length header (a whole number) is required") from None
+            if size <= 0:
+                raise HTTPError(400, "the request body is empty")
+            if size > max_body:
+                raise HTTPError(413, f"request body must be at most {max_body} bytes")
+            deadline, chunks, got = time.monotonic() + request_timeout_s, [], 0
+            while got < size:
+                if time.monotonic() > deadline:
+                    raise HTTPError(408, f"request body not received within {request_timeout_s:g} s")
+                chunk = self.rfile.read1(min(size - got, 1 << 16))
+                if not chunk:
+                    raise HTTPError(400, "request body shorter than its Content-Length")
+                chunks.append(chunk)
+                got += len(chunk)
+            return b"".join(chunks)
 
         def do_POST(self) -> None:
-            if self.path != "/sample":
-                return self._send(404, {"error": "unknown path"})
             try:
-                size = int(self.headers.get("Content-Length", "0"))
-                if not 0 < size <= MAX_BODY:
-                    raise BNSError(f"request body must be 1..{MAX_BODY} bytes")
-                req = json.loads(self.rfile.read(size))
-                if not isinstance(req, dict):
-                    raise BNSError("request must be a JSON object")
-                if "noise" in req:
-                    noise = np.asarray(req["noise"], dtype=np.float32)
-                else:
-                    seed = req.get("seed", 0)
-                    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-                        raise BNSError("seed must be a whole number in 0..2^63-1")
-                    noise = np.random.default_rng(seed).standard_normal(runner.sample_shape).astype(np.float32)
-                label = req.get("label", -1 if runner.conditional else None)
-                runner.check_inputs(noise[None], None if label is None else np.array([label]))
-                sample = batcher.submit(noise, label).result(timeout=60)
-            except (BNSError, ValueError, TypeError) as e:
-                return self._send(400, {"error": str(e).splitlines()[0] if str(e) else type(e).__name__})
-            self._send(200, {runner.output_names[-1]: sample.tolist()})
+                if self.path != "/sample":
+                    raise HTTPError(404, "unknown path")
+                try:
+                    req = json.loads(self._body())
+                except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                    raise HTTPError(400, f"request is not JSON ({str(e).splitlines()[0][:120]})") from None
+                except RecursionError:
+                    raise HTTPError(400, "request JSON is nested too deeply") from None
+                noise, cond = parse_request(runner, req)
+                if not batcher.alive:
+                    raise HTTPError(503, "the batcher has stopped")
+                sample = batcher.submit(noise, cond).result(timeout=SAMPLE_TIMEOUT_S)
+            except HTTPError as e:
+                return self._send(e.code, {"error": str(e)})
+            except TimeoutError:
+                return self._send(408, {"error": "request timed out"})
+            except (BNSError, ValueError, TypeError, OverflowError) as e:
+                return self._send(400, {"error": (str(e).splitlines() or [type(e).__name__])[0][:300]})
+            except Exception as e:
+                return self._send(500, {"error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"})
+            self._send(200, {runner.output_names[-1]: np.asarray(sample).tolist()})
 
-    return ThreadingHTTPServer((host, port), Handler), batcher
+    return Server((host, port), Handler, workers, backlog), batcher
 
 
 def main() -> None:
@@ -122,10 +262,24 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
+    ap.add_argument("--workers", type=int, default=None, help="Connections handled at once (default 4 x max batch).")
+    ap.add_argument("--backlog", type=int, default=1024, help="Listen backlog.")
+    ap.add_argument("--request-timeout", type=float, default=10.0, help="Seconds a client has to send a request.")
+    ap.add_argument("--max-body", type=int, default=MAX_BODY, help="Largest request body in bytes.")
     args = ap.parse_args()
-    server, _ = make_server(args.artifact, args.host, args.port, args.max_delay_ms)
+    try:
+        server, _ = make_server(
+            args.artifact, args.host, args.port, args.max_delay_ms, args.workers, args.backlog, args.request_timeout,
+            args.max_body,
+        )  # fmt: skip
+    except BNSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     print(f"serving {args.artifact} on http://{args.host}:{server.server_address[1]}", flush=True)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.server_close()
 
 
 if __name__ == "__main__":

@@ -86,15 +86,19 @@ def is_torch(x) -> bool:
 
 
 def to_numpy(x, dtype) -> np.ndarray:
-    """A contiguous numpy array of `dtype` from numpy or torch input."""
+    """A contiguous numpy array of `dtype` from numpy or torch input (any torch dtype, bf16 included)."""
     if is_torch(x):
-        x = x.detach().cpu().numpy()
+        import torch
+
+        x = x.detach().to(device="cpu", dtype=torch.float32 if dtype == np.float32 else torch.int64).numpy()
     return np.ascontiguousarray(x, dtype=dtype)
 
 
 def _array(x, what: str):
     """A torch tensor as it is, anything else as a numpy array (lists, tuples, scalars)."""
     if is_torch(x):
+        if x.device.type == "meta":
+            raise BNSError(f"{what} is a meta tensor (it holds no data)")
         return x
     if x is None or isinstance(x, (str, bytes, dict)):
         raise BNSError(f"{what} must be an array of numbers, got {type(x).__name__}")
@@ -123,11 +127,13 @@ def _kind(x) -> str:
 
 
 def _all_finite(x) -> bool:
+    """Finite once in the graph's float32: NaN, inf and float64 values beyond float32's range are not."""
     if is_torch(x):
         import torch
 
-        return bool(torch.isfinite(x).all())
-    return bool(np.isfinite(x).all())
+        return bool(torch.isfinite(x.detach().float()).all())
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.asarray(x, dtype=np.float32)).all())
 
 
 def follow(out, like):
@@ -175,7 +181,7 @@ class Runner(ABC):
         if _kind(noise) != "f":
             raise BNSError(f"noise must hold real floating-point numbers, got dtype {noise.dtype}")
         if not _all_finite(noise):
-            raise BNSError("noise holds NaN or inf")
+            raise BNSError("noise holds NaN or inf (or values beyond float32's range)")
         if not self.conditional:
             if labels is not None:
                 raise BNSError("this artifact is unconditional: do not pass labels")
@@ -193,8 +199,8 @@ class Runner(ABC):
             raise BNSError(f"labels have shape {tuple(labels.shape)}, expected ({shape[0]},)")
         if _kind(labels) not in ("i", "u"):
             raise BNSError(f"labels must be integers (class indices), got dtype {labels.dtype}")
-        lab = to_numpy(labels, np.int64)
-        if lab.size and (lab.min() < NULL_LABEL or lab.max() >= self.num_classes):
+        lab = labels.detach().cpu().numpy() if is_torch(labels) else labels  # its own dtype: no wrap to int64 yet
+        if lab.size and (int(lab.min()) < NULL_LABEL or int(lab.max()) >= self.num_classes):
             raise BNSError(f"labels must be in 0..{self.num_classes - 1} (or {NULL_LABEL} for unconditional)")
         return noise, labels
 
@@ -206,7 +212,7 @@ class Runner(ABC):
         if _kind(cond) != "f":
             raise BNSError(f"cond must hold real floating-point numbers, got dtype {cond.dtype}")
         if not _all_finite(cond):
-            raise BNSError("cond holds NaN or inf")
+            raise BNSError("cond holds NaN or inf (or values beyond float32's range)")
         return cond
 
     def condition_tensor(self, labels, device):

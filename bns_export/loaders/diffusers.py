@@ -83,15 +83,29 @@ def model_class(cfg, folder: Path) -> type[nn.Module]:
 
 
 def pretrained(cls: type, folder: Path) -> nn.Module:
-    """cls.from_pretrained(folder) in eval mode, from safetensors only (nothing is unpickled)."""
+    """cls.from_pretrained(folder) in eval mode, from safetensors only (nothing is unpickled); a weights file
+    with missing, unexpected or mis-shaped tensors is refused (diffusers would leave memory uninitialised)."""
     if not list(folder.glob("*.safetensors")):
         raise BNSError(f"{folder} has no .safetensors weights; bns-export never unpickles .bin files")
     try:
-        return cls.from_pretrained(str(folder), use_safetensors=True).eval()
+        model, info = cls.from_pretrained(str(folder), use_safetensors=True, output_loading_info=True)
     except Exception as e:
         raise BNSError(
             f"cannot load {cls.__name__} from {folder}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         ) from None
+    for key, what in (
+        ("missing_keys", "lacks"),
+        ("unexpected_keys", "has unexpected"),
+        ("mismatched_keys", "has mis-shaped"),
+    ):
+        names = [k[0] if isinstance(k, tuple) else k for k in (info or {}).get(key) or []]
+        if names:
+            shown = ", ".join(map(str, names[:3])) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise BNSError(f"{folder}: the weights file {what} tensor(s) {shown} for {cls.__name__}")
+    errors = (info or {}).get("error_msgs") or []
+    if errors:
+        raise BNSError(f"{folder}: loading the weights failed: {str(errors[0]).splitlines()[0][:200]}")
+    return model.eval()
 
 
 def load_diffusers_field(path: str, opt) -> NetworkField:

@@ -238,7 +238,62 @@ FIELD_CHECKS = {
     "guidance": lambda v, k: number(v, k, 0, 100),
     "model_file": lambda v, k: plain_name(v, k),
     "solver_file": lambda v, k: plain_name(v, k),
+    "solver_fingerprint": lambda v, k: _text(v, k),
+    "model_fingerprint": lambda v, k: _text(v, k),
+    "solver_name": lambda v, k: _text(v, k),
+    "inputs": lambda v, k: _tensor_specs(v, k),
+    "outputs": lambda v, k: _tensor_specs(v, k),
 }
+#: optional fields: None, or of this kind
+OPTIONAL_CHECKS = {
+    "model": lambda v, k: _mapping(v, k),
+    "model_spec": lambda v, k: _mapping(v, k),
+    "decoder": lambda v, k: _text(_mapping(v, k).get("fingerprint"), "decoder fingerprint"),
+    "conformance": lambda v, k: (_text(_mapping(v, k).get("file"), "conformance file"), _strings(v.get("inputs"), k)),
+    "interval": lambda v, k: [number(t, k, 0, 1) for t in v] if isinstance(v, list) and len(v) == 2 else _bad(v, k),
+    "init_scale": lambda v, k: number(v, k, 0, 1e6, lo_open=True),
+    "device": lambda v, k: _text(v, k),
+}
+
+
+def _bad(v, k: str):
+    raise BNSError(f"manifest field {k} has the wrong type or shape: {str(v)[:80]!r}")
+
+
+def _text(v, k: str) -> str:
+    if not isinstance(v, str) or not v or len(v) > 4096:
+        raise BNSError(f"manifest field {k} must be a non-empty string, got {str(v)[:80]!r}")
+    return v
+
+
+def _mapping(v, k: str) -> dict:
+    if not isinstance(v, dict):
+        raise BNSError(f"manifest field {k} must be an object, got {str(v)[:80]!r}")
+    return v
+
+
+def _strings(v, k: str) -> list:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise BNSError(f"manifest field {k} must list names, got {str(v)[:80]!r}")
+    return v
+
+
+def _tensor_specs(v, k: str) -> list:
+    """Graph inputs or outputs: [{name, dtype, shape}, ...] with plain names and known dtypes."""
+    if not isinstance(v, list) or not v or not all(isinstance(s, dict) for s in v):
+        raise BNSError(f"manifest field {k} must be a list of {{name, dtype, shape}} objects")
+    for spec in v:
+        name = spec.get("name")
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_.-" for c in name):
+            raise BNSError(f"manifest {k}: tensor name {str(name)[:40]!r} must be letters, digits, _ . -")
+        if spec.get("dtype") not in ("float32", "int64"):
+            raise BNSError(f"manifest {k}: {name}'s dtype must be float32 or int64, got {spec.get('dtype')!r}")
+        shape = spec.get("shape")
+        if not isinstance(shape, list) or shape[:1] != ["batch"]:
+            raise BNSError(f"manifest {k}: {name}'s shape must be ['batch', sizes...], got {shape!r}")
+        if len(shape) > 1:
+            _sizes(shape[1:], f"{k} {name}'s shape")
+    return v
 
 
 def check_manifest(m: dict) -> None:
@@ -247,6 +302,9 @@ def check_manifest(m: dict) -> None:
         if key not in m:
             raise BNSError(f"manifest has no {key!r}")
         check(m[key], key)
+    for key, check in OPTIONAL_CHECKS.items():
+        if m.get(key) is not None:
+            check(m[key], key)
     _sizes(m.get("sample_shape"), "sample_shape")
     if m.get("num_classes") is not None:
         integer(m["num_classes"], "num_classes", 1, 1 << 20)

@@ -107,7 +107,9 @@ def verify_manifest(folder: str | os.PathLike, public_key: str | os.PathLike | N
     else:
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         if embedded is not None and embedded != raw:
-            raise BNSError(f"artifact {folder} was signed by another key than {public_key}")
+            raise BNSError(
+                f"artifact {folder}: the manifest's signature does not verify with {public_key} (another key made it)"
+            )
         by = str(public_key)
     try:
         key.verify(sig, (folder / MANIFEST).read_bytes())
