@@ -96,7 +96,8 @@ def parse_request(runner, req) -> tuple[np.ndarray, object]:
     if unknown:
         raise HTTPError(400, f"unknown field(s) {', '.join(unknown)}; use noise or seed, and label or cond")
     if "noise" in req:
-        noise = np.asarray(req["noise"], dtype=np.float32)  # ValueError / TypeError for non-numbers: a 400
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, which check_inputs refuses
+            noise = np.asarray(req["noise"], dtype=np.float32)  # ValueError / TypeError for non-numbers: a 400
     else:
         seed = req.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
@@ -111,7 +112,8 @@ def parse_request(runner, req) -> tuple[np.ndarray, object]:
     elif runner.condition_name == "cond":
         if "cond" not in req:
             raise HTTPError(400, f"this artifact needs cond, an array of shape {list(runner.cond_shape)}")
-        cond = np.asarray(req["cond"], dtype=np.float32)[None]
+        with np.errstate(over="ignore"):
+            cond = np.asarray(req["cond"], dtype=np.float32)[None]
     elif "label" in req or "cond" in req:
         raise HTTPError(400, "this artifact is unconditional: send no label or cond")
     runner.check_inputs(noise[None], cond)

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..checks import integer, number, read_json
 from ..errors import BNSError
 from ..fileio import honour_umask
-from ..interrupts import raise_if_interrupted
+from ..interrupts import deferred_signals, raise_if_interrupted
 from .layout import MANIFEST, SIGNATURE, UNHASHED
 from .signing import verify_manifest
 
@@ -129,23 +129,6 @@ def exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
-@contextlib.contextmanager
-def _signals_held():
-    """Hold SIGINT/SIGTERM/SIGHUP for a few system calls that must not be separated; delivered afterwards."""
-    import signal
-
-    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, ValueError, OSError):
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def publish(tmp: Path, dest: Path) -> None:
     """Put folder `tmp` at `dest`: at every instant `dest` is either the old folder or the new one.
     The old one is then removed (it ends up at `tmp`, whose lock marks it for cleanup if we are killed)."""
@@ -154,7 +137,7 @@ def publish(tmp: Path, dest: Path) -> None:
         return
     if not exchange(tmp, dest):  # no atomic exchange here: two renames with signals held between them
         aside = tmp.with_name(tmp.name + "-old")
-        with _signals_held():
+        with deferred_signals():
             os.replace(dest, aside)
             os.replace(tmp, dest)
             os.replace(aside, tmp)
