@@ -19,10 +19,8 @@ from .errors import BNSError
 from .fields import GuidedField, NetworkField
 from .fields.adapters import network_input, network_time, to_velocity
 from .fields.schedules import schedule_from_dict, schedule_to_dict
+from .loaders.diffusers import DIFFUSERS_PREDICTIONS as PREDICTIONS  # diffusers' prediction_type names -> ours
 from .solvers.table import NSSolver
-
-#: diffusers' prediction_type names -> ours
-PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow", "velocity": "velocity"}
 
 
 @dataclass

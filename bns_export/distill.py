@@ -174,6 +174,8 @@ class DistillConfig:
 #: candidates of `base="auto"`: one-step and two-stage solvers with strictly increasing times
 AUTO_BASES = ["midpoint", "euler", "ab2", "ddim", "dpm++2m", "dpm++2m:karras", "ddim:logsnr", "euler:logsnr"]
 AUTO_BASES += ["dpm++3m", "unipc", "unipc-bh1", "deis", "ipndm", "unipc:karras", "deis:karras"]
+#: a flow model's own pipeline grid (its time shift), where the model has one
+AUTO_BASES += ["euler:pipeline", "dpm++2m:pipeline"]
 
 
 def initial_solver(field, cfg: DistillConfig, val: GTSet, world: World = SINGLE) -> tuple[NSSolver, float]:

@@ -6,6 +6,7 @@ max batch: a service to put behind a load balancer, and an example to copy.
     curl -s -X POST localhost:8080/sample -d '{"seed": 7}'              # one sample from seeded noise
     curl -s -X POST localhost:8080/sample -d '{"noise": [[[...]]], "label": 3}'
     curl -s -X POST localhost:8080/sample -d '{"seed": 7, "cond": [[...]]}'   # tensor-conditioned artifacts
+    curl -s -X POST localhost:8080/sample -d '{"seed": 7, "cond": {"encoder_hidden_states": [[...]], ...}}'  # named
 
 Each request asks for one sample (its own noise, or a seed); a worker thread takes whatever requests
 are waiting (up to max_batch, after at most --max-delay-ms), runs them as one batch and answers each.
@@ -76,7 +77,9 @@ class Batcher:
             try:
                 noise = np.stack([n for n, _, _ in items]).astype(np.float32)
                 cond = None
-                if self.runner.conditional:
+                if self.runner.named_conditions:  # {name: one sample's array} per request -> {name: batch}
+                    cond = {k: np.stack([c[k] for _, c, _ in items]) for k in self.runner.input_names[1:]}
+                elif self.runner.conditional:
                     cond = np.stack([np.asarray(c, dtype=self.runner.condition_dtype) for _, c, _ in items])
                 out = self.runner(noise, cond)
                 self.batches += 1
@@ -104,6 +107,14 @@ def parse_request(runner, req) -> tuple[np.ndarray, object]:
             raise HTTPError(400, "seed must be a whole number in 0..2^63-1")
         noise = np.random.default_rng(seed).standard_normal(runner.sample_shape).astype(np.float32)
     cond = None
+    if runner.named_conditions:
+        names = runner.input_names[1:]
+        if not isinstance(req.get("cond"), dict):
+            raise HTTPError(400, f"this artifact needs cond, an object with {', '.join(names)}")
+        with np.errstate(over="ignore"):
+            cond = {k: np.asarray(v, dtype=np.float32)[None] for k, v in req["cond"].items()}
+        runner.check_inputs(noise[None], cond)
+        return noise, {k: v[0] for k, v in cond.items()}
     if runner.condition_name == "labels":
         label = req.get("label", -1)
         if isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < runner.num_classes:

@@ -58,9 +58,7 @@ class AotiRunner(Runner):
         import torch
 
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
-        args = [x]
-        if self.conditional:
-            args.append(self.condition_tensor(labels, self.device))
+        args = [x, *self.condition_args(labels, self.device)]
         with self._lock, torch.no_grad():
             out = self.model(*args)
         return dict(zip(self.output_names, out if isinstance(out, (list, tuple)) else (out,)))

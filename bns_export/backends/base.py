@@ -45,11 +45,20 @@ class ExportRequest:
     cond_shape: tuple[int, ...] | None = None  # a tensor condition's shape (else labels, when conditional)
     #: the graph's outputs: ("sample",), or ("sample", "image") with a decoder
     output_names: tuple[str, ...] = ("sample",)
+    #: several named conditions: (name, one sample's shape) per graph input, in order; else ()
+    condition_parts: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     @property
     def condition_name(self) -> str | None:
         """The graph's condition input: "labels", "cond" or None (see `condition_input`)."""
         return condition_input(self.conditional, self.cond_shape)[0]
+
+    @property
+    def input_names(self) -> list[str]:
+        """Every graph input in order: noise, then the condition input(s)."""
+        if self.condition_parts:
+            return ["noise", *(name for name, _ in self.condition_parts)]
+        return ["noise", self.condition_name] if self.conditional else ["noise"]
 
 
 #: manifest keys also stored in the graph's own metadata (ONNX metadata_props), compared on load
@@ -146,8 +155,9 @@ def follow(out, like):
 
 
 class Runner(ABC):
-    """Callable artifact: runner(noise (B, *shape) float32 [, labels (B,) int64 | cond (B, ...) float32])
-    -> its product (B, ...): images with a decoder in the graph, else samples."""
+    """Callable artifact: runner(noise (B, *shape) float32 [, labels (B,) int64 | cond (B, ...) float32 |
+    {name: (B, ...) float32} for named conditions]) -> its product (B, ...): images with a decoder in the
+    graph, else samples."""
 
     #: where the backend computes ("cpu", "cuda", "cuda:1")
     device: str = "cpu"
@@ -162,6 +172,12 @@ class Runner(ABC):
         self.conditional = self.num_classes is not None or self.cond_shape is not None
         #: the graph's condition input ("labels" or "cond") and its numpy dtype
         self.condition_name, self.condition_dtype = condition_input(self.conditional, self.cond_shape)
+        #: the graph's inputs after noise, in order, and one sample's shape each
+        inputs = [i for i in manifest["inputs"] if i["name"] != "noise"]
+        self.input_names = ["noise", *(i["name"] for i in inputs)]
+        self.condition_shapes = {i["name"]: tuple(i["shape"][1:]) for i in inputs}
+        #: named conditions (SDXL, SD3, Flux, ...): the condition is a {name: array} record
+        self.named_conditions = self.conditional and [i["name"] for i in inputs] not in (["labels"], ["cond"])
         self.nfe = int(manifest["nfe"])
         #: the graph's outputs in order ("sample", then "image" with a decoder) and one item's shape each
         self.output_names = [o["name"] for o in manifest["outputs"]]
@@ -192,6 +208,8 @@ class Runner(ABC):
                     f"this artifact is conditioned on a tensor: cond (B, {_dims(self.cond_shape)}) is required"
                 )
             raise BNSError("this artifact is class-conditional: labels (B,) int64 are required")
+        if self.named_conditions:
+            return noise, self._check_named(labels, shape[0])
         if self.cond_shape is not None:
             return noise, self._check_cond(labels, shape[0])
         labels = _array(labels, "labels")
@@ -204,25 +222,60 @@ class Runner(ABC):
             raise BNSError(f"labels must be in 0..{self.num_classes - 1} (or {NULL_LABEL} for unconditional)")
         return noise, labels
 
-    def _check_cond(self, cond, batch: int):
-        """A tensor condition: real floats, finite, shape (B, *cond_shape)."""
-        cond = _array(cond, "cond")
-        if tuple(cond.shape) != (batch, *self.cond_shape):
-            raise BNSError(f"cond has shape {tuple(cond.shape)}, expected ({batch}, {_dims(self.cond_shape)})")
+    def _check_cond(self, cond, batch: int, name: str = "cond", shape: tuple | None = None):
+        """A tensor condition: real floats, finite, shape (B, *shape) (default: the manifest's cond_shape)."""
+        shape = self.cond_shape if shape is None else shape
+        cond = _array(cond, name)
+        if tuple(cond.shape) != (batch, *shape):
+            raise BNSError(f"{name} has shape {tuple(cond.shape)}, expected ({batch}, {_dims(shape)})")
         if _kind(cond) != "f":
-            raise BNSError(f"cond must hold real floating-point numbers, got dtype {cond.dtype}")
+            raise BNSError(f"{name} must hold real floating-point numbers, got dtype {cond.dtype}")
         if not _all_finite(cond):
-            raise BNSError("cond holds NaN or inf (or values beyond float32's range)")
+            raise BNSError(f"{name} holds NaN or inf (or values beyond float32's range)")
         return cond
 
+    def _check_named(self, cond, batch: int) -> dict:
+        """Named conditions: a {name: (B, *shape)} record with exactly the graph's names, each a tensor condition."""
+        names = self.input_names[1:]
+        if not isinstance(cond, dict):
+            raise BNSError(f"this artifact takes named conditions: pass {{{', '.join(names)}}} as a dict of arrays")
+        if sorted(cond) != sorted(names):
+            raise BNSError(f"conditions must be exactly {', '.join(names)}; got {', '.join(map(str, cond)) or 'none'}")
+        return {n: self._check_cond(cond[n], batch, n, self.condition_shapes[n]) for n in names}
+
+    def condition_feed(self, labels) -> dict:
+        """The condition input(s) by graph input name, as numpy (for runtimes that take a feed dict)."""
+        if not self.conditional:
+            return {}
+        if self.named_conditions:
+            return {n: to_numpy(v, np.float32) for n, v in labels.items()}
+        return {self.condition_name: to_numpy(labels, self.condition_dtype)}
+
     def condition_tensor(self, labels, device):
-        """Checked labels or cond as a torch tensor of the graph's dtype on `device` (torch backends)."""
+        """Checked labels or cond as a torch tensor of the graph's dtype on `device` (torch backends); named
+        conditions as a {name: tensor} record."""
         import torch
 
+        if self.named_conditions:
+            return {n: self._float_tensor(v, device) for n, v in labels.items()}
         dtype = torch.float32 if self.condition_dtype == np.float32 else torch.long
         if is_torch(labels):  # stays on its device until moved: no round trip through the host
             return labels.to(device=device, dtype=dtype)
         return torch.as_tensor(to_numpy(labels, self.condition_dtype)).to(device)
+
+    def _float_tensor(self, x, device):
+        import torch
+
+        if is_torch(x):
+            return x.to(device=device, dtype=torch.float32)
+        return torch.as_tensor(to_numpy(x, np.float32)).to(device)
+
+    def condition_args(self, labels, device) -> list:
+        """The condition inputs as torch tensors in the graph's input order (torch backends)."""
+        if not self.conditional:
+            return []
+        cond = self.condition_tensor(labels, device)
+        return [cond[n] for n in self.input_names[1:]] if self.named_conditions else [cond]
 
     def __call__(self, noise, labels=None):
         """The artifact's product: its last output (the image with a decoder, else the sample)."""

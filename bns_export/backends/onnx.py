@@ -6,6 +6,7 @@ their device).  The exporter imports torch when called.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -47,7 +48,7 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
 
     onnx = import_onnx()
     program = export_program(sampler, request)
-    input_names = ["noise", request.condition_name] if request.conditional else ["noise"]
+    input_names = request.input_names
     onnx_logger = logging.getLogger("torch.onnx")
     level = onnx_logger.level
     onnx_logger.setLevel(logging.ERROR)  # silence "torchvision is not installed" and similar notices
@@ -61,7 +62,10 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
                 output_names=list(request.output_names),
                 opset_version=OPSET,
                 verbose=False,
+                optimize=False,  # optimised below, without the rules that change numerics
             )
+            with exact_rewrites():
+                onnx_program.optimize()
         except Exception as e:
             raise BNSError(f"ONNX conversion failed: {str(e).strip().splitlines()[0]}") from None
         finally:
@@ -88,6 +92,27 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
     stats["module_bytes"] = sum(t.numel() * t.element_size() for t in (*sampler.parameters(), *sampler.buffers()))
     stats["initializer_ratio"] = round(stats["initializer_bytes"] / max(1, stats["module_bytes"]), 4)
     return stats
+
+
+@contextlib.contextmanager
+def exact_rewrites():
+    """onnxscript's optimizer without its approximate no-op rules: they match constants by tolerance, so
+    `x + 1e-15` (Sana's guard against 0/0 in linear attention) becomes `x` and the graph returns NaN
+    where torch does not.  Constant folding and every other rule still run."""
+    try:
+        from onnxscript import rewriter
+        from onnxscript.rewriter.rules.common import _no_op
+
+        default = rewriter._DEFAULT_REWRITE_RULES
+        approximate = set(map(id, _no_op.rules))
+    except (ImportError, AttributeError):  # another onnxscript layout: its own defaults
+        yield
+        return
+    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in default if id(r) not in approximate)
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = default
 
 
 def dedupe_initializers(model) -> int:
@@ -239,7 +264,7 @@ class OnnxRunner(Runner):
             raise BNSError(f"ONNX Runtime cannot load {manifest['model_file']}: {str(e).strip()[:300]}") from None
         check_graph_metadata(self.session.get_modelmeta().custom_metadata_map, manifest, manifest["model_file"])
         names = sorted(i.name for i in self.session.get_inputs())
-        wanted = sorted(["noise", self.condition_name] if self.conditional else ["noise"])
+        wanted = sorted(self.input_names)
         outs = [o.name for o in self.session.get_outputs()]
         if names != wanted or outs != self.output_names:
             raise BNSError(
@@ -253,9 +278,7 @@ class OnnxRunner(Runner):
         self._graphs: dict[int, tuple] = {}
 
     def infer(self, noise, labels):
-        feed = {"noise": to_numpy(noise, np.float32)}
-        if self.conditional:
-            feed[self.condition_name] = to_numpy(labels, self.condition_dtype)
+        feed = {"noise": to_numpy(noise, np.float32), **self.condition_feed(labels)}
         try:
             outs = self._replay(feed) if self.cuda_graph else self.session.run(self.output_names, feed)
         except Exception as e:  # a graph/manifest mismatch that the checks above could not see

@@ -66,9 +66,11 @@ def build_engine(onnx_path: Path, plan_path: Path, request: ExportRequest) -> di
     profile = builder.create_optimization_profile()
     shape, lo, opt, hi = request.sample_shape, 1, request.opt_batch, request.max_batch
     profile.set_shape("noise", (lo, *shape), (opt, *shape), (hi, *shape))
-    if request.conditional:
-        extra = tuple(request.cond_shape or ())
-        profile.set_shape(request.condition_name, (lo, *extra), (opt, *extra), (hi, *extra))
+    parts = request.condition_parts or (
+        ((request.condition_name, tuple(request.cond_shape or ())),) if request.conditional else ()
+    )
+    for name, extra in parts:
+        profile.set_shape(name, (lo, *extra), (opt, *extra), (hi, *extra))
     config.add_optimization_profile(profile)
     cache_path = Path(request.timing_cache) if request.timing_cache else default_timing_cache()
     cache_bytes = cache_path.read_bytes() if cache_path.exists() else b""
@@ -119,10 +121,10 @@ class TensorRTRunner(Runner):
         with self._lock, torch.cuda.device(x.device):
             self.context.set_input_shape("noise", tuple(x.shape))
             self.context.set_tensor_address("noise", x.data_ptr())
-            if self.conditional:
-                lab = self.condition_tensor(labels, self.device).contiguous()
-                self.context.set_input_shape(self.condition_name, tuple(lab.shape))
-                self.context.set_tensor_address(self.condition_name, lab.data_ptr())
+            conds = [c.contiguous() for c in self.condition_args(labels, self.device)]
+            for name, c in zip(self.input_names[1:], conds):
+                self.context.set_input_shape(name, tuple(c.shape))
+                self.context.set_tensor_address(name, c.data_ptr())
             for name, out in outs.items():
                 self.context.set_tensor_address(name, out.data_ptr())
             stream = torch.cuda.current_stream()

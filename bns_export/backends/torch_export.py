@@ -32,6 +32,8 @@ def example_inputs(sampler: torch.nn.Module, request: ExportRequest, batch: int 
     """Inputs for tracing on the sampler's device; batch >= 2 so the batch dimension is not specialised."""
     device = device_of(sampler)
     noise = torch.randn((batch, *request.sample_shape), generator=torch.Generator().manual_seed(0)).to(device)
+    if request.condition_parts:
+        return (noise, *(torch.zeros((batch, *shape), device=device) for _, shape in request.condition_parts))
     if request.cond_shape is not None:
         return (noise, torch.zeros((batch, *request.cond_shape), device=device))
     if request.conditional:
@@ -39,12 +41,11 @@ def example_inputs(sampler: torch.nn.Module, request: ExportRequest, batch: int 
     return (noise,)
 
 
-def dynamic_shapes(request: ExportRequest) -> dict:
+def dynamic_shapes(request: ExportRequest) -> tuple:
+    """A dynamic batch on every input (positional: noise, then the condition inputs)."""
     batch = torch.export.Dim("batch", min=1, max=max(2, request.max_batch))
-    shapes = {"noise": {0: batch}}
-    if request.conditional:
-        shapes["labels"] = {0: batch}
-    return shapes
+    conditions = tuple({0: batch} for _ in request.input_names[1:])  # forward(noise, *conditions)
+    return ({0: batch}, conditions) if conditions else ({0: batch},)
 
 
 def export_program(sampler: torch.nn.Module, request: ExportRequest) -> torch.export.ExportedProgram:
@@ -53,7 +54,33 @@ def export_program(sampler: torch.nn.Module, request: ExportRequest) -> torch.ex
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.export(sampler, args, dynamic_shapes=dynamic_shapes(request))
+            program = torch.export.export(sampler, args, dynamic_shapes=dynamic_shapes(request))
+        drop_noop_squeezes(program)
+        return program
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BNSError(f"the model cannot be exported as one static graph: {first}{untested_torch_note()}") from None
+
+
+def drop_noop_squeezes(program: torch.export.ExportedProgram) -> int:
+    """Remove squeeze(dim) nodes on dims of static size other than 1 (no-ops in torch, e.g. PixArt's
+    `hidden_states.squeeze(1)` on (B, N, C)): ONNX's Squeeze rejects them.  Returns how many went."""
+    graph = program.graph_module.graph
+    targets = (torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims)
+    removed = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in targets:
+            continue
+        val = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
+        dims = node.args[1] if len(node.args) > 1 else None
+        if val is None or dims is None:
+            continue
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        sizes = [val.shape[d] for d in dims]
+        if all(isinstance(size, int) and size != 1 for size in sizes):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            removed += 1
+    if removed:
+        program.graph_module.recompile()
+    return removed

@@ -51,7 +51,18 @@ def io_specs(field, max_batch: int, decoder=None) -> tuple[list[dict], list[dict
     """The graph's inputs and outputs (name, dtype, shape with a symbolic batch) for the manifest."""
     shape = ["batch", *field.sample_shape]
     inputs = [{"name": "noise", "dtype": "float32", "shape": shape}]
-    if field.cond_shape is not None:
+    layout = field.condition_layout
+    if layout is not None and not layout.legacy:  # one input per named condition
+        for part in layout.parts:
+            inputs.append(
+                {
+                    "name": part.name,
+                    "dtype": "float32",
+                    "shape": ["batch", *part.shape],
+                    "note": "one per sample; its null value for the unconditional branch",
+                }
+            )
+    elif field.cond_shape is not None:
         inputs.append(
             {
                 "name": "cond",
@@ -101,7 +112,10 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
         idx = torch.randint(0, reference.field.cond_set.shape[0], (batch,), generator=g)
         labels = reference.field.cond_set.detach().cpu()[idx].float()
         labels[-1] = reference.field.null_cond.detach().cpu()
-        tensors["cond"] = labels
+        if request.condition_parts:  # one tensor per name, as the graph takes them
+            tensors.update(reference.field.condition_layout.unpack(labels))
+        else:
+            tensors["cond"] = labels
     elif request.conditional:
         labels = torch.randint(0, reference.field.num_classes, (batch,), generator=g)
         labels[-1] = -1
@@ -109,6 +123,7 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
     device = next(iter(reference.buffers())).device
     outputs = reference.named(noise.to(device), None if labels is None else labels.to(device))
     inputs = sorted(tensors)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
     tensors.update({k: v.float().cpu().contiguous() for k, v in outputs.items()})
     save_file(tensors, str(folder / CONFORMANCE_FILE), metadata={"schema": "bns-export/conformance", "version": "1"})
     return {
@@ -160,10 +175,12 @@ def compile_artifact(
     field = load_model(spec, guidance=guidance)
     ns = resolve_solver(solver, field, nfe)
     decoder = load_decoder(options.decoder, spec, field.sample_shape) if options.decoder else None
+    layout = field.condition_layout
     request = ExportRequest(
         sample_shape=tuple(field.sample_shape),
         conditional=field.conditional,
         cond_shape=field.cond_shape,
+        condition_parts=() if layout is None or layout.legacy else tuple((p.name, p.shape) for p in layout.parts),
         max_batch=max_batch,
         opt_batch=opt_batch,
         device=device,

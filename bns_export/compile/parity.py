@@ -64,6 +64,8 @@ class EagerRunner(Runner):
     def infer(self, noise, labels) -> dict:
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
         lab = None if labels is None else self.condition_tensor(labels, self.device)
+        if self.named_conditions:  # the graph's named inputs -> the loop's one condition tensor
+            lab = self.field.condition_layout.pack(lab)
         with full_fp32():
             return self.sampler.named(x, lab)
 
@@ -122,7 +124,11 @@ def check_conformance(folder: Path, manifest: dict, runner: Runner) -> list[dict
     if name not in manifest["files"]:
         raise BNSError(f"conformance file {name!r} is not among the hashed files")
     d = load_file(str(folder / name))
-    out = runner.run(d["noise"], d.get("labels", d.get("cond")))
+    if runner.named_conditions:
+        cond = {k: d[k] for k in runner.input_names[1:] if k in d}
+    else:
+        cond = d.get("labels", d.get("cond"))
+    out = runner.run(d["noise"], cond)
     return rows_for("conformance vectors", out, {k: d[k] for k in out}, int(d["noise"].shape[0]))
 
 
@@ -195,6 +201,8 @@ def validate_artifact(
     gate = float(min_psnr) if min_psnr is not None else GATES[manifest["precision"]]
     rows = []
     for name, x, lab, has_gt in cases:
+        if reference.named_conditions:  # the GT's one condition tensor -> the graph's named inputs
+            lab = reference.field.condition_layout.unpack(lab)
         ref = reference.run(x, lab)
         out = runner.run(x, lab)
         case_rows = rows_for(name, out, ref, int(x.shape[0]))

@@ -30,6 +30,9 @@ class UnrolledSampler(nn.Module):
         self.decoder = decoder
         self.nfe = solver.nfe
         self.conditional = field.conditional
+        #: several named conditions: the graph takes one input each and packs them for the loop
+        layout = field.condition_layout
+        self.layout = layout if layout is not None and layout.packed else None
         self.init_scale = float(field.init_scale)
         t, a, b = solver_tensors(solver, dtype, device_of(field))
         self.register_buffer("t", t, persistent=False)
@@ -41,12 +44,31 @@ class UnrolledSampler(nn.Module):
         """The graph's outputs: ("sample",), or ("sample", "image") with a decoder."""
         return OUTPUTS if self.decoder is not None else OUTPUTS[:1]
 
-    def forward(self, noise: Tensor, labels: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The graph's inputs: noise, then the condition (labels, cond, or one input per named condition)."""
+        if self.layout is not None:
+            return ("noise", *self.layout.names)
+        if not self.conditional:
+            return ("noise",)
+        return ("noise", "cond" if self.field.cond_shape is not None else "labels")
+
+    def forward(self, noise: Tensor, *conditions: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """noise [, labels | cond | one tensor per named condition] -> sample [, image]."""
+        if self.layout is not None:
+            labels = self.layout.pack(dict(zip(self.layout.names, conditions)))
+        else:
+            labels = conditions[0] if conditions else None
+        return self.sample(noise, labels)
+
+    def sample(self, noise: Tensor, labels: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """The loop on the pipeline's one condition tensor (packed when there are several names)."""
         x = ns_sample(self.field, self.t, self.a, self.b, noise * self.init_scale, labels)
         return x if self.decoder is None else (x, self.decoder(x))
 
     def named(self, noise: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
-        """forward's outputs by name (no gradients): what runners and conformance files hold."""
+        """Outputs by name (no gradients) for the pipeline's condition tensor: what runners and conformance
+        files hold."""
         with torch.no_grad():
-            out = self(noise, labels)
+            out = self.sample(noise, labels)
         return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .conditions import LEGACY_NAME, ConditionLayout, ConditionPart
 from .field import NULL_LABEL, VelocityField
 from .schedules import EDM, DDPMDiscrete, Schedule
 
@@ -36,6 +37,7 @@ class NetworkField(VelocityField):
         cond_set: Tensor | None = None,
         null_cond: Tensor | None = None,
         cond_kwarg: str | None = None,
+        condition_layout: ConditionLayout | None = None,
     ) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
@@ -68,6 +70,10 @@ class NetworkField(VelocityField):
                 )
             self.register_buffer("cond_set", cond_set)
             self.register_buffer("null_cond", null)
+            #: the condition's named tensors (one part named `cond` for today's single tensor)
+            self.condition_layout = condition_layout or ConditionLayout((ConditionPart(LEGACY_NAME, self.cond_shape),))
+            if self.condition_layout.shape != self.cond_shape:
+                raise ValueError(f"condition layout {self.condition_layout.shape} does not match {self.cond_shape}")
         self.cond_kwarg = cond_kwarg
         self.prediction = prediction
         self.time_input = time_input
@@ -80,6 +86,10 @@ class NetworkField(VelocityField):
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.net.eval()
+
+    def set_embedded_guidance(self, guidance: float) -> None:
+        """Feed the guidance scale to the network's guidance embedding (Flux-dev): one call per step, no CFG."""
+        self.net.set_constant("guidance", torch.tensor(float(guidance)))
 
     def set_network_dtype(self, dtype: torch.dtype) -> None:
         """Run the network under autocast to `dtype` (bf16/fp16; weights stay fp32, so the fingerprint
@@ -124,6 +134,10 @@ class NetworkField(VelocityField):
             time_input=self.time_input,
             null_label=self.null_label if self.num_classes is not None else None,
         )
+        if self.condition_layout is not None and not self.condition_layout.legacy:  # old fingerprints unchanged
+            d["conditions"] = self.condition_layout.describe()
+        if self.embedded_guidance:
+            d["embedded_guidance"] = True
         return d
 
 

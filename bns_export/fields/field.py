@@ -57,6 +57,15 @@ class VelocityField(nn.Module):
 
     #: shape of one tensor condition (e.g. text embeddings (L, D)) for tensor-conditioned fields, else None
     cond_shape: tuple[int, ...] | None = None
+    #: the named tensors of a tensor condition (fields.conditions.ConditionLayout), else None
+    condition_layout = None
+    #: the guidance scale is fed to the network (Flux-dev's guidance embedding) instead of CFG
+    embedded_guidance: bool = False
+
+    def set_embedded_guidance(self, guidance: float) -> None:
+        """Give the network its guidance-embedding input (fields with embedded_guidance only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no guidance embedding")
+
     #: dopri5 rtol = atol of this model's ground truth when none is given; a shipped model with a stiff
     #: data end sets a tighter one ("gt_tolerance" in config.json) so its GT ceiling stays far above its PSNRs
     gt_tolerance: float = 1e-5
@@ -117,7 +126,8 @@ class VelocityField(nn.Module):
 
 
 class GuidedField(nn.Module):
-    """Classifier-free guidance u_w = u(x,t,None) + w (u(x,t,c) - u(x,t,None)) in ONE batched call.
+    """Classifier-free guidance u_w = u(x,t,None) + w (u(x,t,c) - u(x,t,None)) in ONE batched call;
+    for a field with a guidance embedding (Flux-dev), w is that embedding's input and one plain call.
 
     w = 1 or labels = None costs a single plain call; otherwise x is duplicated and the field sees
     labels [NULL..., c...], so one NFE is one network call of batch 2B.
@@ -127,9 +137,11 @@ class GuidedField(nn.Module):
         super().__init__()
         self.field = field
         self.guidance = float(guidance)
+        if field.embedded_guidance:
+            field.set_embedded_guidance(self.guidance)
 
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
-        if labels is None or self.guidance == 1.0:
+        if labels is None or self.guidance == 1.0 or self.field.embedded_guidance:
             return self.field(x, t, labels)
         null = self.field.null_condition(labels)
         both = self.field(torch.cat([x, x]), t, torch.cat([null, labels]))

@@ -21,6 +21,9 @@ class Schedule:
     #: default integration interval; adapters may narrow it for their prediction type
     t_lo: float = 0.0
     t_hi: float = 1.0
+    #: a flow pipeline's time shift (diffusers' `shift`, or exp(mu) with dynamic shifting): its default grid
+    #: puts sigma' = shift s / (1 + (shift - 1) s) on the uniform sigmas; None where the model has none
+    pipeline_shift: float | None = None
 
     def alpha(self, t: Tensor) -> Tensor:
         raise NotImplementedError

@@ -1,9 +1,11 @@
 """`-m diffusers:PATH`: a local folder written by diffusers' `save_pretrained` as a velocity field.
 
 The folder is a pipeline (`model_index.json`, `unet/` or `transformer/`, `scheduler/`) or holds
-those subfolders.  Schedule (beta_schedule linear / scaled_linear / squaredcos_cap_v2, trained
-betas, num_train_timesteps), prediction type (epsilon, v_prediction, sample; flow for
-FlowMatchEulerDiscreteScheduler) and time input come from the configs; explicit options override.
+those subfolders.  The model class's adapter (loaders.adapters) says how it is called, what it is
+conditioned on and its sample shape; schedule (beta_schedule linear / scaled_linear /
+squaredcos_cap_v2, trained betas, num_train_timesteps), prediction type (epsilon, v_prediction,
+sample; flow for FlowMatchEulerDiscreteScheduler, with its time shift) and time input come from
+the configs; explicit options override.
 Weights are read from safetensors only (nothing is unpickled).  Needs the `diffusers` package.
 """
 
@@ -15,28 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checks import read_json
+from ..checks import integer, number, read_json
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..fields import NetworkField
 from ..fields.schedules import FMOT, DDPMDiscrete
-from .conditions import load_condition_set
-
-PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
-FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
-
-
-class DiffusersNet(nn.Module):
-    """net(x, time[, condition]) -> the model's `.sample`: the condition goes in as `encoder_hidden_states`
-    for text-conditioned models, else as `class_labels`."""
-
-    def __init__(self, model: nn.Module, text: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.key = "encoder_hidden_states" if text else "class_labels"
-
-    def forward(self, x, t, cond=None):
-        kwargs = {} if cond is None else {self.key: cond}
-        return self.model(x, t, **kwargs).sample
+from .adapters import AdaptedNet, adapter_for
+from .conditions import condition_set, load_condition_set
 
 
 def betas(cfg: dict) -> torch.Tensor:
@@ -108,8 +94,98 @@ def pretrained(cls: type, folder: Path) -> nn.Module:
     return model.eval()
 
 
+#: diffusers' prediction_type names -> ours (one table; the BNSScheduler reads it too)
+DIFFUSERS_PREDICTIONS = {
+    "epsilon": "eps",
+    "v_prediction": "v",
+    "sample": "x0",
+    "flow_prediction": "flow",
+    "velocity": "velocity",
+}
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+
+
+def read_schedule(sched_cfg: dict):
+    """(schedule, prediction, time input, flow shift) of a save_pretrained scheduler config.
+
+    Flow-matching schedulers: FM-OT velocity in diffusers' flow form, timesteps 1000 sigma, and the
+    pipeline's time shift (`shift`, or None with dynamic shifting: the grid then takes mu from the size).
+    """
+    if sched_cfg.get("_class_name") in FLOW_SCHEDULERS or sched_cfg.get("prediction_type") == "flow_prediction":
+        shift = sched_cfg.get("shift", 1.0)
+        shift = number(shift, "scheduler config shift", 0, 1000, lo_open=True)
+        return FMOT(), "flow", "flow-timestep", shift
+    try:
+        schedule = DDPMDiscrete(betas(sched_cfg))
+    except (ValueError, TypeError) as e:
+        raise BNSError(f"bad scheduler config: {e}") from None
+    ptype = sched_cfg.get("prediction_type", "epsilon")
+    if ptype not in DIFFUSERS_PREDICTIONS:
+        raise BNSError(f"unsupported prediction_type {ptype!r}: use {', '.join(DIFFUSERS_PREDICTIONS)}")
+    return schedule, DIFFUSERS_PREDICTIONS[ptype], "index", None
+
+
+def flow_shift(sched_cfg: dict, sample_shape: tuple[int, ...]) -> float:
+    """The shift of a flow pipeline's time grid: `shift`, or with use_dynamic_shifting exp(mu), mu from the
+    image's token count as FluxPipeline computes it (calculate_shift over (H/2)(W/2) tokens)."""
+    if not sched_cfg.get("use_dynamic_shifting"):
+        return number(sched_cfg.get("shift", 1.0), "scheduler config shift", 0, 1000, lo_open=True)
+    seq = (sample_shape[-2] // 2) * (sample_shape[-1] // 2)
+    base_len = integer(sched_cfg.get("base_image_seq_len", 256), "base_image_seq_len", 1)
+    max_len = integer(sched_cfg.get("max_image_seq_len", 4096), "max_image_seq_len", base_len + 1)
+    base, top = (number(sched_cfg.get(k, d), k, -100, 100) for k, d in (("base_shift", 0.5), ("max_shift", 1.15)))
+    m = (top - base) / (max_len - base_len)
+    return math.exp(seq * m + base - m * base_len)
+
+
+def _conditions(adapter, model_cfg: dict, sample_shape, opt, cls_name: str):
+    """The condition set a class needs, checked against its config: names, shapes, defaults (SDXL's time_ids)."""
+    needs = adapter.needs(model_cfg)
+    if not needs:
+        if opt.cond_set:
+            raise BNSError(f"{cls_name} takes no tensor conditions; drop --cond-set")
+        return None
+    names = ", ".join(f"{n} {tuple('L' if d is None else d for d in s)}" for n, s in needs)
+    if not opt.cond_set:
+        raise BNSError(
+            f"{cls_name} is conditioned on {names}: give --cond-set FILE.safetensors with one (N, ...) tensor "
+            "per name (and null.NAME, its unconditional value)"
+        )
+    cset = load_condition_set(opt.cond_set)
+    have = set(cset.layout.names)
+    if cset.layout.legacy:  # today's single `cond`: the prompt embedding; the class must need nothing else
+        have = {needs[0][0]}
+    entries = {p.name: cset.record(p.name) for p in cset.layout.parts}
+    nulls = {p.name: cset.layout.unpack(cset.null[None])[p.name][0] for p in cset.layout.parts}
+    for name, default in adapter.defaults.items():
+        if name not in have and any(n == name for n, _ in needs):
+            value = default(model_cfg, sample_shape)
+            entries[name] = value.expand(cset.cond.shape[0], *value.shape).clone()
+            nulls[name] = value
+            have.add(name)
+    missing = [n for n, _ in needs if n not in have]
+    extra = sorted(have - {n for n, _ in needs})
+    if missing or extra:
+        raise BNSError(
+            f"{opt.cond_set}: {cls_name} needs {names}"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; unexpected {', '.join(extra)}" if extra else "")
+        )
+    for name, shape in needs:
+        key = "cond" if cset.layout.legacy and name == needs[0][0] else name
+        got = tuple(entries[key].shape[1:])
+        if len(got) != len(shape) or any(d is not None and d != g for d, g in zip(shape, got)):
+            want = tuple("L" if d is None else d for d in shape)
+            raise BNSError(f"{opt.cond_set}: {key!r} has shape {got} per condition, {cls_name} needs {want}")
+    if cset.layout.legacy:
+        return cset
+    order = [n for n, _ in needs]
+    return condition_set(entries, nulls, order=order, where=str(opt.cond_set))
+
+
 def load_diffusers_field(path: str, opt) -> NetworkField:
-    """The velocity field of a diffusers folder; options given explicitly (not None) override the configs."""
+    """The velocity field of a diffusers folder through its class's adapter; explicit options override the
+    configs (None means not given)."""
     import_diffusers()  # exit 3 before anything is read when diffusers is missing
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -118,48 +194,42 @@ def load_diffusers_field(path: str, opt) -> NetworkField:
     if sub is None:
         raise BNSError(f"{root} has no unet/ or transformer/ folder with a config.json (save_pretrained layout)")
     model_cfg = read_json(sub / "config.json", "model config")
+    if not isinstance(model_cfg, dict):
+        raise BNSError(f"{sub}/config.json is not a JSON object")
+    cls_name = str(model_cfg.get("_class_name"))
+    adapter = adapter_for(cls_name)
+    shape = opt.shape or adapter.shape(model_cfg)
+    if shape is None:
+        raise BNSError(f"{cls_name}'s config does not give the latent size: pass --shape C,H,W (e.g. 16,64,64)")
+    shape = tuple(shape)
+    adapter.check_shape(shape)
+    cset = _conditions(adapter, model_cfg, shape, opt, cls_name)
+    classes = adapter.classes(model_cfg)
     cls = model_class(model_cfg, sub)
-    text = "cross_attention_dim" in model_cfg or "encoder_hid_dim" in model_cfg
-    if text and not opt.cond_set:
-        raise BNSError(
-            f"{cls.__name__} is conditioned on encoder_hidden_states: give --cond-set FILE.safetensors with 'cond' "
-            "(N, L, D) prompt embeddings (and 'null', the empty prompt's)"
-        )
-    model = pretrained(cls, sub)
-    sched_cfg = read_json(root / "scheduler" / "scheduler_config.json", "scheduler config")
+    sched_cfg = read_json(root / "scheduler" / "scheduler_config.json", "scheduler config", constants=True)
     if not isinstance(sched_cfg, dict):
         raise BNSError(f"{root}/scheduler/scheduler_config.json is not a JSON object")
-    if sched_cfg.get("_class_name") in FLOW_SCHEDULERS:
-        schedule, prediction, time_input = FMOT(), "flow", "flow-timestep"
-    else:
-        try:
-            schedule = DDPMDiscrete(betas(sched_cfg))
-        except ValueError as e:
-            raise BNSError(f"bad scheduler config: {e}") from None
-        ptype = sched_cfg.get("prediction_type", "epsilon")
-        if ptype not in PREDICTIONS:
-            raise BNSError(f"unsupported prediction_type {ptype!r}: use epsilon, v_prediction or sample")
-        prediction, time_input = PREDICTIONS[ptype], "index"
-    size = model_cfg.get("sample_size", 64)
-    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-    shape = opt.shape or (int(model_cfg.get("in_channels", 4)), *map(int, size))
-    # class-conditional diffusers models embed K classes + 1 null class (the last): -1 maps to it
-    classes = model_cfg.get("num_class_embeds")
-    classes = int(classes) - 1 if classes and int(classes) > 1 else None
-    cond, null = (None, None)
-    if opt.cond_set:
-        cond, null = load_condition_set(opt.cond_set)
+    schedule, prediction, time_input, _ = read_schedule(sched_cfg)
+    if prediction == "flow":
+        schedule.pipeline_shift = flow_shift(sched_cfg, shape)
+    model = pretrained(cls, sub)
+    net = AdaptedNet(model, adapter, None if cset is None else cset.layout, adapter.constants(model_cfg, shape))
     try:
-        return NetworkField(
-            DiffusersNet(model, text),
+        field = NetworkField(
+            net,
             schedule,
             shape,
             prediction=opt.prediction or prediction,
             time_input=opt.time_input or time_input,
-            num_classes=None if cond is not None else (opt.num_classes if opt.num_classes is not None else classes),
+            num_classes=None if cset is not None else (opt.num_classes if opt.num_classes is not None else classes),
             name=f"diffusers:{root.name}",
-            cond_set=cond,
-            null_cond=null,
+            cond_set=None if cset is None else cset.cond,
+            null_cond=None if cset is None else cset.null,
+            condition_layout=None if cset is None else cset.layout,
         )
     except ValueError as e:
         raise BNSError(str(e)) from None
+    field.embedded_guidance = adapter.embedded_guidance(model_cfg)
+    if field.embedded_guidance:
+        field.set_embedded_guidance(1.0)  # until GuidedField gives the scale (-w)
+    return field

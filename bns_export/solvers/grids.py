@@ -14,7 +14,7 @@ from ..errors import BNSError
 from ..fields.schedules import DDPMDiscrete, Schedule
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
-GRIDS = ("uniform", "karras", "logsnr", "diffusers")
+GRIDS = ("uniform", "karras", "logsnr", "diffusers", "pipeline")
 
 
 def _log_snr(schedule: Schedule, t: np.ndarray) -> np.ndarray:
@@ -50,12 +50,29 @@ def diffusers_grid(schedule: Schedule, m: int) -> np.ndarray:
     return np.append(1.0 - (timesteps + 1) / steps, 1.0 - 1.0 / steps)
 
 
+def pipeline_grid(schedule: Schedule, m: int) -> np.ndarray:
+    """The grid the model's own diffusers pipeline steps on: for flow models with a time shift (SD3, Flux,
+    Sana) sigma' = shift s / (1 + (shift - 1) s) on s = linspace(1, 1/m, m), then sigma = 0, as
+    FlowMatchEulerDiscreteScheduler.set_timesteps does (shift = exp(mu) with dynamic shifting); for
+    discrete DDPM models the diffusers grid."""
+    shift = schedule.pipeline_shift
+    if shift is None:
+        if isinstance(schedule, DDPMDiscrete):
+            return diffusers_grid(schedule, m)
+        raise BNSError(f"the pipeline grid needs a diffusers model's schedule, not {schedule.name}")
+    s = np.linspace(1.0, 1.0 / m, m)
+    sigma = np.append(shift * s / (1 + (shift - 1) * s), 0.0)
+    return 1.0 - sigma
+
+
 def make_grid(kind: str, m: int, schedule: Schedule, t_lo: float, t_hi: float, rho: float = 7.0) -> np.ndarray:
     """m + 1 grid times from t_lo to t_hi."""
     if kind == "uniform":
         return np.linspace(t_lo, t_hi, m + 1)
     if kind == "diffusers":
         return diffusers_grid(schedule, m)
+    if kind == "pipeline":
+        return pipeline_grid(schedule, m)
     lam_lo, lam_hi = _lam_range(schedule, t_lo, t_hi)
     if kind == "karras":
         smax, smin = np.exp(-lam_lo), np.exp(-lam_hi)

@@ -1,0 +1,280 @@
+"""One adapter per diffusers model class, in one table: how the class is called, what it is conditioned on,
+how its output becomes the prediction, how its latents are packed, and its sample shape.
+
+`ADAPTERS[class name]` is consulted once by the diffusers loader; a class not in the table is one line
+listing the supported ones.  Each adapter's `call(model, x, time, parts, consts)` receives the sample in
+our layout (B, *sample_shape), the network's time input (DDPM step index, or 1000 sigma for flow
+models), the condition's named tensors and the adapter's graph constants, and returns the prediction
+in the sample's layout: the learned-variance half dropped (PixArt, DiT), Flux's 2x2 patches unpacked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..checks import integer
+from ..errors import BNSError
+
+#: a condition the class needs: its name and one sample's shape, None for a size the condition set decides
+Need = tuple[str, tuple[int | None, ...]]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How one diffusers model class is called and read (see the module docstring)."""
+
+    call: Callable[[nn.Module, Tensor, Tensor, dict, dict], Tensor]
+    #: the tensor conditions the class takes, from its config (empty: unconditional or class labels)
+    needs: Callable[[dict], list[Need]] = lambda cfg: []
+    #: conditions the class can do without, each with its default value from (config, sample shape)
+    defaults: dict[str, Callable[[dict, tuple[int, ...]], Tensor]] = field(default_factory=dict)
+    #: K for class-conditional classes (K + 1 embeddings, the last the null class), else None
+    classes: Callable[[dict], int | None] = lambda cfg: None
+    #: one sample's shape from the config, or None where only --shape can say
+    shape: Callable[[dict], tuple[int, ...] | None] = lambda cfg: _image_shape(cfg)
+    #: graph constants (non-persistent buffers) from (config, sample shape)
+    constants: Callable[[dict, tuple[int, ...]], dict[str, Tensor]] = lambda cfg, shape: {}
+    #: the guidance scale is an input of the network (Flux-dev), not classifier-free guidance
+    embedded_guidance: Callable[[dict], bool] = lambda cfg: False
+    #: check a shape the user gave (--shape) or the config implied
+    check_shape: Callable[[tuple[int, ...]], None] = lambda shape: None
+
+
+def _int(cfg: dict, key: str, default: int | None = None) -> int:
+    value = cfg.get(key, default)
+    return integer(value, f"model config {key}", 1, 1 << 20)
+
+
+def _image_shape(cfg: dict) -> tuple[int, ...]:
+    """(in_channels, H, W) from in_channels and sample_size (an int or [H, W])."""
+    size = cfg.get("sample_size", 64)
+    size = list(size) if isinstance(size, (list, tuple)) else [size, size]
+    if len(size) != 2:
+        raise BNSError(f"model config sample_size must be a size or [H, W], got {size!r}")
+    return (_int(cfg, "in_channels", 4), *(integer(s, "model config sample_size", 1, 1 << 16) for s in size))
+
+
+def _first_half(out: Tensor, channels: int, dim: int = 1) -> Tensor:
+    """A learned-variance output (2C channels: prediction, then variance) as its prediction."""
+    return out.narrow(dim, 0, channels) if out.shape[dim] == 2 * channels else out
+
+
+def _text(dim_key: str, name: str = "encoder_hidden_states") -> Callable[[dict], list[Need]]:
+    return lambda cfg: [(name, (None, _int(cfg, dim_key)))]
+
+
+def _primary(parts: dict, name: str = "encoder_hidden_states") -> Tensor:
+    """The prompt embedding: by its name, or today's single `cond`."""
+    return parts[name] if name in parts else parts["cond"]
+
+
+# -- UNets ---------------------------------------------------------------------------------------
+
+
+def _unet2d(model, x, time, parts, consts):
+    return model(x, time, class_labels=parts.get("class_labels")).sample
+
+
+def _sdxl_text_embeds(cfg: dict) -> int:
+    return _int(cfg, "projection_class_embeddings_input_dim") - 6 * _int(cfg, "addition_time_embed_dim")
+
+
+def _unet_needs(cfg: dict) -> list[Need]:
+    dim = cfg.get("cross_attention_dim")
+    dim = dim[0] if isinstance(dim, (list, tuple)) else dim
+    needs: list[Need] = [("encoder_hidden_states", (None, integer(dim, "model config cross_attention_dim", 1)))]
+    if cfg.get("addition_embed_type") == "text_time":  # SDXL: pooled text embeddings and the size/crop ids
+        needs += [("text_embeds", (_sdxl_text_embeds(cfg),)), ("time_ids", (6,))]
+    elif cfg.get("addition_embed_type") is not None:
+        raise BNSError(f"UNet2DConditionModel with addition_embed_type {cfg['addition_embed_type']!r} is not supported")
+    return needs
+
+
+def _sdxl_time_ids(cfg: dict, shape: tuple[int, ...]) -> Tensor:
+    """SDXL's micro-conditioning as its pipeline sets it by default: original size, crop (0, 0), target size,
+    in pixels (8 per latent)."""
+    h, w = 8 * shape[-2], 8 * shape[-1]
+    return torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32)
+
+
+def _unet_cond(model, x, time, parts, consts):
+    kwargs = {}
+    if "text_embeds" in parts:
+        kwargs["added_cond_kwargs"] = {"text_embeds": parts["text_embeds"], "time_ids": parts["time_ids"]}
+    return model(x, time, encoder_hidden_states=_primary(parts), **kwargs).sample
+
+
+# -- transformers --------------------------------------------------------------------------------
+
+
+def _sd3(model, x, time, parts, consts):
+    return model(
+        hidden_states=x,
+        timestep=time,
+        encoder_hidden_states=_primary(parts),
+        pooled_projections=parts["pooled_projections"],
+    ).sample
+
+
+def _sd3_needs(cfg: dict) -> list[Need]:
+    return [
+        ("encoder_hidden_states", (None, _int(cfg, "joint_attention_dim"))),
+        ("pooled_projections", (_int(cfg, "pooled_projection_dim"),)),
+    ]
+
+
+def _flux_shape_check(shape: tuple[int, ...]) -> None:
+    if len(shape) != 3 or shape[1] % 2 or shape[2] % 2:
+        raise BNSError(f"Flux latents are (C, H, W) with even H and W (2x2 patches), got {shape}")
+
+
+def _flux_constants(cfg: dict, shape: tuple[int, ...]) -> dict[str, Tensor]:
+    """img_ids for the packed (H/2, W/2) grid, as FluxPipeline builds them (row, column in channels 1, 2)."""
+    h, w = shape[1] // 2, shape[2] // 2
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] = torch.arange(h)[:, None].float()
+    ids[..., 2] = torch.arange(w)[None, :].float()
+    return {"img_ids": ids.reshape(h * w, 3)}
+
+
+def pack_2x2(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, H/2 * W/2, 4C): FluxPipeline._pack_latents."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
+
+
+def unpack_2x2(x: Tensor, h: int, w: int) -> Tensor:
+    """(B, H/2 * W/2, 4C) -> (B, C, H, W): FluxPipeline._unpack_latents."""
+    b, _, c4 = x.shape
+    return x.reshape(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, h, w)
+
+
+def _flux(model, x, time, parts, consts):
+    ehs = _primary(parts)
+    txt_ids = torch.zeros(ehs.shape[1], 3, dtype=x.dtype, device=x.device)
+    kwargs = {}
+    if "guidance" in consts:
+        kwargs["guidance"] = consts["guidance"].to(x.dtype).expand(x.shape[0])
+    out = model(
+        hidden_states=pack_2x2(x),
+        timestep=time / 1000.0,  # FluxPipeline passes sigma; the model scales it by 1000 itself
+        encoder_hidden_states=ehs,
+        pooled_projections=parts["pooled_projections"],
+        img_ids=consts["img_ids"].to(x.dtype),
+        txt_ids=txt_ids,
+        **kwargs,
+    ).sample
+    return unpack_2x2(out, x.shape[2], x.shape[3])
+
+
+def _pixart(model, x, time, parts, consts):
+    out = model(
+        x,
+        encoder_hidden_states=_primary(parts),
+        timestep=time,
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    ).sample
+    return _first_half(out, x.shape[1])
+
+
+def _sana(model, x, time, parts, consts):
+    return model(x, encoder_hidden_states=_primary(parts), timestep=time).sample
+
+
+def _dit(model, x, time, parts, consts):
+    return _first_half(model(x, timestep=time, class_labels=parts["class_labels"]).sample, x.shape[1])
+
+
+def _cogvideox_shape(cfg: dict) -> tuple[int, ...]:
+    """(F, C, H, W) latent video: frames after temporal compression, channels, latent height and width."""
+    if cfg.get("use_rotary_positional_embeddings"):
+        raise BNSError("CogVideoX with rotary position embeddings (CogVideoX-5b and later) is not supported yet")
+    frames = (_int(cfg, "sample_frames", 49) - 1) // _int(cfg, "temporal_compression_ratio", 4) + 1
+    return (frames, _int(cfg, "in_channels", 16), _int(cfg, "sample_height", 60), _int(cfg, "sample_width", 90))
+
+
+def _cogvideox(model, x, time, parts, consts):
+    return model(hidden_states=x, encoder_hidden_states=_primary(parts), timestep=time).sample
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "UNet2DModel": Adapter(_unet2d, classes=lambda cfg: _classes(cfg, "num_class_embeds")),
+    "UNet2DConditionModel": Adapter(
+        _unet_cond,
+        needs=_unet_needs,
+        defaults={"time_ids": _sdxl_time_ids},
+        classes=lambda cfg: None,
+    ),
+    "SD3Transformer2DModel": Adapter(_sd3, needs=_sd3_needs),
+    "FluxTransformer2DModel": Adapter(
+        _flux,
+        needs=lambda cfg: [
+            ("encoder_hidden_states", (None, _int(cfg, "joint_attention_dim"))),
+            ("pooled_projections", (_int(cfg, "pooled_projection_dim"),)),
+        ],
+        shape=lambda cfg: None,
+        constants=_flux_constants,
+        embedded_guidance=lambda cfg: bool(cfg.get("guidance_embeds")),
+        check_shape=_flux_shape_check,
+    ),
+    "PixArtTransformer2DModel": Adapter(_pixart, needs=_text("caption_channels")),
+    "SanaTransformer2DModel": Adapter(_sana, needs=_text("caption_channels")),
+    "DiTTransformer2DModel": Adapter(_dit, classes=lambda cfg: _classes(cfg, "num_embeds_ada_norm", offset=0)),
+    "CogVideoXTransformer3DModel": Adapter(_cogvideox, needs=_text("text_embed_dim"), shape=_cogvideox_shape),
+}
+
+
+def _classes(cfg: dict, key: str, offset: int = 1) -> int | None:
+    """Class count of a class-conditional config: num_class_embeds counts the null class (offset 1),
+    DiT's num_embeds_ada_norm does not (its table has one more row, the null class)."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    k = integer(value, f"model config {key}", 1, 1 << 24) - offset
+    return k if k >= 1 else None
+
+
+def adapter_for(class_name: str) -> Adapter:
+    """The table entry of a diffusers model class, or one line listing the supported classes."""
+    try:
+        return ADAPTERS[class_name]
+    except KeyError:
+        raise BNSError(
+            f"diffusers model class {class_name} is not supported; supported: {', '.join(ADAPTERS)}"
+        ) from None
+
+
+class AdaptedNet(nn.Module):
+    """net(x, time[, condition]) -> the prediction in the sample's layout, for any class in the table.
+
+    The pipeline's one condition tensor is unpacked into its named parts (class labels for
+    class-conditional classes); the adapter's constants are non-persistent buffers (not weights).
+    """
+
+    def __init__(self, model: nn.Module, adapter: Adapter, layout=None, constants: dict | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.adapter = adapter
+        self.layout = layout
+        self.const_names = tuple(sorted(constants or {}))
+        for name, value in (constants or {}).items():
+            self.register_buffer(f"const_{name}", value, persistent=False)
+
+    def consts(self) -> dict[str, Tensor]:
+        return {name: getattr(self, f"const_{name}") for name in self.const_names}
+
+    def set_constant(self, name: str, value: Tensor) -> None:
+        """Add or replace a graph constant (e.g. Flux's embedded guidance scale)."""
+        if name not in self.const_names:
+            self.const_names = tuple(sorted((*self.const_names, name)))
+        self.register_buffer(f"const_{name}", value, persistent=False)
+
+    def forward(self, x: Tensor, time: Tensor, cond: Tensor | None = None) -> Tensor:
+        parts: dict[str, Tensor] = {}
+        if cond is not None:
+            parts = self.layout.unpack(cond) if self.layout is not None else {"class_labels": cond}
+        return self.adapter.call(self.model, x, time, parts, self.consts())
