@@ -579,8 +579,13 @@ def compile_cmd(
     is_flag=True,
     help="Import and run the module:factory code the artifact's manifest names (only for artifacts you trust).",
 )
+@click.option(
+    "--cuda-graph",
+    is_flag=True,
+    help="Validate the artifact's CUDA-graph path (ONNX: CUDA EP graphs; AOTInductor: captured per batch size).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def validate_cmd(artifact, min_psnr, device, public_key, model, decoder, trust_model_spec, as_json) -> None:
+def validate_cmd(artifact, min_psnr, device, public_key, model, decoder, trust_model_spec, cuda_graph, as_json) -> None:
     """Parity of an artifact against the eager PyTorch sampler; exit 0 pass, 1 fail, 2 bad input.
 
     An artifact is data: code its manifest names is never imported unless given with -m / --decoder
@@ -596,6 +601,7 @@ def validate_cmd(artifact, min_psnr, device, public_key, model, decoder, trust_m
         model=model,
         decoder=decoder,
         trust_model_spec=trust_model_spec,
+        cuda_graph=cuda_graph,
     )
     if as_json:
         click.echo(json.dumps(report))

@@ -5,10 +5,12 @@
     python tools/bench_latency.py --device cuda --model mnist --guidance 3 --nfe 8 --batch 1 64 256
 
 For each NFE: eager PyTorch sampler loop (torch.no_grad), the ONNX artifact in ONNX Runtime
-(CPU provider, or CUDA EP where onnxruntime-gpu is installed), the AOTInductor package; the floor
-is NFE x one guided network call in the same runtime (an ONNX graph of one call for ONNX Runtime).
-On CUDA also the same unrolled module under torch.compile with CUDA graphs (mode
-"reduce-overhead"), TF32 off.  Also export time, session creation time, and artifact size against
+(CPU provider, or CUDA EP where onnxruntime-gpu is installed, then also with its CUDA graphs), the
+AOTInductor package; the floor is NFE x one guided network call in the same runtime (an ONNX graph
+of one call for ONNX Runtime; on CUDA one CUDA-graphed call).  On CUDA also the same unrolled module
+under torch.compile (mode "reduce-overhead") and bns-export's CUDA-graph runner (the eager sampler
+and the AOTInductor package, each captured once per batch size), TF32 off.  Also export time,
+session creation time, and artifact size against
 weight bytes.  Median of --repeat runs after warm-up; CUDA timings synchronise the device.
 """
 
@@ -30,12 +32,14 @@ sys.path.insert(0, str(ROOT / "tools"))
 from benchdoc import git_rev, gpu_note, machine, write_section  # noqa: E402
 
 from bns_export.backends import ExportRequest  # noqa: E402
+from bns_export.backends.cuda_graph import CudaGraphs  # noqa: E402
 from bns_export.backends.onnx import export_onnx  # noqa: E402
 from bns_export.compile.build import compile_artifact  # noqa: E402
+from bns_export.compile.parity import EagerRunner  # noqa: E402
 from bns_export.compile.unroll import UnrolledSampler  # noqa: E402
 from bns_export.errors import BNSError  # noqa: E402
 from bns_export.loaders import load_model  # noqa: E402
-from bns_export.runtime import load  # noqa: E402
+from bns_export.runtime import load, read_manifest  # noqa: E402
 from bns_export.solvers import baseline  # noqa: E402
 from bns_export.solvers.sampler import sample  # noqa: E402
 
@@ -149,10 +153,16 @@ def main() -> None:
             f"| {nfe} | ONNX | export {onnx_export_s:.1f} s, session {session_s:.2f} s | model "
             f"{size / 1e6:.2f} MB (weights {weight_bytes / 1e6:.2f} MB) |"
         )
-        graphed = None
+        graphed = cg_eager = cg_aoti = ort_graph = None
         if cuda:
             unrolled = UnrolledSampler(field, solver).eval()
             graphed = torch.compile(unrolled, mode="reduce-overhead", dynamic=False)
+            manifest = read_manifest(work / f"onnx{nfe}")
+            cg_eager = EagerRunner(work / f"onnx{nfe}", manifest, args.device, cuda_graph=True)
+            if aoti is not None:
+                cg_aoti = load(work / f"aoti{nfe}", device=args.device, cuda_graph=True)
+            if ort_device == "cuda":
+                ort_graph = load(work / f"onnx{nfe}", device=args.device, cuda_graph=True)
         for b in args.batch:
             noise, labels = inputs[b]
             tn = torch.from_numpy(noise).to(args.device)
@@ -163,14 +173,20 @@ def main() -> None:
             if time_ort:
                 onnx_t = timeit(lambda: runner(noise, labels), args.repeat)  # noqa: B023
                 floor_ort = nfe * timeit(lambda: one_sess.run(None, feed), args.repeat)  # noqa: B023
+            one_call = OneCall(field, 0.5).eval()
+            call = CudaGraphs(one_call, args.device) if cuda else one_call  # on CUDA: one CUDA-graphed call
+            call_args = (tn,) if tl is None else (tn, tl)
             with torch.no_grad():
-                floor_eager = nfe * timeit(lambda: field(tn, torch.tensor(0.5), tl), args.repeat)  # noqa: B023
+                floor_eager = nfe * timeit(lambda: call(*call_args), args.repeat)  # noqa: B023
             aoti_t = timeit(lambda: aoti(tn, tl), args.repeat) if aoti else None  # noqa: B023
-            graph_t = None
+            graph_t = cg_t = cg_aoti_t = ort_graph_t = None
             if graphed is not None:
                 with torch.no_grad():
                     graph_t = timeit(lambda: graphed(tn, tl).clone(), args.repeat)  # noqa: B023
-            rows.append((nfe, b, eager, floor_eager, onnx_t, floor_ort, aoti_t, graph_t))
+                cg_t = timeit(lambda: cg_eager(tn, tl), args.repeat)  # noqa: B023
+                cg_aoti_t = timeit(lambda: cg_aoti(tn, tl), args.repeat) if cg_aoti else None  # noqa: B023
+                ort_graph_t = timeit(lambda: ort_graph(noise, labels), args.repeat) if ort_graph else None  # noqa: B023
+            rows.append((nfe, b, eager, floor_eager, onnx_t, floor_ort, aoti_t, graph_t, cg_t, cg_aoti_t, ort_graph_t))
             print(rows[-1], flush=True)
     lines = [
         f"## Latency: {args.model}, guidance {args.guidance:g}, {args.device}\n",
@@ -178,9 +194,10 @@ def main() -> None:
         f"{ort.__version__}, {ort_providers[0] if time_ort else 'not timed (no CUDA execution provider)'}.  "
         "Solver: DPM-Solver++(2M) table (any table costs the "
         f"same).  Median of {args.repeat} runs, milliseconds.\n",
-        "| NFE | batch | eager loop | eager floor | ONNX Runtime | ORT floor | AOTInductor | torch.compile "
-        "CUDA graphs | eager / ORT | ORT / ORT floor | eager / AOTI | AOTI / CUDA graphs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| NFE | batch | eager loop | floor | ONNX Runtime | ORT floor | ORT CUDA graphs | AOTInductor | "
+        "torch.compile CUDA graphs | CUDA-graph runner (eager) | CUDA-graph runner (AOTI) | eager / best | "
+        "best / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ms(v) -> str:
@@ -189,10 +206,12 @@ def main() -> None:
     def ratio(x, y) -> str:
         return "n/a" if x is None or y is None else f"{x / y:.2f}x"
 
-    for nfe, b, e, fe, o, fo, a, g in rows:
+    for nfe, b, e, fe, o, fo, a, g, cg, cga, og in rows:
+        artifacts = [v for v in (o, og, a, cg, cga) if v is not None]  # the runners an artifact user gets
+        best = min(artifacts) if artifacts else None
         lines.append(
-            f"| {nfe} | {b} | {ms(e)} | {ms(fe)} | {ms(o)} | {ms(fo)} | {ms(a)} | {ms(g)} | {ratio(e, o)} | "
-            f"{ratio(o, fo)} | {ratio(e, a)} | {ratio(a, g)} |"
+            f"| {nfe} | {b} | {ms(e)} | {ms(fe)} | {ms(o)} | {ms(fo)} | {ms(og)} | {ms(a)} | {ms(g)} | {ms(cg)} | "
+            f"{ms(cga)} | {ratio(e, best)} | {ratio(best, fe)} |"
         )
     lines += ["", "| NFE | backend | build | size |", "|---|---|---|---|", *meta]
     default = f"latency-{args.model}" + ("" if args.device == "cpu" else f"-{args.device.split(':')[0]}")

@@ -51,7 +51,7 @@ BACKENDS = {
         "onnx", "model.onnx", "onnx", "ONNX Runtime (CPU; CUDA/TensorRT EPs with onnxruntime-gpu)", ("cuda_graph",)
     ),
     "tensorrt": Backend("tensorrt", "model.plan", "tensorrt", "TensorRT 10.x / 11.x on a CUDA GPU"),
-    "aoti": Backend("aoti", "model.pt2", "aoti", "torch (AOTInductor), CPU or CUDA"),
+    "aoti": Backend("aoti", "model.pt2", "aoti", "torch (AOTInductor), CPU or CUDA", ("cuda_graph",)),
 }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from .base import ExportRequest, Runner
+from .cuda_graph import CudaGraphs, check_cuda_graph_device
 
 
 def check_available(request: ExportRequest) -> None:
@@ -34,14 +35,19 @@ def export(sampler, request: ExportRequest, folder: Path, log=print) -> dict:
 
 
 class AotiRunner(Runner):
-    """The loaded package on the device it was compiled for; torch or numpy in, the same kind out."""
+    """The loaded package on the device it was compiled for; torch or numpy in, the same kind out.
 
-    def __init__(self, folder: Path, manifest: dict, device: str | None = None) -> None:
+    cuda_graph=True (CUDA packages): each batch size is captured once into a CUDA graph and replayed.
+    """
+
+    def __init__(self, folder: Path, manifest: dict, device: str | None = None, cuda_graph: bool = False) -> None:
         super().__init__(folder, manifest)
         import torch
 
         built = str(manifest.get("device", "cpu"))
         self.device = device or built
+        if cuda_graph:
+            check_cuda_graph_device(self.device)
         if self.device.split(":")[0] != built.split(":")[0]:
             raise BNSError(f"this package was compiled for {built}, not {self.device}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -53,6 +59,8 @@ class AotiRunner(Runner):
             self.model = torch._inductor.aoti_load_package(str(path), device_index=_index(self.device))
         except Exception as e:
             raise BNSError(f"cannot load AOTInductor package: {str(e).strip().splitlines()[0]}") from None
+        self.cuda_graph = cuda_graph
+        self._call = CudaGraphs(self.model, self.device) if cuda_graph else self.model
 
     def infer(self, noise, labels):
         import torch
@@ -60,7 +68,7 @@ class AotiRunner(Runner):
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
         args = [x, *self.condition_args(labels, self.device)]
         with self._lock, torch.no_grad():
-            out = self.model(*args)
+            out = self._call(*args)
         return dict(zip(self.output_names, out if isinstance(out, (list, tuple)) else (out,)))
 
 
@@ -103,5 +111,7 @@ def _index(device: str) -> int:
     return int(device.split(":")[1]) if ":" in device else -1
 
 
-def open_runner(folder: Path, manifest: dict, device: str | None = None, providers=None) -> AotiRunner:
-    return AotiRunner(folder, manifest, device)
+def open_runner(
+    folder: Path, manifest: dict, device: str | None = None, providers=None, cuda_graph: bool = False
+) -> AotiRunner:
+    return AotiRunner(folder, manifest, device, cuda_graph)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..backends import Runner, get_backend
+from ..backends.cuda_graph import CudaGraphs, check_cuda_graph_device
 from ..checks import number
 from ..devices import full_fp32
 from ..errors import EXIT_MISSING_BACKEND, BNSError
@@ -37,8 +38,12 @@ VALIDATE_SEED = 12345
 class EagerRunner(Runner):
     """The reference: the eager fp32 PyTorch sampler rebuilt from an artifact's manifest (or `spec`)."""
 
-    def __init__(self, folder: Path, manifest: dict, device: str = "cpu", spec: ModelSpec | None = None) -> None:
+    def __init__(
+        self, folder: Path, manifest: dict, device: str = "cpu", spec: ModelSpec | None = None, cuda_graph: bool = False
+    ) -> None:
         super().__init__(folder, manifest)
+        if cuda_graph:
+            check_cuda_graph_device(device)
         spec = spec or ModelSpec.from_json(manifest.get("model_spec"))
         self.field = load_model(spec, guidance=manifest["guidance"]).to(device)
         if self.field.fingerprint() != manifest["model_fingerprint"]:
@@ -60,6 +65,8 @@ class EagerRunner(Runner):
                     f"decoder {spec.options.decoder} changed since export (fingerprint {decoder.fingerprint()})"
                 )
         self.sampler = UnrolledSampler(self.field, solver, decoder=decoder).eval().float().to(device)
+        #: cuda_graph: the eager sampler captured once per batch size and replayed (torch.cuda graphs)
+        self._graphed = CudaGraphs(self.sampler.sample, device) if cuda_graph else None
 
     def infer(self, noise, labels) -> dict:
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
@@ -67,7 +74,10 @@ class EagerRunner(Runner):
         if self.named_conditions:  # the graph's named inputs -> the loop's one condition tensor
             lab = self.field.condition_layout.pack(lab)
         with full_fp32():
-            return self.sampler.named(x, lab)
+            if self._graphed is None:
+                return self.sampler.named(x, lab)
+            out = self._graphed(x) if lab is None else self._graphed(x, lab)
+            return dict(zip(self.sampler.output_names, out if isinstance(out, tuple) else (out,)))
 
 
 def reference_spec(
@@ -150,10 +160,16 @@ def _on_host(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
-def open_artifact(folder: Path, manifest: dict, device: str, providers: list | None) -> Runner:
+def open_artifact(
+    folder: Path, manifest: dict, device: str, providers: list | None, cuda_graph: bool = False
+) -> Runner:
     """The artifact's runner on `device`; an ONNX artifact falls back to the CPU where ONNX Runtime has no
-    CUDA provider (the CPU build on a GPU machine), so the reference still runs on the GPU."""
+    CUDA provider (the CPU build on a GPU machine), so the reference still runs on the GPU.
+    cuda_graph: the artifact's CUDA-graph path (ONNX Runtime's on the CUDA EP, ours for AOTInductor)."""
     backend = get_backend(manifest["format"])
+    if cuda_graph:
+        check_cuda_graph_device(device)
+        return backend.open(folder, manifest, device=device, providers=providers, cuda_graph=True)
     try:
         return backend.open(folder, manifest, device=device, providers=providers)
     except BNSError as e:
@@ -171,11 +187,13 @@ def validate_artifact(
     model: str | None = None,
     decoder: str | None = None,
     trust_model_spec: bool = False,
+    cuda_graph: bool = False,
 ) -> dict:
     """Run the parity report; `passed` is the gate's verdict.
 
     model / decoder: the specs to rebuild the eager reference from (default: the manifest's, which
-    may name code to import only with trust_model_spec; see `reference_spec`).
+    may name code to import only with trust_model_spec; see `reference_spec`).  cuda_graph: validate the
+    artifact's CUDA-graph path (a CUDA device only).
     """
     if min_psnr is not None:
         min_psnr = number(min_psnr, "min_psnr", 0, 1000)
@@ -183,7 +201,7 @@ def validate_artifact(
     manifest = read_manifest(folder, public_key=public_key)
     spec = reference_spec(manifest, model, decoder, trust_model_spec)
     device = device or default_device(manifest)
-    runner = open_artifact(folder, manifest, device, providers)
+    runner = open_artifact(folder, manifest, device, providers, cuda_graph)
     reference = EagerRunner(folder, manifest, device, spec)
     n = int(manifest["max_batch"])
     gt = ground_truth(reference.field, n, VALIDATE_SEED)
@@ -227,6 +245,7 @@ def validate_artifact(
         "max_abs_error": max(r["max_abs_error"] for r in rows),
         "cases": rows,
         "passed": bool(psnr_min >= gate),
+        "cuda_graph": cuda_graph,
         "seed": VALIDATE_SEED,
     }
     if manifest["format"] == "onnx":
