@@ -19,7 +19,7 @@ import click
 from . import __version__
 from .checks import Integer, Number
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BNSError
-from .interrupts import Interrupted, pending, raise_if_interrupted, signals_as_interrupts
+from .interrupts import Interrupted, mark_finished, pending, raise_if_interrupted, signals_as_interrupts
 
 # the number options' ranges, shared where several commands take the same option
 GUIDANCE = Number(0, 100)  # classifier-free guidance scale w (1 = none)
@@ -161,6 +161,7 @@ def handle_errors(fn):
             with signals_as_interrupts():
                 result = fn(*args, **kw)
                 raise_if_interrupted()  # a signal somebody swallowed still ends the command
+                mark_finished()
                 return result
         except KeyboardInterrupt as e:
             _interrupted(e.signum if isinstance(e, Interrupted) else signal.SIGINT)

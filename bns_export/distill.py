@@ -174,8 +174,8 @@ class DistillConfig:
 #: candidates of `base="auto"`: one-step and two-stage solvers with strictly increasing times
 AUTO_BASES = ["midpoint", "euler", "ab2", "ddim", "dpm++2m", "dpm++2m:karras", "ddim:logsnr", "euler:logsnr"]
 AUTO_BASES += ["dpm++3m", "unipc", "unipc-bh1", "deis", "ipndm", "unipc:karras", "deis:karras"]
-#: a flow model's own pipeline grid (its time shift), where the model has one
-AUTO_BASES += ["euler:pipeline", "dpm++2m:pipeline"]
+#: and, for a flow model whose pipeline shifts its times (SD3, Flux, Sana), its pipeline's own grid
+PIPELINE_BASES = ["euler:pipeline", "dpm++2m:pipeline"]
 
 
 def initial_solver(field, cfg: DistillConfig, val: GTSet, world: World = SINGLE) -> tuple[NSSolver, float]:
@@ -184,6 +184,8 @@ def initial_solver(field, cfg: DistillConfig, val: GTSet, world: World = SINGLE)
     names = [cfg.base_solver()]
     if cfg.base == "auto":
         names = [b for b in AUTO_BASES if not (b == "midpoint" and cfg.nfe % 2)]
+        if field.schedule.pipeline_shift is not None:
+            names += PIPELINE_BASES
     best = None
     for name in names:
         try:

@@ -17,6 +17,7 @@ import threading
 
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 _pending: list[int] = []
+_finished: list[bool] = []
 
 
 class Interrupted(KeyboardInterrupt):
@@ -38,12 +39,29 @@ def raise_if_interrupted() -> None:
         raise Interrupted(_pending[0])
 
 
+def mark_finished() -> None:
+    """The command completed and published its output: a signal after this point changes nothing."""
+    _finished.append(True)
+
+
 def _exit_now(signum, frame) -> None:
+    if _finished:  # the command is over (its output complete): a late signal must not report failure
+        return
     os.write(2, f"interrupted ({signal.Signals(signum).name})\n".encode())
     os._exit(128 + signum)
 
 
+def ignore_late_signals() -> None:
+    """The console entry's last step: ignore signals while the interpreter shuts down (Python would reset
+    its handlers to the default, killing a finished command)."""
+    if _finished:
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def _raise(signum, frame) -> None:
+    if _finished:
+        return
     if not _pending:
         _pending.append(signum)
     raise Interrupted(signum)

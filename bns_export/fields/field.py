@@ -137,11 +137,13 @@ class GuidedField(nn.Module):
         super().__init__()
         self.field = field
         self.guidance = float(guidance)
-        if field.embedded_guidance:
+        #: the field takes w through its guidance embedding: one plain call, no CFG
+        self.embedded = isinstance(field, VelocityField) and field.embedded_guidance
+        if self.embedded:
             field.set_embedded_guidance(self.guidance)
 
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
-        if labels is None or self.guidance == 1.0 or self.field.embedded_guidance:
+        if labels is None or self.guidance == 1.0 or self.embedded:
             return self.field(x, t, labels)
         null = self.field.null_condition(labels)
         both = self.field(torch.cat([x, x]), t, torch.cat([null, labels]))

@@ -45,7 +45,7 @@ def load_factory_field(spec: str, opt: ModelOptions) -> NetworkField:
     schedule = check_choice(opt.schedule or "fm-ot", SCHEDULES, "schedule")
     time_input = check_choice(opt.time_input or "t", TIME_INPUTS, "time input")
     net = call_factory(spec)
-    cond, null = load_condition_set(opt.cond_set) if opt.cond_set else (None, None)
+    cset = load_condition_set(opt.cond_set) if opt.cond_set else None
     try:
         field = NetworkField(
             net,
@@ -55,8 +55,9 @@ def load_factory_field(spec: str, opt: ModelOptions) -> NetworkField:
             time_input,
             opt.num_classes,
             name=spec,
-            cond_set=cond,
-            null_cond=null,
+            cond_set=None if cset is None else cset.cond,
+            null_cond=None if cset is None else cset.null,
+            condition_layout=None if cset is None else cset.layout,
         )
     except ValueError as e:
         raise BNSError(str(e)) from None

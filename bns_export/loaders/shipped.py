@@ -55,7 +55,7 @@ def load_shipped(folder: Path) -> NetworkField:
     from safetensors.torch import load_file
 
     cfg = read_json(folder / "config.json", f"{folder.name} config", constants=True)
-    cond, null = load_condition_set(str(folder / cfg["cond_set"])) if cfg.get("cond_set") else (None, None)
+    cset = load_condition_set(str(folder / cfg["cond_set"])) if cfg.get("cond_set") else None
     module = _import_file((folder / cfg.get("code", "net.py")).resolve(), folder.name)
     net = module.build_network(**cfg.get("architecture", {}))
     net.load_state_dict(load_file(str(folder / "weights.safetensors")))
@@ -70,8 +70,9 @@ def load_shipped(folder: Path) -> NetworkField:
         t_lo=cfg.get("t_lo"),
         t_hi=cfg.get("t_hi"),
         name=folder.name,
-        cond_set=cond,
-        null_cond=null,
+        cond_set=None if cset is None else cset.cond,
+        null_cond=None if cset is None else cset.null,
+        condition_layout=None if cset is None else cset.layout,
     )
     if "gt_tolerance" in cfg:
         field.gt_tolerance = number(cfg["gt_tolerance"], f"{folder.name} config gt_tolerance", 1e-10, 0.1)
