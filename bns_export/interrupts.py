@@ -80,6 +80,8 @@ def signals_as_interrupts():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _pending.clear()  # a new command (several run in one process under tests or the Python API)
+    _finished.clear()
     old = {sig: signal.signal(sig, _raise) for sig in SIGNALS}
     try:
         yield
