@@ -47,50 +47,32 @@ def half_precision(field: GuidedField) -> GuidedField:
     return field
 
 
+def tensor_spec(name: str, dtype: str, sizes, note: str | None = None) -> dict:
+    """One graph input or output for the manifest: its name, dtype and shape with a symbolic batch."""
+    spec = {"name": name, "dtype": dtype, "shape": ["batch", *sizes]}
+    return spec if note is None else {**spec, "note": note}
+
+
 def io_specs(field, max_batch: int, decoder=None) -> tuple[list[dict], list[dict]]:
-    """The graph's inputs and outputs (name, dtype, shape with a symbolic batch) for the manifest."""
-    shape = ["batch", *field.sample_shape]
-    inputs = [{"name": "noise", "dtype": "float32", "shape": shape}]
+    """The graph's inputs (noise, then the condition: one input per named condition, `cond`, or `labels`)
+    and outputs (the sample, and the image with a decoder) for the manifest."""
+    inputs = [tensor_spec("noise", "float32", field.sample_shape)]
     layout = field.condition_layout
-    if layout is not None and not layout.legacy:  # one input per named condition
-        for part in layout.parts:
-            inputs.append(
-                {
-                    "name": part.name,
-                    "dtype": "float32",
-                    "shape": ["batch", *part.shape],
-                    "note": "one per sample; its null value for the unconditional branch",
-                }
-            )
+    if layout is not None and not layout.legacy:
+        note = "one per sample; its null value for the unconditional branch"
+        inputs += [tensor_spec(part.name, "float32", part.shape, note) for part in layout.parts]
     elif field.cond_shape is not None:
-        inputs.append(
-            {
-                "name": "cond",
-                "dtype": "float32",
-                "shape": ["batch", *field.cond_shape],
-                "note": "one condition per sample (e.g. a prompt embedding); the null condition for unconditional",
-            }
-        )
+        note = "one condition per sample (e.g. a prompt embedding); the null condition for unconditional"
+        inputs.append(tensor_spec("cond", "float32", field.cond_shape, note))
     elif field.num_classes is not None:
-        inputs.append(
-            {
-                "name": "labels",
-                "dtype": "int64",
-                "shape": ["batch"],
-                "note": f"0..{field.num_classes - 1}, or -1 for unconditional",
-            }
-        )
-    outputs = [{"name": OUTPUTS[0], "dtype": "float32", "shape": shape}]
-    if decoder is not None:
-        outputs[0]["note"] = "the latents"
-        outputs.append(
-            {
-                "name": OUTPUTS[1],
-                "dtype": "float32",
-                "shape": ["batch", *decoder.image_shape],
-                "note": f"the decoded image ({decoder.source}), in the decoder's range (diffusers: [-1, 1])",
-            }
-        )
+        inputs.append(tensor_spec("labels", "int64", (), f"0..{field.num_classes - 1}, or -1 for unconditional"))
+    if decoder is None:
+        return inputs, [tensor_spec(OUTPUTS[0], "float32", field.sample_shape)]
+    image_note = f"the decoded image ({decoder.source}), in the decoder's range (diffusers: [-1, 1])"
+    outputs = [
+        tensor_spec(OUTPUTS[0], "float32", field.sample_shape, "the latents"),
+        tensor_spec(OUTPUTS[1], "float32", decoder.image_shape, image_note),
+    ]
     return inputs, outputs
 
 
