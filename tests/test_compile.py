@@ -12,9 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from bns_export.backends.trt_support import check_tensorrt_support
 from bns_export.cli import main
 from bns_export.compile.build import compile_artifact
-from bns_export.compile.trt_support import check_tensorrt_support
 from bns_export.compile.unroll import UnrolledSampler
 from bns_export.errors import BNSError
 from bns_export.fields import GuidedField, NetworkField

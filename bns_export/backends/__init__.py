@@ -18,7 +18,8 @@ from .base import ExportRequest, Runner
 
 @dataclass(frozen=True)
 class Backend:
-    """A format: its model file, the module implementing it, and what it runs on."""
+    """A format and every fact about it that the rest of the package asks: its model file, the module
+    implementing it, what it runs on, where it is traced and validated, and how Triton serves it."""
 
     name: str
     model_file: str
@@ -26,6 +27,18 @@ class Backend:
     runs_with: str
     #: runner options beyond device and providers
     extras: tuple[str, ...] = ()
+    #: the exporter traces on the target device (AOTInductor compiles for it); else on the CPU
+    traces_on_device: bool = False
+    #: where an artifact runs and validates unless told (None: the device it was built for)
+    default_device: str | None = None
+    #: the runner may fall back to the CPU where its runtime lacks the GPU (ONNX Runtime's CPU build)
+    cpu_fallback: bool = False
+    #: Triton's platform name, or None where Triton does not serve the format
+    triton_platform: str | None = None
+    #: Triton's default instance kind is a GPU
+    triton_gpu: bool = False
+    #: on Triton GPUs, ONNX Runtime's TensorRT accelerator applies
+    triton_tensorrt_accelerator: bool = False
 
     def _impl(self):
         return importlib.import_module(f"{__name__}.{self.module}")
@@ -38,6 +51,11 @@ class Backend:
         """Write the model file(s) into `folder`; return the backend's manifest entries."""
         return self._impl().export(sampler, request, Path(folder), log)
 
+    def validation_extras(self, folder: Path, manifest: dict) -> dict:
+        """Entries the format adds to a validation report (ONNX: which ops TensorRT's parser supports)."""
+        impl = self._impl()
+        return impl.validation_extras(Path(folder), manifest) if hasattr(impl, "validation_extras") else {}
+
     def open(self, folder: Path, manifest: dict, device=None, providers=None, **extras) -> Runner:
         """The runner of an artifact directory whose manifest was already verified."""
         unknown = sorted(set(extras) - set(self.extras))
@@ -48,10 +66,27 @@ class Backend:
 
 BACKENDS = {
     "onnx": Backend(
-        "onnx", "model.onnx", "onnx", "ONNX Runtime (CPU; CUDA/TensorRT EPs with onnxruntime-gpu)", ("cuda_graph",)
+        "onnx",
+        "model.onnx",
+        "onnx",
+        "ONNX Runtime (CPU; CUDA/TensorRT EPs with onnxruntime-gpu)",
+        ("cuda_graph",),
+        cpu_fallback=True,
+        triton_platform="onnxruntime_onnx",
+        triton_tensorrt_accelerator=True,
     ),
-    "tensorrt": Backend("tensorrt", "model.plan", "tensorrt", "TensorRT 10.x / 11.x on a CUDA GPU"),
-    "aoti": Backend("aoti", "model.pt2", "aoti", "torch (AOTInductor), CPU or CUDA", ("cuda_graph",)),
+    "tensorrt": Backend(
+        "tensorrt",
+        "model.plan",
+        "tensorrt",
+        "TensorRT 10.x / 11.x on a CUDA GPU",
+        default_device="cuda",
+        triton_platform="tensorrt_plan",
+        triton_gpu=True,
+    ),
+    "aoti": Backend(
+        "aoti", "model.pt2", "aoti", "torch (AOTInductor), CPU or CUDA", ("cuda_graph",), traces_on_device=True
+    ),
 }
 
 

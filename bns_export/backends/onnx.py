@@ -224,6 +224,14 @@ def tensorrt_ep_defaults(manifest: dict) -> dict:
     }
 
 
+def validation_extras(folder: Path, manifest: dict) -> dict:
+    """The ops and dtypes of the graph that TensorRT's ONNX parser would refuse (no TensorRT needed)."""
+    from .trt_support import check_tensorrt_support
+
+    model = import_onnx().load(str(folder / manifest["model_file"]), load_external_data=False)
+    return {"tensorrt_support": check_tensorrt_support(model)}
+
+
 class OnnxRunner(Runner):
     """One InferenceSession (whose run() is thread-safe) over the artifact's model file.
 

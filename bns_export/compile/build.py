@@ -174,7 +174,7 @@ def compile_artifact(
     export_field = half_precision(field) if fp16 else field
     if field.default_dtype == torch.float64:  # analytic fields: the artifact computes in fp32
         export_field = copy.deepcopy(export_field).float()
-    export_device = device if fmt == "aoti" else "cpu"
+    export_device = device if backend.traces_on_device else "cpu"
     sampler = UnrolledSampler(export_field, ns, decoder=decoder).eval().to(export_device)
     inputs, outputs = io_specs(field, max_batch, decoder)
     manifest = {

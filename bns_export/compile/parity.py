@@ -106,10 +106,8 @@ def reference_spec(
 
 
 def default_device(manifest: dict) -> str:
-    """Where an artifact runs unless told: its build device, cuda for TensorRT, else cpu."""
-    if manifest["format"] == "tensorrt":
-        return "cuda"
-    return str(manifest.get("device", "cpu"))
+    """Where an artifact runs unless told: its format's device (TensorRT: cuda), else its build device."""
+    return get_backend(manifest["format"]).default_device or str(manifest.get("device", "cpu"))
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -173,7 +171,7 @@ def open_artifact(
     try:
         return backend.open(folder, manifest, device=device, providers=providers)
     except BNSError as e:
-        if e.exit_code != EXIT_MISSING_BACKEND or manifest["format"] != "onnx" or providers is not None:
+        if e.exit_code != EXIT_MISSING_BACKEND or not backend.cpu_fallback or providers is not None:
             raise
         return backend.open(folder, manifest, device="cpu", providers=None)
 
@@ -248,11 +246,5 @@ def validate_artifact(
         "cuda_graph": cuda_graph,
         "seed": VALIDATE_SEED,
     }
-    if manifest["format"] == "onnx":
-        import onnx
-
-        from .trt_support import check_tensorrt_support
-
-        model = onnx.load(str(folder / manifest["model_file"]), load_external_data=False)
-        report["tensorrt_support"] = check_tensorrt_support(model)
+    report.update(get_backend(manifest["format"]).validation_extras(folder, manifest))
     return report

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..backends import BACKENDS
 from ..checks import integer, number, read_json
 from ..errors import BNSError
 from ..fileio import honour_umask
@@ -214,7 +215,7 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True, public_key: st
 
 #: manifest fields the runners and the validator read, and their checks
 FIELD_CHECKS = {
-    "format": lambda v, k: _choice(v, k, ("onnx", "tensorrt", "aoti")),
+    "format": lambda v, k: _choice(v, k, tuple(BACKENDS)),
     "precision": lambda v, k: _choice(v, k, ("fp32", "fp16")),
     "nfe": lambda v, k: integer(v, k, 1, 1024),
     "max_batch": lambda v, k: integer(v, k, 1, 1 << 20),

@@ -18,13 +18,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..backends import BACKENDS, get_backend
 from ..checks import read_json
 from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import raise_if_interrupted
 from .artifact import read_manifest, staging_dir
 
-PLATFORMS = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
 
 
@@ -52,7 +52,7 @@ def preferred_batches(max_batch: int) -> list[int]:
 
 def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str) -> str:
     """The model configuration (protobuf text format) for an artifact's manifest."""
-    fmt = manifest["format"]
+    backend = get_backend(manifest["format"])
     inputs = [_io(s, s["shape"] == ["batch"]) for s in manifest["inputs"]]
     outputs = [_io(s, False) for s in manifest["outputs"]]
     warm = []
@@ -63,7 +63,7 @@ def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str) -> str
         warm.append(f'    inputs {{ key: "{s["name"]}" value: {{ {value} }} }}')
     text = [
         f'name: "{name}"',
-        f'platform: "{PLATFORMS[fmt]}"',
+        f'platform: "{backend.triton_platform}"',
         f"max_batch_size: {manifest['max_batch']}",
         "version_policy: { all { } }",
         "input [\n" + ",\n".join(inputs) + "\n]",
@@ -74,7 +74,7 @@ def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str) -> str
         "instance_group [ { count: 1 kind: " + ("KIND_GPU" if gpu else "KIND_CPU") + " } ]",
         'model_warmup [\n  {\n    name: "bns-warmup"\n    batch_size: 1\n' + "\n".join(warm) + "\n  }\n]",
     ]
-    if fmt == "onnx" and gpu:
+    if backend.triton_tensorrt_accelerator and gpu:
         b_opt, b_max = int(manifest.get("opt_batch") or 1), int(manifest["max_batch"])
 
         def shapes(b: int) -> str:
@@ -181,8 +181,9 @@ def write_repository(
     manifests = [read_manifest(a) for a in artifacts]
     first = manifests[0]
     for a, m in zip(artifacts, manifests):
-        if m["format"] not in PLATFORMS:
-            raise BNSError(f"{a}: Triton serves onnx and tensorrt artifacts, not {m['format']!r}")
+        if get_backend(m["format"]).triton_platform is None:
+            served = ", ".join(b.name for b in BACKENDS.values() if b.triton_platform)
+            raise BNSError(f"{a}: Triton serves {served} artifacts, not {m['format']!r}")
         for key in SIGNATURE_KEYS:
             if m.get(key) != first.get(key):
                 raise BNSError(f"{a}: {key} differs from {artifacts[0]}'s; versions of one model must agree")
@@ -204,7 +205,7 @@ def write_repository(
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BNSError(f"cannot create repository folder {repo}: {e.strerror}") from None
-    gpu = first["format"] == "tensorrt" if gpu is None else gpu
+    gpu = get_backend(first["format"]).triton_gpu if gpu is None else gpu
     config = config_pbtxt(name, first, gpu, f"/tmp/triton-trt-cache/{name}")
     signature = {k: first.get(k) for k in SIGNATURE_KEYS}
     rows = [
