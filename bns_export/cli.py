@@ -143,16 +143,6 @@ def network_dtype_option(fn):
     )(fn)
 
 
-def _guidance(solver_spec: str | None, guidance: float | None) -> float:
-    """Explicit --guidance, else the solver file's guidance, else 1."""
-    from .solvers import solver_guidance
-
-    if guidance is not None:
-        return guidance
-    g = solver_guidance(solver_spec)
-    return 1.0 if g is None else g
-
-
 def handle_errors(fn):
     """Map BNSError (and SIGINT/SIGTERM/SIGHUP) to one line on stderr and the exit code (128 + signal)."""
 
@@ -274,10 +264,10 @@ def eval_cmd(
     from .evaluate import evaluate_on
     from .loaders import load_model
     from .parallel import init_world
-    from .solvers import resolve_solver
+    from .solvers import guidance_for, resolve_solver
 
     world, dev = init_world(resolve_device(device))
-    field = load_model(model, model_opts, _guidance(solver, guidance), dev, network_dtype)
+    field = load_model(model, model_opts, guidance_for(solver, guidance), dev, network_dtype)
     ns = resolve_solver(solver, field, nfe)
     gt = _ground_truth(field, n_samples, seed, rtol, atol, cache_dir, "ground truth", world)
     report = evaluate_on(field, ns, gt, world)
@@ -446,7 +436,7 @@ def sample_cmd(
     from .images import grid, write_npz, write_png
     from .loaders import load_model
     from .loaders.decoders import load_decoder
-    from .solvers import resolve_solver
+    from .solvers import guidance_for, resolve_solver
 
     out_path = Path(out)
     if out_path.suffix not in (".png", ".npz"):
@@ -454,7 +444,7 @@ def sample_cmd(
     if not out_path.parent.exists():
         raise BNSError(f"output folder does not exist: {out_path.parent}")
     dev = resolve_device(device)
-    field = load_model(model, model_opts, _guidance(solver, guidance), dev, network_dtype)
+    field = load_model(model, model_opts, guidance_for(solver, guidance), dev, network_dtype)
     ns = resolve_solver(solver, field, nfe)
     noise, labels = make_inputs(field, n_samples, seed, field.default_dtype)
     if label is not None:
@@ -542,7 +532,7 @@ def compile_cmd(
         fmt,
         out,
         options=replace(model_opts, decoder=decoder),
-        guidance=_guidance(solver, guidance),
+        guidance=guidance,  # None: the solver file's (compile_artifact applies the rule)
         nfe=nfe,
         fp16=fp16,
         max_batch=max_batch,

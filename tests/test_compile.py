@@ -300,3 +300,16 @@ def test_tensorrt_engine_parity(tmp_path):
     assert m2["tensorrt"]["timing_cache_reused"]
     x = load(out)(torch.randn(2, 1, 8, 8, device="cuda"))
     assert x.is_cuda and x.shape == (2, 1, 8, 8)
+
+
+def test_compile_api_takes_the_guidance_from_the_solver_file(tmp_path):
+    """The policy is the API's, not the CLI's: a solver distilled at w = 2 compiles at w = 2 from Python too."""
+    from bns_export.distill import DistillConfig, distill
+    from bns_export.groundtruth import ground_truth
+
+    field = load_model("analytic:gmm-cond", guidance=2.0)
+    train, val = ground_truth(field, 16, 1, rtol=1e-4, atol=1e-4), ground_truth(field, 8, 2, rtol=1e-4, atol=1e-4)
+    distill(field, train, val, DistillConfig(nfe=2, iterations=2, batch_size=8), out=tmp_path / "s.json")
+    m = compile_artifact("analytic:gmm-cond", str(tmp_path / "s.json"), "onnx", tmp_path / "a", max_batch=2,
+                         log=lambda m: None)  # fmt: skip
+    assert m["guidance"] == 2.0 and m["validation"]["passed"]

@@ -23,7 +23,7 @@ from ..fields import GuidedField, NetworkField
 from ..loaders import ModelOptions, ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..runtime.artifact import check_replaceable, staging_dir, write_manifest
-from ..solvers import resolve_solver
+from ..solvers import guidance_for, resolve_solver
 from .unroll import OUTPUTS, UnrolledSampler
 
 
@@ -124,7 +124,7 @@ def compile_artifact(
     out: str | Path,
     *,
     options: ModelOptions | None = None,
-    guidance: float = 1.0,
+    guidance: float | None = None,
     nfe: int | None = None,
     fp16: bool = False,
     max_batch: int = 16,
@@ -141,7 +141,8 @@ def compile_artifact(
 
     device: where the export traces the sampler and where the artifact is validated (for `aoti`
     also the package's target device; ONNX graphs are device-independent).  An existing `out` is
-    replaced only when it is empty or an artifact, unless force=True.
+    replaced only when it is empty or an artifact, unless force=True.  guidance None: the solver file's
+    (the scale it was distilled at), else 1.
     """
     backend = get_backend(fmt)
     check_replaceable(Path(out), force)  # before minutes of export, not after
@@ -154,6 +155,7 @@ def compile_artifact(
     integer(workspace_bytes, "workspace_bytes", 1 << 24, 1 << 50)
     options = options or ModelOptions()
     spec = ModelSpec(model, options)
+    guidance = guidance_for(solver, guidance)
     field = load_model(spec, guidance=guidance)
     ns = resolve_solver(solver, field, nfe)
     decoder = load_decoder(options.decoder, spec, field.sample_shape) if options.decoder else None

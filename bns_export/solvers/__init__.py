@@ -2,7 +2,7 @@
 
 from .classic import BASELINES
 from .general import GeneralForm
-from .resolve import SolverSpec, baseline, parse_spec, resolve_solver, solver_guidance
+from .resolve import SolverSpec, baseline, guidance_for, parse_spec, resolve_solver, solver_guidance
 from .sampler import ns_sample, sample
 from .table import NSSolver
 
@@ -12,6 +12,7 @@ __all__ = [
     "NSSolver",
     "SolverSpec",
     "baseline",
+    "guidance_for",
     "ns_sample",
     "parse_spec",
     "resolve_solver",

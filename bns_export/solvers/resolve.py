@@ -51,6 +51,14 @@ def parse_spec(spec: str) -> SolverSpec:
     return SolverSpec(name=name, grid=grid or None)
 
 
+def guidance_for(spec: str | None, guidance: float | None) -> float:
+    """The guidance to run a solver at: the one asked for, else the solver file's, else 1 (none)."""
+    if guidance is not None:
+        return guidance
+    g = solver_guidance(spec)
+    return 1.0 if g is None else g
+
+
 def solver_guidance(spec: str | None) -> float | None:
     """The guidance a solver file was distilled at (None for a classic solver or a file without one)."""
     if not spec:
