@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
+from .devicespec import parse_device
 from .errors import EXIT_MISSING_BACKEND, BNSError
 
 
@@ -15,15 +15,13 @@ def resolve_device(spec: str | None = None) -> str:
     """A checked torch device string; asking for a GPU that is not there is one line, exit code 3."""
     if spec is None or spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, index = parse_device(spec)
     spec = str(spec).strip().lower()
-    if spec == "cpu":
+    if kind == "cpu":
         return "cpu"
-    m = re.fullmatch(r"cuda(?::(\d{1,3}))?", spec)
-    if not m:
-        raise BNSError(f"bad device {spec!r}: use cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise BNSError(f"device {spec} needs a CUDA GPU and none is available", EXIT_MISSING_BACKEND)
-    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+    if index is not None and index >= torch.cuda.device_count():
         raise BNSError(f"device {spec} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return spec
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .devicespec import is_cuda
 from .errors import BNSError
 
 
@@ -66,7 +67,7 @@ def init_world(device: str) -> tuple[World, str]:
         return SINGLE, device
     import torch.distributed as dist
 
-    cuda = device.startswith("cuda")
+    cuda = is_cuda(device)
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():

@@ -37,6 +37,7 @@ from bns_export.backends.onnx import export_onnx  # noqa: E402
 from bns_export.compile.build import compile_artifact  # noqa: E402
 from bns_export.compile.parity import EagerRunner  # noqa: E402
 from bns_export.compile.unroll import UnrolledSampler  # noqa: E402
+from bns_export.devicespec import is_cuda  # noqa: E402
 from bns_export.errors import BNSError  # noqa: E402
 from bns_export.loaders import load_model  # noqa: E402
 from bns_export.runtime import load, read_manifest  # noqa: E402
@@ -100,7 +101,7 @@ def main() -> None:
     ap.add_argument("--section", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    cuda = args.device.startswith("cuda")
+    cuda = is_cuda(args.device)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

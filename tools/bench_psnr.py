@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from benchdoc import git_rev, gpu_note, machine, write_section  # noqa: E402
 
 from bns_export.demo import COMPARE, compare_baselines  # noqa: E402
+from bns_export.devicespec import is_cuda  # noqa: E402
 from bns_export.distill import DistillConfig, distill  # noqa: E402
 from bns_export.evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on  # noqa: E402
 from bns_export.groundtruth import ground_truth  # noqa: E402
@@ -329,7 +330,7 @@ def main() -> None:
         args.section, args.plot = section, plot_path
         args.models = [f"{r['model']}@{r['guidance']:g}" for r in run["results"]]
     else:
-        if args.device.startswith("cuda"):  # fp32 as on the CPU: no TF32 in baselines or distillation either
+        if is_cuda(args.device):  # fp32 as on the CPU: no TF32 in baselines or distillation either
             import torch
 
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

@@ -49,7 +49,9 @@ def git_rev() -> str:
 
 def gpu_note(device: str) -> str:
     """', GPU NAME, TF32 off' for a CUDA run (benchmarks turn TF32 off), '' on the CPU."""
-    if not device.startswith("cuda"):
+    from bns_export.devicespec import is_cuda
+
+    if not is_cuda(device):
         return ""
     import torch
 

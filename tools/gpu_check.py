@@ -192,8 +192,9 @@ def report(args, steps: dict[str, list[Step]], out: Path, started: float, droppe
     from benchdoc import git_rev
 
     from bns_export.compile.build import library_versions
+    from bns_export.devicespec import is_cuda
 
-    cuda = args.device.startswith("cuda")
+    cuda = is_cuda(args.device)
     gpu = torch.cuda.get_device_name(args.device) if cuda else "none (dry run on the CPU)"
     logs = out / "logs"
     lines = [

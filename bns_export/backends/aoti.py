@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ..devicespec import cuda_index, is_cuda, parse_device
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from .base import ExportRequest, Runner
 from .cuda_graph import CudaGraphs, check_cuda_graph_device
@@ -13,7 +14,7 @@ from .cuda_graph import CudaGraphs, check_cuda_graph_device
 def check_available(request: ExportRequest) -> None:
     import torch
 
-    if request.device.startswith("cuda") and not torch.cuda.is_available():
+    if is_cuda(request.device) and not torch.cuda.is_available():
         raise BNSError(f"--device {request.device} needs a CUDA GPU and none is available", EXIT_MISSING_BACKEND)
 
 
@@ -48,12 +49,12 @@ class AotiRunner(Runner):
         self.device = device or built
         if cuda_graph:
             check_cuda_graph_device(self.device)
-        if self.device.split(":")[0] != built.split(":")[0]:
+        if parse_device(self.device)[0] != parse_device(built)[0]:
             raise BNSError(f"this package was compiled for {built}, not {self.device}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
+        if is_cuda(self.device) and not torch.cuda.is_available():
             raise BNSError("this AOTInductor package needs a CUDA GPU", EXIT_MISSING_BACKEND)
         path = self.folder / manifest["model_file"]
-        if self.device.startswith("cuda"):
+        if is_cuda(self.device):
             probe_load(path, self.device)
         try:
             self.model = torch._inductor.aoti_load_package(str(path), device_index=_index(self.device))
@@ -108,7 +109,8 @@ def probe_load(path: Path, device: str, timeout: float = 600.0) -> None:
 
 
 def _index(device: str) -> int:
-    return int(device.split(":")[1]) if ":" in device else -1
+    """aoti_load_package's device_index: N for cuda:N, -1 (the current device) otherwise."""
+    return cuda_index(device, default=-1)
 
 
 def open_runner(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from ..devicespec import is_cuda
 from ..errors import BNSError
 
 WARMUP = 3
@@ -20,7 +21,7 @@ WARMUP = 3
 
 def check_cuda_graph_device(device: str) -> None:
     """CUDA graphs need a CUDA device: anything else is one line (exit code 2)."""
-    if not str(device).startswith("cuda"):
+    if not is_cuda(device):
         raise BNSError(f"cuda_graph needs a CUDA device; this artifact runs on {device} (drop --cuda-graph)")
 
 

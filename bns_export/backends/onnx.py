@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..devicespec import cuda_index, is_cuda
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from .base import ExportRequest, Runner, check_graph_metadata, graph_metadata_value, to_numpy
 
@@ -173,8 +174,8 @@ def provider_list(
     if providers is None:
         if device is None:
             device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
-        if device.startswith("cuda"):
-            gpu = {"device_id": int(device.split(":")[1]) if ":" in device else 0}
+        if is_cuda(device):
+            gpu = {"device_id": cuda_index(device)}
             providers = [("CUDAExecutionProvider", gpu), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
