@@ -19,6 +19,13 @@ from .errors import BNSError
 
 #: solver files, manifests and other JSON we read are small; a bigger one is refused unread
 MAX_JSON_BYTES = 4 << 20
+#: the classifier-free guidance scales accepted anywhere (flags, solver files, manifests, the API)
+GUIDANCE_RANGE = (0.0, 100.0)
+
+
+def guidance_scale(value, name: str = "guidance") -> float:
+    """A guidance scale w in GUIDANCE_RANGE (1 = none)."""
+    return number(value, name, *GUIDANCE_RANGE)
 
 
 def number(value, name: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:

@@ -18,12 +18,19 @@ import click
 
 from . import __version__
 from .backends import BACKENDS
-from .checks import Integer, Number
+from .checks import GUIDANCE_RANGE, Integer, Number
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BNSError
+from .fields import PREDICTIONS, SCHEDULES, TIME_INPUTS
 from .interrupts import Interrupted, mark_finished, pending, raise_if_interrupted, signals_as_interrupts
+from .solvers import BASELINES
+from .solvers.grids import GRIDS
 
 # the number options' ranges, shared where several commands take the same option
-GUIDANCE = Number(0, 100)  # classifier-free guidance scale w (1 = none)
+GUIDANCE = Number(*GUIDANCE_RANGE)  # classifier-free guidance scale w (1 = none)
+#: every solver name and time grid, from their registries
+SOLVER_HELP = (
+    f"Classic solver ({', '.join(BASELINES)}; optional :{'|:'.join(GRIDS)} time grid) or a solver file (.json)."
+)
 NFE = Integer(1, 64)
 SEED = Integer(0, 2**63 - 1)
 BATCH = Integer(1, 65536)
@@ -54,18 +61,18 @@ def model_options(fn):
     @click.option(
         "--prediction",
         default=None,
-        help="What a user network predicts: velocity|flow|eps|x0|v (default velocity; diffusers: its config).",
+        help=f"What a user network predicts: {'|'.join(PREDICTIONS)} (default velocity; diffusers: its config).",
     )
     @click.option(
         "--schedule",
         default=None,
-        help="The network's noise schedule: fm-ot|vp-linear|vp-cosine|ddpm|edm (default fm-ot).",
+        help=f"The network's noise schedule: {'|'.join(SCHEDULES)} (default fm-ot).",
     )
     @click.option(
         "--time-input",
         default=None,
-        help="The network's time input: t (ours, default), s = 1 - t, index (DDPM step), sigma (EDM), "
-        "flow-timestep (1000 (1 - t)).",
+        help=f"The network's time input: {'|'.join(TIME_INPUTS)} (t ours, default; s = 1 - t; index a DDPM step; "
+        "sigma EDM's; flow-timestep 1000 (1 - t)).",
     )
     @click.option(
         "--train-steps",
@@ -246,8 +253,7 @@ def models_cmd(as_json: bool) -> None:
     "--solver",
     "-s",
     required=True,
-    help="Baseline name (euler, midpoint, heun, rk4, ab2, ddim, "
-    "dpm++2m; optional :uniform|:karras|:logsnr grid) or a solver file.",
+    help=SOLVER_HELP,
 )
 @click.option("--nfe", type=NFE, default=None, help="NFE for a baseline (default 8); checked against a file.")
 @click.option("--n-samples", "-n", type=Integer(1, 1_000_000), default=256, show_default=True)
@@ -412,7 +418,7 @@ def distill_cmd(
 @main.command("sample")
 @handle_errors
 @model_options
-@click.option("--solver", "-s", required=True, help="Baseline name or solver file.")
+@click.option("--solver", "-s", required=True, help=SOLVER_HELP)
 @click.option("--nfe", type=NFE, default=None, help="NFE for a baseline (default 8).")
 @click.option("--n-samples", "-n", type=Integer(1, 1_000_000), default=16, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
@@ -479,7 +485,7 @@ def sample_cmd(
 @main.command("compile")
 @handle_errors
 @model_options
-@click.option("--solver", "-s", required=True, help="Solver file or baseline name.")
+@click.option("--solver", "-s", required=True, help=SOLVER_HELP)
 @click.option("--nfe", type=NFE, default=None, help="NFE for a baseline (default 8); checked against a file.")
 @click.option("--format", "fmt", default="onnx", show_default=True, help=f"{' | '.join(BACKENDS)}.")
 @click.option("--fp16", is_flag=True, help="Run the network in fp16 (inputs, outputs and solver stay fp32).")

@@ -14,6 +14,12 @@ from .errors import BNSError
 from .interrupts import raise_if_interrupted
 
 
+def cache_root() -> Path:
+    """Where bns-export caches what it can recompute (ground truth, TensorRT engines and timing caches):
+    $BNS_EXPORT_CACHE, else ~/.cache/bns-export."""
+    return Path(os.environ.get("BNS_EXPORT_CACHE") or Path.home() / ".cache" / "bns-export")
+
+
 def current_umask() -> int:
     """The process umask (read by setting and restoring it)."""
     mask = os.umask(0o022)

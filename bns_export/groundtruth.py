@@ -18,6 +18,7 @@ from torch import Tensor
 from .checks import integer, number
 from .devices import device_of, full_fp32
 from .errors import BNSError
+from .fileio import cache_root
 from .parallel import SINGLE, World
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def gt_key(field, n: int, seed: int, rtol: float, atol: float, dtype: torch.dtyp
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("BNS_EXPORT_CACHE", Path.home() / ".cache" / "bns-export")) / "gt"
+    return cache_root() / "gt"
 
 
 def ground_truth(

@@ -201,7 +201,6 @@ def tensorrt_ep_defaults(manifest: dict) -> dict:
     """ONNX Runtime TensorRT EP options for this artifact: profile shapes and an engine cache keyed by
     the model file's sha256 and the library versions (kept outside the hashed artifact directory)."""
     import hashlib
-    import os
 
     import onnxruntime as ort
 
@@ -213,13 +212,14 @@ def tensorrt_ep_defaults(manifest: dict) -> dict:
     key = hashlib.sha256(
         f"{manifest['files'][manifest['model_file']]}|ort {ort.__version__}|{manifest.get('versions')}".encode()
     ).hexdigest()[:24]
-    cache_root = Path(os.environ.get("BNS_EXPORT_CACHE", Path.home() / ".cache" / "bns-export"))
+    from ..fileio import cache_root
+
     return {
         "trt_profile_min_shapes": shapes(1),
         "trt_profile_opt_shapes": shapes(int(manifest.get("opt_batch") or 1)),
         "trt_profile_max_shapes": shapes(int(manifest["max_batch"])),
         "trt_engine_cache_enable": "True",
-        "trt_engine_cache_path": str(cache_root / "ort-trt-engines" / key),
+        "trt_engine_cache_path": str(cache_root() / "ort-trt-engines" / key),
         "trt_timing_cache_enable": "True",
         "trt_fp16_enable": "False",
     }

@@ -3,7 +3,6 @@ from the exported ONNX graph, and the engine runner."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import EXIT_MISSING_BACKEND, BNSError
@@ -34,7 +33,9 @@ def check_available(request: ExportRequest) -> None:
 
 
 def default_timing_cache() -> Path:
-    return Path(os.environ.get("BNS_EXPORT_CACHE", Path.home() / ".cache" / "bns-export")) / "trt-timing.cache"
+    from ..fileio import cache_root
+
+    return cache_root() / "trt-timing.cache"
 
 
 def export(sampler, request: ExportRequest, folder: Path, log=print) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import number
+from ..checks import guidance_scale
 from ..errors import BNSError
 from ..fields import ANALYTIC, GuidedField, NetworkField
 from ..fields.field import VelocityField
@@ -35,7 +35,7 @@ def load_model(
     guidance and ground truth stay fp32.  The fingerprint does not depend on it.
     """
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec(spec, options or ModelOptions())
-    guidance = number(guidance, "guidance", 0, 100)
+    guidance = guidance_scale(guidance)
     field = _load_field(spec)
     if guidance != 1.0 and not field.conditional:
         raise BNSError(f"model {spec.model} is unconditional: guidance {guidance} needs a conditional model")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..backends import BACKENDS
-from ..checks import integer, number, read_json
+from ..checks import guidance_scale, integer, number, read_json
 from ..errors import BNSError
 from ..fileio import honour_umask
 from ..interrupts import deferred_signals, raise_if_interrupted
@@ -219,7 +219,7 @@ FIELD_CHECKS = {
     "precision": lambda v, k: _choice(v, k, ("fp32", "fp16")),
     "nfe": lambda v, k: integer(v, k, 1, 1024),
     "max_batch": lambda v, k: integer(v, k, 1, 1 << 20),
-    "guidance": lambda v, k: number(v, k, 0, 100),
+    "guidance": lambda v, k: guidance_scale(v, k),
     "model_file": lambda v, k: plain_name(v, k),
     "solver_file": lambda v, k: plain_name(v, k),
     "solver_fingerprint": lambda v, k: _text(v, k),

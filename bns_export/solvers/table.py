@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import integer, number, read_json
+from ..checks import guidance_scale, integer, number, read_json
 from ..errors import BNSError
 from ..fileio import atomic_write_text
 
@@ -176,7 +176,7 @@ def _text(v, what: str) -> str:
 
 #: types of the provenance fields this tool reads back (other fields are kept as they are)
 META_CHECKS = {
-    "guidance": lambda v, k: number(v, k, 0, 100),
+    "guidance": lambda v, k: guidance_scale(v, k),
     "model_fingerprint": _text,
     "kind": _text,
     "base_solver": _text,
