@@ -71,3 +71,13 @@ def test_bad_folders(tmp_path):
         f.unlink()
     with pytest.raises(BNSError, match="never unpickles"):
         load_model(f"diffusers:{path}")
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "SASolverScheduler"])
+def test_folders_saved_with_non_finite_scheduler_literals_load(tmp_path, name):
+    """diffusers writes `"lambda_min_clipped": -Infinity` into these configs: accepted there, and only there."""
+    sched = getattr(diffusers, name)(num_train_timesteps=1000, beta_schedule="scaled_linear")
+    path = _save(tmp_path, sched)
+    assert "Infinity" in (path / "scheduler" / "scheduler_config.json").read_text()
+    field = load_model(f"diffusers:{path}").field
+    assert field.prediction == "eps" and field.schedule.steps == 1000
