@@ -3,13 +3,18 @@
 x_{i+1} = a_i x_0 + sum_{j<=i} b_ij u_j with u_j our velocity from the network output at step j,
 converted by the same adapters the rest of the package uses; one network call per step.  The
 table, the model's schedule, prediction type and time input live in scheduler_config.json, so
-save_pretrained / from_pretrained work.  Needs the `diffusers` package.
+save_pretrained / from_pretrained work; the schedule is also stored under diffusers' own keys
+(num_train_timesteps, trained_betas, prediction_type, timestep_spacing, steps_offset, shift), so
+`OtherScheduler.from_config(pipe.scheduler.config)` and `-m diffusers:` read the model's schedule
+back.  step() computes in fp32 whatever the model output's dtype and returns the sample's dtype, as
+diffusers' schedulers do.  Needs the `diffusers` package.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -18,9 +23,12 @@ from diffusers.utils import BaseOutput
 from .errors import BNSError
 from .fields import GuidedField, NetworkField
 from .fields.adapters import network_input, network_time, to_velocity
-from .fields.schedules import schedule_from_dict, schedule_to_dict
+from .fields.schedules import FMOT, DDPMDiscrete, schedule_from_dict, schedule_to_dict
 from .loaders.diffusers import DIFFUSERS_PREDICTIONS as PREDICTIONS  # diffusers' prediction_type names -> ours
 from .solvers.table import NSSolver
+
+#: how close pipeline-given sigmas must be to the table's own to be accepted (relative)
+SIGMA_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -33,6 +41,17 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
 
     config_name = "scheduler_config.json"
     order = 1
+    #: schedulers that can be built from this one's config (they read the diffusers keys it stores)
+    _compatibles = [
+        "DDPMScheduler",
+        "DDIMScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "UniPCMultistepScheduler",
+        "DEISMultistepScheduler",
+        "EulerDiscreteScheduler",
+        "FlowMatchEulerDiscreteScheduler",
+    ]
 
     @register_to_config
     def __init__(
@@ -42,6 +61,13 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         prediction_type: str = "epsilon",
         time_input: str = "index",
         t_lo: float = 0.0,
+        num_train_timesteps: int = 1000,
+        trained_betas: list | None = None,
+        beta_schedule: str = "linear",
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        shift: float = 1.0,
+        guidance: float | None = None,
     ) -> None:
         if solver is None or schedule is None:
             raise BNSError("BNSScheduler needs a solver table and the model's schedule (use BNSScheduler.from_solver)")
@@ -50,11 +76,18 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         self.solver = NSSolver.from_json(solver, source="scheduler config")
         self.schedule = schedule_from_dict(schedule)
         self.prediction = PREDICTIONS[prediction_type]
-        t = torch.as_tensor(self.solver.t, dtype=torch.float64)
-        self.init_noise_sigma = float(self.schedule.sigma(torch.tensor(float(self.solver.t[0]), dtype=torch.float64)))
-        self.timesteps = network_time(self.schedule, time_input, t).float()
+        self._t = torch.as_tensor(self.solver.t, dtype=torch.float64)  # our times, kept in fp64
+        self.init_noise_sigma = float(self.schedule.sigma(self._t[0]))
+        self.timesteps = network_time(self.schedule, time_input, self._t).float()
         self.num_inference_steps = self.solver.nfe
+        self._begin_index: int | None = None
         self._reset()
+
+    def __repr__(self) -> str:
+        return (
+            f"BNSScheduler({self.solver.nfe} steps, {self.solver.name}, {self.schedule.name}, "
+            f"prediction {self.config.prediction_type}, guidance {self.config.guidance})"
+        )
 
     @classmethod
     def from_solver(cls, solver: NSSolver | str, field) -> BNSScheduler:
@@ -68,12 +101,27 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         if not isinstance(net_field, NetworkField):
             raise BNSError("BNSScheduler needs a network model (its prediction type and time input)")
         prediction = {v: k for k, v in PREDICTIONS.items()}[net_field.prediction]
+        schedule = net_field.schedule
+        keys = {}
+        if isinstance(schedule, DDPMDiscrete):  # diffusers' own keys, so other schedulers read the same betas
+            keys = dict(
+                num_train_timesteps=schedule.steps,
+                trained_betas=schedule.betas.tolist(),
+                beta_schedule="linear",  # unused next to trained_betas; diffusers requires a name
+                timestep_spacing=schedule.timestep_spacing,
+                steps_offset=schedule.steps_offset,
+            )
+        elif isinstance(schedule, FMOT):
+            keys = dict(num_train_timesteps=1000, shift=float(schedule.pipeline_shift or 1.0))
+        guidance = table.meta.get("guidance")
         return cls(
             solver=table.to_json(),
-            schedule=schedule_to_dict(net_field.schedule),
+            schedule=schedule_to_dict(schedule),
             prediction_type=prediction,
             time_input=net_field.time_input,
             t_lo=float(table.t[0]),
+            guidance=None if guidance is None else float(guidance),
+            **keys,
         )
 
     def _reset(self) -> None:
@@ -81,39 +129,107 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         self._x0: torch.Tensor | None = None
         self._us: list[torch.Tensor] = []
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None, **_):
-        """The solver's n times in the network's units; another step count or foreign timesteps/sigmas is an error."""
-        if timesteps is not None or sigmas is not None:
-            raise BNSError("BNSScheduler runs its own times: it takes no timesteps or sigmas")
+    # -- the attributes diffusers pipelines read -------------------------------------------------------
+
+    @property
+    def step_index(self) -> int | None:
+        """The step the next step() call takes (None before the first), as diffusers defines it."""
+        return None if self._step == 0 and self._begin_index is None else self._step
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Pipelines call this before the loop (Flux, SD3, img2img); a table always starts at its first step."""
+        if begin_index not in (0, None):
+            raise BNSError(f"a BNS table runs all its {self.solver.nfe} steps: it cannot begin at step {begin_index}")
+        self._begin_index = 0
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """The noise level sigma / alpha at each step and the end, as diffusers' sigmas (0 at the data end)."""
+        t = torch.cat([self._t, torch.ones(1, dtype=torch.float64)])
+        return self._sigma_ve(t).float()
+
+    def _sigma_ve(self, t: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+        if isinstance(self.schedule, FMOT):  # flow models' sigmas are the path's own: sigma = 1 - t
+            return sigma
+        return torch.where(alpha > 0, sigma / alpha.clamp_min(1e-30), torch.full_like(t, float("inf")))
+
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None, mu=None, **_
+    ):
+        """The solver's n times in the network's units.  Pipelines that pass sigmas (Flux, SD3) or timesteps are
+        accepted when they are the table's own (to SIGMA_TOLERANCE); anything else is one line."""
         n = self.solver.nfe
+        if timesteps is not None:
+            given = torch.as_tensor(np.asarray(timesteps, dtype=np.float64))
+            ours = self.timesteps.double().cpu()
+            if given.shape != ours.shape or not torch.allclose(given, ours, rtol=SIGMA_TOLERANCE, atol=1e-3):
+                raise BNSError("BNSScheduler takes no timesteps but its own: these do not match its table")
+        if sigmas is not None:
+            given = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+            ours = self.sigmas.double()[: given.numel()]
+            if (
+                given.ndim != 1
+                or given.numel() not in (n, n + 1)
+                or not torch.allclose(given, ours, rtol=SIGMA_TOLERANCE, atol=SIGMA_TOLERANCE)
+            ):
+                raise BNSError(
+                    "BNSScheduler takes no sigmas but its own: the pipeline's do not match the table's "
+                    "(pass sigmas=pipe.scheduler.sigmas[:-1] or let the scheduler choose)"
+                )
         if num_inference_steps is not None and num_inference_steps != n:
             raise BNSError(f"this BNS solver takes exactly {n} steps, not {num_inference_steps}")
-        t = torch.as_tensor(self.solver.t, dtype=torch.float64)
-        self.timesteps = network_time(self.schedule, self.config.time_input, t).float().to(device)
+        self.timesteps = network_time(self.schedule, self.config.time_input, self._t).float().to(device)
         self.num_inference_steps = n
         self._reset()
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """What the network sees at the current step: the sample, or sample / alpha for EDM-style networks."""
-        t = torch.tensor(float(self.solver.t[min(self._step, self.solver.nfe - 1)]), dtype=sample.dtype)
-        return network_input(self.schedule, self.config.time_input, sample, t.to(sample.device))
+        """What the network sees at the current step: the sample, or sample / alpha for EDM-style networks
+        (computed in fp32, returned in the sample's dtype)."""
+        t = self._t[min(self._step, self.solver.nfe - 1)].float().to(sample.device)
+        return network_input(self.schedule, self.config.time_input, sample.float(), t).to(sample.dtype)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True, **_):
-        """x_{i+1} = a_i x_0 + sum_{j<=i} b_ij u_j, u_i converted from `model_output` at the solver's t_i."""
+        """x_{i+1} = a_i x_0 + sum_{j<=i} b_ij u_j, u_i converted from `model_output` at the solver's t_i.
+
+        The state and the arithmetic are fp32 whatever the pipeline's dtype (fp16 and bf16 pipelines
+        keep the table's accuracy; bf16 timesteps never index past the schedule's table); the result
+        has the sample's dtype."""
         i = self._step
         if i >= self.solver.nfe:
             raise BNSError(f"this BNS solver has {self.solver.nfe} steps; call set_timesteps() to start again")
+        x = sample.float()
         if i == 0:
-            self._x0 = sample
-        t = torch.tensor(float(self.solver.t[i]), dtype=sample.dtype, device=sample.device)
-        self._us.append(to_velocity(self.schedule, self.prediction, sample, t, model_output.to(sample.dtype)))
-        x = float(self.solver.a[i]) * self._x0
+            self._x0 = x
+        t = self._t[i].float().to(sample.device)
+        self._us.append(to_velocity(self.schedule, self.prediction, x, t, model_output.float()))
+        out = float(self.solver.a[i]) * self._x0
         for j in range(i + 1):
-            x = x + float(self.solver.b[i, j]) * self._us[j]
+            out = out + float(self.solver.b[i, j]) * self._us[j]
         self._step += 1
+        out = out.to(sample.dtype)
         if not return_dict:
-            return (x,)
-        return BNSSchedulerOutput(prev_sample=x)
+            return (out,)
+        return BNSSchedulerOutput(prev_sample=out)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """x_t = alpha_t x_0 + sigma_t eps at the network-unit timesteps given (img2img, inpainting), in the
+        model's own path (diffusers' DDPM form for DDPM models, (1 - sigma) x + sigma eps for flows)."""
+        ts = torch.as_tensor(timesteps, dtype=torch.float64).flatten().cpu()
+        ours = network_time(self.schedule, self.config.time_input, self._t).cpu()
+        idx = torch.stack([(ours - v).abs().argmin() for v in ts])
+        if not torch.allclose(ours[idx], ts, atol=1e-3, rtol=1e-4):
+            raise BNSError("add_noise takes the scheduler's own timesteps")
+        t = self._t[idx]
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        alpha = self.schedule.alpha(t).float().reshape(shape).to(original_samples.device)
+        sigma = self.schedule.sigma(t).float().reshape(shape).to(original_samples.device)
+        out = alpha * original_samples.float() + sigma * noise.float()
+        return out.to(original_samples.dtype)
 
     def __len__(self) -> int:
         return self.solver.nfe

@@ -8,8 +8,11 @@ EXIT_MISSING_BACKEND = 3
 EXIT_INTERNAL = 4  # an unexpected exception: reported in one line (BNS_EXPORT_DEBUG=1 shows the traceback)
 
 
-class BNSError(Exception):
-    """A user-facing error: a one-line message and the process exit code the CLI should use."""
+class BNSError(ValueError):
+    """A user-facing error: a one-line message and the process exit code the CLI should use.
+
+    A ValueError, so code written against diffusers' schedulers and pipelines (which raise ValueError for
+    bad arguments) catches ours too."""
 
     def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
         super().__init__(message)

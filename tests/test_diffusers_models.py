@@ -81,3 +81,15 @@ def test_folders_saved_with_non_finite_scheduler_literals_load(tmp_path, name):
     assert "Infinity" in (path / "scheduler" / "scheduler_config.json").read_text()
     field = load_model(f"diffusers:{path}").field
     assert field.prediction == "eps" and field.schedule.steps == 1000
+
+
+@pytest.mark.parametrize("spacing,offset", [("linspace", 0), ("leading", 1), ("trailing", 0)])
+def test_diffusers_grid_follows_the_folders_timestep_spacing(tmp_path, spacing, offset):
+    from bns_export.solvers import baseline
+
+    sched = diffusers.UniPCMultistepScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=offset)
+    field = load_model(f"diffusers:{_save(tmp_path, sched)}").field
+    grid = baseline("unipc:diffusers", 6, field.schedule, field.t_lo, field.t_hi).t
+    sched.set_timesteps(6)
+    ours = 1000 * (1 - np.asarray(grid)) - 1  # our time t = 1 - (k + 1) / T back to the step index k
+    assert np.allclose(ours, sched.timesteps.numpy(), atol=1e-6)

@@ -71,3 +71,50 @@ def test_a_pipeline_runs_with_the_scheduler_swapped_in(unet, field):
         batch_size=2, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)
     ).images
     assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
+def test_half_precision_loops_stay_close_to_fp32(unet, field, dtype, tol):
+    """step() computes in fp32 and returns the sample's dtype: the loop's error is the network's, not the solver's."""
+    solver = baseline("dpm++2m", 6, field.schedule, field.t_lo, field.t_hi)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def run(dt):
+        sched = BNSScheduler.from_solver(solver, field)
+        sched.set_timesteps(6)
+        x = (noise * sched.init_noise_sigma).to(dt)
+        with torch.no_grad():
+            for t in sched.timesteps.to(dt):  # pipelines cast timesteps to their dtype too
+                eps = unet(sched.scale_model_input(x, t).float(), t.float()).sample.to(dt)
+                x = sched.step(eps, t, x).prev_sample
+        assert x.dtype == dt
+        return x.float()
+
+    ref = run(torch.float32)
+    assert ((run(dtype) - ref).norm() / ref.norm()).item() < tol
+
+
+def test_config_keeps_the_schedule_under_diffusers_keys(field, tmp_path):
+    solver = baseline("dpm++2m", 4, field.schedule, field.t_lo, field.t_hi)
+    sched = BNSScheduler.from_solver(solver, field)
+    other = diffusers.DPMSolverMultistepScheduler.from_config(sched.config)
+    assert np.allclose(other.betas.double().numpy(), field.schedule.betas.numpy(), rtol=1e-6)
+    assert other.config.prediction_type == "epsilon" and "DPMSolverMultistepScheduler" in sched._compatibles
+    assert len(repr(sched)) < 200 and isinstance(BNSError("x"), ValueError)
+
+
+def test_sigmas_begin_index_and_add_noise(field):
+    solver = baseline("euler", 4, field.schedule, field.t_lo, field.t_hi)
+    sched = BNSScheduler.from_solver(solver, field)
+    sched.set_timesteps(sigmas=sched.sigmas[:-1].tolist())  # a pipeline passing the table's own sigmas
+    with pytest.raises(BNSError, match="no sigmas but its own"):
+        sched.set_timesteps(sigmas=np.linspace(1.0, 0.25, 4))
+    sched.set_begin_index(0)
+    with pytest.raises(BNSError, match="cannot begin"):
+        sched.set_begin_index(2)
+    x0, eps = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    t = sched.timesteps[1:2].repeat(2)
+    noisy = sched.add_noise(x0, eps, t)
+    ab = field.schedule.alpha(torch.tensor(float(solver.t[1]), dtype=torch.float64)).item()
+    s = field.schedule.sigma(torch.tensor(float(solver.t[1]), dtype=torch.float64)).item()
+    assert torch.allclose(noisy, ab * x0 + s * eps, atol=1e-6)

@@ -142,6 +142,10 @@ class DDPMDiscrete(_VP):
 
     name = "ddpm"
 
+    #: how the model's diffusers scheduler spaces its inference timesteps (its config), for the diffusers grid
+    timestep_spacing: str = "linspace"
+    steps_offset: int = 0
+
     def __init__(self, betas: Tensor | list[float]) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or betas.numel() < 2:

@@ -122,6 +122,11 @@ def read_schedule(sched_cfg: dict):
     ptype = sched_cfg.get("prediction_type", "epsilon")
     if ptype not in DIFFUSERS_PREDICTIONS:
         raise BNSError(f"unsupported prediction_type {ptype!r}: use {', '.join(DIFFUSERS_PREDICTIONS)}")
+    spacing = sched_cfg.get("timestep_spacing", "linspace")
+    if spacing not in ("linspace", "leading", "trailing"):
+        raise BNSError(f"scheduler config timestep_spacing {spacing!r} is not one of linspace, leading, trailing")
+    schedule.timestep_spacing = spacing
+    schedule.steps_offset = integer(sched_cfg.get("steps_offset", 0), "scheduler config steps_offset", 0, 1000)
     return schedule, DIFFUSERS_PREDICTIONS[ptype], "index", None
 
 

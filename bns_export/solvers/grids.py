@@ -40,13 +40,26 @@ def _lam_range(schedule: Schedule, t_lo: float, t_hi: float) -> tuple[float, flo
     return max(lam[0], -np.log(SIGMA_MAX)), min(lam[1], -np.log(SIGMA_MIN))
 
 
+def diffusers_timesteps(steps: int, m: int, spacing: str = "linspace", offset: int = 0) -> np.ndarray:
+    """The m training-step indices diffusers' multistep schedulers (DPMSolverMultistep, UniPC, DEIS) step
+    on, for their config's timestep_spacing ("linspace", "leading" with steps_offset, "trailing")."""
+    if spacing == "linspace":
+        return np.linspace(0, steps - 1, m + 1).round()[::-1][:-1]
+    if spacing == "leading":
+        return (np.arange(0, m + 1) * (steps // (m + 1))).round()[::-1][:-1] + offset
+    if spacing == "trailing":
+        return np.arange(steps, 0, -steps / m).round() - 1
+    raise BNSError(f"timestep_spacing {spacing!r} is not one of linspace, leading, trailing")
+
+
 def diffusers_grid(schedule: Schedule, m: int) -> np.ndarray:
-    """The timesteps diffusers' multistep schedulers use by default (timestep_spacing "linspace"), as our
-    times: step k at t = 1 - (k + 1) / T, ending at step 0 (final_sigmas_type "sigma_min")."""
+    """The timesteps diffusers' multistep schedulers use with the model's scheduler config (its
+    timestep_spacing and steps_offset; "linspace" by default), as our times: step k at t = 1 - (k + 1) / T,
+    ending at step 0 (final_sigmas_type "sigma_min")."""
     if not isinstance(schedule, DDPMDiscrete):
         raise BNSError(f"the diffusers grid needs a discrete ddpm schedule, not {schedule.name}")
     steps = schedule.steps
-    timesteps = np.linspace(0, steps - 1, m + 1).round()[::-1][:-1]
+    timesteps = np.clip(diffusers_timesteps(steps, m, schedule.timestep_spacing, schedule.steps_offset), 0, steps - 1)
     return np.append(1.0 - (timesteps + 1) / steps, 1.0 - 1.0 / steps)
 
 
