@@ -83,7 +83,7 @@ def _models(diffusers):
         "dit": (
             lambda: diffusers.DiTTransformer2DModel(
                 num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
-                sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_num_groups=8,
+                sample_size=8, patch_size=2, num_embeds_ada_norm=1000, norm_num_groups=8,  # DiTPipeline: null = 1000
             ),
             ddpm, None, [], 3,
         ),

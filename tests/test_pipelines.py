@@ -1,0 +1,191 @@
+"""BNSScheduler inside diffusers' own pipelines, assembled from tiny random-weight components (prompt
+embeddings passed in, no text encoders, no download): the latents equal bns_export's sampler on the same
+noise to 1e-4 (relative).  Needs diffusers and, for the pipelines' imports, transformers (test-only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
+pytest.importorskip("transformers", reason="transformers (test-only, imported by diffusers' pipelines) is missing")
+
+from families import build_family  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from bns_export.diffusers import BNSScheduler  # noqa: E402
+from bns_export.errors import BNSError  # noqa: E402
+from bns_export.loaders import ModelOptions, load_model  # noqa: E402
+from bns_export.loaders.adapters import pack_2x2, unpack_2x2  # noqa: E402
+from bns_export.solvers import baseline, sample  # noqa: E402
+
+TOL = 1e-4
+
+
+def _vae():
+    return diffusers.AutoencoderKL(
+        block_out_channels=(16,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8,
+    )  # fmt: skip
+
+
+def _setup(family: str, root, shape=None, guidance=3.0, spec="dpm++2m"):
+    folder, opts, _ = build_family(family, root / family)
+    cond_set = opts[1] if "--cond-set" in opts else None
+    field = load_model(f"diffusers:{folder}", ModelOptions(cond_set=cond_set, shape=shape), guidance=guidance)
+    solver = baseline(spec, 4, field.schedule, field.t_lo, field.t_hi)
+    conds = load_file(cond_set) if cond_set else None
+    return field, solver, conds, BNSScheduler.from_solver(solver, field)
+
+
+def _close(out, ours):
+    assert ((out - ours).abs().max() / ours.abs().max()).item() < TOL
+
+
+def _embeds(conds, name="encoder_hidden_states"):
+    return conds[name][:2], conds[f"null.{name}"][None].expand(2, *conds[name].shape[1:])
+
+
+@pytest.fixture
+def noise():
+    return torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def test_stable_diffusion(tmp_path, noise):
+    field, solver, conds, sched = _setup("sd", tmp_path)
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=_vae(), text_encoder=None, tokenizer=None, unet=field.field.net.model, scheduler=sched,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pe, ne = _embeds(conds)
+    out = pipe(
+        prompt_embeds=pe, negative_prompt_embeds=ne, num_inference_steps=4, guidance_scale=3.0,
+        latents=noise.clone(), output_type="latent",
+    ).images  # fmt: skip
+    _close(out, sample(field, solver, noise, field.cond_set[:2]))
+
+
+def test_stable_diffusion_xl(tmp_path, noise):
+    field, solver, conds, sched = _setup("sdxl", tmp_path)
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
+        unet=field.field.net.model, scheduler=sched,
+    )  # fmt: skip
+    (pe, ne), (pp, npp) = _embeds(conds), _embeds(conds, "text_embeds")
+    out = pipe(
+        prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=npp,
+        num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(), output_type="latent", height=64, width=64,
+    ).images  # fmt: skip
+    _close(out, sample(field, solver, noise, field.cond_set[:2]))  # time_ids: the pipeline's size/crop defaults
+
+
+def test_stable_diffusion_3(tmp_path, noise):
+    field, solver, conds, sched = _setup("sd3", tmp_path)
+    pipe = diffusers.StableDiffusion3Pipeline(
+        transformer=field.field.net.model, scheduler=sched, vae=_vae(), text_encoder=None, tokenizer=None,
+        text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
+    )  # fmt: skip
+    (pe, ne), (pp, npp) = _embeds(conds), _embeds(conds, "pooled_projections")
+    out = pipe(
+        prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=npp,
+        num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(), output_type="latent", height=8, width=8,
+    ).images  # fmt: skip
+    _close(out, sample(field, solver, noise, field.cond_set[:2]))
+
+
+def test_flux_with_the_tables_sigmas(tmp_path, noise):
+    field, solver, conds, sched = _setup("flux", tmp_path, shape=(4, 8, 8), guidance=3.5)
+    pipe = diffusers.FluxPipeline(
+        transformer=field.field.net.model, scheduler=sched, vae=_vae(), text_encoder=None, tokenizer=None,
+        text_encoder_2=None, tokenizer_2=None,
+    )  # fmt: skip
+    args = dict(
+        prompt_embeds=conds["encoder_hidden_states"][:2], pooled_prompt_embeds=conds["pooled_projections"][:2],
+        num_inference_steps=4, guidance_scale=3.5, output_type="latent", height=8, width=8,
+    )  # fmt: skip
+    with pytest.raises(BNSError, match="no sigmas but its own"):  # FluxPipeline's default linspace sigmas
+        pipe(**args, latents=pack_2x2(noise))
+    out = pipe(**args, latents=pack_2x2(noise), sigmas=sched.sigmas[:-1].tolist()).images
+    _close(unpack_2x2(out, 8, 8), sample(field, solver, noise, field.cond_set[:2]))
+
+
+def test_pixart_sigma(tmp_path, noise):
+    field, solver, conds, sched = _setup("pixart", tmp_path)
+    pipe = diffusers.PixArtSigmaPipeline(
+        transformer=field.field.net.model, scheduler=sched, vae=_vae(), text_encoder=None, tokenizer=None
+    )
+    pe, ne = _embeds(conds)
+    mask = torch.ones(2, pe.shape[1])
+    out = pipe(
+        prompt_embeds=pe, prompt_attention_mask=mask, negative_prompt=None, negative_prompt_embeds=ne,
+        negative_prompt_attention_mask=mask, num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(),
+        output_type="latent", height=8, width=8, use_resolution_binning=False,
+    ).images  # fmt: skip
+    _close(out, sample(field, solver, noise, field.cond_set[:2]))
+
+
+def test_dit_applies_no_init_noise_sigma(tmp_path):
+    """DiTPipeline starts from unit noise and never applies init_noise_sigma: for a table whose first time
+    has sigma != 1 the user scales (our sampler's start is init_noise_sigma * noise), documented."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    field, solver, _, sched = _setup("dit", tmp_path)
+    vae = _vae()
+    seen = []
+    decode = vae.decode
+    vae.decode = lambda z, **kw: (seen.append(z.clone()), decode(z, **kw))[1]
+    pipe = diffusers.DiTPipeline(transformer=field.field.net.model, scheduler=sched, vae=vae)
+    pipe(class_labels=[1, 3], num_inference_steps=4, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
+         output_type="np")  # fmt: skip
+    noise = randn_tensor((2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    ours = sample(field, solver, noise / sched.init_noise_sigma, torch.tensor([1, 3]))
+    _close(seen[0] * vae.config.scaling_factor, ours)
+
+
+def test_img2img_adds_noise_at_the_first_step(tmp_path):
+    field, solver, conds, sched = _setup("sd", tmp_path)
+    vae = _vae()
+    pipe = diffusers.StableDiffusionImg2ImgPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, unet=field.field.net.model, scheduler=sched,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pe, ne = _embeds(conds)
+    image = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    kw = dict(prompt_embeds=pe, negative_prompt_embeds=ne, guidance_scale=3.0, output_type="latent")
+    out = pipe(image=image, strength=1.0, num_inference_steps=4, generator=torch.Generator().manual_seed(2), **kw)
+    # the pipeline's start: add_noise(encoded image, noise, first timestep), both drawn from its generator
+    from diffusers.utils.torch_utils import randn_tensor
+
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        x0 = vae.encode(image).latent_dist.sample(g) * vae.config.scaling_factor
+    start = sched.add_noise(x0, randn_tensor(x0.shape, generator=g), sched.timesteps[:1].repeat(2))
+    ours = sample(field, solver, start / sched.init_noise_sigma, field.cond_set[:2])
+    _close(out.images, ours)
+    with pytest.raises(BNSError, match="cannot begin"):  # strength < 1 skips steps: a table runs them all
+        pipe(image=image, strength=0.5, num_inference_steps=4, **kw)
+
+
+def test_readme_pipeline_example_runs(tmp_path):
+    """The README's "Use it in your diffusers pipeline" block, verbatim, on the worked example's files."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bns_export.distill import DistillConfig, distill
+    from bns_export.groundtruth import ground_truth
+
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, str(root / "tools" / "tiny_pipeline.py"), "tiny-sd"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    opts = ModelOptions(cond_set=str(tmp_path / "tiny-sd" / "prompts.safetensors"))
+    field = load_model(f"diffusers:{tmp_path / 'tiny-sd'}", opts, guidance=3.0)
+    train = ground_truth(field, 8, 1, rtol=1e-3, atol=1e-3)
+    val = ground_truth(field, 4, 2, rtol=1e-3, atol=1e-3)
+    distill(field, train, val, DistillConfig(nfe=8, iterations=2, batch_size=4), out=tmp_path / "tiny-sd-bns8.json")
+    readme = (root / "README.md").read_text()
+    code = readme.split("<!-- pipeline-example:python -->\n```python\n")[1].split("```")[0]
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "(2, 4, 8, 8)" in res.stdout
