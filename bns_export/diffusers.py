@@ -12,6 +12,9 @@ diffusers' schedulers do.  Needs the `diffusers` package.
 
 from __future__ import annotations
 
+import os
+import warnings
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +84,8 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = network_time(self.schedule, time_input, self._t).float()
         self.num_inference_steps = self.solver.nfe
         self._begin_index: int | None = None
+        self._pipe = None  # the pipeline it was made for (a weak reference), whose guidance_scale it checks
+        self._warned = False
         self._reset()
 
     def __repr__(self) -> str:
@@ -90,14 +95,23 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         )
 
     @classmethod
-    def from_solver(cls, solver: NSSolver | str, field) -> BNSScheduler:
-        """The scheduler of a solver file (or table) for a NetworkField (or a guided one): schedule, prediction
-        type and time input come from the field."""
+    def from_solver(cls, solver: NSSolver | str, model) -> BNSScheduler:
+        """The scheduler of a solver file (or table) for its model, given as a NetworkField (or a guided
+        one), a diffusers pipeline (its unet or transformer and its scheduler's config), or a diffusers
+        folder.  The solver must have been distilled for that network and schedule (the weights, not the
+        folder's name or the prompt set); with a pipeline, the guidance is the pipeline call's, and a
+        call at another scale than the table's gets one warning."""
         from .solvers.resolve import check_solver_fits
 
         table = solver if isinstance(solver, NSSolver) else NSSolver.load(solver)
-        check_solver_fits(table, field, source=str(solver) if not isinstance(solver, NSSolver) else "solver")
-        net_field = field.field if isinstance(field, GuidedField) else field
+        source = "solver" if isinstance(solver, NSSolver) else str(solver)
+        pipe, given_field = None, isinstance(model, (NetworkField, GuidedField))
+        if isinstance(model, (str, os.PathLike)):
+            model = folder_field(model, table)
+        elif not given_field:
+            pipe, model = model, pipeline_field(model, table)
+        check_solver_fits(table, model, source=source, check_guidance=given_field)  # else: the pipeline call's
+        net_field = model.field if isinstance(model, GuidedField) else model
         if not isinstance(net_field, NetworkField):
             raise BNSError("BNSScheduler needs a network model (its prediction type and time input)")
         prediction = {v: k for k, v in PREDICTIONS.items()}[net_field.prediction]
@@ -114,7 +128,7 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         elif isinstance(schedule, FMOT):
             keys = dict(num_train_timesteps=1000, shift=float(schedule.pipeline_shift or 1.0))
         guidance = table.meta.get("guidance")
-        return cls(
+        scheduler = cls(
             solver=table.to_json(),
             schedule=schedule_to_dict(schedule),
             prediction_type=prediction,
@@ -122,6 +136,22 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
             t_lo=float(table.t[0]),
             guidance=None if guidance is None else float(guidance),
             **keys,
+        )
+        scheduler._pipe = None if pipe is None else weakref.ref(pipe)
+        return scheduler
+
+    def _check_guidance(self) -> None:
+        """Once: a pipeline that samples at another guidance scale than the table was distilled at."""
+        pipe = self._pipe() if self._pipe is not None else None
+        scale = getattr(pipe, "guidance_scale", None) if pipe is not None else None
+        table = self.config.guidance
+        if self._warned or table is None or not isinstance(scale, (int, float)) or float(scale) == float(table):
+            return
+        self._warned = True
+        warnings.warn(
+            f"BNSScheduler: the pipeline samples at guidance_scale {scale:g}, but this table was distilled at "
+            f"{table:g}; its samples are only faithful at {table:g}",
+            stacklevel=3,
         )
 
     def _reset(self) -> None:
@@ -183,6 +213,7 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
                 )
         if num_inference_steps is not None and num_inference_steps != n:
             raise BNSError(f"this BNS solver takes exactly {n} steps, not {num_inference_steps}")
+        self._check_guidance()
         self.timesteps = network_time(self.schedule, self.config.time_input, self._t).float().to(device)
         self.num_inference_steps = n
         self._reset()
@@ -233,3 +264,58 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.solver.nfe
+
+
+def pipeline_field(pipe, solver: NSSolver) -> NetworkField:
+    """The velocity field of a diffusers pipeline: its unet or transformer and its scheduler's config."""
+    net = getattr(pipe, "unet", None)
+    net = net if net is not None else getattr(pipe, "transformer", None)
+    if not isinstance(net, torch.nn.Module) or getattr(pipe, "scheduler", None) is None:
+        raise BNSError(f"{type(pipe).__name__} is not a diffusers pipeline with a unet or transformer and a scheduler")
+    return network_field(net, dict(pipe.scheduler.config), solver)
+
+
+def folder_field(path: str | os.PathLike, solver: NSSolver) -> NetworkField:
+    """The velocity field of a save_pretrained folder's network and scheduler (no condition set needed)."""
+    from pathlib import Path
+
+    from .checks import read_json
+    from .loaders.diffusers import model_class, pretrained
+
+    root = Path(str(path).removeprefix("diffusers:")).expanduser()
+    sub = next((root / s for s in ("unet", "transformer") if (root / s / "config.json").is_file()), None)
+    if sub is None:
+        raise BNSError(f"{root} has no unet/ or transformer/ folder with a config.json (save_pretrained layout)")
+    net = pretrained(model_class(read_json(sub / "config.json", "model config"), sub), sub)
+    config = read_json(root / "scheduler" / "scheduler_config.json", "scheduler config", constants=True)
+    return network_field(net, config, solver)
+
+
+def network_field(net: torch.nn.Module, scheduler_config: dict, solver: NSSolver) -> NetworkField:
+    """A diffusers network through its class's adapter, with the schedule its scheduler config describes;
+    the sample shape is the one the solver was distilled at.  Enough for the scheduler and for the solver's
+    network-identity check; conditions come from the pipeline at each call."""
+    from .loaders.adapters import AdaptedNet, adapter_for
+    from .loaders.diffusers import flow_shift, read_schedule
+
+    if not isinstance(scheduler_config, dict):
+        raise BNSError("the scheduler config is not a JSON object")
+    shape = (solver.meta.get("model") or {}).get("sample_shape")
+    if not shape:
+        raise BNSError("this solver file does not record its model's sample shape: pass the model's field instead")
+    schedule, prediction, time_input, _ = read_schedule(scheduler_config)
+    if prediction == "flow":
+        schedule.pipeline_shift = flow_shift(scheduler_config, tuple(shape))
+    model_cfg = dict(net.config)
+    adapter = adapter_for(type(net).__name__)
+    field = NetworkField(
+        AdaptedNet(net, adapter),
+        schedule,
+        tuple(shape),
+        prediction=prediction,
+        time_input=time_input,
+        num_classes=adapter.classes(model_cfg),
+        name=f"diffusers:{type(net).__name__}",
+    )
+    field.embedded_guidance = adapter.embedded_guidance(model_cfg)
+    return field

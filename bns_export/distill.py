@@ -375,6 +375,7 @@ def distill(
         base_val_psnr=init_val,
         precondition_sigma0=cfg.precondition,
         model_fingerprint=fp,
+        model_identity=field.network_identity(),
         model=field.describe(),
         guidance=float(field.guidance),
         train_psnr=train_psnr,

@@ -189,3 +189,53 @@ def test_readme_pipeline_example_runs(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "(2, 4, 8, 8)" in res.stdout
+
+
+def test_from_solver_takes_the_pipeline_or_folder_and_warns_on_another_guidance(tmp_path, noise):
+    import shutil
+    import warnings
+
+    from bns_export.distill import DistillConfig, distill
+    from bns_export.groundtruth import ground_truth
+
+    field, _, conds, _ = _setup("sd", tmp_path)
+    train, val = ground_truth(field, 8, 1, rtol=1e-3, atol=1e-3), ground_truth(field, 4, 2, rtol=1e-3, atol=1e-3)
+    solver = distill(field, train, val, DistillConfig(nfe=4, iterations=2, batch_size=4), out=tmp_path / "bns4.json")
+    renamed = tmp_path / "a-renamed-copy"
+    shutil.copytree(tmp_path / "sd" / "model", renamed)  # another folder name: the same network
+    assert BNSScheduler.from_solver(tmp_path / "bns4.json", renamed).solver.fingerprint() == solver.fingerprint()
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=_vae(), text_encoder=None, tokenizer=None, unet=field.field.net.model,
+        scheduler=diffusers.DDPMScheduler.from_pretrained(renamed / "scheduler"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.scheduler = BNSScheduler.from_solver(str(tmp_path / "bns4.json"), pipe)
+    pe, ne = _embeds(conds)
+    kw = dict(prompt_embeds=pe, negative_prompt_embeds=ne, num_inference_steps=4, output_type="latent")
+    out = pipe(**kw, guidance_scale=3.0, latents=noise.clone()).images
+    _close(out, sample(field, solver, noise, field.cond_set[:2]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe(**kw, guidance_scale=7.5, latents=noise.clone())
+        pipe(**kw, guidance_scale=7.5, latents=noise.clone())
+    said = [w for w in caught if "distilled at 3" in str(w.message)]
+    assert len(said) == 1  # once
+    other = diffusers.UNet2DConditionModel.from_pretrained(renamed / "unet")
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    pipe.unet = other
+    with pytest.raises(BNSError, match="model mismatch"):
+        BNSScheduler.from_solver(str(tmp_path / "bns4.json"), pipe)
+
+
+def test_a_folder_saved_with_the_bns_scheduler_keeps_its_schedule(tmp_path):
+    import shutil
+
+    field, solver, _, sched = _setup("sd", tmp_path)
+    folder = tmp_path / "saved"
+    shutil.copytree(tmp_path / "sd" / "model", folder)
+    shutil.rmtree(folder / "scheduler")
+    sched.save_pretrained(folder / "scheduler")
+    back = load_model(f"diffusers:{folder}", ModelOptions(cond_set=str(tmp_path / "sd" / "conditions.safetensors")))
+    assert torch.allclose(back.schedule.betas, field.schedule.betas) and back.prediction == field.prediction
+    assert back.fingerprint() != "" and back.network_identity() == field.network_identity()

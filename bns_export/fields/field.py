@@ -124,6 +124,21 @@ class VelocityField(nn.Module):
         desc = json.dumps(self.describe(), sort_keys=True)
         return hashlib.sha256((desc + self.weight_digest()).encode()).hexdigest()[:16]
 
+    #: description keys that say where a model came from or what it was conditioned on, not what it computes
+    PROVENANCE_KEYS = ("name", "cond_shape", "conditions")
+
+    def network_identity(self) -> str:
+        """Short id of what the field computes for a given condition: its description without provenance
+        (a folder's name, the condition set) and its network's weights.  A solver file records it, so a
+        renamed copy of a folder or another prompt set still fits the solver distilled for that network."""
+        desc = {k: v for k, v in self.describe().items() if k not in self.PROVENANCE_KEYS}
+        text = json.dumps(desc, sort_keys=True) + self.network_digest()
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def network_digest(self) -> str:
+        """sha256 of the weights that define the field (a network field: its network's, not its condition set)."""
+        return self.weight_digest()
+
 
 class GuidedField(nn.Module):
     """Classifier-free guidance u_w = u(x,t,None) + w (u(x,t,c) - u(x,t,None)) in ONE batched call;

@@ -120,17 +120,26 @@ def resolve_solver(spec: str, field, nfe: int | None = None) -> NSSolver:
     return solver
 
 
-def check_solver_fits(solver: NSSolver, field, nfe: int | None = None, source: str = "solver") -> None:
-    """Refuse a solver distilled for another model, guidance, interval or NFE."""
+def check_solver_fits(
+    solver: NSSolver, field, nfe: int | None = None, source: str = "solver", check_guidance: bool = True
+) -> None:
+    """Refuse a solver distilled for another network (its schedule and weights, not its folder's name or
+    condition set), guidance (unless check_guidance=False: a pipeline decides it per call), interval or NFE."""
     if nfe is not None and nfe != solver.nfe:
         raise BNSError(f"{source}: NFE mismatch: the solver has {solver.nfe} NFE, {nfe} requested")
-    fp = solver.meta.get("model_fingerprint")
-    if fp is not None and fp != field.fingerprint():
+    identity = solver.meta.get("model_identity")  # the network and its schedule (newer files)
+    fp = solver.meta.get("model_fingerprint")  # description + every weight, condition set included
+    if identity is not None and identity != field.network_identity():
+        raise BNSError(
+            f"{source}: model mismatch: solver was distilled for network {identity}, "
+            f"this one is {field.network_identity()}"
+        )
+    if identity is None and fp is not None and fp != field.fingerprint():
         raise BNSError(
             f"{source}: model mismatch: solver was distilled for model {fp}, this model is {field.fingerprint()}"
         )
     g = solver.meta.get("guidance")
-    if g is not None and float(g) != float(field.guidance):
+    if check_guidance and g is not None and float(g) != float(field.guidance):
         raise BNSError(
             f"{source}: guidance mismatch: solver was distilled at guidance {g}, sampling at {field.guidance}"
         )

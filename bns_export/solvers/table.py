@@ -178,6 +178,7 @@ def _text(v, what: str) -> str:
 META_CHECKS = {
     "guidance": lambda v, k: guidance_scale(v, k),
     "model_fingerprint": _text,
+    "model_identity": _text,
     "kind": _text,
     "base_solver": _text,
     "world_size": lambda v, k: integer(v, k, 1),
