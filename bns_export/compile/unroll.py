@@ -30,9 +30,9 @@ class UnrolledSampler(nn.Module):
         self.decoder = decoder
         self.nfe = solver.nfe
         self.conditional = field.conditional
-        #: several named conditions: the graph takes one input each and packs them for the loop
+        #: named conditions: the graph takes one input per name and packs them for the loop
         layout = field.condition_layout
-        self.layout = layout if layout is not None and layout.packed else None
+        self.layout = layout if layout is not None and not layout.legacy else None
         self.init_scale = float(field.init_scale)
         t, a, b = solver_tensors(solver, dtype, device_of(field))
         self.register_buffer("t", t, persistent=False)
