@@ -46,6 +46,16 @@ def _embeds(conds, name="encoder_hidden_states"):
     return conds[name][:2], conds[f"null.{name}"][None].expand(2, *conds[name].shape[1:])
 
 
+def _pooled_call(pipe, conds, pooled: str, noise, size: int):
+    """A pipeline taking prompt and pooled embeddings (SDXL, SD3), guidance 3, 4 steps, latents out."""
+    (pe, ne), (pp, npp) = _embeds(conds), _embeds(conds, pooled)
+    return pipe(
+        prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=npp,
+        num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(), output_type="latent", height=size,
+        width=size,
+    ).images  # fmt: skip
+
+
 @pytest.fixture
 def noise():
     return torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -71,11 +81,7 @@ def test_stable_diffusion_xl(tmp_path, noise):
         vae=_vae(), text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
         unet=field.field.net.model, scheduler=sched,
     )  # fmt: skip
-    (pe, ne), (pp, npp) = _embeds(conds), _embeds(conds, "text_embeds")
-    out = pipe(
-        prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=npp,
-        num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(), output_type="latent", height=64, width=64,
-    ).images  # fmt: skip
+    out = _pooled_call(pipe, conds, "text_embeds", noise, 64)
     _close(out, sample(field, solver, noise, field.cond_set[:2]))  # time_ids: the pipeline's size/crop defaults
 
 
@@ -85,11 +91,7 @@ def test_stable_diffusion_3(tmp_path, noise):
         transformer=field.field.net.model, scheduler=sched, vae=_vae(), text_encoder=None, tokenizer=None,
         text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
     )  # fmt: skip
-    (pe, ne), (pp, npp) = _embeds(conds), _embeds(conds, "pooled_projections")
-    out = pipe(
-        prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=npp,
-        num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(), output_type="latent", height=8, width=8,
-    ).images  # fmt: skip
+    out = _pooled_call(pipe, conds, "pooled_projections", noise, 8)
     _close(out, sample(field, solver, noise, field.cond_set[:2]))
 
 
