@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-# one OpenMP/BLAS thread, set before torch and numpy start their pools, here and in the CLI processes tests
-# start: on 2 cores torch's pool beside ONNX Runtime's and a second process oversubscribe them (the suite took
-# 450 s with OMP_NUM_THREADS=1 in the environment, 600 s without)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import sys
 from pathlib import Path
 
@@ -23,5 +16,5 @@ def _private_cache(tmp_path_factory):
     import os
 
     os.environ["BNS_EXPORT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
     yield
