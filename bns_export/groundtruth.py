@@ -211,7 +211,7 @@ def tensors_digest(tensors: dict[str, Tensor]) -> str:
 
 def read_cached(path: Path, key: str, n: int, field, dtype: torch.dtype) -> dict | None:
     """A cache entry that proves itself (its key and digest, shapes, dtype, finiteness), else None: a damaged
-    entry is reported once and recomputed, never trusted."""
+    entry is reported once and recomputed, never trusted; nothing is deleted here (write_cached replaces it)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -243,8 +243,7 @@ def read_cached(path: Path, key: str, n: int, field, dtype: torch.dtype) -> dict
             problem = "non-finite values"
     if problem is None:
         return d
-    log.warning(f"ground-truth cache {path.name}: {problem}; recomputing it")
-    path.unlink(missing_ok=True)
+    log.warning(f"ground-truth cache {path.name}: {problem}; recomputing it (the new entry replaces it)")
     return None
 
 

@@ -266,11 +266,9 @@ def test_unwritable_cache_is_a_warning(tmp_path, caplog):
 def test_fifo_and_devices_are_refused_without_blocking(tmp_path):
     fifo = tmp_path / "s.json"
     os.mkfifo(fifo)
-    for spec in (fifo, "/dev/zero"):
-        t0 = time.time()
+    for spec in (fifo, "/dev/zero"):  # a reader that blocked (FIFO) or read forever (/dev/zero) never returns
         code, _, err = run("eval", "-m", "analytic:gmm", "-s", spec, "-n", 2)
         one_line(code, err, needle="not a regular file")
-        assert time.time() - t0 < 30
 
 
 # 10. signals end a command with 128 + signal from its first instruction ---------------------------
@@ -344,12 +342,10 @@ def test_slow_and_short_requests_are_timed_out(service):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(b'POST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"seed": 1')
         socks.append(s)
-    t0 = time.time()
-    for s in socks:
-        data = s.recv(4096)  # answered (408/400) or closed once the request timeout passes
+    for s in socks:  # answered (408/400) or closed by the server; a held connection raises the client's timeout
+        data = s.recv(4096)
         assert data == b"" or data.startswith(b"HTTP/1.1 4"), data[:40]
         s.close()
-    assert time.time() - t0 < 20
     assert _post(port, json.dumps({"seed": 2, "label": 0}).encode())[0] == 200
 
 

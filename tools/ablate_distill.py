@@ -105,7 +105,7 @@ def write_table(args, rows: list[dict]) -> None:
     from benchdoc import git_rev, machine, write_section
 
     lines = [
-        f"## Distillation recipe ablation ({args.set}): {args.model}, NFE {args.nfe} (issue 12, part 3)\n",
+        f"## Distillation recipe ablation ({args.set}): {args.model}, NFE {args.nfe}\n",
         f"Command: `python tools/ablate_distill.py {' '.join(sys.argv[1:])}` (commit {git_rev()}). "
         f"Machine: {machine()}. 520 train / {args.val_pairs} validation / 256 test pairs; each run's "
         "settings are in its label and in the `--set` of tools/ablate_distill.py.\n",

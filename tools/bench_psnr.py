@@ -54,7 +54,7 @@ def load_sets(spec: str, args, timing: dict | None = None):
 
 
 def ceiling(field, test, n: int) -> dict:
-    """The ruler (issue 12, part 4): PSNR of the first n test GT samples against a tighter solve (reference_tol)."""
+    """The ruler: PSNR of the first n test GT samples against a tighter solve (reference_tol)."""
     from gt_ceiling import reference_tol, solve
 
     from bns_export.metrics import psnr_per_sample

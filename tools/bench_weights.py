@@ -1,4 +1,4 @@
-"""Weights stored once (issue 9): ONNX initializer bytes against the sampler's weight bytes, node count,
+"""Weights stored once: ONNX initializer bytes against the sampler's weight bytes, node count,
 export and validation time and parity, per architecture, with and without the decoder, at 2 / 4 / 8 NFE.
 
     python tools/bench_weights.py                 # writes the `weights-once` section of docs/benchmarks.md
@@ -87,7 +87,7 @@ def main() -> None:
 def write(rows: list[dict], argv: list[str], commit: str) -> None:
     """The `weights-once` section of docs/benchmarks.md."""
     lines = [
-        "## Weights stored once: initializer bytes vs weight bytes (issue 9)\n",
+        "## Weights stored once: initializer bytes vs weight bytes\n",
         f"Command: `python tools/bench_weights.py {' '.join(argv)}` (commit {commit}). Machine: {machine()}.",
         "Models: tools/tiny_pipeline.py's random-weight latent pipelines (4x8x8 latents; AutoencoderKL decoder to "
         "3x16x16). ONNX, dpm++2m, max batch 2, fp32. *weight bytes*: the exported sampler's parameters and "

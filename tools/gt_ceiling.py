@@ -4,7 +4,7 @@ much tighter one on the same noise, per model; writes the `gt-ceiling` section o
     python tools/gt_ceiling.py              # analytic:gmm, analytic:points, digits, mnist@1, mnist@3
     python tools/gt_ceiling.py --models digits --default 1e-6 -n 16 --section gt-ceiling-digits
 
-A reported PSNR is only meaningful well below this ceiling (issue target: 15 dB below every mean).
+A reported PSNR is only meaningful well below this ceiling (target: 15 dB below every mean).
 """
 
 from __future__ import annotations
