@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -57,6 +58,19 @@ def integer(value, name: str, lo: int | None = None, hi: int | None = None) -> i
             f"{name} must be in {lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}, got {v}"
         )
     return v
+
+
+#: names written into manifests and Triton configs: letters, digits, _ . - (nothing to escape, no injection)
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def plain_identifier(name, what: str) -> str:
+    """A tensor or model name: letters, digits, '_', '.', '-' (at most 128, not starting with . or -)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise BNSError(
+            f"{what} {name!r} must be letters, digits, '_', '.' or '-' (at most 128, not starting with . or -)"
+        )
+    return name
 
 
 def read_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_BYTES, constants: bool = False):

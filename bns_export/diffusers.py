@@ -279,15 +279,12 @@ def folder_field(path: str | os.PathLike, solver: NSSolver) -> NetworkField:
     """The velocity field of a save_pretrained folder's network and scheduler (no condition set needed)."""
     from pathlib import Path
 
-    from .checks import read_json
-    from .loaders.diffusers import model_class, pretrained
+    from .loaders.diffusers import model_class, model_folder, pretrained, scheduler_config
 
     root = Path(str(path).removeprefix("diffusers:")).expanduser()
-    sub = next((root / s for s in ("unet", "transformer") if (root / s / "config.json").is_file()), None)
-    if sub is None:
-        raise BNSError(f"{root} has no unet/ or transformer/ folder with a config.json (save_pretrained layout)")
-    net = pretrained(model_class(read_json(sub / "config.json", "model config"), sub), sub)
-    config = read_json(root / "scheduler" / "scheduler_config.json", "scheduler config", constants=True)
+    sub, model_cfg = model_folder(root)
+    net = pretrained(model_class(model_cfg, sub), sub)
+    config = scheduler_config(root)
     return network_field(net, config, solver)
 
 
@@ -296,16 +293,14 @@ def network_field(net: torch.nn.Module, scheduler_config: dict, solver: NSSolver
     the sample shape is the one the solver was distilled at.  Enough for the scheduler and for the solver's
     network-identity check; conditions come from the pipeline at each call."""
     from .loaders.adapters import AdaptedNet, adapter_for
-    from .loaders.diffusers import flow_shift, read_schedule
+    from .loaders.diffusers import read_schedule
 
     if not isinstance(scheduler_config, dict):
         raise BNSError("the scheduler config is not a JSON object")
     shape = (solver.meta.get("model") or {}).get("sample_shape")
     if not shape:
         raise BNSError("this solver file does not record its model's sample shape: pass the model's field instead")
-    schedule, prediction, time_input, _ = read_schedule(scheduler_config)
-    if prediction == "flow":
-        schedule.pipeline_shift = flow_shift(scheduler_config, tuple(shape))
+    schedule, prediction, time_input = read_schedule(scheduler_config, tuple(shape))
     model_cfg = dict(net.config)
     adapter = adapter_for(type(net).__name__)
     field = NetworkField(

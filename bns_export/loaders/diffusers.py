@@ -105,16 +105,17 @@ DIFFUSERS_PREDICTIONS = {
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 
 
-def read_schedule(sched_cfg: dict):
-    """(schedule, prediction, time input, flow shift) of a save_pretrained scheduler config.
+def read_schedule(sched_cfg: dict, sample_shape: tuple[int, ...]):
+    """(schedule, prediction, time input) of a save_pretrained scheduler config.
 
     Flow-matching schedulers: FM-OT velocity in diffusers' flow form, timesteps 1000 sigma, and the
-    pipeline's time shift (`shift`, or None with dynamic shifting: the grid then takes mu from the size).
+    pipeline's time shift on the schedule (`flow_shift`).  DDPM-family ones: their betas, prediction type
+    and the timestep spacing their inference grid uses.
     """
     if sched_cfg.get("_class_name") in FLOW_SCHEDULERS or sched_cfg.get("prediction_type") == "flow_prediction":
-        shift = sched_cfg.get("shift", 1.0)
-        shift = number(shift, "scheduler config shift", 0, 1000, lo_open=True)
-        return FMOT(), "flow", "flow-timestep", shift
+        schedule = FMOT()
+        schedule.pipeline_shift = flow_shift(sched_cfg, sample_shape)
+        return schedule, "flow", "flow-timestep"
     try:
         schedule = DDPMDiscrete(betas(sched_cfg))
     except (ValueError, TypeError) as e:
@@ -127,7 +128,7 @@ def read_schedule(sched_cfg: dict):
         raise BNSError(f"scheduler config timestep_spacing {spacing!r} is not one of linspace, leading, trailing")
     schedule.timestep_spacing = spacing
     schedule.steps_offset = integer(sched_cfg.get("steps_offset", 0), "scheduler config steps_offset", 0, 1000)
-    return schedule, DIFFUSERS_PREDICTIONS[ptype], "index", None
+    return schedule, DIFFUSERS_PREDICTIONS[ptype], "index"
 
 
 def flow_shift(sched_cfg: dict, sample_shape: tuple[int, ...]) -> float:
@@ -188,6 +189,25 @@ def _conditions(adapter, model_cfg: dict, sample_shape, opt, cls_name: str):
     return condition_set(entries, nulls, order=order, where=str(opt.cond_set))
 
 
+def model_folder(root: Path) -> tuple[Path, dict]:
+    """The network's subfolder of a save_pretrained folder (unet/ or transformer/) and its config."""
+    sub = next((root / s for s in ("unet", "transformer") if (root / s / "config.json").is_file()), None)
+    if sub is None:
+        raise BNSError(f"{root} has no unet/ or transformer/ folder with a config.json (save_pretrained layout)")
+    model_cfg = read_json(sub / "config.json", "model config")
+    if not isinstance(model_cfg, dict):
+        raise BNSError(f"{sub}/config.json is not a JSON object")
+    return sub, model_cfg
+
+
+def scheduler_config(root: Path) -> dict:
+    """scheduler/scheduler_config.json (with the non-finite literals diffusers writes there)."""
+    cfg = read_json(root / "scheduler" / "scheduler_config.json", "scheduler config", constants=True)
+    if not isinstance(cfg, dict):
+        raise BNSError(f"{root}/scheduler/scheduler_config.json is not a JSON object")
+    return cfg
+
+
 def load_diffusers_field(path: str, opt) -> NetworkField:
     """The velocity field of a diffusers folder through its class's adapter; explicit options override the
     configs (None means not given)."""
@@ -195,12 +215,7 @@ def load_diffusers_field(path: str, opt) -> NetworkField:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise BNSError(f"diffusers folder not found: {root}")
-    sub = next((root / s for s in ("unet", "transformer") if (root / s / "config.json").is_file()), None)
-    if sub is None:
-        raise BNSError(f"{root} has no unet/ or transformer/ folder with a config.json (save_pretrained layout)")
-    model_cfg = read_json(sub / "config.json", "model config")
-    if not isinstance(model_cfg, dict):
-        raise BNSError(f"{sub}/config.json is not a JSON object")
+    sub, model_cfg = model_folder(root)
     cls_name = str(model_cfg.get("_class_name"))
     adapter = adapter_for(cls_name)
     shape = opt.shape or adapter.shape(model_cfg)
@@ -211,12 +226,7 @@ def load_diffusers_field(path: str, opt) -> NetworkField:
     cset = _conditions(adapter, model_cfg, shape, opt, cls_name)
     classes = adapter.classes(model_cfg)
     cls = model_class(model_cfg, sub)
-    sched_cfg = read_json(root / "scheduler" / "scheduler_config.json", "scheduler config", constants=True)
-    if not isinstance(sched_cfg, dict):
-        raise BNSError(f"{root}/scheduler/scheduler_config.json is not a JSON object")
-    schedule, prediction, time_input, _ = read_schedule(sched_cfg)
-    if prediction == "flow":
-        schedule.pipeline_shift = flow_shift(sched_cfg, shape)
+    schedule, prediction, time_input = read_schedule(scheduler_config(root), shape)
     model = pretrained(cls, sub)
     net = AdaptedNet(model, adapter, None if cset is None else cset.layout, adapter.constants(model_cfg, shape))
     try:

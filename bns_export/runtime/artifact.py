@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..backends import BACKENDS
-from ..checks import guidance_scale, integer, number, read_json
+from ..checks import guidance_scale, integer, number, plain_identifier, read_json
 from ..errors import BNSError
 from ..fileio import honour_umask
 from ..interrupts import deferred_signals, raise_if_interrupted
@@ -267,9 +267,7 @@ def _tensor_specs(v, k: str) -> list:
     if not isinstance(v, list) or not v or not all(isinstance(s, dict) for s in v):
         raise BNSError(f"manifest field {k} must be a list of {{name, dtype, shape}} objects")
     for spec in v:
-        name = spec.get("name")
-        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_.-" for c in name):
-            raise BNSError(f"manifest {k}: tensor name {str(name)[:40]!r} must be letters, digits, _ . -")
+        name = plain_identifier(spec.get("name"), f"manifest {k}: tensor name")
         if spec.get("dtype") not in ("float32", "int64"):
             raise BNSError(f"manifest {k}: {name}'s dtype must be float32 or int64, got {spec.get('dtype')!r}")
         shape = spec.get("shape")

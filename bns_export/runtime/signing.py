@@ -16,6 +16,7 @@ import base64
 import os
 from pathlib import Path
 
+from ..checks import read_small_file
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..fileio import atomic_write_bytes
 from .layout import MANIFEST, SIGNATURE
@@ -65,9 +66,9 @@ def sign_manifest(folder: str | os.PathLike, private_key: str | os.PathLike) -> 
 
 def _read_signature(sig_path: Path) -> tuple[bytes, bytes | None]:
     """(signature, embedded raw public key or None for a file written before keys were embedded)."""
-    if sig_path.is_symlink() or not sig_path.is_file() or sig_path.stat().st_size > 1024:
-        raise BNSError(f"{sig_path} is not a signature file (a regular file of at most 1 KiB)")
-    lines = sig_path.read_bytes().strip().splitlines()
+    if sig_path.is_symlink():
+        raise BNSError(f"{sig_path} is a symbolic link; artifacts hold regular files only")
+    lines = read_small_file(sig_path, "signature file", 1024).strip().splitlines()
     try:
         sig = base64.b64decode(lines[0].strip(), validate=True)
         embedded = None

@@ -13,13 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..backends import BACKENDS, get_backend
-from ..checks import read_json
+from ..checks import plain_identifier, read_json
 from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import raise_if_interrupted
@@ -100,21 +99,10 @@ def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str) -> str
     return "\n".join(text) + "\n"
 
 
-#: Triton model and tensor names: plain identifiers (nothing that needs escaping in protobuf text)
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 #: in a model folder: what this tool wrote there (versions, config digest), so it never touches anything else
 RECORD = "bns-export.json"
 #: manifest keys every version of one Triton model must share
 SIGNATURE_KEYS = ("format", "precision", "max_batch", "inputs", "outputs", "model_fingerprint")
-
-
-def check_name(name, what: str) -> str:
-    """A name written into config.pbtxt: letters, digits, _ . - only (no quotes, no escapes, no injection)."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise BNSError(
-            f"{what} {name!r} must be letters, digits, '_', '.' or '-' (at most 128, not starting with . or -)"
-        )
-    return name
 
 
 def _record(model_dir: Path) -> dict | None:
@@ -188,12 +176,12 @@ def write_repository(
             if m.get(key) != first.get(key):
                 raise BNSError(f"{a}: {key} differs from {artifacts[0]}'s; versions of one model must agree")
     for spec in (*first["inputs"], *first["outputs"]):
-        check_name(spec.get("name"), "tensor name")
+        plain_identifier(spec.get("name"), "tensor name")
         if spec.get("dtype") not in TYPES:
             raise BNSError(
                 f"tensor {spec['name']} has dtype {spec.get('dtype')!r}; Triton configs take {', '.join(TYPES)}"
             )
-    name = check_name(name or Path(artifacts[0]).resolve().name, "model name")
+    name = plain_identifier(name or Path(artifacts[0]).resolve().name, "model name")
     repo = Path(repo)
     model_dir = repo / name
     for a in artifacts:  # `triton A --repo A` would write into the artifact (and break its hashes)
