@@ -352,7 +352,7 @@ def distill_cmd(
     """Train a BNS solver for a model at a fixed NFE."""
     from .devices import resolve_device
     from .distill import DistillConfig, distill
-    from .evaluate import TRAIN_SEED, VAL_SEED
+    from .groundtruth import SEEDS
     from .loaders import load_model
     from .parallel import init_world
     from .solvers import parse_spec
@@ -374,8 +374,8 @@ def distill_cmd(
         warmup=warmup,
         val_every=val_every,
     )
-    train = _ground_truth(field, train_pairs, TRAIN_SEED, rtol, atol, cache_dir, "ground truth (train)", world)
-    val = _ground_truth(field, val_pairs, VAL_SEED, rtol, atol, cache_dir, "ground truth (val)  ", world)
+    train = _ground_truth(field, train_pairs, SEEDS.train, rtol, atol, cache_dir, "ground truth (train)", world)
+    val = _ground_truth(field, val_pairs, SEEDS.val, rtol, atol, cache_dir, "ground truth (val)  ", world)
     with click.progressbar(
         length=iterations,
         label="distilling",

@@ -15,9 +15,9 @@ import torch
 
 from .distill import DistillConfig, distill
 from .errors import BNSError
-from .evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on, run_solver
+from .evaluate import evaluate_on, run_solver
 from .fileio import atomic_write_text
-from .groundtruth import ground_truth
+from .groundtruth import SEEDS, ground_truth
 from .images import labelled_grid, write_png
 from .loaders import load_model
 from .solvers import BASELINES, baseline, parse_spec
@@ -171,9 +171,9 @@ def run_demo(
     )
     gts = {}
     for name, n, seed in (
-        ("train", train_pairs, TRAIN_SEED),
-        ("val", val_pairs, VAL_SEED),
-        ("test", test_pairs, EVAL_SEED),
+        ("train", train_pairs, SEEDS.train),
+        ("val", val_pairs, SEEDS.val),
+        ("test", test_pairs, SEEDS.eval),
     ):
         t0 = time.time()
         gts[name] = ground_truth(fld, n, seed)

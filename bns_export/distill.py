@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ from torch import Tensor, nn
 from . import __version__
 from .checks import integer, number
 from .errors import BNSError
-from .fileio import honour_umask
+from .fileio import atomic_file
 from .groundtruth import GTSet
 from .metrics import psnr_per_sample
 from .parallel import SINGLE, World, all_sum_grads
@@ -233,14 +232,8 @@ def _save_ckpt(path: Path, params: BNSParams, best: dict[str, Tensor], opt: torc
             tensors[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"]
             tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"]).reshape(1).double()
     tensors = {k: v.cpu().contiguous() for k, v in tensors.items()}  # the file holds CPU tensors
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         save_file(tensors, tmp, metadata={"state": json.dumps(state)})
-        honour_umask(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _load_ckpt(path: Path, params: BNSParams, opt: torch.optim.Adam, run_id: str) -> tuple[dict, dict] | None:
@@ -331,7 +324,7 @@ def distill(
         idx = batch[world.rank :: world.size].to(device)  # this rank's share of the one seeded batch
         labels = None if train.labels is None else train.labels[idx]
         t, a, b = params.tables(dtype, device)
-        x = ns_sample(field, t, a, b, train.noise[idx].to(dtype) * field.init_scale, labels)
+        x = ns_sample(field, t, a, b, field.start(train.noise[idx].to(dtype)), labels)
         mse = ((x - train.x1[idx]) ** 2).flatten(1).mean(1)
         loss = torch.log(mse).sum() / len(batch)  # summed over ranks: the batch mean
         opt.zero_grad()

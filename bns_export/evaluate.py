@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from .groundtruth import GTSet, ground_truth
+from .groundtruth import SEEDS, GTSet, ground_truth
 from .metrics import psnr_per_sample, summarize
 from .parallel import SINGLE, World
 from .solvers.sampler import sample_batches, solver_tensors
 from .solvers.table import NSSolver
-
-#: seeds of the three disjoint GT sets: evaluation, distillation training, distillation validation
-EVAL_SEED, TRAIN_SEED, VAL_SEED = 0, 1, 2
 
 
 def run_solver(
@@ -43,7 +40,7 @@ def evaluate(
     field,
     solver: NSSolver,
     n_samples: int = 256,
-    seed: int = EVAL_SEED,
+    seed: int = SEEDS.eval,
     rtol: float | None = None,
     atol: float | None = None,
     cache_dir: str | None = None,

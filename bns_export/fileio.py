@@ -6,8 +6,10 @@ created private by mkstemp/mkdtemp and given the umask's mode before they are re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import BNSError
@@ -39,19 +41,28 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file via a temporary sibling and os.replace: never a half-written file."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, private: bool = False) -> Iterator[Path]:
+    """The one atomic write: yield a temporary sibling of `path` to fill; on success it gets the umask's mode
+    (or stays 0600 when `private`) and is renamed over `path`; on any error or signal it is removed."""
     path = Path(path)
     if not path.parent.exists():
         raise BNSError(f"output folder does not exist: {path.parent}")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise BNSError(f"cannot write {path}: {e.strerror}") from None
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        honour_umask(Path(tmp))
+        yield tmp
+        if not private:
+            honour_umask(tmp)
         raise_if_interrupted()
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)

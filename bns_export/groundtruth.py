@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,25 @@ from torch import Tensor
 from .checks import integer, number
 from .devices import device_of, full_fp32
 from .errors import BNSError
-from .fileio import cache_root
+from .fileio import atomic_file, cache_root
 from .parallel import SINGLE, World
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NoiseSeeds:
+    """The seeds of the disjoint seeded noise sets, in one place: evaluation, distillation's training and
+    validation sets, an artifact's parity check, and its conformance vectors."""
+
+    eval: int = 0
+    train: int = 1
+    val: int = 2
+    validate: int = 12345
+    conformance: int = 20240601
+
+
+SEEDS = NoiseSeeds()
 
 # Dormand-Prince 5(4) tableau
 _C = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
@@ -180,7 +194,7 @@ def ground_truth(
     with torch.no_grad(), full_fp32():
         for k in world.mine(range(len(starts))):
             lo = starts[k]
-            xb = noise[lo : lo + batch_size].to(device) * field.init_scale
+            xb = field.start(noise[lo : lo + batch_size].to(device))
             lb = None if labels is None else labels[lo : lo + batch_size].to(device)
             res = dopri5(lambda x, t, lb=lb: field(x, t, lb), xb, field.t_lo, field.t_hi, rtol, atol)
             x1[lo : lo + batch_size] = res.x
@@ -252,18 +266,12 @@ def write_cached(cache: Path, path: Path, key: str, tensors: dict[str, Tensor]) 
     cache only costs recomputation next time: one warning, never a failure."""
     from safetensors.torch import save_file
 
-    tmp = None
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")  # the cache stays private (0600)
-        os.close(fd)
-        save_file(tensors, tmp, metadata={"key": key, "digest": tensors_digest(tensors), "version": "2"})
-        os.replace(tmp, path)
+        with atomic_file(path, private=True) as tmp:  # the cache stays private (0600)
+            save_file(tensors, tmp, metadata={"key": key, "digest": tensors_digest(tensors), "version": "2"})
     except Exception as e:  # OSError (read-only, ENOSPC) or safetensors' own error for a short write
         log.warning(f"warning: ground truth not cached in {cache} ({str(e).strip().splitlines()[0][:120]})")
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _on(device: torch.device, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:

@@ -19,8 +19,8 @@ import time
 import torch
 
 from bns_export.distill import DistillConfig, distill
-from bns_export.evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on
-from bns_export.groundtruth import ground_truth
+from bns_export.evaluate import evaluate_on
+from bns_export.groundtruth import SEEDS, ground_truth
 from bns_export.loaders import load_model
 
 OLD = dict(lr=3e-3, warmup=0)  # the learning rate and warmup of the default recipe before the warmup runs
@@ -80,8 +80,8 @@ def main() -> None:
     torch.set_num_threads(2)
     name, _, w = args.model.partition("@")
     f = load_model(name, guidance=float(w or 1))
-    train, val = ground_truth(f, 520, TRAIN_SEED), ground_truth(f, args.val_pairs, VAL_SEED)
-    test = ground_truth(f, 256, EVAL_SEED)
+    train, val = ground_truth(f, 520, SEEDS.train), ground_truth(f, args.val_pairs, SEEDS.val)
+    test = ground_truth(f, 256, SEEDS.eval)
     rows = []
     for label, kw in RUN_SETS[args.set]:
         t0 = time.time()

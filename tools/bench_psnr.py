@@ -27,8 +27,8 @@ from benchdoc import git_rev, gpu_note, machine, write_section  # noqa: E402
 from bns_export.demo import COMPARE, compare_baselines  # noqa: E402
 from bns_export.devicespec import is_cuda  # noqa: E402
 from bns_export.distill import DistillConfig, distill  # noqa: E402
-from bns_export.evaluate import EVAL_SEED, TRAIN_SEED, VAL_SEED, evaluate_on  # noqa: E402
-from bns_export.groundtruth import ground_truth  # noqa: E402
+from bns_export.evaluate import evaluate_on  # noqa: E402
+from bns_export.groundtruth import SEEDS, ground_truth  # noqa: E402
 from bns_export.loaders import load_model  # noqa: E402
 
 
@@ -46,11 +46,11 @@ def load_sets(spec: str, args, timing: dict | None = None):
     train = val = None
     if not getattr(args, "baselines_only", False):  # baselines need only the test pairs
         train, val = (
-            ground_truth(field, n, seed) for n, seed in ((args.train_pairs, TRAIN_SEED), (args.val_pairs, VAL_SEED))
+            ground_truth(field, n, seed) for n, seed in ((args.train_pairs, SEEDS.train), (args.val_pairs, SEEDS.val))
         )
     if timing is not None and train is not None:
         timing["gt_train_val_s"] = round(time.time() - t0, 1)
-    return field, train, val, ground_truth(field, args.test_pairs, EVAL_SEED)
+    return field, train, val, ground_truth(field, args.test_pairs, SEEDS.eval)
 
 
 def ceiling(field, test, n: int) -> dict:

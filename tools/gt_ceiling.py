@@ -35,7 +35,7 @@ def reference_tol(tol: float) -> float:
 def solve(field, noise, labels, tol: float):
     t0 = time.time()
     with torch.no_grad(), full_fp32():
-        res = dopri5(lambda x, t: field(x, t, labels), noise * field.init_scale, field.t_lo, field.t_hi, tol, tol)
+        res = dopri5(lambda x, t: field(x, t, labels), field.start(noise), field.t_lo, field.t_hi, tol, tol)
     return res.x, res.nfe, time.time() - t0
 
 

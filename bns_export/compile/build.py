@@ -20,6 +20,7 @@ from ..backends.base import GRAPH_METADATA
 from ..checks import integer, number
 from ..errors import EXIT_PARITY_FAILED, BNSError
 from ..fields import GuidedField, NetworkField
+from ..groundtruth import SEEDS
 from ..loaders import ModelOptions, ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..runtime.artifact import check_replaceable, staging_dir, write_manifest
@@ -77,7 +78,6 @@ def io_specs(field, max_batch: int, decoder=None) -> tuple[list[dict], list[dict
 
 
 CONFORMANCE_FILE = "conformance.safetensors"
-CONFORMANCE_SEED = 20240601
 
 
 def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportRequest) -> dict:
@@ -86,7 +86,7 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
     from safetensors.torch import save_file
 
     batch = min(4, request.max_batch)
-    g = torch.Generator().manual_seed(CONFORMANCE_SEED)
+    g = torch.Generator().manual_seed(SEEDS.conformance)
     noise = torch.randn((batch, *request.sample_shape), generator=g)
     tensors = {"noise": noise}
     labels = None
@@ -111,7 +111,7 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
     return {
         "file": CONFORMANCE_FILE,
         "batch": batch,
-        "seed": CONFORMANCE_SEED,
+        "seed": SEEDS.conformance,
         "inputs": inputs,
         "outputs": list(outputs),
     }

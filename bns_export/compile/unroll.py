@@ -33,7 +33,7 @@ class UnrolledSampler(nn.Module):
         #: named conditions: the graph takes one input per name and packs them for the loop
         layout = field.condition_layout
         self.layout = layout if layout is not None and not layout.legacy else None
-        self.init_scale = float(field.init_scale)
+        _ = field.init_scale  # computed (and cached) now, outside any trace: the graph reads a constant
         t, a, b = solver_tensors(solver, dtype, device_of(field))
         self.register_buffer("t", t, persistent=False)
         self.register_buffer("a", a, persistent=False)
@@ -63,7 +63,7 @@ class UnrolledSampler(nn.Module):
 
     def sample(self, noise: Tensor, labels: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """The loop on the pipeline's one condition tensor (packed when there are several names)."""
-        x = ns_sample(self.field, self.t, self.a, self.b, noise * self.init_scale, labels)
+        x = ns_sample(self.field, self.t, self.a, self.b, self.field.start(noise), labels)
         return x if self.decoder is None else (x, self.decoder(x))
 
     def named(self, noise: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:

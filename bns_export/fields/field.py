@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 
@@ -89,10 +90,15 @@ class VelocityField(nn.Module):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         return self.velocity(x, t, labels)
 
-    @property
+    @functools.cached_property
     def init_scale(self) -> float:
-        """x(t_lo) = init_scale * noise: the path's noise level at the start of the interval."""
+        """x(t_lo) = init_scale * noise: the path's noise level at the start of the interval (computed
+        once, so a traced sampler reads a constant)."""
         return float(self.schedule.sigma(torch.tensor(self.t_lo, dtype=torch.float64)))
+
+    def start(self, noise: Tensor) -> Tensor:
+        """x(t_lo) = init_scale * noise for noise ~ N(0, I): where every sampler and the ground truth start."""
+        return noise * self.init_scale
 
     @property
     def default_dtype(self) -> torch.dtype:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..backends import BACKENDS
 from ..checks import guidance_scale, integer, number, plain_identifier, read_json
 from ..errors import BNSError
-from ..fileio import honour_umask
+from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import deferred_signals, raise_if_interrupted
 from .layout import MANIFEST, SIGNATURE, UNHASHED
 from .signing import verify_manifest
@@ -50,9 +50,7 @@ def file_hashes(folder: Path) -> dict[str, str]:
 def write_manifest(folder: Path, manifest: dict) -> dict:
     """Hash the folder's files into the manifest and write it (atomically)."""
     manifest = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **manifest, "files": file_hashes(folder)}
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    os.replace(tmp, folder / MANIFEST)
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest
 
 

@@ -86,11 +86,6 @@ def _coeffs(schedule: Schedule, T: np.ndarray):
     return alpha, sigma, beta, gamma
 
 
-def _x1_hat(i: int, beta: np.ndarray, gamma: np.ndarray, scale: float) -> tuple[dict, dict]:
-    """scale * x1_hat_i = scale (u_i - beta_i x_i) / gamma_i as (c, d) terms."""
-    return {i: -scale * beta[i] / gamma[i]}, {i: scale / gamma[i]}
-
-
 def _merge(*parts: dict) -> dict:
     out: dict = {}
     for p in parts:
@@ -100,13 +95,11 @@ def _merge(*parts: dict) -> dict:
 
 
 def ddim(T: np.ndarray, schedule: Schedule) -> GeneralForm:
-    """DDIM (deterministic): x_{i+1} = (sigma'/sigma) x_i + (alpha' - alpha sigma'/sigma) x1_hat_i."""
-    alpha, sigma, beta, gamma = _coeffs(schedule, T)
-    g = GeneralForm(T)
+    """DDIM (deterministic), Song et al. 2021: each step is `Path.ddim`, the first-order data-form step."""
+    p, g = Path(schedule, T), GeneralForm(T)
     for i in range(len(T) - 1):
-        r = sigma[i + 1] / sigma[i]
-        c, d = _x1_hat(i, beta, gamma, alpha[i + 1] - alpha[i] * r)
-        g.step(i, c=_merge({i: r}, c), d=d)
+        x = p.ddim(i)
+        g.step(i, c=x.cx, d=x.cu)
     return g
 
 

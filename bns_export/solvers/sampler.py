@@ -46,12 +46,12 @@ def sample_batches(
     labels: Tensor | None = None,
     batch_size: int = 256,
 ) -> Tensor:
-    """`ns_sample` from x_0 = init_scale * noise, in batches, without gradients."""
+    """`ns_sample` from x_0 = field.start(noise), in batches, without gradients."""
     out = []
     with torch.no_grad():
         for lo in range(0, noise.shape[0], batch_size):
             lab = None if labels is None else labels[lo : lo + batch_size]
-            out.append(ns_sample(field, t, a, b, noise[lo : lo + batch_size] * field.init_scale, lab))
+            out.append(ns_sample(field, t, a, b, field.start(noise[lo : lo + batch_size]), lab))
     return torch.cat(out)
 
 
@@ -59,4 +59,4 @@ def sample(field: torch.nn.Module, solver: NSSolver, noise: Tensor, labels: Tens
     """Sample with `solver` from `noise` ~ N(0, I): x_0 = field.init_scale * noise, return x_n."""
     t, a, b = solver_tensors(solver, noise.dtype, noise.device)
     with torch.no_grad():
-        return ns_sample(field, t, a, b, noise * field.init_scale, labels)
+        return ns_sample(field, t, a, b, field.start(noise), labels)
