@@ -267,14 +267,12 @@ def eval_cmd(
 ) -> None:
     """PSNR of a solver's samples against the exact (dopri5) ODE solution."""
     from .devices import resolve_device
-    from .evaluate import evaluate_on
-    from .loaders import load_model
+    from .evaluate import evaluate_on, load_with_solver
     from .parallel import init_world
-    from .solvers import guidance_for, resolve_solver
+    from .reports import eval_text
 
     world, dev = init_world(resolve_device(device))
-    field = load_model(model, model_opts, guidance_for(solver, guidance), dev, network_dtype)
-    ns = resolve_solver(solver, field, nfe)
+    field, ns = load_with_solver(model, solver, model_opts, guidance, nfe, dev, network_dtype)
     gt = _ground_truth(field, n_samples, seed, rtol, atol, cache_dir, "ground truth", world)
     report = evaluate_on(field, ns, gt, world)
     report.update(model=model, guidance=field.guidance, seed=seed, device=dev, world_size=world.size)
@@ -283,11 +281,7 @@ def eval_cmd(
     if as_json:
         click.echo(json.dumps(report))
     else:
-        click.echo(
-            f"{report['solver']}: NFE {report['nfe']}, PSNR mean {report['psnr_mean']:.2f} dB, "
-            f"min {report['psnr_min']:.2f}, median {report['psnr_median']:.2f}, std {report['psnr_std']:.2f} "
-            f"over {n_samples} samples (ground truth: {report['gt_nfe_mean']:.0f} NFE)"
-        )
+        click.echo(eval_text(report))
 
 
 @main.command("distill")
@@ -355,6 +349,7 @@ def distill_cmd(
     from .groundtruth import SEEDS
     from .loaders import load_model
     from .parallel import init_world
+    from .reports import distill_summary, distill_text
     from .solvers import parse_spec
 
     out_path = Path(out)
@@ -391,28 +386,8 @@ def distill_cmd(
         solver = distill(field, train, val, cfg, out=out_path, resume=not no_resume, progress=progress, world=world)
     if not world.is_main:
         return
-    m = solver.meta
-    summary = {
-        "out": str(out_path),
-        "nfe": solver.nfe,
-        "base_solver": m["base_solver"],
-        "base_val_psnr": m["base_val_psnr"],
-        "val_psnr": m["val_psnr"],
-        "train_psnr": m["train_psnr"],
-        "iterations": m["iterations"],
-        "wall_time_s": m["wall_time_s"],
-        "guidance": m["guidance"],
-        "world_size": m["world_size"],
-        "fingerprint": solver.fingerprint(),
-    }
-    if as_json:
-        click.echo(json.dumps(summary))
-    else:
-        click.echo(
-            f"wrote {out_path}: BNS {solver.nfe} NFE, validation PSNR {m['val_psnr']:.2f} dB "
-            f"(base {m['base_solver']} {m['base_val_psnr']:.2f} dB), {m['iterations']} iterations, "
-            f"{m['wall_time_s']:.0f} s"
-        )
+    summary = distill_summary(solver, out_path)
+    click.echo(json.dumps(summary) if as_json else distill_text(summary))
 
 
 @main.command("sample")
@@ -433,53 +408,16 @@ def sample_cmd(
     model, model_opts, guidance, solver, nfe, n_samples, seed, label, out, decoder, device, network_dtype
 ) -> None:
     """Write samples: a PNG grid, or an .npz with noise, labels and samples (and images, with --decoder)."""
-    import numpy as np
-    import torch
-
     from .devices import resolve_device
-    from .evaluate import run_solver
-    from .groundtruth import make_inputs
-    from .images import grid, write_npz, write_png
-    from .loaders import load_model
+    from .evaluate import check_sample_path, draw_samples, load_with_solver, write_samples
     from .loaders.decoders import load_decoder
-    from .solvers import guidance_for, resolve_solver
+    from .reports import samples_text
 
-    out_path = Path(out)
-    if out_path.suffix not in (".png", ".npz"):
-        raise BNSError(f"--out must end in .png or .npz, got {out_path.name!r}")
-    if not out_path.parent.exists():
-        raise BNSError(f"output folder does not exist: {out_path.parent}")
-    dev = resolve_device(device)
-    field = load_model(model, model_opts, guidance_for(solver, guidance), dev, network_dtype)
-    ns = resolve_solver(solver, field, nfe)
-    noise, labels = make_inputs(field, n_samples, seed, field.default_dtype)
-    if label is not None:
-        if field.num_classes is None or not 0 <= label < field.num_classes:
-            raise BNSError(f"--label {label} is not a class of model {model}")
-        labels = torch.full((n_samples,), label, dtype=torch.long)
-    dec = load_decoder(decoder, model, field.sample_shape).to(dev) if decoder else None
-    latents = run_solver(field, ns, noise.to(dev), None if labels is None else labels.to(dev)).float()
-    samples = latents.cpu().numpy()
-    images = None
-    if dec is not None:
-        with torch.no_grad():
-            images = dec(latents).float().cpu().numpy()
-    if not np.isfinite(samples).all() or (images is not None and not np.isfinite(images).all()):
-        raise BNSError(f"model {model} produced NaN or inf samples with {ns.name}; nothing written")
-    if out_path.suffix == ".png":
-        shown = samples if images is None else images
-        write_png(out_path, grid(shown, scale=max(1, 64 // shown.shape[-1]) if shown.ndim == 4 else 1))
-    else:
-        tensor_cond = labels is not None and labels.is_floating_point()  # conditions drawn from --cond-set
-        write_npz(
-            out_path,
-            noise=noise.float().numpy(),
-            samples=samples,
-            labels=None if labels is None or tensor_cond else labels.numpy(),
-            cond=labels.float().numpy() if tensor_cond else None,
-            images=images,
-        )
-    click.echo(f"wrote {n_samples} samples to {out_path} ({ns.name}, {ns.nfe} NFE)")
+    check_sample_path(out)
+    field, ns = load_with_solver(model, solver, model_opts, guidance, nfe, resolve_device(device), network_dtype)
+    dec = load_decoder(decoder, model, field.sample_shape) if decoder else None
+    write_samples(out, draw_samples(field, ns, n_samples, seed, label, dec))
+    click.echo(samples_text(out, n_samples, ns))
 
 
 @main.command("compile")
@@ -531,6 +469,7 @@ def compile_cmd(
 
     from .compile.build import compile_artifact
     from .devices import resolve_device
+    from .reports import compile_text
 
     manifest = compile_artifact(
         model,
@@ -551,12 +490,7 @@ def compile_cmd(
         force=force,
         log=lambda m: click.echo(m, err=True),
     )
-    if as_json:
-        click.echo(json.dumps(manifest, default=str))
-        return
-    v = manifest.get("validation")
-    parity = f"parity min {v['psnr_min']:.1f} dB (gate {v['gate_db']:.0f})" if v else "not validated"
-    click.echo(f"wrote {out}: {fmt} {manifest['precision']}, {manifest['nfe']} NFE, batch 1..{max_batch}, {parity}")
+    click.echo(json.dumps(manifest, default=str) if as_json else compile_text(out, manifest))
 
 
 @main.command("validate")
@@ -590,6 +524,7 @@ def validate_cmd(artifact, min_psnr, device, public_key, model, decoder, trust_m
     or allowed with --trust-model-spec."""
     from .compile.parity import validate_artifact
     from .devices import resolve_device
+    from .reports import validation_text
 
     report = validate_artifact(
         artifact,
@@ -601,30 +536,7 @@ def validate_cmd(artifact, min_psnr, device, public_key, model, decoder, trust_m
         trust_model_spec=trust_model_spec,
         cuda_graph=cuda_graph,
     )
-    if as_json:
-        click.echo(json.dumps(report))
-    else:
-        for r in report["cases"]:
-            gt = (
-                f", vs GT: artifact {r['artifact_psnr_vs_gt']:.2f} / eager {r['eager_psnr_vs_gt']:.2f} dB"
-                if "artifact_psnr_vs_gt" in r
-                else ""
-            )
-            click.echo(
-                f"{r['case']:<28} PSNR min {r['psnr_min']:.2f} median {r['psnr_median']:.2f} dB, "
-                f"max |err| {r['max_abs_error']:.2e}{gt}"
-            )
-        trt = report.get("tensorrt_support")
-        if trt is not None:
-            bad = trt["unsupported_ops"] + trt["unsupported_dtypes"]
-            click.echo(
-                "TensorRT ONNX parser: "
-                + ("all ops and dtypes supported" if not bad else "unsupported: " + ", ".join(bad))
-            )
-        click.echo(
-            f"{'PASS' if report['passed'] else 'FAIL'}: min PSNR {report['psnr_min']:.2f} dB, "
-            f"gate {report['gate_db']:.0f} dB ({report['precision']})"
-        )
+    click.echo(json.dumps(report) if as_json else validation_text(report))
     sys.exit(0 if report["passed"] else 1)
 
 

@@ -1,12 +1,23 @@
-"""PSNR evaluation against ground truth: the API behind `eval` and `sample`."""
+"""PSNR evaluation against ground truth and seeded samples: the API behind `eval` and `sample`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import torch
 
-from .groundtruth import SEEDS, GTSet, ground_truth
+from .checks import integer
+from .devices import device_of
+from .errors import BNSError
+from .fields import GuidedField
+from .groundtruth import SEEDS, GTSet, ground_truth, make_inputs
+from .images import grid, write_npz, write_png
+from .loaders import ModelOptions, ModelSpec, load_model
 from .metrics import psnr_per_sample, summarize
 from .parallel import SINGLE, World
+from .solvers import SolverLike, guidance_for, parse_spec, resolve_solver
 from .solvers.sampler import sample_batches, solver_tensors
 from .solvers.table import NSSolver
 
@@ -50,3 +61,97 @@ def evaluate(
     report = evaluate_on(field, solver, gt)
     report.update(seed=seed, guidance=float(field.guidance))
     return report
+
+
+def load_with_solver(
+    model: str | ModelSpec,
+    solver: SolverLike,
+    options: ModelOptions | None = None,
+    guidance: float | None = None,
+    nfe: int | None = None,
+    device: str = "cpu",
+    network_dtype: str = "fp32",
+) -> tuple[GuidedField, NSSolver]:
+    """The model at the solver's guidance (the one asked for, else the solver file's, else 1) and the solver
+    checked against it: the one policy `eval`, `sample` and `compile` apply, reading a solver file once."""
+    spec = parse_spec(solver)
+    field = load_model(model, options, guidance_for(spec, guidance), device, network_dtype)
+    return field, resolve_solver(spec, field, nfe)
+
+
+@dataclass
+class Samples:
+    """What `draw_samples` made: the seeded noise, its conditions (class labels or condition tensors, None when
+    unconditional), the samples, the decoded images (with a decoder) and the solver that made them."""
+
+    noise: torch.Tensor
+    condition: torch.Tensor | None
+    samples: np.ndarray
+    images: np.ndarray | None
+    solver: NSSolver
+
+
+def draw_samples(
+    field: GuidedField,
+    solver: NSSolver,
+    n_samples: int = 16,
+    seed: int = 0,
+    label: int | None = None,
+    decoder: torch.nn.Module | None = None,
+) -> Samples:
+    """Sample `n_samples` seeded noises (one class `label` for all, or random conditions), decode them if given
+    a decoder, and refuse non-finite results."""
+    n_samples = integer(n_samples, "n_samples", 1, 1_000_000)
+    noise, condition = make_inputs(field, n_samples, seed, field.default_dtype)
+    if label is not None:
+        if field.num_classes is None or not 0 <= label < field.num_classes:
+            raise BNSError(f"label {label} is not a class of this model")
+        condition = torch.full((n_samples,), label, dtype=torch.long)
+    dev = device_of(field)
+    latents = run_solver(field, solver, noise.to(dev), None if condition is None else condition.to(dev)).float()
+    images = None
+    if decoder is not None:
+        with torch.no_grad():
+            images = decoder.to(dev)(latents).float().cpu().numpy()
+    samples = latents.cpu().numpy()
+    if not np.isfinite(samples).all() or (images is not None and not np.isfinite(images).all()):
+        raise BNSError(f"the model produced NaN or inf samples with {solver.name}; nothing written")
+    return Samples(noise, condition, samples, images, solver)
+
+
+def check_sample_path(path: str | Path) -> Path:
+    """A sample file's path: a known suffix in an existing folder (checked before minutes of sampling)."""
+    path = Path(path)
+    if path.suffix not in SAMPLE_WRITERS:
+        raise BNSError(f"sample files end in {' or '.join(SAMPLE_WRITERS)}, got {path.name!r}")
+    if not path.parent.exists():
+        raise BNSError(f"output folder does not exist: {path.parent}")
+    return path
+
+
+def write_samples(path: str | Path, drawn: Samples) -> None:
+    """Write samples as a PNG grid (the decoded images when there are any) or an .npz of every array."""
+    path = check_sample_path(path)
+    SAMPLE_WRITERS[path.suffix](path, drawn)
+
+
+def _write_png(path: Path, drawn: Samples) -> None:
+    shown = drawn.samples if drawn.images is None else drawn.images
+    write_png(path, grid(shown, scale=max(1, 64 // shown.shape[-1]) if shown.ndim == 4 else 1))
+
+
+def _write_npz(path: Path, drawn: Samples) -> None:
+    c = drawn.condition
+    tensor_cond = c is not None and c.is_floating_point()  # conditions drawn from the condition set
+    write_npz(
+        path,
+        noise=drawn.noise.float().numpy(),
+        samples=drawn.samples,
+        labels=None if c is None or tensor_cond else c.numpy(),
+        cond=c.float().numpy() if tensor_cond else None,
+        images=drawn.images,
+    )
+
+
+#: sample file formats, by suffix
+SAMPLE_WRITERS = {".png": _write_png, ".npz": _write_npz}

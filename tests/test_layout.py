@@ -1,11 +1,12 @@
-"""The package's layout: no import cycles (tools/import_graph.py), one loading wing."""
+"""The package's layout: no import cycles and no upward arrow between layers (tools/import_graph.py), one
+loading wing."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
-from import_graph import cycles, import_graph  # noqa: E402
+from import_graph import LAYERS, cycles, import_graph, layer, upward_arrows  # noqa: E402
 
 
 def test_no_import_cycles():
@@ -21,3 +22,17 @@ def test_the_runtime_needs_no_loader():
 
 def test_the_cycle_finder_finds_cycles():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_imports_point_down_the_layers():
+    edges = import_graph()
+    for m in edges:
+        layer(m)  # every module belongs to a layer
+    assert upward_arrows(edges) == []
+
+
+def test_the_layer_check_finds_upward_arrows():
+    assert LAYERS[0][0] == "" and "compile" in LAYERS[4]
+    edges = {"bns_export.fields.field": {"bns_export.compile.build"}, "bns_export.compile.build": set()}
+    assert upward_arrows(edges) == [("bns_export.fields.field", "bns_export.compile.build")]
+    assert upward_arrows({"bns_export.loaders.spec": {"bns_export.solvers.table"}}) != []

@@ -1,6 +1,8 @@
-"""The package's import graph (module-level and in-function imports) and its cycles.
+"""The package's import graph (module-level and in-function imports), its cycles and its layers.
 
-python tools/import_graph.py        # prints modules, arrows and every cycle; exit 1 if there is one
+python tools/import_graph.py        # prints modules, arrows, every cycle and every upward arrow; exit 1 if any
+
+The layers read as the pipeline, lowest first; a module may import its own package and lower layers only.
 """
 
 from __future__ import annotations
@@ -65,13 +67,56 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+#: the package's layers, lowest first: foundations; fields and backends (the two ends: the model's
+#: vector field, the runtimes' loaders and runners) and ground truth; the model loaders, solvers and
+#: artifact runtime; evaluation, distillation and the diffusers scheduler; the compiled graph with its
+#: validation; the demo; the CLI; its entry point
+LAYERS = (
+    ("", "errors", "checks", "devicespec", "interrupts", "fileio", "devices", "parallel", "metrics", "images"),
+    ("fields", "backends", "groundtruth", "reports"),
+    ("loaders", "solvers", "runtime"),
+    ("evaluate", "distill", "diffusers"),
+    ("compile",),
+    ("demo",),
+    ("cli",),
+    ("entry",),
+)
+
+
+def layer(module: str) -> int:
+    """The layer of a package module, by its first component below bns_export ("" for the package itself)."""
+    part = module.split(".")[1] if "." in module else ""
+    for i, names in enumerate(LAYERS):
+        if part in names:
+            return i
+    raise KeyError(f"{module} is in no layer: add its package to LAYERS")
+
+
+def upward_arrows(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Imports that point up: into a higher layer, or sideways into another package of the same layer
+    (the foundations, single modules, may use each other; the cycle check keeps them acyclic)."""
+
+    def top(m: str) -> str:
+        return m.split(".")[1] if "." in m else ""
+
+    def up(a: str, b: str) -> bool:
+        return layer(b) > layer(a) or (layer(b) == layer(a) > 0 and top(a) != top(b))
+
+    return sorted((a, b) for a, bs in edges.items() for b in bs if up(a, b))
+
+
 def main() -> None:
     edges = import_graph()
-    found = cycles(edges)
-    print(f"{len(edges)} modules, {sum(map(len, edges.values()))} import arrows, {len(found)} cycles")
+    found, up = cycles(edges), upward_arrows(edges)
+    print(
+        f"{len(edges)} modules, {sum(map(len, edges.values()))} import arrows, {len(LAYERS)} layers, "
+        f"{len(found)} cycles, {len(up)} upward arrows"
+    )
     for c in found:
-        print("  " + " -> ".join(c))
-    sys.exit(1 if found else 0)
+        print("  cycle: " + " -> ".join(c))
+    for a, b in up:
+        print(f"  upward: {a} -> {b}")
+    sys.exit(1 if found or up else 0)
 
 
 if __name__ == "__main__":

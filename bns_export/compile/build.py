@@ -24,7 +24,7 @@ from ..groundtruth import SEEDS
 from ..loaders import ModelOptions, ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..runtime.artifact import check_replaceable, staging_dir, write_manifest
-from ..solvers import guidance_for, resolve_solver
+from ..solvers import SolverLike, guidance_for, parse_spec, resolve_solver
 from .unroll import OUTPUTS, UnrolledSampler
 
 
@@ -119,7 +119,7 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
 
 def compile_artifact(
     model: str,
-    solver: str,
+    solver: SolverLike,
     fmt: str,
     out: str | Path,
     *,
@@ -155,6 +155,7 @@ def compile_artifact(
     integer(workspace_bytes, "workspace_bytes", 1 << 24, 1 << 50)
     options = options or ModelOptions()
     spec = ModelSpec(model, options)
+    solver = parse_spec(solver)  # a solver file is read here, once
     guidance = guidance_for(solver, guidance)
     field = load_model(spec, guidance=guidance)
     ns = resolve_solver(solver, field, nfe)

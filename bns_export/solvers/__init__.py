@@ -2,7 +2,7 @@
 
 from .classic import BASELINES
 from .general import GeneralForm
-from .resolve import SolverSpec, baseline, guidance_for, parse_spec, resolve_solver, solver_guidance
+from .resolve import SolverLike, SolverSpec, baseline, guidance_for, parse_spec, resolve_solver, solver_guidance
 from .sampler import ns_sample, sample
 from .table import NSSolver
 
@@ -10,6 +10,7 @@ __all__ = [
     "BASELINES",
     "GeneralForm",
     "NSSolver",
+    "SolverLike",
     "SolverSpec",
     "baseline",
     "guidance_for",

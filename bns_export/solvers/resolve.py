@@ -23,26 +23,45 @@ DEFAULT_NFE = 8
 
 @dataclass(frozen=True)
 class SolverSpec:
-    """A parsed spec: a classic solver (`name`, `grid` or None for its default) or a solver `path`."""
+    """A parsed spec: a classic solver (`name`, `grid` or None for its default) or a solver file's `table`
+    (read once, at parse time, with the `path` it came from; None for a table given in memory)."""
 
     name: str | None = None
     grid: str | None = None
     path: Path | None = None
+    table: NSSolver | None = None
 
     @property
     def is_file(self) -> bool:
-        return self.path is not None
+        return self.table is not None
+
+    @property
+    def source(self) -> str:
+        """How to name the spec in a message."""
+        if self.path is not None:
+            return str(self.path)
+        if self.table is not None:
+            return self.table.name
+        return self.name if self.grid is None else f"{self.name}:{self.grid}"
 
 
-def parse_spec(spec: str) -> SolverSpec:
-    """Parse `spec`; an unknown name or grid, or a folder, is one clear error."""
+#: what the API takes as a solver: a spec string, a parsed spec, or a table
+SolverLike = str | SolverSpec | NSSolver
+
+
+def parse_spec(spec: SolverLike) -> SolverSpec:
+    """Parse `spec` once, reading a solver file here; an unknown name or grid, or a folder, is one clear error."""
+    if isinstance(spec, SolverSpec):
+        return spec
+    if isinstance(spec, NSSolver):
+        return SolverSpec(table=spec)
     if not isinstance(spec, str) or not spec:
         raise BNSError("a solver spec must be a classic solver name or a solver file")
     p = Path(spec)
     if p.is_dir():
         raise BNSError(f"solver {spec!r} is a directory, not a solver file")
     if p.exists():
-        return SolverSpec(path=p)
+        return SolverSpec(path=p, table=NSSolver.load(p))
     name, _, grid = spec.partition(":")
     if name not in BASELINES:
         raise BNSError(f"unknown solver {spec!r}: not a file and not one of {', '.join(BASELINES)}")
@@ -51,7 +70,7 @@ def parse_spec(spec: str) -> SolverSpec:
     return SolverSpec(name=name, grid=grid or None)
 
 
-def guidance_for(spec: str | None, guidance: float | None) -> float:
+def guidance_for(spec: SolverLike | None, guidance: float | None) -> float:
     """The guidance to run a solver at: the one asked for, else the solver file's, else 1 (none)."""
     if guidance is not None:
         return guidance
@@ -59,18 +78,20 @@ def guidance_for(spec: str | None, guidance: float | None) -> float:
     return 1.0 if g is None else g
 
 
-def solver_guidance(spec: str | None) -> float | None:
+def solver_guidance(spec: SolverLike | None) -> float | None:
     """The guidance a solver file was distilled at (None for a classic solver or a file without one)."""
-    if not spec:
+    if spec is None or spec == "":
         return None
     parsed = parse_spec(spec)
     if not parsed.is_file:
         return None
-    g = NSSolver.load(parsed.path).meta.get("guidance")
+    g = parsed.table.meta.get("guidance")
     return None if g is None else float(g)
 
 
-def baseline(spec: str, nfe: int, schedule, t_lo: float, t_hi: float, precondition: float | None = None) -> NSSolver:
+def baseline(
+    spec: SolverLike, nfe: int, schedule, t_lo: float, t_hi: float, precondition: float | None = None
+) -> NSSolver:
     """The NS table of a classic solver at `nfe` evaluations, e.g. "rk4", "heun:karras".
 
     precondition (sigma_0): run the solver on the scale-time transformed path whose source has
@@ -78,7 +99,8 @@ def baseline(spec: str, nfe: int, schedule, t_lo: float, t_hi: float, preconditi
     """
     parsed = parse_spec(spec)
     if parsed.is_file:
-        raise BNSError(f"{spec!r} is a solver file, not a classic solver name")
+        raise BNSError(f"{parsed.source!r} is a solver file, not a classic solver name")
+    spec = parsed.source
     name, entry = parsed.name, BASELINES[parsed.name]
     grid = parsed.grid or entry.grid
     if nfe < entry.nfe_per_step or nfe % entry.nfe_per_step:
@@ -110,14 +132,13 @@ def baseline(spec: str, nfe: int, schedule, t_lo: float, t_hi: float, preconditi
     return g.to_ns(name=f"{name}@sigma0={s0:g}", **meta)
 
 
-def resolve_solver(spec: str, field, nfe: int | None = None) -> NSSolver:
-    """A classic solver at `nfe` (default 8), or a solver file checked against the model."""
+def resolve_solver(spec: SolverLike, field, nfe: int | None = None) -> NSSolver:
+    """A classic solver at `nfe` (default 8), or a solver file (or table) checked against the model."""
     parsed = parse_spec(spec)
     if not parsed.is_file:
-        return baseline(spec, nfe or DEFAULT_NFE, field.schedule, field.t_lo, field.t_hi)
-    solver = NSSolver.load(parsed.path)
-    check_solver_fits(solver, field, nfe, source=spec)
-    return solver
+        return baseline(parsed, nfe or DEFAULT_NFE, field.schedule, field.t_lo, field.t_hi)
+    check_solver_fits(parsed.table, field, nfe, source=parsed.source)
+    return parsed.table
 
 
 def check_solver_fits(

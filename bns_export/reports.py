@@ -1,0 +1,85 @@
+"""Reports as text: one function per report the API returns, so the CLI only prints and a service can too."""
+
+from __future__ import annotations
+
+
+def eval_text(report: dict) -> str:
+    """One line for `evaluate_on`'s PSNR summary."""
+    return (
+        f"{report['solver']}: NFE {report['nfe']}, PSNR mean {report['psnr_mean']:.2f} dB, "
+        f"min {report['psnr_min']:.2f}, median {report['psnr_median']:.2f}, std {report['psnr_std']:.2f} "
+        f"over {report['n_samples']} samples (ground truth: {report['gt_nfe_mean']:.0f} NFE)"
+    )
+
+
+#: the solver-file provenance a distillation summary shows
+DISTILL_FIELDS = (
+    "base_solver",
+    "base_val_psnr",
+    "val_psnr",
+    "train_psnr",
+    "iterations",
+    "wall_time_s",
+    "guidance",
+    "world_size",
+)
+
+
+def distill_summary(solver, out) -> dict:
+    """The summary of a distilled solver (`distill --json`): where it was written and how it trained."""
+    return {
+        "out": str(out),
+        "nfe": solver.nfe,
+        **{k: solver.meta[k] for k in DISTILL_FIELDS},
+        "fingerprint": solver.fingerprint(),
+    }
+
+
+def distill_text(summary: dict) -> str:
+    """One line for a distillation summary."""
+    return (
+        f"wrote {summary['out']}: BNS {summary['nfe']} NFE, validation PSNR {summary['val_psnr']:.2f} dB "
+        f"(base {summary['base_solver']} {summary['base_val_psnr']:.2f} dB), {summary['iterations']} iterations, "
+        f"{summary['wall_time_s']:.0f} s"
+    )
+
+
+def compile_text(out, manifest: dict) -> str:
+    """One line for a published artifact."""
+    v = manifest.get("validation")
+    parity = f"parity min {v['psnr_min']:.1f} dB (gate {v['gate_db']:.0f})" if v else "not validated"
+    return (
+        f"wrote {out}: {manifest['format']} {manifest['precision']}, {manifest['nfe']} NFE, "
+        f"batch 1..{manifest['max_batch']}, {parity}"
+    )
+
+
+def validation_text(report: dict) -> str:
+    """The parity report: one line per case, the TensorRT parser check, then PASS or FAIL."""
+    lines = []
+    for r in report["cases"]:
+        gt = (
+            f", vs GT: artifact {r['artifact_psnr_vs_gt']:.2f} / eager {r['eager_psnr_vs_gt']:.2f} dB"
+            if "artifact_psnr_vs_gt" in r
+            else ""
+        )
+        lines.append(
+            f"{r['case']:<28} PSNR min {r['psnr_min']:.2f} median {r['psnr_median']:.2f} dB, "
+            f"max |err| {r['max_abs_error']:.2e}{gt}"
+        )
+    trt = report.get("tensorrt_support")
+    if trt is not None:
+        bad = trt["unsupported_ops"] + trt["unsupported_dtypes"]
+        lines.append(
+            "TensorRT ONNX parser: " + ("all ops and dtypes supported" if not bad else "unsupported: " + ", ".join(bad))
+        )
+    lines.append(
+        f"{'PASS' if report['passed'] else 'FAIL'}: min PSNR {report['psnr_min']:.2f} dB, "
+        f"gate {report['gate_db']:.0f} dB ({report['precision']})"
+    )
+    return "\n".join(lines)
+
+
+def samples_text(out, n_samples: int, solver) -> str:
+    """One line for a written sample file."""
+    return f"wrote {n_samples} samples to {out} ({solver.name}, {solver.nfe} NFE)"
