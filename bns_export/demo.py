@@ -84,7 +84,7 @@ def latency_step(ctx: DemoContext, repeat: int = 20) -> dict:
     runner = load(ctx.out_dir / f"onnx-bns-{ctx.solver.nfe}", device="cpu")
     test = ctx.gts["test"]
     noise = test.noise[:1].float()
-    labels = None if test.labels is None else test.labels[:1]
+    condition = None if test.condition is None else test.condition[:1]
 
     def median_ms(fn) -> float:
         fn()
@@ -95,8 +95,8 @@ def latency_step(ctx: DemoContext, repeat: int = 20) -> dict:
             times.append(time.perf_counter() - t0)
         return 1e3 * statistics.median(times)
 
-    eager = median_ms(lambda: run_solver(ctx.field, ctx.solver, test.noise[:1], labels))
-    art = median_ms(lambda: runner(noise.cpu().numpy(), None if labels is None else labels.cpu().numpy()))
+    eager = median_ms(lambda: run_solver(ctx.field, ctx.solver, test.noise[:1], condition))
+    art = median_ms(lambda: runner(noise.cpu().numpy(), None if condition is None else condition.cpu().numpy()))
     return {"batch": 1, "eager_ms": round(eager, 2), "artifact_ms": round(art, 2), "speedup": round(eager / art, 1)}
 
 
@@ -192,14 +192,14 @@ def run_demo(
     # grid: ground truth / BNS / best baseline, 12 test samples each
     k = min(12, test_pairs)
     test = gts["test"]
-    lab = None if test.labels is None else test.labels[:k]
+    lab = None if test.condition is None else test.condition[:k]
     bns_x = run_solver(fld, solver, test.noise[:k], lab)
     best_x = run_solver(fld, baseline(best["solver"], nfe, fld.schedule, fld.t_lo, fld.t_hi), test.noise[:k], lab)
     stack = torch.cat([test.x1[:k], bns_x, best_x]).float().cpu().numpy()
     if stack.ndim == 4:
         scale = max(1, 48 // stack.shape[-1])
-        labels = ["ground truth", f"BNS {nfe}", f"{best['solver']} {nfe}"]
-        write_png(out / "grid.png", labelled_grid(stack, labels, ncol=k, scale=scale))
+        titles = ["ground truth", f"BNS {nfe}", f"{best['solver']} {nfe}"]
+        write_png(out / "grid.png", labelled_grid(stack, titles, ncol=k, scale=scale))
     report = {
         "model": model,
         "nfe": nfe,

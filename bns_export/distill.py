@@ -204,7 +204,8 @@ def mean_psnr(field, tables: tuple[Tensor, Tensor, Tensor], gt: GTSet, world: Wo
     total = torch.zeros(2, dtype=torch.float64, device=gt.noise.device)
     for lo in world.mine(range(0, len(gt), batch_size)):
         part = slice(lo, lo + batch_size)
-        x = sample_batches(field, *tables, gt.noise[part], None if gt.labels is None else gt.labels[part], batch_size)
+        cond = None if gt.condition is None else gt.condition[part]
+        x = sample_batches(field, *tables, gt.noise[part], cond, batch_size)
         psnr = psnr_per_sample(x, gt.x1[part])
         total += torch.stack([psnr.sum(), torch.tensor(float(psnr.numel()), device=psnr.device)])
     total = world.all_sum(total)
@@ -322,9 +323,9 @@ def distill(
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
         batch = torch.randperm(n_train, generator=g)[: cfg.batch_size]
         idx = batch[world.rank :: world.size].to(device)  # this rank's share of the one seeded batch
-        labels = None if train.labels is None else train.labels[idx]
+        condition = None if train.condition is None else train.condition[idx]
         t, a, b = params.tables(dtype, device)
-        x = ns_sample(field, t, a, b, field.start(train.noise[idx].to(dtype)), labels)
+        x = ns_sample(field, t, a, b, field.start(train.noise[idx].to(dtype)), condition)
         mse = ((x - train.x1[idx]) ** 2).flatten(1).mean(1)
         loss = torch.log(mse).sum() / len(batch)  # summed over ranks: the batch mean
         opt.zero_grad()

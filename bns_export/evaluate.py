@@ -23,10 +23,10 @@ from .solvers.table import NSSolver
 
 
 def run_solver(
-    field, solver: NSSolver, noise: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 256
+    field, solver: NSSolver, noise: torch.Tensor, condition: torch.Tensor | None, batch_size: int = 256
 ) -> torch.Tensor:
     """Samples of `solver` from `noise`, in batches, without gradients."""
-    return sample_batches(field, *solver_tensors(solver, noise.dtype, noise.device), noise, labels, batch_size)
+    return sample_batches(field, *solver_tensors(solver, noise.dtype, noise.device), noise, condition, batch_size)
 
 
 def evaluate_on(field, solver: NSSolver, gt: GTSet, world: World = SINGLE, batch_size: int = 256) -> dict:
@@ -34,7 +34,7 @@ def evaluate_on(field, solver: NSSolver, gt: GTSet, world: World = SINGLE, batch
     psnr = torch.zeros(len(gt), dtype=torch.float64, device=gt.noise.device)
     for lo in world.mine(range(0, len(gt), batch_size)):
         part = slice(lo, lo + batch_size)
-        x = run_solver(field, solver, gt.noise[part], None if gt.labels is None else gt.labels[part], batch_size)
+        x = run_solver(field, solver, gt.noise[part], None if gt.condition is None else gt.condition[part], batch_size)
         psnr[part] = psnr_per_sample(x, gt.x1[part])
     report = summarize(world.all_sum(psnr).cpu())
     report.update(

@@ -107,10 +107,11 @@ def dopri5(
 
 @dataclass
 class GTSet:
-    """Ground-truth pairs: noise (N, *shape), labels (N,) or None, x1 (N, *shape); mean solver NFE."""
+    """Ground-truth pairs: noise (N, *shape), the condition (class labels (N,), condition tensors (N, ...), or
+    None), x1 (N, *shape); mean solver NFE."""
 
     noise: Tensor
-    labels: Tensor | None
+    condition: Tensor | None
     x1: Tensor
     nfe_mean: float
     key: str
@@ -118,19 +119,24 @@ class GTSet:
     def __len__(self) -> int:
         return self.noise.shape[0]
 
+    @property
+    def labels(self) -> Tensor | None:
+        """The condition under its earlier name (kept for code written against 0.x)."""
+        return self.condition
+
 
 def make_inputs(field, n: int, seed: int, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
     """Seeded noise, and the conditions: uniform class labels, or conditions drawn from the field's
     conditioning set (uniform indices) for a tensor-conditioned field."""
     g = torch.Generator().manual_seed(int(seed))
     noise = torch.randn((n, *field.sample_shape), generator=g, dtype=torch.float64).to(dtype)
-    labels = None
+    condition = None
     if field.num_classes:
-        labels = torch.randint(0, field.num_classes, (n,), generator=g)
+        condition = torch.randint(0, field.num_classes, (n,), generator=g)
     elif field.cond_shape is not None:
         idx = torch.randint(0, field.cond_set.shape[0], (n,), generator=g)
-        labels = field.cond_set.detach().cpu()[idx].to(dtype)
-    return noise, labels
+        condition = field.cond_set.detach().cpu()[idx].to(dtype)
+    return noise, condition
 
 
 def gt_key(field, n: int, seed: int, rtol: float, atol: float, dtype: torch.dtype) -> str:
@@ -187,7 +193,7 @@ def ground_truth(
     if int(hits.item()) == world.size:
         d = cached
         return GTSet(*_on(device, d["noise"], d.get("labels"), d["x1"]), float(d["nfe_mean"]), key)
-    noise, labels = make_inputs(field, n, seed, dtype)
+    noise, condition = make_inputs(field, n, seed, dtype)
     starts = list(range(0, n, batch_size))
     x1 = torch.zeros((n, *field.sample_shape), dtype=dtype, device=device)
     nfes = torch.zeros(len(starts), dtype=torch.float64, device=device)
@@ -195,7 +201,7 @@ def ground_truth(
         for k in world.mine(range(len(starts))):
             lo = starts[k]
             xb = field.start(noise[lo : lo + batch_size].to(device))
-            lb = None if labels is None else labels[lo : lo + batch_size].to(device)
+            lb = None if condition is None else condition[lo : lo + batch_size].to(device)
             res = dopri5(lambda x, t, lb=lb: field(x, t, lb), xb, field.t_lo, field.t_hi, rtol, atol)
             x1[lo : lo + batch_size] = res.x
             nfes[k] = res.nfe
@@ -206,11 +212,11 @@ def ground_truth(
         raise BNSError("ground truth is not finite: the model returns NaN/inf on its interval")
     nfe_mean = float(nfes.mean())
     tensors = {"noise": noise.contiguous(), "x1": x1.contiguous(), "nfe_mean": torch.tensor(nfe_mean)}
-    if labels is not None:
-        tensors["labels"] = labels.contiguous()
+    if condition is not None:
+        tensors["labels"] = condition.contiguous()
     if world.is_main:
         write_cached(cache, path, key, tensors)
-    return GTSet(*_on(device, noise, labels, x1), nfe_mean, key)
+    return GTSet(*_on(device, noise, condition, x1), nfe_mean, key)
 
 
 def tensors_digest(tensors: dict[str, Tensor]) -> str:

@@ -63,8 +63,8 @@ def main() -> None:
         "nn_distance_samples": float(nn.kneighbors(samples)[0].mean()),
         "nn_distance_real_heldout": float(nn.kneighbors(xte)[0].mean()),
     }
-    if gt.labels is not None:
-        labels = gt.labels
+    if gt.condition is not None:
+        labels = gt.condition
         if labels.is_floating_point():  # token conditioning: the class is the table row drawn
             table = field.cond_set.to(labels.dtype)
             labels = ((labels[:, None] - table[None]) ** 2).flatten(2).sum(2).argmin(1)

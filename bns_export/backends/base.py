@@ -184,7 +184,7 @@ class Runner(ABC):
         self.output_shapes = {o["name"]: tuple(o["shape"][1:]) for o in manifest["outputs"]}
         self._lock = threading.Lock()  # for backends whose contexts are not thread-safe
 
-    def check_inputs(self, noise, labels) -> tuple:
+    def check_inputs(self, noise, condition) -> tuple:
         """Noise: array-like of real floats, finite, shape (B, *sample_shape), 1 <= B <= max_batch; labels:
         integers in 0..K-1 or -1, shape (B,), exactly when the artifact is conditional.  Returns the
         inputs (lists become numpy arrays); anything else is one clear error."""
@@ -199,28 +199,29 @@ class Runner(ABC):
         if not _all_finite(noise):
             raise BNSError("noise holds NaN or inf (or values beyond float32's range)")
         if not self.conditional:
-            if labels is not None:
+            if condition is not None:
                 raise BNSError("this artifact is unconditional: do not pass labels")
             return noise, None
-        if labels is None:
+        if condition is None:
             if self.cond_shape is not None:
                 raise BNSError(
                     f"this artifact is conditioned on a tensor: cond (B, {_dims(self.cond_shape)}) is required"
                 )
             raise BNSError("this artifact is class-conditional: labels (B,) int64 are required")
         if self.named_conditions:
-            return noise, self._check_named(labels, shape[0])
+            return noise, self._check_named(condition, shape[0])
         if self.cond_shape is not None:
-            return noise, self._check_cond(labels, shape[0])
-        labels = _array(labels, "labels")
-        if tuple(labels.shape) != (shape[0],):
-            raise BNSError(f"labels have shape {tuple(labels.shape)}, expected ({shape[0]},)")
-        if _kind(labels) not in ("i", "u"):
-            raise BNSError(f"labels must be integers (class indices), got dtype {labels.dtype}")
-        lab = labels.detach().cpu().numpy() if is_torch(labels) else labels  # its own dtype: no wrap to int64 yet
+            return noise, self._check_cond(condition, shape[0])
+        condition = _array(condition, "labels")
+        if tuple(condition.shape) != (shape[0],):
+            raise BNSError(f"labels have shape {tuple(condition.shape)}, expected ({shape[0]},)")
+        if _kind(condition) not in ("i", "u"):
+            raise BNSError(f"labels must be integers (class indices), got dtype {condition.dtype}")
+        # its own dtype: no wrap to int64 yet
+        lab = condition.detach().cpu().numpy() if is_torch(condition) else condition
         if lab.size and (int(lab.min()) < NULL_LABEL or int(lab.max()) >= self.num_classes):
             raise BNSError(f"labels must be in 0..{self.num_classes - 1} (or {NULL_LABEL} for unconditional)")
-        return noise, labels
+        return noise, condition
 
     def _check_cond(self, cond, batch: int, name: str = "cond", shape: tuple | None = None):
         """A tensor condition: real floats, finite, shape (B, *shape) (default: the manifest's cond_shape)."""
@@ -243,25 +244,25 @@ class Runner(ABC):
             raise BNSError(f"conditions must be exactly {', '.join(names)}; got {', '.join(map(str, cond)) or 'none'}")
         return {n: self._check_cond(cond[n], batch, n, self.condition_shapes[n]) for n in names}
 
-    def condition_feed(self, labels) -> dict:
+    def condition_feed(self, condition) -> dict:
         """The condition input(s) by graph input name, as numpy (for runtimes that take a feed dict)."""
         if not self.conditional:
             return {}
         if self.named_conditions:
-            return {n: to_numpy(v, np.float32) for n, v in labels.items()}
-        return {self.condition_name: to_numpy(labels, self.condition_dtype)}
+            return {n: to_numpy(v, np.float32) for n, v in condition.items()}
+        return {self.condition_name: to_numpy(condition, self.condition_dtype)}
 
-    def condition_tensor(self, labels, device):
+    def condition_tensor(self, condition, device):
         """Checked labels or cond as a torch tensor of the graph's dtype on `device` (torch backends); named
         conditions as a {name: tensor} record."""
         import torch
 
         if self.named_conditions:
-            return {n: self._float_tensor(v, device) for n, v in labels.items()}
+            return {n: self._float_tensor(v, device) for n, v in condition.items()}
         dtype = torch.float32 if self.condition_dtype == np.float32 else torch.long
-        if is_torch(labels):  # stays on its device until moved: no round trip through the host
-            return labels.to(device=device, dtype=dtype)
-        return torch.as_tensor(to_numpy(labels, self.condition_dtype)).to(device)
+        if is_torch(condition):  # stays on its device until moved: no round trip through the host
+            return condition.to(device=device, dtype=dtype)
+        return torch.as_tensor(to_numpy(condition, self.condition_dtype)).to(device)
 
     def _float_tensor(self, x, device):
         import torch
@@ -270,22 +271,22 @@ class Runner(ABC):
             return x.to(device=device, dtype=torch.float32)
         return torch.as_tensor(to_numpy(x, np.float32)).to(device)
 
-    def condition_args(self, labels, device) -> list:
+    def condition_args(self, condition, device) -> list:
         """The condition inputs as torch tensors in the graph's input order (torch backends)."""
         if not self.conditional:
             return []
-        cond = self.condition_tensor(labels, device)
+        cond = self.condition_tensor(condition, device)
         return [cond[n] for n in self.input_names[1:]] if self.named_conditions else [cond]
 
-    def __call__(self, noise, labels=None):
+    def __call__(self, noise, condition=None):
         """The artifact's product: its last output (the image with a decoder, else the sample)."""
-        return self.run(noise, labels)[self.output_names[-1]]
+        return self.run(noise, condition)[self.output_names[-1]]
 
-    def run(self, noise, labels=None) -> dict:
+    def run(self, noise, condition=None) -> dict:
         """Every output by name, in the graph's order; kind and device follow `noise`."""
-        noise, labels = self.check_inputs(noise, labels)
-        return {k: follow(v, noise) for k, v in self.infer(noise, labels).items()}
+        noise, condition = self.check_inputs(noise, condition)
+        return {k: follow(v, noise) for k, v in self.infer(noise, condition).items()}
 
     @abstractmethod
-    def infer(self, noise, labels) -> dict:
+    def infer(self, noise, condition) -> dict:
         """Run the sampler on checked inputs: {output name: array or tensor} (`run` converts to noise's kind)."""

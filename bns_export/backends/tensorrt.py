@@ -112,7 +112,7 @@ class TensorRTRunner(Runner):
             )
         self.context = self.engine.create_execution_context()
 
-    def infer(self, noise, labels):
+    def infer(self, noise, condition):
         import torch
 
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device).contiguous()
@@ -122,7 +122,7 @@ class TensorRTRunner(Runner):
         with self._lock, torch.cuda.device(x.device):
             self.context.set_input_shape("noise", tuple(x.shape))
             self.context.set_tensor_address("noise", x.data_ptr())
-            conds = [c.contiguous() for c in self.condition_args(labels, self.device)]
+            conds = [c.contiguous() for c in self.condition_args(condition, self.device)]
             for name, c in zip(self.input_names[1:], conds):
                 self.context.set_input_shape(name, tuple(c.shape))
                 self.context.set_tensor_address(name, c.data_ptr())

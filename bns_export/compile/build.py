@@ -89,21 +89,21 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
     g = torch.Generator().manual_seed(SEEDS.conformance)
     noise = torch.randn((batch, *request.sample_shape), generator=g)
     tensors = {"noise": noise}
-    labels = None
+    condition = None
     if request.cond_shape is not None:
         idx = torch.randint(0, reference.field.cond_set.shape[0], (batch,), generator=g)
-        labels = reference.field.cond_set.detach().cpu()[idx].float()
-        labels[-1] = reference.field.null_cond.detach().cpu()
+        condition = reference.field.cond_set.detach().cpu()[idx].float()
+        condition[-1] = reference.field.null_cond.detach().cpu()
         if request.condition_parts:  # one tensor per name, as the graph takes them
-            tensors.update(reference.field.condition_layout.unpack(labels))
+            tensors.update(reference.field.condition_layout.unpack(condition))
         else:
-            tensors["cond"] = labels
+            tensors["cond"] = condition
     elif request.conditional:
-        labels = torch.randint(0, reference.field.num_classes, (batch,), generator=g)
-        labels[-1] = -1
-        tensors["labels"] = labels
+        condition = torch.randint(0, reference.field.num_classes, (batch,), generator=g)
+        condition[-1] = -1
+        tensors["labels"] = condition
     device = next(iter(reference.buffers())).device
-    outputs = reference.named(noise.to(device), None if labels is None else labels.to(device))
+    outputs = reference.named(noise.to(device), None if condition is None else condition.to(device))
     inputs = sorted(tensors)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     tensors.update({k: v.float().cpu().contiguous() for k, v in outputs.items()})

@@ -67,9 +67,9 @@ class EagerRunner(Runner):
         #: cuda_graph: the eager sampler captured once per batch size and replayed (torch.cuda graphs)
         self._graphed = CudaGraphs(self.sampler.sample, device) if cuda_graph else None
 
-    def infer(self, noise, labels) -> dict:
+    def infer(self, noise, condition) -> dict:
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
-        lab = None if labels is None else self.condition_tensor(labels, self.device)
+        lab = None if condition is None else self.condition_tensor(condition, self.device)
         if self.named_conditions:  # the graph's named inputs -> the loop's one condition tensor
             lab = self.field.condition_layout.pack(lab)
         with full_fp32():
@@ -203,16 +203,16 @@ def validate_artifact(
     n = int(manifest["max_batch"])
     gt = ground_truth(reference.field, n, SEEDS.validate)
     noise = gt.noise.float().to(device)
-    labels = None if gt.labels is None else gt.labels.to(device)
-    if labels is not None and labels.is_floating_point():
-        labels = labels.float()
+    condition = None if gt.condition is None else gt.condition.to(device)
+    if condition is not None and condition.is_floating_point():
+        condition = condition.float()
     cases = [
-        ("batch 1", noise[:1], None if labels is None else labels[:1], True),
-        (f"batch {n}", noise, labels, True),
+        ("batch 1", noise[:1], None if condition is None else condition[:1], True),
+        (f"batch {n}", noise, condition, True),
     ]
-    if labels is not None:
-        null = reference.field.null_condition(labels)  # label -1, or the null tensor condition
-        cases.append((f"batch {n}, unconditional", noise, null.to(labels.dtype), False))
+    if condition is not None:
+        null = reference.field.null_condition(condition)  # label -1, or the null tensor condition
+        cases.append((f"batch {n}, unconditional", noise, null.to(condition.dtype), False))
     gate = float(min_psnr) if min_psnr is not None else GATES[manifest["precision"]]
     rows = []
     for name, x, lab, has_gt in cases:

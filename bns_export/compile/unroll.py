@@ -56,19 +56,19 @@ class UnrolledSampler(nn.Module):
     def forward(self, noise: Tensor, *conditions: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """noise [, labels | cond | one tensor per named condition] -> sample [, image]."""
         if self.layout is not None:
-            labels = self.layout.pack(dict(zip(self.layout.names, conditions)))
+            condition = self.layout.pack(dict(zip(self.layout.names, conditions)))
         else:
-            labels = conditions[0] if conditions else None
-        return self.sample(noise, labels)
+            condition = conditions[0] if conditions else None
+        return self.sample(noise, condition)
 
-    def sample(self, noise: Tensor, labels: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    def sample(self, noise: Tensor, condition: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """The loop on the pipeline's one condition tensor (packed when there are several names)."""
-        x = ns_sample(self.field, self.t, self.a, self.b, self.field.start(noise), labels)
+        x = ns_sample(self.field, self.t, self.a, self.b, self.field.start(noise), condition)
         return x if self.decoder is None else (x, self.decoder(x))
 
-    def named(self, noise: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
+    def named(self, noise: Tensor, condition: Tensor | None = None) -> dict[str, Tensor]:
         """Outputs by name (no gradients) for the pipeline's condition tensor: what runners and conformance
         files hold."""
         with torch.no_grad():
-            out = self.sample(noise, labels)
+            out = self.sample(noise, condition)
         return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,)))

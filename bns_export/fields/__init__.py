@@ -1,4 +1,4 @@
-"""Velocity fields: schedules, the u(x, t, labels) interface, network adapters, analytic fields."""
+"""Velocity fields: schedules, the u(x, t, condition) interface, network adapters, analytic fields."""
 
 from .adapters import PREDICTIONS, TIME_INPUTS, NetworkField
 from .analytic import ANALYTIC, GaussianMixtureField

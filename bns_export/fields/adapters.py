@@ -96,7 +96,7 @@ class NetworkField(VelocityField):
         does not change); conversions to velocity, guidance and the solver stay in the sample's dtype."""
         self.autocast_dtype = None if dtype == torch.float32 else dtype
 
-    def velocity(self, x: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+    def velocity(self, x: Tensor, t: Tensor, condition: Tensor | None) -> Tensor:
         tb = t.expand(x.shape[0]) if t.ndim == 0 else t
         xin = network_input(self.schedule, self.time_input, x, t)
         if self.net_dtype is not None:
@@ -104,11 +104,11 @@ class NetworkField(VelocityField):
         args, kwargs = (xin, network_time(self.schedule, self.time_input, tb)), {}
         cond = None
         if self.cond_shape is not None:
-            cond = self.null_cond.expand(x.shape[0], *self.cond_shape) if labels is None else labels.to(xin.dtype)
+            cond = self.null_cond.expand(x.shape[0], *self.cond_shape) if condition is None else condition.to(xin.dtype)
         elif self.num_classes is not None:
-            if labels is None:
-                labels = torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long, device=x.device)
-            cond = torch.where(labels == NULL_LABEL, torch.full_like(labels, self.null_label), labels)
+            if condition is None:
+                condition = torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long, device=x.device)
+            cond = torch.where(condition == NULL_LABEL, torch.full_like(condition, self.null_label), condition)
         if cond is not None and self.cond_kwarg:
             kwargs[self.cond_kwarg] = cond
         elif cond is not None:

@@ -49,7 +49,7 @@ class GaussianMixtureField(VelocityField):
     def default_dtype(self) -> torch.dtype:
         return torch.float64
 
-    def velocity(self, x: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+    def velocity(self, x: Tensor, t: Tensor, condition: Tensor | None) -> Tensor:
         b = x.shape[0]
         xf = x.reshape(b, -1)
         mu = self.means.to(x.dtype)
@@ -58,9 +58,9 @@ class GaussianMixtureField(VelocityField):
         diff = xf[:, None, :] - t * mu[None]  # (B, K, D)
         dim = xf.shape[1]
         logp = self.log_weights.to(x.dtype) - 0.5 * (diff**2).sum(-1) / var - 0.5 * dim * torch.log(var)  # (B, K)
-        if labels is not None and self.num_classes is not None:
-            onehot = torch.nn.functional.one_hot(labels.clamp(min=0), mu.shape[0]).bool()
-            keep = onehot | (labels == NULL_LABEL)[:, None]
+        if condition is not None and self.num_classes is not None:
+            onehot = torch.nn.functional.one_hot(condition.clamp(min=0), mu.shape[0]).bool()
+            keep = onehot | (condition == NULL_LABEL)[:, None]
             logp = logp.masked_fill(~keep, float("-inf"))
         w = torch.softmax(logp, dim=1)  # (B, K)
         coef = (t * s2 - (1.0 - t)) / var  # (K,)

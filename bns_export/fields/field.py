@@ -83,12 +83,12 @@ class VelocityField(nn.Module):
     # the guidance scale of a plain field is 1 (no guidance)
     guidance: float = 1.0
 
-    def velocity(self, x: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+    def velocity(self, x: Tensor, t: Tensor, condition: Tensor | None) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, condition: Tensor | None = None) -> Tensor:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        return self.velocity(x, t, labels)
+        return self.velocity(x, t, condition)
 
     @functools.cached_property
     def init_scale(self) -> float:
@@ -163,11 +163,11 @@ class GuidedField(nn.Module):
         if self.embedded:
             field.set_embedded_guidance(self.guidance)
 
-    def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
-        if labels is None or self.guidance == 1.0 or self.embedded:
-            return self.field(x, t, labels)
-        null = self.field.null_condition(labels)
-        both = self.field(torch.cat([x, x]), t, torch.cat([null, labels]))
+    def forward(self, x: Tensor, t: Tensor | float, condition: Tensor | None = None) -> Tensor:
+        if condition is None or self.guidance == 1.0 or self.embedded:
+            return self.field(x, t, condition)
+        null = self.field.null_condition(condition)
+        both = self.field(torch.cat([x, x]), t, torch.cat([null, condition]))
         n = x.shape[0]
         u_unc, u_cond = both[:n], both[n:]
         return u_unc + self.guidance * (u_cond - u_unc)

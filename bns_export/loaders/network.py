@@ -27,14 +27,14 @@ def check_network(field: NetworkField) -> None:
     """Forward calls on a batch of 2 at the interval's ends and middle: the output must have the
     sample's shape and be finite (a model returning NaN is named here, with the time, once)."""
     x = torch.zeros((2, *field.sample_shape), dtype=field.default_dtype)
-    labels = None
+    condition = None
     if field.num_classes is not None:
-        labels = torch.tensor([0, NULL_LABEL])  # a class and the null class
+        condition = torch.tensor([0, NULL_LABEL])  # a class and the null class
     elif field.cond_shape is not None:
-        labels = torch.stack([field.cond_set[0], field.null_cond]).to(field.default_dtype)
+        condition = torch.stack([field.cond_set[0], field.null_cond]).to(field.default_dtype)
     for t in (field.t_lo, 0.5 * (field.t_lo + field.t_hi), field.t_hi):
         with users_code(f"model {field.name} on input of shape {tuple(x.shape)} at t={t:.4g}"), torch.no_grad():
-            out = field(x, torch.tensor(t), labels)
+            out = field(x, torch.tensor(t), condition)
         if tuple(out.shape) != tuple(x.shape):
             raise BNSError(f"model {field.name} returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         if not torch.isfinite(out).all():

@@ -1,4 +1,4 @@
-"""Load and run exported artifacts: `sampler = load(dir); x = sampler(noise, labels)`.
+"""Load and run exported artifacts: `sampler = load(dir); x = sampler(noise, condition)`.
 
 `sampler(noise, cond)` returns the artifact's product: the decoded image when it was compiled with
 a decoder, else the sample; `sampler.run(noise, cond)` returns every output by name.

@@ -12,7 +12,7 @@ from .table import NSSolver
 Velocity = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
-def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor, labels: Tensor | None = None) -> Tensor:
+def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor, condition: Tensor | None = None) -> Tensor:
     """Run x_{i+1} = a_i x_0 + sum_{j<=i} b_ij u(x_j, t_j, labels) for i < n; return x_n.
 
     t, a (n,) and b (n, n) are tensors of x0's dtype: constants when sampling or compiling,
@@ -23,7 +23,7 @@ def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor, labels: 
     us: list[Tensor] = []
     x = x0
     for i in range(n):
-        us.append(u(x, t[i], labels))
+        us.append(u(x, t[i], condition))
         x = a[i] * x0
         for j in range(i + 1):
             x = x + b[i, j] * us[j]
@@ -43,20 +43,20 @@ def sample_batches(
     a: Tensor,
     b: Tensor,
     noise: Tensor,
-    labels: Tensor | None = None,
+    condition: Tensor | None = None,
     batch_size: int = 256,
 ) -> Tensor:
     """`ns_sample` from x_0 = field.start(noise), in batches, without gradients."""
     out = []
     with torch.no_grad():
         for lo in range(0, noise.shape[0], batch_size):
-            lab = None if labels is None else labels[lo : lo + batch_size]
+            lab = None if condition is None else condition[lo : lo + batch_size]
             out.append(ns_sample(field, t, a, b, field.start(noise[lo : lo + batch_size]), lab))
     return torch.cat(out)
 
 
-def sample(field: torch.nn.Module, solver: NSSolver, noise: Tensor, labels: Tensor | None = None) -> Tensor:
+def sample(field: torch.nn.Module, solver: NSSolver, noise: Tensor, condition: Tensor | None = None) -> Tensor:
     """Sample with `solver` from `noise` ~ N(0, I): x_0 = field.init_scale * noise, return x_n."""
     t, a, b = solver_tensors(solver, noise.dtype, noise.device)
     with torch.no_grad():
-        return ns_sample(field, t, a, b, field.start(noise), labels)
+        return ns_sample(field, t, a, b, field.start(noise), condition)
