@@ -4,9 +4,10 @@
     python tools/bench_psnr.py --models analytic:gmm analytic:points --nfe 4 8 16
     python tools/bench_psnr.py --ablation digits     # times-only vs full BNS, sigma_0 in {1, 2, 5}
 
-A model may carry a guidance scale: `mnist@3`.  `--render docs/bench_psnr_mnist.json` rewrites
-the section and plot from a saved run without recomputing.  Results: docs/bench_psnr.json (raw),
-docs/psnr_vs_nfe.png (plot), and the `psnr` section of docs/benchmarks.md.
+A model may carry a guidance scale: `mnist@3`.  The run is saved (also while it runs) as the result
+docs/results/SECTION.json (`--section`, default psnr), from which tools/benchdoc.py renders its tables
+and its plot docs/SECTION.png into docs/benchmarks.md.  `--render RUN.json ...` merges saved runs (one
+process per NFE on a GPU, say) into that result without recomputing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from benchdoc import git_rev, gpu_note, machine, write_section  # noqa: E402
+from benchdoc import RESULTS, git_rev, gpu_note, machine, save_result  # noqa: E402
 
 from bns_export.demo import COMPARE, compare_baselines  # noqa: E402
 from bns_export.devicespec import is_cuda  # noqa: E402
@@ -215,10 +216,25 @@ def summary_lines(rows: dict[int, dict], nfes: list[int], res: dict | None = Non
     return [f"| {label} | " + " | ".join(c) + " |" for label, c in cells.items()] + [""]
 
 
+def plot_name(section: str) -> str:
+    """The plot of a PSNR result, next to docs/benchmarks.md."""
+    return f"{section}.png"
+
+
+def run_markdown(record: dict) -> str:
+    """A saved run (a "psnr" result) as markdown, with the settings parsed from its own command."""
+    args = build_parser().parse_args(shlex.split(record["command"])[2:])
+    text = markdown(record["results"], record.get("ablation"), args, record)
+    has_bns = any("BNS" in row for res in record["results"] for row in res["rows"].values())
+    return (
+        text.replace("psnr_vs_nfe.png", plot_name(record["name"]))
+        if has_bns
+        else text.replace("![PSNR vs NFE](psnr_vs_nfe.png)\n", "")
+    )
+
+
 def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: dict) -> str:
     lines = [
-        f"## PSNR vs NFE: {', '.join(args.models)}, "
-        + ("baselines only\n" if args.baselines_only else f"at most {args.iterations} iterations\n"),
         f"Command: `{run['command']}`{run.get('merged_note', '')} (commit {run.get('commit', '?')}).  "
         f"Machine: {run.get('machine', '?')}.\n",
         f"PSNR (dB, mean over {args.test_pairs} test pairs, data range 2) of each solver's sample against the "
@@ -239,7 +255,8 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: d
         has_bns = any("BNS" in r for r in res["rows"].values())
         solvers = ["BNS"] * has_bns + [s for s in COMPARE if any(s in r for r in res["rows"].values())]
         lines.append(
-            f"### {res['model']}, guidance {res['guidance']:g} (ground truth: rtol = atol = "
+            f"### {res['model']}, guidance {res['guidance']:g}{'' if has_bns else ', baselines only'} "
+            "(ground truth: rtol = atol = "
             f"{res.get('gt_tolerance', 1e-5):g}, {res['gt_nfe_mean']:.0f} NFE mean)\n"
         )
         if "ceiling_mean" in res:
@@ -299,7 +316,7 @@ def merge_runs(runs: list[dict]) -> dict:
     return {**base, "merged_note": more, "results": list(merged.values())}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["digits", "mnist@1", "mnist@3"])
     ap.add_argument("--nfe", nargs="+", type=int, default=[4, 6, 8, 12, 16])
@@ -315,20 +332,22 @@ def main() -> None:
     ap.add_argument("--ablation", default=None, help="model for the ablation runs (at NFE 8)")
     ap.add_argument("--ablation-iterations", type=int, default=None, help="budget of each ablation run")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where GT, baselines and BNS run")
-    ap.add_argument("--section", default="psnr", help="docs/benchmarks.md section to write")
-    ap.add_argument("--json", default=str(ROOT / "docs" / "bench_psnr.json"))
-    ap.add_argument("--plot", default=str(ROOT / "docs" / "psnr_vs_nfe.png"))
+    ap.add_argument("--section", default="psnr", help="the result's name: docs/results/SECTION.json")
+    ap.add_argument("--json", default=None, help="where the run is saved as it goes (default: the result file)")
+    ap.add_argument("--plot", default=None, help="(ignored: benchdoc.py draws docs/SECTION.png)")
     ap.add_argument("--gt-only", action="store_true", help="only the ground truth (cached) and the ceiling")
     ap.add_argument(
         "--render", nargs="+", metavar="JSON", help="only rewrite the section and plot from saved runs (merged)"
     )
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.render:
         run = merge_runs([json.loads(Path(p).read_text()) for p in args.render])
-        section, plot_path = args.section, args.plot
-        args = ap.parse_args(shlex.split(run["command"])[2:])  # the first run's own settings
-        args.section, args.plot = section, plot_path
-        args.models = [f"{r['model']}@{r['guidance']:g}" for r in run["results"]]
+        run.pop("name", None)
+        run.pop("kind", None)
     else:
         if is_cuda(args.device):  # fp32 as on the CPU: no TF32 in baselines or distillation either
             import torch
@@ -342,8 +361,11 @@ def main() -> None:
             "ablation": None,
         }
 
+        saved = Path(args.json) if args.json else RESULTS / f"{args.section}.json"
+
         def save() -> None:  # partial results survive an interruption
-            Path(args.json).write_text(json.dumps(run, indent=2))
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps({"name": args.section, "kind": "psnr", **run}, indent=2))
 
         for m in args.models:
             run["results"].append({})
@@ -353,9 +375,7 @@ def main() -> None:
         save()
         if args.gt_only:
             return
-    plot(run["results"], Path(args.plot))
-    text = markdown(run["results"], run["ablation"], args, run)
-    write_section(args.section, text.replace("psnr_vs_nfe.png", Path(args.plot).name))
+    save_result(args.section, {"kind": "psnr", **run})
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def measure(folder: Path, text: bool, decoder: bool, nfe: int, out: Path) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nfe", nargs="+", type=int, default=[2, 4, 8])
-    ap.add_argument("--json", default=str(ROOT / "docs" / "bench_weights.json"))
+    ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "weights-data.json"))
     ap.add_argument("--render", action="store_true", help="only rewrite the section from --json")
     args = ap.parse_args()
     if args.render:

@@ -1,17 +1,60 @@
-"""Replace one marked section of docs/benchmarks.md, so each benchmark script owns its part."""
+"""docs/benchmarks.md, made from the result files in docs/results/ by one command.
+
+    python tools/benchdoc.py          # rewrite docs/benchmarks.md (and, with matplotlib, its plots)
+
+Each benchmark script in tools/ saves its result there (`save_result`, `write_section`) and this page is
+rendered again: a PSNR run (kind "psnr") becomes one section per model, the other tools' results (kind
+"text") keep the text their tool wrote. PAGE says where each result goes; a result it does not name
+goes under "Other results", so nothing measured is dropped silently.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-#: the document the sections go to; BNS_BENCH_DOC redirects it (gpu_check gives each concurrent lane its own)
+#: the results the page is made from; BNS_BENCH_RESULTS redirects it (gpu_check gives each lane its own)
+RESULTS = Path(os.environ.get("BNS_BENCH_RESULTS") or ROOT / "docs" / "results")
+#: the page; BNS_BENCH_DOC redirects it
 DOC = Path(os.environ.get("BNS_BENCH_DOC") or ROOT / "docs" / "benchmarks.md")
-HEADER = "# Benchmarks\n\nEvery figure here is written by a script in `tools/`; each section names its command.\n"
+
+INTRO = """# Benchmarks
+
+Current results, each from a script in `tools/` whose command is given with it. The page is made from
+the result files in `docs/results/` by `python tools/benchdoc.py`; every script there updates its own
+file and runs that command. PSNR is in dB against the exact ODE solution (adaptive dopri5 at the
+model's ground-truth tolerance), mean over the test pairs, data range 2.
+"""
+
+#: the page, in order: (heading, result names, a sentence under the heading)
+PAGE = (
+    ("Analytic fields", ["psnr-analytic"], "Exact velocity fields: the solver's error is the only error."),
+    ("digits (VP eps-model, unconditional)", ["psnr-digits"], ""),
+    ("digits-text (FM-OT, text-conditioned, guidance 3)", ["psnr-digits-text"], ""),
+    ("mnist (class-conditional, guidance 1 and 3)", ["psnr-mnist", "psnr-mnist-baselines"], ""),
+    ("Latency", ["latency-digits", "latency-mnist", "latency-notes"], ""),
+    ("Weights stored once", ["weights-once"], ""),
+    (
+        "Distillation recipe",
+        [
+            "ablation-notes",
+            "ablation-recipe-digits",
+            "ablation-warmup-digits",
+            "ablation-scale-gmm4",
+            "ablation-scale-gmm16",
+            "ablation-scale-points12",
+            "ablation-patience",
+        ],
+        "How the default recipe was chosen; each table names its command.",
+    ),
+    ("On a GPU", ["gpu-check"], ""),
+)
 
 
 def machine() -> str:
@@ -58,13 +101,95 @@ def gpu_note(device: str) -> str:
     return f", {torch.cuda.get_device_name(device)}, TF32 off"
 
 
+def save_result(name: str, record: dict) -> None:
+    """Store one result (a dict with "kind") as docs/results/NAME.json and render the page again."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"name": name, **record}, indent=2) + "\n")
+    render()
+
+
 def write_section(name: str, body: str) -> None:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = DOC.read_text() if DOC.exists() else HEADER
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+    """Store a tool's own text (its command line first) as result NAME and render the page again."""
+    save_result(name, {"kind": "text", "body": body.strip()})
+
+
+def load_results() -> dict[str, dict]:
+    """Every result record in RESULTS, by name (files without a "kind" are a tool's raw data)."""
+    out = {}
+    for p in sorted(RESULTS.glob("*.json")):
+        record = json.loads(p.read_text())
+        if isinstance(record, dict) and "kind" in record:
+            out[p.stem] = record
+    return out
+
+
+def _demote(body: str) -> str:
+    """A tool's text under a page heading: its "## " headings become "### ", its "### " become "#### "."""
+    return "\n".join("#" + line if line.startswith("##") else line for line in body.splitlines())
+
+
+def render_record(record: dict) -> str:
+    """One result as markdown, by its kind."""
+    if record["kind"] == "psnr":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_psnr import run_markdown
+
+        return run_markdown(record)
+    return _demote(record["body"])
+
+
+def machines(results: dict[str, dict]) -> list[str]:
+    """The distinct machine lines the results were measured on."""
+    seen = []
+    for r in results.values():
+        m = r.get("machine")
+        if m and m not in seen:
+            seen.append(m)
+    return seen
+
+
+def render() -> str:
+    """Write DOC from RESULTS (and re-plot PSNR runs when matplotlib is there); return the text."""
+    results = load_results()
+    parts, placed = [INTRO], set()
+    for heading, names, note in PAGE:
+        present = [n for n in names if n in results]
+        if not present:
+            continue
+        parts.append(f"## {heading}\n" + (f"\n{note}\n" if note else ""))
+        parts += [render_record(results[n]) for n in present]
+        placed.update(present)
+    rest = [n for n in results if n not in placed]
+    if rest:
+        parts.append("## Other results\n")
+        parts += [render_record(results[n]) for n in rest]
+    parts.append(
+        "## How measured\n\nEach section gives its command and commit. The machines:\n\n"
+        + "\n".join(f"- {m}" for m in machines(results))
+        + "\n\nRegenerate this page with `python tools/benchdoc.py` (plots need matplotlib: "
+        "`pip install -e .[train]`).\n"
+    )
+    _plots(results)
+    text = "\n\n".join(p.strip() for p in parts) + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
+    return text
+
+
+def _plots(results: dict[str, dict]) -> None:
+    """Re-draw each PSNR run's plot from its numbers (skipped, keeping the committed plot, without matplotlib)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_psnr import plot, plot_name
+
+    for name, r in results.items():
+        if r["kind"] == "psnr" and any("BNS" in row for res in r["results"] for row in res["rows"].values()):
+            plot(r["results"], DOC.parent / plot_name(name))
+
+
+if __name__ == "__main__":
+    render()
+    print(f"wrote {DOC.relative_to(ROOT) if DOC.is_relative_to(ROOT) else DOC} from {len(load_results())} results")

@@ -23,7 +23,8 @@ fits the budget and says which it dropped:
             minutes, so the default is NFE 8 alone; `--skip tests compile latency --psnr-nfe 4 6 8 12 16`
             gives the lane the whole budget.
 Lanes share the GPU and the CPU, so their timings are upper bounds; the report says so.  Everything
-lands in DIR: one log per step, each lane's benchmarks section (BNS_BENCH_DOC), summary.md, and
+lands in DIR: one log per step, each lane's result files (BNS_BENCH_RESULTS, to copy into docs/results/)
+and page (BNS_BENCH_DOC), summary.md, and
 results.tgz with all of it.
 """
 
@@ -141,7 +142,10 @@ def lanes(args, py: str, out: Path) -> dict[str, list[list[Step]]]:
                 f"latency-{model}",
                 [py, "tools/bench_latency.py", "--device", args.device, "--model", model, "--guidance", w]
                 + ["--nfe", nfe, "--batch", *batches, "--repeat", "3" if args.quick else "20"],
-                {"BNS_BENCH_DOC": str(out / f"benchmarks-latency-{model}.md")},
+                {
+                    "BNS_BENCH_DOC": str(out / f"benchmarks-latency-{model}.md"),
+                    "BNS_BENCH_RESULTS": str(out / "results" / f"latency-{model}"),
+                },
             )
         ]
         for model, w in (("digits", "1"), ("mnist", "3"))
@@ -149,13 +153,18 @@ def lanes(args, py: str, out: Path) -> dict[str, list[list[Step]]]:
 
     # mnist at guidance 3 and 1 with the default recipe: the ground truth first (one process per guidance),
     # then one process per NFE and one for the ceiling, all reading the cached GT
-    psnr_env = {**one, "BNS_EXPORT_CACHE": str(out / "gt-cache"), "BNS_BENCH_DOC": str(out / "psnr" / "scratch.md")}
+    psnr_env = {
+        **one,
+        "BNS_EXPORT_CACHE": str(out / "gt-cache"),
+        "BNS_BENCH_DOC": str(out / "psnr" / "scratch.md"),
+        "BNS_BENCH_RESULTS": str(out / "psnr" / "scratch"),
+    }
     small = ["--iterations", "20", "--train-pairs", "64", "--val-pairs", "64", "--test-pairs", "32"] * args.quick
     nfes = ["4", "6"] if args.quick else [str(n) for n in args.psnr_nfe]
 
     def bench(name: str, model: str, *extra: str) -> Step:
         cmd = [py, "tools/bench_psnr.py", "--models", model, "--device", args.device, *small, *extra]
-        cmd += ["--json", str(out / "psnr" / f"{name}.json"), "--plot", str(out / "psnr" / f"{name}.png")]
+        cmd += ["--json", str(out / "psnr" / f"{name}.json")]
         return Step(name, cmd, psnr_env)
 
     models = ("mnist@3", "mnist@1")
@@ -257,9 +266,12 @@ def main() -> None:
         th.join()
     runs = sorted((out / "psnr").glob("psnr-*.json")) + sorted((out / "psnr").glob("[gc]*.json"))
     if runs:  # one section from every psnr process that saved something
-        render = [sys.executable, "tools/bench_psnr.py", "--render", *map(str, runs), "--section", "psnr-mnist-gpu"]
-        render += ["--plot", str(out / "psnr_vs_nfe_mnist_gpu.png")]
-        env = {**os.environ, "BNS_BENCH_DOC": str(out / "benchmarks-psnr.md")}
+        render = [sys.executable, "tools/bench_psnr.py", "--render", *map(str, runs), "--section", "psnr-mnist"]
+        env = {
+            **os.environ,
+            "BNS_BENCH_DOC": str(out / "benchmarks-psnr.md"),
+            "BNS_BENCH_RESULTS": str(out / "results" / "psnr"),
+        }
         res = subprocess.run(render, cwd=ROOT, capture_output=True, text=True, env=env)
         (out / "logs" / "render.log").write_text(res.stdout + res.stderr)
     steps = {lane: [s for stage in st for s in stage] for lane, st in plan.items()}
