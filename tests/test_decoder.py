@@ -103,7 +103,7 @@ def pipeline(tmp_path_factory):
 
 @pytest.mark.slow
 def test_diffusers_vae_in_the_graph_weights_once(pipeline, tmp_path):
-    """The README's worked example: text-conditioned latent UNet + vae/ -> one ONNX graph, images out."""
+    """The worked example (docs/your-model.md): text-conditioned latent UNet + vae/ -> one ONNX graph, images out."""
     opts = ModelOptions(cond_set=str(pipeline / "prompts.safetensors"), decoder="vae")
     stats = {}
     for nfe in (2, 4):
@@ -118,8 +118,8 @@ def test_diffusers_vae_in_the_graph_weights_once(pipeline, tmp_path):
     assert stats[4]["initializer_ratio"] <= 1.05, stats
     rows = {r["case"]: r for r in m["validation"]["cases"]}
     assert rows["batch 2: image"]["psnr_min"] >= 60 and rows["batch 2: sample"]["psnr_min"] >= 60
-    # the README's worked example, verbatim but for the paths, with torch made unimportable
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    # the worked example of docs/your-model.md, verbatim but for the paths, with torch made unimportable
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "your-model.md").read_text()
     code = readme.split("<!-- worked-example:python -->\n```python\n")[1].split("```")[0]
     code = code.replace('"tiny-sd-bns8/"', repr(str(tmp_path / "a4"))).replace(
         '"tiny-sd/prompts.safetensors"', repr(str(pipeline / "prompts.safetensors"))

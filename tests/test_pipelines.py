@@ -169,7 +169,8 @@ def test_img2img_adds_noise_at_the_first_step(tmp_path):
 
 
 def test_readme_pipeline_example_runs(tmp_path):
-    """The README's "Use it in your diffusers pipeline" block, verbatim, on the worked example's files."""
+    """The "Use it in your diffusers pipeline" block of docs/deployment.md, verbatim, on the worked example's
+    files."""
     import subprocess
     import sys
     from pathlib import Path
@@ -186,7 +187,7 @@ def test_readme_pipeline_example_runs(tmp_path):
     train = ground_truth(field, 8, 1, rtol=1e-3, atol=1e-3)
     val = ground_truth(field, 4, 2, rtol=1e-3, atol=1e-3)
     distill(field, train, val, DistillConfig(nfe=8, iterations=2, batch_size=4), out=tmp_path / "tiny-sd-bns8.json")
-    readme = (root / "README.md").read_text()
+    readme = (root / "docs" / "deployment.md").read_text()
     code = readme.split("<!-- pipeline-example:python -->\n```python\n")[1].split("```")[0]
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -1,5 +1,5 @@
 """Write a tiny random-weight, text-conditioned latent diffusers pipeline folder (no download), for the
-README's worked example and the tests: what a user's Stable-Diffusion-style folder looks like, small.
+The worked example of docs/your-model.md and the tests: what a user's Stable-Diffusion-style folder looks like, small.
 
     python tools/tiny_pipeline.py OUT    # OUT/{model_index.json, unet/, vae/, scheduler/}, OUT/prompts.safetensors
 
