@@ -261,6 +261,92 @@ def _load_ckpt(path: Path, params: BNSParams, opt: torch.optim.Adam, run_id: str
     return state, best
 
 
+@dataclass
+class TrainState:
+    """Where a distillation run stands (checkpointed as JSON): the iteration, the best validation PSNR and
+    when it was reached, the plateau counters (validations without gain, learning-rate halvings, iterations
+    since the last restart), the last training PSNR and the wall time spent so far."""
+
+    run_id: str
+    iteration: int = 0
+    best_val: float = -math.inf
+    best_iter: int = 0
+    stale: int = 0
+    decays: int = 0
+    since_restart: int = 0
+    train_psnr: float | None = None
+    elapsed: float = 0.0
+
+    def learning_rate(self, cfg: DistillConfig) -> float:
+        """Adam's step size: halved at every plateau, ramped linearly over `warmup` iterations after each
+        (re)start."""
+        ramp = min(1.0, (self.since_restart + 1) / cfg.warmup) if cfg.warmup else 1.0
+        return cfg.lr * 0.5**self.decays * ramp
+
+    def running(self, cfg: DistillConfig) -> bool:
+        return self.iteration < cfg.iterations and self.decays <= cfg.max_decays
+
+
+@dataclass
+class Trainer:
+    """One distillation's moving parts: the field, the parameterised table and its optimiser, the GT sets."""
+
+    field: nn.Module
+    params: BNSParams
+    opt: torch.optim.Adam
+    trained: list[nn.Parameter]
+    train: GTSet
+    val: GTSet
+    cfg: DistillConfig
+    world: World
+
+    def step(self, state: TrainState) -> None:
+        """One Adam step on the mean log-MSE of a seeded batch of GT pairs through the unrolled loop
+        (method.md, the BNS loss); under torchrun each rank takes its share of the batch."""
+        cfg, train, world = self.cfg, self.train, self.world
+        dtype, device = train.noise.dtype, train.noise.device
+        for group in self.opt.param_groups:
+            group["lr"] = state.learning_rate(cfg)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.iteration)
+        batch = torch.randperm(len(train), generator=g)[: cfg.batch_size]
+        idx = batch[world.rank :: world.size].to(device)  # this rank's share of the one seeded batch
+        condition = None if train.condition is None else train.condition[idx]
+        t, a, b = self.params.tables(dtype, device)
+        x = ns_sample(self.field, t, a, b, self.field.start(train.noise[idx].to(dtype)), condition)
+        mse = ((x - train.x1[idx]) ** 2).flatten(1).mean(1)
+        loss = torch.log(mse).sum() / len(batch)  # summed over ranks: the batch mean
+        self.opt.zero_grad()
+        loss.backward()
+        all_sum_grads(world, self.trained)
+        self.opt.step()
+        state.iteration += 1
+        state.since_restart += 1
+        mean_loss = world.all_sum(loss.detach()).item()
+        if not math.isfinite(mean_loss):
+            raise BNSError(
+                f"the distillation loss became NaN or inf at iteration {state.iteration}: the model or GT is not finite"
+            )
+        state.train_psnr = float(10 * math.log10(4.0) - 10 * mean_loss / math.log(10))
+
+    def validate(self, state: TrainState, best: dict[str, Tensor]) -> tuple[float, dict[str, Tensor]]:
+        """Validation PSNR; keep the best table, and on a plateau (`patience` validations without gain)
+        restart from it at half the step size."""
+        dtype, device = self.train.noise.dtype, self.train.noise.device
+        v = mean_psnr(self.field, self.params.tables(dtype, device), self.val, self.world)
+        if v > state.best_val + 1e-3:
+            state.best_val, state.best_iter, state.stale = v, state.iteration, 0
+            return v, self.snapshot()
+        state.stale += 1
+        if state.stale >= self.cfg.patience:
+            state.stale, state.decays, state.since_restart = 0, state.decays + 1, 0
+            self.params.load_state_dict(best)
+            self.opt.state.clear()
+        return v, best
+
+    def snapshot(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.params.state_dict().items()}
+
+
 def distill(
     field,
     train: GTSet,
@@ -280,109 +366,37 @@ def distill(
     the steps one process would; rank 0 writes checkpoints and the solver file.
     """
     started = time.time()
-    dtype, device = train.noise.dtype, train.noise.device
     if cfg.batch_size < world.size:
         raise BNSError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes")
     init, init_val = initial_solver(field, cfg, val, world)
-    params = BNSParams(init, cfg.time_param, cfg.coef_scale, field.schedule).to(device)
+    params = BNSParams(init, cfg.time_param, cfg.coef_scale, field.schedule).to(train.noise.device)
     if cfg.learn == "times":
         params.a.requires_grad_(False)
         params.b.requires_grad_(False)
     trained = [p for p in params.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(trained, lr=cfg.lr)
+    trainer = Trainer(field, params, torch.optim.Adam(trained, lr=cfg.lr), trained, train, val, cfg, world)
     fp = field.fingerprint()
-    run_id = _run_id(cfg, fp, train, val)
     ckpt = _ckpt_path(Path(out)) if out is not None else None
-
-    def snapshot() -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in params.state_dict().items()}
-
-    state = {
-        "run_id": run_id,
-        "iteration": 0,
-        "best_val": init_val,
-        "best_iter": 0,
-        "stale": 0,
-        "decays": 0,
-        "since_restart": 0,
-        "train_psnr": None,
-        "elapsed": 0.0,
-    }
-    best = snapshot()
+    state, best = TrainState(run_id=_run_id(cfg, fp, train, val), best_val=init_val), trainer.snapshot()
     if resume and ckpt is not None and ckpt.exists():
-        loaded = _load_ckpt(ckpt, params, opt, run_id)
+        loaded = _load_ckpt(ckpt, params, trainer.opt, state.run_id)
         if loaded is not None:
-            state, best = loaded
-    elapsed0 = state["elapsed"]
-    n_train = len(train)
-    while state["iteration"] < cfg.iterations and state["decays"] <= cfg.max_decays:
-        it = state["iteration"]
-        for group in opt.param_groups:
-            ramp = min(1.0, (state["since_restart"] + 1) / cfg.warmup) if cfg.warmup else 1.0
-            group["lr"] = cfg.lr * 0.5 ** state["decays"] * ramp
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
-        batch = torch.randperm(n_train, generator=g)[: cfg.batch_size]
-        idx = batch[world.rank :: world.size].to(device)  # this rank's share of the one seeded batch
-        condition = None if train.condition is None else train.condition[idx]
-        t, a, b = params.tables(dtype, device)
-        x = ns_sample(field, t, a, b, field.start(train.noise[idx].to(dtype)), condition)
-        mse = ((x - train.x1[idx]) ** 2).flatten(1).mean(1)
-        loss = torch.log(mse).sum() / len(batch)  # summed over ranks: the batch mean
-        opt.zero_grad()
-        loss.backward()
-        all_sum_grads(world, trained)
-        opt.step()
-        state["iteration"] = it + 1
-        state["since_restart"] += 1
-        mean_loss = world.all_sum(loss.detach()).item()
-        if not math.isfinite(mean_loss):
-            raise BNSError(
-                f"the distillation loss became NaN or inf at iteration {it + 1}: the model or GT is not finite"
-            )
-        state["train_psnr"] = float(10 * math.log10(4.0) - 10 * mean_loss / math.log(10))
-        if state["iteration"] % cfg.val_every == 0 or state["iteration"] == cfg.iterations:
-            v = mean_psnr(field, params.tables(dtype, device), val, world)
-            if v > state["best_val"] + 1e-3:
-                state.update(best_val=v, best_iter=state["iteration"], stale=0)
-                best = snapshot()
-            else:
-                state["stale"] += 1
-                if state["stale"] >= cfg.patience:
-                    # plateau: restart from the best solver at half the step size
-                    state.update(stale=0, decays=state["decays"] + 1, since_restart=0)
-                    params.load_state_dict(best)
-                    opt.state.clear()
-            state["elapsed"] = elapsed0 + time.time() - started
+            state, best = TrainState(**loaded[0]), loaded[1]
+    elapsed0 = state.elapsed
+    while state.running(cfg):
+        trainer.step(state)
+        if state.iteration % cfg.val_every == 0 or state.iteration == cfg.iterations:
+            v, best = trainer.validate(state, best)
+            state.elapsed = elapsed0 + time.time() - started
             if ckpt is not None and world.is_main:
-                _save_ckpt(ckpt, params, best, opt, state)
+                _save_ckpt(ckpt, params, best, trainer.opt, asdict(state))
             if progress:
-                progress(
-                    state["iteration"],
-                    {"val_psnr": v, "best_val_psnr": state["best_val"], "train_psnr": state["train_psnr"]},
-                )
+                info = {"val_psnr": v, "best_val_psnr": state.best_val, "train_psnr": state.train_psnr}
+                progress(state.iteration, info)
     params.load_state_dict(best)
-    train_psnr = mean_psnr(field, params.tables(dtype, device), train, world)
     solver = params.solver(
         name=f"bns-{cfg.nfe}",
-        kind="bns",
-        base_solver=init.meta.get("base_solver", init.name),
-        base_val_psnr=init_val,
-        precondition_sigma0=cfg.precondition,
-        model_fingerprint=fp,
-        model_identity=field.network_identity(),
-        model=field.describe(),
-        guidance=float(field.guidance),
-        train_psnr=train_psnr,
-        val_psnr=state["best_val"],
-        best_iteration=state["best_iter"],
-        iterations=state["iteration"],
-        train_pairs=n_train,
-        val_pairs=len(val),
-        gt_nfe_mean=train.nfe_mean,
-        config=asdict(cfg),
-        wall_time_s=round(elapsed0 + time.time() - started, 3),
-        world_size=world.size,
-        tool_version=__version__,
+        **provenance(field, init, init_val, state, trainer, round(elapsed0 + time.time() - started, 3)),
     )
     if out is not None and world.is_main:
         solver.save(out)
@@ -390,3 +404,31 @@ def distill(
             ckpt.unlink(missing_ok=True)
     world.barrier()
     return solver
+
+
+def provenance(field, init: NSSolver, init_val: float, state: TrainState, trainer: Trainer, wall_s: float) -> dict:
+    """What a distilled solver file records about its making: the model (and its identity), the start,
+    the scores, the budget and the recipe."""
+    train, cfg = trainer.train, trainer.cfg
+    tables = trainer.params.tables(train.noise.dtype, train.noise.device)
+    return {
+        "kind": "bns",
+        "base_solver": init.meta.get("base_solver", init.name),
+        "base_val_psnr": init_val,
+        "precondition_sigma0": cfg.precondition,
+        "model_fingerprint": field.fingerprint(),
+        "model_identity": field.network_identity(),
+        "model": field.describe(),
+        "guidance": float(field.guidance),
+        "train_psnr": mean_psnr(field, tables, train, trainer.world),
+        "val_psnr": state.best_val,
+        "best_iteration": state.best_iter,
+        "iterations": state.iteration,
+        "train_pairs": len(train),
+        "val_pairs": len(trainer.val),
+        "gt_nfe_mean": train.nfe_mean,
+        "config": asdict(cfg),
+        "wall_time_s": wall_s,
+        "world_size": trainer.world.size,
+        "tool_version": __version__,
+    }

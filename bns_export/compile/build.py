@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import datetime
 import platform
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,8 @@ from ..groundtruth import SEEDS
 from ..loaders import ModelOptions, ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..runtime.artifact import check_replaceable, staging_dir, write_manifest
-from ..solvers import SolverLike, guidance_for, parse_spec, resolve_solver
+from ..runtime.layout import Manifest
+from ..solvers import NSSolver, SolverLike, guidance_for, parse_spec, resolve_solver
 from .unroll import OUTPUTS, UnrolledSampler
 
 
@@ -117,6 +118,97 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
     }
 
 
+@dataclass(frozen=True)
+class BuildInputs:
+    """What an artifact is built from, loaded once: the model's field at the solver's guidance, the solver
+    checked against it, the decoder (or None) and the model spec the manifest records."""
+
+    spec: ModelSpec
+    field: GuidedField
+    solver: NSSolver
+    decoder: torch.nn.Module | None
+    guidance: float
+
+
+def load_build_inputs(
+    model: str, solver: SolverLike, options: ModelOptions, guidance: float | None, nfe: int | None
+) -> BuildInputs:
+    """The model, the solver (a solver file read once) and the decoder; guidance None: the solver file's."""
+    spec = ModelSpec(model, options)
+    solver = parse_spec(solver)
+    guidance = guidance_for(solver, guidance)
+    field = load_model(spec, guidance=guidance)
+    ns = resolve_solver(solver, field, nfe)
+    decoder = load_decoder(options.decoder, spec, field.sample_shape) if options.decoder else None
+    return BuildInputs(spec, field, ns, decoder, guidance)
+
+
+def export_request(
+    field, max_batch: int, opt_batch: int, device: str, workspace_bytes: int, timing_cache: str | None
+) -> ExportRequest:
+    """The backend's view of the build: shapes, conditions, the batch profile and where to trace."""
+    layout = field.condition_layout
+    return ExportRequest(
+        sample_shape=tuple(field.sample_shape),
+        conditional=field.conditional,
+        cond_shape=field.cond_shape,
+        condition_parts=() if layout is None or layout.legacy else tuple((p.name, p.shape) for p in layout.parts),
+        max_batch=max_batch,
+        opt_batch=opt_batch,
+        device=device,
+        workspace_bytes=workspace_bytes,
+        timing_cache=timing_cache,
+    )
+
+
+def new_manifest(fmt: str, precision: str, built: BuildInputs, request: ExportRequest) -> Manifest:
+    """The manifest of an artifact about to be exported (files, conformance and validation come later)."""
+    backend, field, ns, decoder = get_backend(fmt), built.field, built.solver, built.decoder
+    inputs, outputs = io_specs(field, request.max_batch, decoder)
+    return Manifest(
+        format=fmt,
+        precision=precision,
+        nfe=ns.nfe,
+        guidance=float(built.guidance),
+        max_batch=request.max_batch,
+        opt_batch=request.opt_batch,
+        sample_shape=list(field.sample_shape),
+        num_classes=field.num_classes,
+        cond_shape=None if field.cond_shape is None else list(field.cond_shape),
+        inputs=inputs,
+        outputs=outputs,
+        model_file=backend.model_file,
+        solver_file="solver.json",
+        solver_fingerprint=ns.fingerprint(),
+        solver_name=ns.name,
+        model_fingerprint=field.fingerprint(),
+        model=field.describe(),
+        decoder=None if decoder is None else {**decoder.describe(), "fingerprint": decoder.fingerprint()},
+        model_spec=built.spec.to_json(),
+        interval=[field.t_lo, field.t_hi],
+        init_scale=field.init_scale,
+        guidance_note="guidance is baked in: both branches run in one batched network call per step",
+        tool_version=__version__,
+        versions=library_versions(),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def export_sampler(built: BuildInputs, fp16: bool, export_device: str) -> UnrolledSampler:
+    """The module the backend traces: the unrolled loop over the network (fp16 network with --fp16; an
+    analytic field in fp32, as the artifact computes)."""
+    field = half_precision(built.field) if fp16 else built.field
+    if built.field.default_dtype == torch.float64:
+        field = copy.deepcopy(field).float()
+    return UnrolledSampler(field, built.solver, decoder=built.decoder).eval().to(export_device)
+
+
+def reference_sampler(built: BuildInputs) -> UnrolledSampler:
+    """The eager fp32 sampler the conformance vectors come from."""
+    field = copy.deepcopy(built.field).float() if built.field.default_dtype == torch.float64 else built.field
+    return UnrolledSampler(field, built.solver, decoder=built.decoder).eval()
+
+
 def compile_artifact(
     model: str,
     solver: SolverLike,
@@ -136,7 +228,7 @@ def compile_artifact(
     timing_cache: str | None = None,
     force: bool = False,
     log=print,
-) -> dict:
+) -> Manifest:
     """Build, validate and atomically publish an artifact directory; return its manifest.
 
     device: where the export traces the sampler and where the artifact is validated (for `aoti`
@@ -153,80 +245,34 @@ def compile_artifact(
     if min_psnr is not None:
         min_psnr = number(min_psnr, "min_psnr", 0, 1000)
     integer(workspace_bytes, "workspace_bytes", 1 << 24, 1 << 50)
-    options = options or ModelOptions()
-    spec = ModelSpec(model, options)
-    solver = parse_spec(solver)  # a solver file is read here, once
-    guidance = guidance_for(solver, guidance)
-    field = load_model(spec, guidance=guidance)
-    ns = resolve_solver(solver, field, nfe)
-    decoder = load_decoder(options.decoder, spec, field.sample_shape) if options.decoder else None
-    layout = field.condition_layout
-    request = ExportRequest(
-        sample_shape=tuple(field.sample_shape),
-        conditional=field.conditional,
-        cond_shape=field.cond_shape,
-        condition_parts=() if layout is None or layout.legacy else tuple((p.name, p.shape) for p in layout.parts),
-        max_batch=max_batch,
-        opt_batch=opt_batch,
-        device=device,
-        workspace_bytes=workspace_bytes,
-        timing_cache=timing_cache,
-    )
+    built = load_build_inputs(model, solver, options or ModelOptions(), guidance, nfe)
+    request = export_request(built.field, max_batch, opt_batch, device, workspace_bytes, timing_cache)
     backend.check_available(request)  # exit 3 before anything is written
-    precision = "fp16" if fp16 else "fp32"
-    export_field = half_precision(field) if fp16 else field
-    if field.default_dtype == torch.float64:  # analytic fields: the artifact computes in fp32
-        export_field = copy.deepcopy(export_field).float()
-    export_device = device if backend.traces_on_device else "cpu"
-    sampler = UnrolledSampler(export_field, ns, decoder=decoder).eval().to(export_device)
-    inputs, outputs = io_specs(field, max_batch, decoder)
-    manifest = {
-        "format": fmt,
-        "precision": precision,
-        "nfe": ns.nfe,
-        "guidance": float(guidance),
-        "max_batch": max_batch,
-        "opt_batch": opt_batch,
-        "sample_shape": list(field.sample_shape),
-        "num_classes": field.num_classes,
-        "cond_shape": None if field.cond_shape is None else list(field.cond_shape),
-        "inputs": inputs,
-        "outputs": outputs,
-        "model_file": backend.model_file,
-        "solver_file": "solver.json",
-        "solver_fingerprint": ns.fingerprint(),
-        "solver_name": ns.name,
-        "model_fingerprint": field.fingerprint(),
-        "model": field.describe(),
-        "decoder": None if decoder is None else {**decoder.describe(), "fingerprint": decoder.fingerprint()},
-        "model_spec": spec.to_json(),
-        "interval": [field.t_lo, field.t_hi],
-        "init_scale": field.init_scale,
-        "guidance_note": "guidance is baked in: both branches run in one batched network call per step",
-        "tool_version": __version__,
-        "versions": library_versions(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    sampler = export_sampler(built, fp16, device if backend.traces_on_device else "cpu")
+    manifest = new_manifest(fmt, "fp16" if fp16 else "fp32", built, request)
     request = replace(request, metadata={k: manifest[k] for k in GRAPH_METADATA}, output_names=sampler.output_names)
     with staging_dir(Path(out), force=force) as tmp:
-        ns.save(tmp / "solver.json")
+        built.solver.save(tmp / "solver.json")
         manifest.update(backend.export(sampler, request, tmp, log))
-        reference = copy.deepcopy(field).float() if field.default_dtype == torch.float64 else field
-        reference = UnrolledSampler(reference, ns, decoder=decoder).eval()
-        manifest["conformance"] = write_conformance(tmp, reference, request)
+        manifest["conformance"] = write_conformance(tmp, reference_sampler(built), request)
         manifest = write_manifest(tmp, manifest)
         if validate:
-            from .parity import validate_artifact
-
-            log(f"validating against the eager PyTorch sampler on {device} ...")
-            # the user named this model and decoder on the command line: its code is trusted
-            report = validate_artifact(tmp, min_psnr=min_psnr, device=device, trust_model_spec=True)
-            manifest["validation"] = report
-            if not report["passed"]:
-                raise BNSError(
-                    f"parity check failed: min PSNR {report['psnr_min']:.2f} dB < gate "
-                    f"{report['gate_db']:.0f} dB; no artifact written",
-                    EXIT_PARITY_FAILED,
-                )
-            manifest = write_manifest(tmp, manifest)
+            manifest = _validate_staged(tmp, manifest, min_psnr, device, log)
     return manifest
+
+
+def _validate_staged(tmp: Path, manifest: Manifest, min_psnr: float | None, device: str, log) -> Manifest:
+    """Parity of the staged artifact against the eager sampler; a failed gate leaves nothing published."""
+    from .parity import validate_artifact
+
+    log(f"validating against the eager PyTorch sampler on {device} ...")
+    # the user named this model and decoder on the command line: its code is trusted
+    report = validate_artifact(tmp, min_psnr=min_psnr, device=device, trust_model_spec=True)
+    manifest["validation"] = report
+    if not report["passed"]:
+        raise BNSError(
+            f"parity check failed: min PSNR {report['psnr_min']:.2f} dB < gate "
+            f"{report['gate_db']:.0f} dB; no artifact written",
+            EXIT_PARITY_FAILED,
+        )
+    return write_manifest(tmp, manifest)

@@ -23,7 +23,7 @@ from ..checks import guidance_scale, integer, number, plain_identifier, read_jso
 from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import deferred_signals, raise_if_interrupted
-from .layout import MANIFEST, SIGNATURE, UNHASHED
+from .layout import MANIFEST, SIGNATURE, UNHASHED, Manifest
 from .signing import verify_manifest
 
 SCHEMA = "bns-export/artifact"
@@ -47,7 +47,7 @@ def file_hashes(folder: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in entries if p.is_file() and p.name not in UNHASHED}
 
 
-def write_manifest(folder: Path, manifest: dict) -> dict:
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
     """Hash the folder's files into the manifest and write it (atomically)."""
     manifest = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **manifest, "files": file_hashes(folder)}
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
@@ -180,7 +180,9 @@ def staging_dir(dest: Path, force: bool = False, replaceable=is_artifact_dir) ->
         lock.close()
 
 
-def read_manifest(folder: str | os.PathLike, verify: bool = True, public_key: str | os.PathLike | None = None) -> dict:
+def read_manifest(
+    folder: str | os.PathLike, verify: bool = True, public_key: str | os.PathLike | None = None
+) -> Manifest:
     """The manifest of an artifact directory, refusing a missing, tampered, foreign or malformed one.
 
     Integrity: every file the runners open (model, its external data, solver) must be listed with
@@ -276,7 +278,7 @@ def _tensor_specs(v, k: str) -> list:
     return v
 
 
-def check_manifest(m: dict) -> None:
+def check_manifest(m: Manifest) -> None:
     """Types and ranges of every field a runner or the validator reads."""
     for key, check in FIELD_CHECKS.items():
         if key not in m:
