@@ -17,7 +17,7 @@ from .distill import DistillConfig, distill
 from .errors import BNSError
 from .evaluate import evaluate_on, run_solver
 from .fileio import atomic_write_text
-from .groundtruth import SEEDS, ground_truth
+from .groundtruth import SEEDS, GTSet, ground_truth
 from .images import labelled_grid, write_png
 from .loaders import load_model
 from .solvers import BASELINES, baseline, parse_spec
@@ -143,6 +143,28 @@ def psnr_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def demo_ground_truth(fld, counts: dict[str, int], log: Callable[[str], None]) -> dict[str, GTSet]:
+    """The demo's three disjoint GT sets (train, val, test) from their seeds, each timed in the log."""
+    seeds = {"train": SEEDS.train, "val": SEEDS.val, "test": SEEDS.eval}
+    gts = {}
+    for name, n in counts.items():
+        t0 = time.time()
+        gts[name] = ground_truth(fld, n, seeds[name])
+        log(f"ground truth ({name}): {n} pairs, dopri5 mean {gts[name].nfe_mean:.0f} NFE, {time.time() - t0:.1f} s")
+    return gts
+
+
+def write_grid(path: Path, fld, solver: NSSolver, best: NSSolver, test: GTSet, k: int = 12) -> None:
+    """The demo's picture: rows of ground truth / BNS / the best baseline on the first k test noises."""
+    k = min(k, len(test))
+    lab = None if test.condition is None else test.condition[:k]
+    rows = [test.x1[:k], run_solver(fld, solver, test.noise[:k], lab), run_solver(fld, best, test.noise[:k], lab)]
+    stack = torch.cat(rows).float().cpu().numpy()
+    if stack.ndim == 4:
+        titles = ["ground truth", f"BNS {solver.nfe}", f"{best.name} {best.nfe}"]
+        write_png(path, labelled_grid(stack, titles, ncol=k, scale=max(1, 48 // stack.shape[-1])))
+
+
 def run_demo(
     model: str = "digits",
     nfe: int = 8,
@@ -169,15 +191,7 @@ def run_demo(
         f"model {model}: shape {fld.sample_shape}, interval [{fld.t_lo:g}, {fld.t_hi:g}], guidance {guidance:g}, "
         f"device {device}"
     )
-    gts = {}
-    for name, n, seed in (
-        ("train", train_pairs, SEEDS.train),
-        ("val", val_pairs, SEEDS.val),
-        ("test", test_pairs, SEEDS.eval),
-    ):
-        t0 = time.time()
-        gts[name] = ground_truth(fld, n, seed)
-        log(f"ground truth ({name}): {n} pairs, dopri5 mean {gts[name].nfe_mean:.0f} NFE, {time.time() - t0:.1f} s")
+    gts = demo_ground_truth(fld, {"train": train_pairs, "val": val_pairs, "test": test_pairs}, log)
     cfg = DistillConfig(nfe=nfe, base="auto", iterations=iterations, batch_size=batch_size)
     solver_path = out / f"bns-{nfe}.json"
     t0 = time.time()
@@ -189,17 +203,8 @@ def run_demo(
     best = max(rows, key=lambda r: r["psnr_mean"])
     table = psnr_table([bns_row, *rows])
     log("\n" + table)
-    # grid: ground truth / BNS / best baseline, 12 test samples each
-    k = min(12, test_pairs)
     test = gts["test"]
-    lab = None if test.condition is None else test.condition[:k]
-    bns_x = run_solver(fld, solver, test.noise[:k], lab)
-    best_x = run_solver(fld, baseline(best["solver"], nfe, fld.schedule, fld.t_lo, fld.t_hi), test.noise[:k], lab)
-    stack = torch.cat([test.x1[:k], bns_x, best_x]).float().cpu().numpy()
-    if stack.ndim == 4:
-        scale = max(1, 48 // stack.shape[-1])
-        titles = ["ground truth", f"BNS {nfe}", f"{best['solver']} {nfe}"]
-        write_png(out / "grid.png", labelled_grid(stack, titles, ncol=k, scale=scale))
+    write_grid(out / "grid.png", fld, solver, baseline(best["solver"], nfe, fld.schedule, fld.t_lo, fld.t_hi), test)
     report = {
         "model": model,
         "nfe": nfe,
