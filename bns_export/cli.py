@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .backends import BACKENDS
+from .backends import BACKENDS, DEFAULT_FORMAT
 from .checks import GUIDANCE_RANGE, Integer, Number
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BNSError
 from .fields import PREDICTIONS, SCHEDULES, TIME_INPUTS
@@ -425,7 +425,7 @@ def sample_cmd(
 @model_options
 @click.option("--solver", "-s", required=True, help=SOLVER_HELP)
 @click.option("--nfe", type=NFE, default=None, help="NFE for a baseline (default 8); checked against a file.")
-@click.option("--format", "fmt", default="onnx", show_default=True, help=f"{' | '.join(BACKENDS)}.")
+@click.option("--format", "fmt", default=DEFAULT_FORMAT, show_default=True, help=f"{' | '.join(BACKENDS)}.")
 @click.option("--fp16", is_flag=True, help="Run the network in fp16 (inputs, outputs and solver stay fp32).")
 @click.option("--max-batch", type=BATCH, default=16, show_default=True, help="Largest batch the artifact accepts.")
 @click.option("--opt-batch", type=BATCH, default=None, help="TensorRT profile's optimal batch (default max/2).")

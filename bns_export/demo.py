@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .backends import DEFAULT_FORMAT
 from .distill import DistillConfig, distill
 from .errors import BNSError
 from .evaluate import evaluate_on, run_solver
@@ -46,11 +47,11 @@ class DemoContext:
 def _compile(ctx: DemoContext, solver_path: Path, nfe: int) -> tuple[Path, dict]:
     from .compile.build import compile_artifact
 
-    folder = ctx.out_dir / f"onnx-bns-{nfe}"
+    folder = ctx.out_dir / f"{DEFAULT_FORMAT}-bns-{nfe}"
     manifest = compile_artifact(
         ctx.model,
         str(solver_path),
-        "onnx",
+        DEFAULT_FORMAT,
         folder,
         guidance=ctx.field.guidance,
         max_batch=16,

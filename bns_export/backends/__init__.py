@@ -90,6 +90,13 @@ BACKENDS = {
 }
 
 
+#: the format `compile` and the demo build unless told: portable, torch-free to run
+DEFAULT_FORMAT = "onnx"
+
+#: the libraries whose versions an artifact records (the exporters' and runtimes')
+LIBRARIES = ("onnx", "onnxruntime", "onnxscript", "tensorrt")
+
+
 def get_backend(fmt: str) -> Backend:
     """The table entry of `fmt`, or one clear error naming the formats."""
     try:
@@ -98,4 +105,4 @@ def get_backend(fmt: str) -> Backend:
         raise BNSError(f"unknown format {fmt!r}; choose one of {', '.join(BACKENDS)}") from None
 
 
-__all__ = ["BACKENDS", "Backend", "ExportRequest", "Runner", "get_backend"]
+__all__ = ["BACKENDS", "DEFAULT_FORMAT", "LIBRARIES", "Backend", "ExportRequest", "Runner", "get_backend"]

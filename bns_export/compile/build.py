@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..backends import ExportRequest, get_backend
+from ..backends import LIBRARIES, ExportRequest, get_backend
 from ..backends.base import GRAPH_METADATA
 from ..checks import integer, number
 from ..errors import EXIT_PARITY_FAILED, BNSError
@@ -31,7 +31,7 @@ from .unroll import OUTPUTS, UnrolledSampler
 
 def library_versions() -> dict:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("onnx", "onnxruntime", "onnxscript", "tensorrt"):
+    for name in LIBRARIES:
         try:
             versions[name] = __import__(name).__version__
         except Exception:
