@@ -221,10 +221,24 @@ def plot_name(section: str) -> str:
     return f"{section}.png"
 
 
+def rerun_command(record: dict) -> str:
+    """The run's command as it would be typed today to remake this result: its own settings, the result's
+    name as --section, and no --json / --plot paths (the result file and plot follow from the name)."""
+    words, out, skip = shlex.split(record["command"]), [], False
+    for w in words:
+        if skip:
+            skip = False
+        elif w in ("--json", "--plot", "--section"):
+            skip = True
+        else:
+            out.append(w)
+    return shlex.join([*out, "--section", record["name"]])
+
+
 def run_markdown(record: dict) -> str:
     """A saved run (a "psnr" result) as markdown, with the settings parsed from its own command."""
     args = build_parser().parse_args(shlex.split(record["command"])[2:])
-    text = markdown(record["results"], record.get("ablation"), args, record)
+    text = markdown(record["results"], record.get("ablation"), args, {**record, "command": rerun_command(record)})
     has_bns = any("BNS" in row for res in record["results"] for row in res["rows"].values())
     return (
         text.replace("psnr_vs_nfe.png", plot_name(record["name"]))

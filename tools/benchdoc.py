@@ -38,7 +38,12 @@ PAGE = (
     ("digits (VP eps-model, unconditional)", ["psnr-digits"], ""),
     ("digits-text (FM-OT, text-conditioned, guidance 3)", ["psnr-digits-text"], ""),
     ("mnist (class-conditional, guidance 1 and 3)", ["psnr-mnist", "psnr-mnist-baselines"], ""),
-    ("Latency", ["latency-digits", "latency-mnist", "latency-notes"], ""),
+    ("Ground-truth ceiling", ["gt-ceiling"], "Each model's table gives its ruler; this is every model at once."),
+    (
+        "Latency",
+        ["latency-digits", "latency-mnist", "latency-digits-cuda", "latency-mnist-cuda", "latency-notes"],
+        "",
+    ),
     ("Weights stored once", ["weights-once"], ""),
     (
         "Distillation recipe",
