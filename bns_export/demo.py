@@ -85,7 +85,7 @@ def latency_step(ctx: DemoContext, repeat: int = 20) -> dict:
     runner = load(ctx.out_dir / f"onnx-bns-{ctx.solver.nfe}", device="cpu")
     test = ctx.gts["test"]
     noise = test.noise[:1].float()
-    condition = None if test.condition is None else test.condition[:1]
+    condition = test.condition_at(slice(1))
 
     def median_ms(fn) -> float:
         fn()
@@ -158,7 +158,7 @@ def demo_ground_truth(fld, counts: dict[str, int], log: Callable[[str], None]) -
 def write_grid(path: Path, fld, solver: NSSolver, best: NSSolver, test: GTSet, k: int = 12) -> None:
     """The demo's picture: rows of ground truth / BNS / the best baseline on the first k test noises."""
     k = min(k, len(test))
-    lab = None if test.condition is None else test.condition[:k]
+    lab = test.condition_at(slice(k))
     rows = [test.x1[:k], run_solver(fld, solver, test.noise[:k], lab), run_solver(fld, best, test.noise[:k], lab)]
     stack = torch.cat(rows).float().cpu().numpy()
     if stack.ndim == 4:

@@ -204,8 +204,7 @@ def mean_psnr(field, tables: tuple[Tensor, Tensor, Tensor], gt: GTSet, world: Wo
     total = torch.zeros(2, dtype=torch.float64, device=gt.noise.device)
     for lo in world.mine(range(0, len(gt), batch_size)):
         part = slice(lo, lo + batch_size)
-        cond = None if gt.condition is None else gt.condition[part]
-        x = sample_batches(field, *tables, gt.noise[part], cond, batch_size)
+        x = sample_batches(field, *tables, gt.noise[part], gt.condition_at(part), batch_size)
         psnr = psnr_per_sample(x, gt.x1[part])
         total += torch.stack([psnr.sum(), torch.tensor(float(psnr.numel()), device=psnr.device)])
     total = world.all_sum(total)
@@ -310,7 +309,7 @@ class Trainer:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.iteration)
         batch = torch.randperm(len(train), generator=g)[: cfg.batch_size]
         idx = batch[world.rank :: world.size].to(device)  # this rank's share of the one seeded batch
-        condition = None if train.condition is None else train.condition[idx]
+        condition = train.condition_at(idx)
         t, a, b = self.params.tables(dtype, device)
         x = ns_sample(self.field, t, a, b, self.field.start(train.noise[idx].to(dtype)), condition)
         mse = ((x - train.x1[idx]) ** 2).flatten(1).mean(1)

@@ -34,7 +34,7 @@ def evaluate_on(field, solver: NSSolver, gt: GTSet, world: World = SINGLE, batch
     psnr = torch.zeros(len(gt), dtype=torch.float64, device=gt.noise.device)
     for lo in world.mine(range(0, len(gt), batch_size)):
         part = slice(lo, lo + batch_size)
-        x = run_solver(field, solver, gt.noise[part], None if gt.condition is None else gt.condition[part], batch_size)
+        x = run_solver(field, solver, gt.noise[part], gt.condition_at(part), batch_size)
         psnr[part] = psnr_per_sample(x, gt.x1[part])
     report = summarize(world.all_sum(psnr).cpu())
     report.update(

@@ -119,6 +119,10 @@ class GTSet:
     def __len__(self) -> int:
         return self.noise.shape[0]
 
+    def condition_at(self, index) -> Tensor | None:
+        """The conditions of the pairs at `index` (a slice or an index tensor), None when unconditional."""
+        return None if self.condition is None else self.condition[index]
+
     @property
     def labels(self) -> Tensor | None:
         """The condition under its earlier name (kept for code written against 0.x)."""

@@ -60,7 +60,7 @@ def ceiling(field, test, n: int) -> dict:
 
     from bns_export.metrics import psnr_per_sample
 
-    labels = None if test.condition is None else test.condition[:n]
+    labels = test.condition_at(slice(n))
     tight = reference_tol(field.gt_tolerance)
     x_tight, nfe, _ = solve(field, test.noise[:n].to(field.default_dtype), labels, tight)
     p = psnr_per_sample(test.x1[:n], x_tight)
