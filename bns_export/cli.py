@@ -549,14 +549,35 @@ def validate_cmd(artifact, min_psnr, device, public_key, model, decoder, trust_m
 @click.option(
     "--replace", is_flag=True, help="Replace the model folder (only one bns-export wrote) instead of adding versions."
 )
-def triton_cmd(artifacts, repo, name, gpu, replace) -> None:
+@click.option(
+    "--container-repo",
+    default="/models",
+    show_default=True,
+    help="Where the repository is mounted in the Triton container; TensorRT engines are cached in each model's "
+    "trt_engines/ there, so they survive restarts (mount it writable).",
+)
+@click.option(
+    "--no-trt-profiles",
+    is_flag=True,
+    help="Leave out the explicit TensorRT profile options (trt_profile_*): Triton 24.03 and older reject them.",
+)
+def triton_cmd(artifacts, repo, name, gpu, replace, container_repo, no_trt_profiles) -> None:
     """Write a Triton model repository entry: config.pbtxt and one version per artifact (e.g. NFE 4 / 8 / 16).
 
     An existing model folder that bns-export wrote gets the artifacts as new versions beside its others;
     a config.pbtxt edited by hand is kept; a folder bns-export did not write is refused."""
     from .runtime.triton import write_repository
 
-    out = write_repository(list(artifacts), repo, name, gpu, replace=replace, log=lambda m: click.echo(m, err=True))
+    out = write_repository(
+        list(artifacts),
+        repo,
+        name,
+        gpu,
+        replace=replace,
+        log=lambda m: click.echo(m, err=True),
+        container_repo=container_repo,
+        trt_profiles=not no_trt_profiles,
+    )
     click.echo(f"wrote {out} ({len(artifacts)} version(s)); serve with: tritonserver --model-repository {repo}")
 
 

@@ -77,3 +77,45 @@ def test_repository_refuses_mismatched_versions_and_aoti(artifacts, tmp_path):
     r = CliRunner().invoke(main, ["triton", str(artifacts[2]), str(other), "--repo", str(tmp_path / "repo")])
     assert r.exit_code == 2 and "versions of one model must agree" in r.stderr
     assert not (tmp_path / "repo" / "gmm-2").exists()
+
+
+def test_preferred_batch_sizes_let_a_lone_request_run_at_once():
+    from bns_export.runtime.triton import preferred_batches
+
+    assert preferred_batches(1) == [1]
+    assert preferred_batches(8) == [1, 2, 4, 8]
+    assert preferred_batches(64) == [1, 8, 16, 32, 64]
+    assert preferred_batches(12) == [1, 2, 4, 8, 12]
+
+
+def test_engine_cache_lives_in_the_model_folder_and_profiles_can_be_left_out(artifacts, tmp_path):
+    repo = tmp_path / "repo"
+    r = CliRunner().invoke(main, ["triton", str(artifacts[2]), "--repo", str(repo), "--name", "gmm", "--gpu"])
+    assert r.exit_code == 0, r.output
+    cfg = _parse(repo / "gmm" / "config.pbtxt")
+    assert list(cfg.dynamic_batching.preferred_batch_size)[0] == 1
+    params = dict(cfg.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters)
+    assert params["trt_engine_cache_path"] == "/models/gmm/trt_engines" and (repo / "gmm" / "trt_engines").is_dir()
+    assert "trt_profile_min_shapes" in params
+    # an engine Triton built survives --replace; another mount point and no explicit profiles
+    (repo / "gmm" / "trt_engines" / "engine.bin").write_bytes(b"built by ORT")
+    args = ["triton", str(artifacts[4]), "--repo", str(repo), "--name", "gmm", "--gpu", "--replace"]
+    r = CliRunner().invoke(main, [*args, "--container-repo", "/srv/models/", "--no-trt-profiles"])
+    assert r.exit_code == 0, r.output
+    assert (repo / "gmm" / "trt_engines" / "engine.bin").read_bytes() == b"built by ORT"
+    params = dict(
+        _parse(repo / "gmm" / "config.pbtxt")
+        .optimization.execution_accelerators.gpu_execution_accelerator[0]
+        .parameters
+    )
+    assert params["trt_engine_cache_path"] == "/srv/models/gmm/trt_engines"
+    assert not any(k.startswith("trt_profile_") for k in params) and params["trt_engine_cache_enable"] == "1"
+    # a version added later finds the engine folder; a relative or quoted mount point is one line
+    r = CliRunner().invoke(main, ["triton", str(artifacts[2]), "--repo", str(repo), "--name", "gmm", "--gpu"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (repo / "gmm").iterdir() if p.is_dir()) == ["1", "2", "trt_engines"]
+    for bad in ("models", '/m"x'):
+        r = CliRunner().invoke(
+            main, ["triton", str(artifacts[2]), "--repo", str(tmp_path / "r2"), "--container-repo", bad]
+        )
+        assert r.exit_code == 2 and "--container-repo" in r.stderr and not (tmp_path / "r2").exists()

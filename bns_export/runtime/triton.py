@@ -41,15 +41,30 @@ def _io(spec: dict, batch_only: bool) -> str:
 
 
 def preferred_batches(max_batch: int) -> list[int]:
-    """Powers of two up to max_batch, and max_batch itself."""
-    sizes, b = [], 1
+    """1 (a lone request under light traffic runs at once, never waiting for company), the three largest
+    powers of two below max_batch, and max_batch itself."""
+    sizes, b = [], 2
     while b < max_batch:
         sizes.append(b)
         b *= 2
-    return [*sizes[-3:], max_batch] if sizes else [max_batch]
+    return sorted({1, *sizes[-3:], max_batch})
 
 
-def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str) -> str:
+#: where the repository is mounted in the Triton container, as in NVIDIA's quick start (`-v $PWD/repo:/models`)
+CONTAINER_REPO = "/models"
+#: the model folder's subfolder for ONNX Runtime's TensorRT engines (not a number: Triton ignores it as a version)
+ENGINE_FOLDER = "trt_engines"
+
+
+def engine_cache_path(name: str, container_repo: str = CONTAINER_REPO) -> str:
+    """The TensorRT engine cache inside the container: in the model's own folder, so engines built once survive
+    restarts (the repository must be mounted writable for the first build)."""
+    if not container_repo.startswith("/") or any(c in container_repo for c in '"\\\n'):
+        raise BNSError(f"--container-repo must be an absolute path without quotes, got {container_repo!r}")
+    return f"{container_repo.rstrip('/')}/{name}/{ENGINE_FOLDER}"
+
+
+def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str, trt_profiles: bool = True) -> str:
     """The model configuration (protobuf text format) for an artifact's manifest."""
     backend = get_backend(manifest["format"])
     inputs = [_io(s, s["shape"] == ["batch"]) for s in manifest["inputs"]]
@@ -87,10 +102,13 @@ def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str) -> str
             "max_workspace_size_bytes": str(2 << 30),
             "trt_engine_cache_enable": "1",
             "trt_engine_cache_path": engine_cache,
-            "trt_profile_min_shapes": shapes(1),
-            "trt_profile_opt_shapes": shapes(b_opt),
-            "trt_profile_max_shapes": shapes(b_max),
         }
+        if trt_profiles:  # Triton 24.03's ONNX Runtime backend and older reject these: trt_profiles=False
+            params.update(
+                trt_profile_min_shapes=shapes(1),
+                trt_profile_opt_shapes=shapes(b_opt),
+                trt_profile_max_shapes=shapes(b_max),
+            )
         body = "\n".join(f'        parameters {{ key: "{k}" value: "{v}" }}' for k, v in params.items())
         text.append(
             "optimization { execution_accelerators {\n  gpu_execution_accelerator : [ {\n"
@@ -157,12 +175,17 @@ def write_repository(
     gpu: bool | None = None,
     replace: bool = False,
     log=lambda message: None,
+    container_repo: str = CONTAINER_REPO,
+    trt_profiles: bool = True,
 ) -> Path:
     """Write `<repo>/<name>/`: config.pbtxt, one version folder per artifact, README.md and its record.
 
     A new model folder gets versions 1..k.  An existing one that this tool wrote gets the artifacts as
     new versions beside its others (which must be of the same model); a config.pbtxt edited by hand
     since is kept.  replace=True replaces a folder this tool wrote.  A folder it did not write is refused.
+    container_repo: where the repository is mounted in the container (the TensorRT engine cache goes into
+    the model's folder there); trt_profiles=False leaves out the explicit TensorRT profile options, which
+    Triton releases up to 24.03 reject as unknown parameters.
     """
     if not artifacts:
         raise BNSError("give at least one artifact directory")
@@ -189,12 +212,13 @@ def write_repository(
         target = model_dir.resolve()
         if art == target or art in target.parents or target in art.parents:
             raise BNSError(f"the repository entry {model_dir} overlaps artifact {a}; choose a --repo outside it")
+    engine_cache = engine_cache_path(name, container_repo)
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BNSError(f"cannot create repository folder {repo}: {e.strerror}") from None
     gpu = get_backend(first["format"]).triton_gpu if gpu is None else gpu
-    config = config_pbtxt(name, first, gpu, f"/tmp/triton-trt-cache/{name}")
+    config = config_pbtxt(name, first, gpu, engine_cache, trt_profiles)
     signature = {k: first.get(k) for k in SIGNATURE_KEYS}
     rows = [
         {"nfe": m["nfe"], "solver": m["solver_name"], "solver_fingerprint": m["solver_fingerprint"], "artifact": str(a)}
@@ -207,12 +231,14 @@ def write_repository(
                 (staging / str(version)).mkdir()
                 _copy_version(Path(a), m, staging / str(version))
             _write_entry(staging, name, first, config, signature, rows)
+            _keep_engine_cache(model_dir, staging)
         return model_dir
     record = _record(model_dir) if model_dir.is_dir() else None
     if record is None:
         raise BNSError(f"{model_dir} exists and was not written by bns-export; refusing to add versions to it")
     if record.get("signature") != signature:
         raise BNSError(f"{model_dir} serves another model (inputs, outputs, precision or fingerprint differ)")
+    (model_dir / ENGINE_FOLDER).mkdir(exist_ok=True)
     taken = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
     start = max(taken, default=0) + 1
     for version, (a, m, row) in enumerate(zip(artifacts, manifests, rows), start=start):
@@ -232,6 +258,17 @@ def write_repository(
         log(f"kept {model_dir / 'config.pbtxt'}: it was edited since bns-export wrote it")
     _write_entry(model_dir, name, first, config if ours else None, signature, record["versions"] + rows, record)
     return model_dir
+
+
+def _keep_engine_cache(model_dir: Path, staging: Path) -> None:
+    """The engine folder Triton filled (or an empty one) goes into the new model folder: replacing a model's
+    versions never throws away the engines ONNX Runtime built (they are keyed by the graph; stale ones
+    are never used)."""
+    old = model_dir / ENGINE_FOLDER
+    if old.is_dir() and not old.is_symlink():
+        os.rename(old, staging / ENGINE_FOLDER)
+    else:
+        (staging / ENGINE_FOLDER).mkdir()
 
 
 def _write_entry(folder: Path, name: str, first: dict, config: str | None, signature: dict, rows: list, record=None):
