@@ -6,7 +6,6 @@ their device).  The exporter imports torch when called.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -63,10 +62,9 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
                 output_names=list(request.output_names),
                 opset_version=OPSET,
                 verbose=False,
-                optimize=False,  # optimised below, without the rules that change numerics
+                optimize=False,  # optimised below, by passes whose cost is linear in the graph
             )
-            with exact_rewrites():
-                onnx_program.optimize()
+            optimize_linear(onnx_program.model)
         except Exception as e:
             raise BNSError(f"ONNX conversion failed: {str(e).strip().splitlines()[0]}") from None
         finally:
@@ -95,25 +93,40 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
     return stats
 
 
-@contextlib.contextmanager
-def exact_rewrites():
-    """onnxscript's optimizer without its approximate no-op rules: they match constants by tolerance, so
-    `x + 1e-15` (Sana's guard against 0/0 in linear attention) becomes `x` and the graph returns NaN
-    where torch does not.  Constant folding and every other rule still run."""
-    try:
-        from onnxscript import rewriter
-        from onnxscript.rewriter.rules.common import _no_op
+def optimize_linear(model) -> None:
+    """onnxscript's optimizer (onnx_ir model, in place) without its pattern rewriter: inlining, constant
+    folding, dead-code removal, constant lifting, deduplication and common-subexpression elimination, each
+    linear in the graph.  The rewriter's pattern matching grows much faster than the unrolled graph (on a 13M
+    parameter UNet: 7.5 / 41 / 206 s at NFE 2 / 4 / 8); ONNX Runtime fuses the same patterns when it loads
+    the graph, and its rules that match constants by tolerance (`x + 1e-15` -> `x`) never run."""
+    import onnx_ir as ir
+    from onnx_ir.passes import common as passes
+    from onnxscript.optimizer import _constant_folding
 
-        default = rewriter._DEFAULT_REWRITE_RULES
-        approximate = set(map(id, _no_op.rules))
-    except (ImportError, AttributeError):  # another onnxscript layout: its own defaults
-        yield
-        return
-    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in default if id(r) not in approximate)
-    try:
-        yield
-    finally:
-        rewriter._DEFAULT_REWRITE_RULES = default
+    steps = ir.passes.PassManager(
+        [
+            _constant_folding.FoldConstantsPass(
+                shape_inference=True,
+                input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+            ),
+            passes.RemoveUnusedNodesPass(),
+            passes.RemoveUnusedFunctionsPass(),
+            passes.RemoveUnusedOpsetsPass(),
+        ],
+        steps=2,
+        early_stop=True,
+    )
+    ir.passes.Sequential(
+        passes.InlinePass(),
+        steps,
+        passes.RemoveUnusedNodesPass(),
+        passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        passes.LiftSubgraphInitializersToMainGraphPass(),
+        passes.CommonSubexpressionEliminationPass(),
+        passes.OutputFixPass(),
+        passes.NameFixPass(),
+    )(model)
 
 
 def dedupe_initializers(model) -> int:

@@ -1,0 +1,228 @@
+"""Real model sizes: compile random-weight SD-1.5- and SDXL-size UNets and measure time and peak memory.
+
+    python tools/bench_scale.py                                  # SD-1.5 size, fp32, NFE 2 4 8 16
+    python tools/bench_scale.py --models sdxl --precision fp16 --nfe 8
+    python tools/bench_scale.py --models tiny --nfe 2 4          # a 13M-parameter UNet: a dry run in minutes
+
+Each case is a separate `bns-export compile --no-validate` and then `bns-export validate`, each under
+/usr/bin/time -v (peak resident memory of that process), then ONNX Runtime session creation in a fresh
+process. The folders are written once under --work (random weights, seeded; 3.4 GB for SD-1.5 in fp32,
+5.1 GB for SDXL in fp16) with a DDPM scaled-linear eps scheduler and a two-prompt condition set. Run it
+alone: two big jobs on one machine measure each other. Writes the `scale` result of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from benchdoc import git_rev, machine, save_result  # noqa: E402
+
+_SD_BLOCKS = dict(
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
+#: name -> (UNet2DConditionModel config, condition tensors per prompt, what it stands for)
+MODELS = {
+    "tiny": (
+        dict(
+            block_out_channels=(64, 128, 256),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2,
+            cross_attention_dim=256,
+            attention_head_dim=8,
+        ),
+        {"encoder_hidden_states": (77, 256)},
+        "a 13M-parameter SD-style UNet (dry run)",
+    ),
+    "sd15": (
+        dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, **_SD_BLOCKS),
+        {"encoder_hidden_states": (77, 768)},
+        "the Stable Diffusion 1.5 UNet configuration",
+    ),
+    "sdxl": (
+        dict(
+            block_out_channels=(320, 640, 1280),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            cross_attention_dim=2048,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        ),
+        {"encoder_hidden_states": (77, 2048), "text_embeds": (1280,)},
+        "the SDXL base UNet configuration",
+    ),
+}
+
+
+def build_folder(name: str, folder: Path, latent: int, fp16: bool) -> Path:
+    """A diffusers folder (unet/, scheduler/, model_index.json) and conditions.safetensors; kept for reruns."""
+    if (folder / "model_index.json").exists():
+        return folder
+    import diffusers
+    import torch
+    from safetensors.torch import save_file
+
+    config, conds, _ = MODELS[name]
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, **config)
+    if fp16:
+        unet = unet.half()
+    unet.save_pretrained(folder / "unet")
+    del unet
+    diffusers.DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+    ).save_pretrained(folder / "scheduler")
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
+    index["scheduler"] = ["diffusers", "DDPMScheduler"]
+    g = torch.Generator().manual_seed(1)
+    tensors = {}
+    for key, shape in conds.items():
+        tensors[key] = torch.randn((2, *shape), generator=g)
+        tensors[f"null.{key}"] = 0.1 * torch.randn(shape, generator=g)
+    save_file(tensors, str(folder / "conditions.safetensors"))
+    (folder / "model_index.json").write_text(json.dumps(index) + "\n")  # last: the folder is complete
+    return folder
+
+
+def timed(cmd: list[str], log: Path) -> dict:
+    """Run `cmd` under /usr/bin/time -v; its exit code, wall seconds and peak resident memory (bytes)."""
+    started = time.time()
+    with open(log, "w") as f:
+        rc = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=f, stderr=subprocess.STDOUT).returncode
+    text = log.read_text()
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    return {
+        "rc": rc,
+        "wall_s": round(time.time() - started, 1),
+        "peak_bytes": int(rss.group(1)) * 1024 if rss else None,
+    }
+
+
+SESSION = """
+import sys, time, onnxruntime as ort
+t = time.time(); ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"]); print(time.time() - t)
+"""
+
+
+def parameter_count(folder: Path) -> int:
+    """The UNet's parameters, from its safetensors headers (no weights loaded)."""
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for f in (folder / "unet").glob("*.safetensors"):
+        with safe_open(str(f), "np") as st:
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
+    return total
+
+
+def run_case(name: str, folder: Path, precision: str, nfe: int, work: Path) -> dict:
+    exe = [sys.executable, "-m", "bns_export.entry"]
+    art = work / f"{name}-{precision}-{nfe}"
+    model = ["-m", f"diffusers:{folder}", "--cond-set", str(folder / "conditions.safetensors")]
+    compile_cmd = [*exe, "compile", *model, "-w", "7.5", "-s", "dpm++2m", "--nfe", str(nfe), "--max-batch", "1"]
+    compile_cmd += ["--device", "cpu", "--no-validate", "-o", str(art)] + ["--fp16"] * (precision == "fp16")
+    row = {"model": name, "precision": precision, "nfe": nfe, "command": shlex.join(compile_cmd[2:])}
+    row["export"] = timed(compile_cmd, work / f"{art.name}.compile.log")
+    if row["export"]["rc"] != 0:
+        return row
+    row["artifact_bytes"] = sum(p.stat().st_size for p in art.iterdir() if p.is_file())
+    row["validate"] = timed(
+        [*exe, "validate", str(art), "--device", "cpu", "--json"], work / f"{art.name}.validate.log"
+    )
+    out = (work / f"{art.name}.validate.log").read_text()
+    report = next((json.loads(line) for line in out.splitlines() if line.startswith("{")), None)
+    if report:
+        row["parity_min_db"] = report["psnr_min"]
+        row["passed"] = report["passed"]
+    res = subprocess.run([sys.executable, "-c", SESSION, str(art / "model.onnx")], capture_output=True, text=True)
+    row["session_s"] = round(float(res.stdout.strip()), 2) if res.returncode == 0 else None
+    return row
+
+
+def gib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**30:.2f}"
+
+
+def markdown(run: dict) -> str:
+    lines = [
+        "## Model scale: SD-1.5 and SDXL-size UNets",
+        "",
+        f"Command: `{run['command']}` (commit {run['commit']}).  Machine: {run['machine']}.",
+        "",
+        "Random weights (the export does not depend on their values), 4 x 32 x 32 latents, 77 prompt tokens, "
+        "guidance 7.5, dpm++2m, max batch 1, on the CPU. *export*: `compile --no-validate` (torch.export, ONNX "
+        "conversion, the optimizer, the weights written once); *validate*: `validate` in a new process (the "
+        "eager reference, ONNX Runtime, the ground truth of one pair); *peak*: the process's maximum resident "
+        "memory; *ratio*: peak / the weights' bytes in the exported precision; *session*: ONNX Runtime "
+        "InferenceSession creation in a fresh process.",
+        "",
+        "| model | parameters | precision | NFE | export (s) | export peak (GiB) | ratio | validate (s) | "
+        "validate peak (GiB) | ratio | session (s) | artifact (GiB) | parity (dB) |",
+        "|---" * 13 + "|",
+    ]
+    for r in run["rows"]:
+        w = r["weights_bytes"]
+        e, v = r.get("export", {}), r.get("validate", {})
+
+        def ratio(d: dict, w: int = w) -> str:
+            return f"{d['peak_bytes'] / w:.2f}" if d.get("peak_bytes") else "n/a"
+
+        lines.append(
+            f"| {r['model']} | {r['parameters'] / 1e6:.0f}M | {r['precision']} | {r['nfe']} | "
+            f"{e.get('wall_s', 'n/a')} | {gib(e.get('peak_bytes'))} | {ratio(e)} | {v.get('wall_s', 'n/a')} | "
+            f"{gib(v.get('peak_bytes'))} | {ratio(v)} | {r.get('session_s', 'n/a')} | {gib(r.get('artifact_bytes'))} | "
+            + (f"{r['parity_min_db']:.1f}" if "parity_min_db" in r else "failed" if e.get("rc") else "n/a")
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["sd15"], choices=list(MODELS))
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16"])
+    ap.add_argument("--nfe", nargs="+", type=int, default=[2, 4, 8, 16])
+    ap.add_argument("--latent", type=int, default=32, help="latent height and width")
+    ap.add_argument("--work", default=os.environ.get("TMPDIR", "/tmp") + "/bns-scale", help="folders and artifacts")
+    ap.add_argument("--section", default="scale", help="the result's name in docs/results/")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    run = {"command": "python tools/bench_scale.py " + shlex.join(sys.argv[1:]), "commit": git_rev()}
+    run["machine"] = machine()
+    run["rows"] = []
+    for name in args.models:
+        for precision in args.precision:
+            # fp16 weights in the folder too for fp16 runs: the eager reference then loads half the bytes
+            folder = build_folder(name, work / f"{name}-{precision}", args.latent, precision == "fp16")
+            params = parameter_count(folder)
+            for nfe in args.nfe:
+                row = run_case(name, folder, precision, nfe, work)
+                row.update(parameters=params, weights_bytes=params * (2 if precision == "fp16" else 4))
+                print(json.dumps(row), flush=True)
+                run["rows"].append(row)
+                (work / "scale.json").write_text(json.dumps(run, indent=2))
+    save_result(args.section, {"kind": "text", **run, "body": markdown(run)})
+
+
+if __name__ == "__main__":
+    main()
