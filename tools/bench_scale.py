@@ -135,12 +135,12 @@ def parameter_count(folder: Path) -> int:
 
 
 def run_case(name: str, folder: Path, precision: str, nfe: int, work: Path) -> dict:
-    exe = [sys.executable, "-m", "bns_export.entry"]
+    exe = [sys.executable, "-c", "from bns_export.entry import main; main()"]
     art = work / f"{name}-{precision}-{nfe}"
     model = ["-m", f"diffusers:{folder}", "--cond-set", str(folder / "conditions.safetensors")]
     compile_cmd = [*exe, "compile", *model, "-w", "7.5", "-s", "dpm++2m", "--nfe", str(nfe), "--max-batch", "1"]
     compile_cmd += ["--device", "cpu", "--no-validate", "-o", str(art)] + ["--fp16"] * (precision == "fp16")
-    row = {"model": name, "precision": precision, "nfe": nfe, "command": shlex.join(compile_cmd[2:])}
+    row = {"model": name, "precision": precision, "nfe": nfe, "command": "bns-export " + shlex.join(compile_cmd[3:])}
     row["export"] = timed(compile_cmd, work / f"{art.name}.compile.log")
     if row["export"]["rc"] != 0:
         return row
