@@ -45,6 +45,7 @@ PAGE = (
         "",
     ),
     ("Weights stored once", ["weights-once"], ""),
+    ("Model scale", ["scale"], "Export and validation of real-sized networks: time and peak memory against NFE."),
     (
         "Distillation recipe",
         [
