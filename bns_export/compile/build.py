@@ -254,25 +254,20 @@ def compile_artifact(
     with staging_dir(Path(out), force=force) as tmp:
         built.solver.save(tmp / "solver.json")
         manifest.update(backend.export(sampler, request, tmp, log))
-        del sampler  # a half-precision (or fp32 analytic) copy of the network goes before ONNX Runtime loads
         manifest["conformance"] = write_conformance(tmp, reference_sampler(built), request)
         manifest = write_manifest(tmp, manifest)
         if validate:
-            manifest = _validate_staged(tmp, manifest, min_psnr, device, log, built)
+            manifest = _validate_staged(tmp, manifest, min_psnr, device, log)
     return manifest
 
 
-def _validate_staged(
-    tmp: Path, manifest: Manifest, min_psnr: float | None, device: str, log, built: BuildInputs
-) -> Manifest:
-    """Parity of the staged artifact against the eager sampler on the model already loaded (one copy of the
-    weights in memory, not two); a failed gate leaves nothing published."""
-    from .parity import Loaded, validate_artifact
+def _validate_staged(tmp: Path, manifest: Manifest, min_psnr: float | None, device: str, log) -> Manifest:
+    """Parity of the staged artifact against the eager sampler; a failed gate leaves nothing published."""
+    from .parity import validate_artifact
 
     log(f"validating against the eager PyTorch sampler on {device} ...")
     # the user named this model and decoder on the command line: its code is trusted
-    loaded = Loaded(built.field, built.decoder)
-    report = validate_artifact(tmp, min_psnr=min_psnr, device=device, trust_model_spec=True, loaded=loaded)
+    report = validate_artifact(tmp, min_psnr=min_psnr, device=device, trust_model_spec=True)
     manifest["validation"] = report
     if not report["passed"]:
         raise BNSError(

@@ -11,7 +11,7 @@ Gate: min per-sample PSNR >= 60 dB for fp32 artifacts, >= 35 dB for fp16 (Core M
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,34 +34,17 @@ from .unroll import UnrolledSampler
 GATES = {"fp32": 60.0, "fp16": 35.0}
 
 
-@dataclass(frozen=True)
-class Loaded:
-    """A model the caller has in memory already (compile's own validation): the reference runs on it instead
-    of a second copy of the weights; its fingerprints are checked against the manifest all the same."""
-
-    field: torch.nn.Module
-    decoder: torch.nn.Module | None = None
-
-
 class EagerRunner(Runner):
-    """The reference: the eager fp32 PyTorch sampler rebuilt from an artifact's manifest (or `spec`), or run
-    on a model already `loaded`."""
+    """The reference: the eager fp32 PyTorch sampler rebuilt from an artifact's manifest (or `spec`)."""
 
     def __init__(
-        self,
-        folder: Path,
-        manifest: dict,
-        device: str = "cpu",
-        spec: ModelSpec | None = None,
-        cuda_graph: bool = False,
-        loaded: Loaded | None = None,
+        self, folder: Path, manifest: dict, device: str = "cpu", spec: ModelSpec | None = None, cuda_graph: bool = False
     ) -> None:
         super().__init__(folder, manifest)
         if cuda_graph:
             check_cuda_graph_device(device)
         spec = spec or ModelSpec.from_json(manifest.get("model_spec"))
-        field = loaded.field if loaded is not None else load_model(spec, guidance=manifest["guidance"])
-        self.field = field.to(device)
+        self.field = load_model(spec, guidance=manifest["guidance"]).to(device)
         if self.field.fingerprint() != manifest["model_fingerprint"]:
             raise BNSError(
                 f"model {spec.model} changed since export (fingerprint {self.field.fingerprint()}, "
@@ -75,11 +58,7 @@ class EagerRunner(Runner):
         if manifest.get("decoder"):
             if not spec.options.decoder:
                 raise BNSError("the manifest records a decoder but its model_spec names none")
-            decoder = (
-                loaded.decoder
-                if loaded is not None and loaded.decoder is not None
-                else load_decoder(spec.options.decoder, spec, self.field.sample_shape)
-            )
+            decoder = load_decoder(spec.options.decoder, spec, self.field.sample_shape)
             if decoder.fingerprint() != manifest["decoder"].get("fingerprint"):
                 raise BNSError(
                     f"decoder {spec.options.decoder} changed since export (fingerprint {decoder.fingerprint()})"
@@ -206,14 +185,12 @@ def validate_artifact(
     decoder: str | None = None,
     trust_model_spec: bool = False,
     cuda_graph: bool = False,
-    loaded: Loaded | None = None,
 ) -> dict:
     """Run the parity report; `passed` is the gate's verdict.
 
     model / decoder: the specs to rebuild the eager reference from (default: the manifest's, which
     may name code to import only with trust_model_spec; see `reference_spec`).  cuda_graph: validate the
-    artifact's CUDA-graph path (a CUDA device only).  loaded: the model in memory already (compile's own
-    check), so the reference needs no second copy of the weights.
+    artifact's CUDA-graph path (a CUDA device only).
     """
     if min_psnr is not None:
         min_psnr = number(min_psnr, "min_psnr", 0, 1000)
@@ -222,7 +199,7 @@ def validate_artifact(
     spec = reference_spec(manifest, model, decoder, trust_model_spec)
     device = device or default_device(manifest)
     runner = open_artifact(folder, manifest, device, providers, cuda_graph)
-    reference = EagerRunner(folder, manifest, device, spec, loaded=loaded)
+    reference = EagerRunner(folder, manifest, device, spec)
     n = int(manifest["max_batch"])
     gt = ground_truth(reference.field, n, SEEDS.validate)
     noise = gt.noise.float().to(device)
