@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import gc
 import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -256,6 +257,8 @@ def compile_artifact(
         manifest.update(backend.export(sampler, request, tmp, log))
         manifest["conformance"] = write_conformance(tmp, reference_sampler(built), request)
         manifest = write_manifest(tmp, manifest)
+        del built, sampler  # the validator loads its own reference: no second copy of the weights beside it
+        gc.collect()
         if validate:
             manifest = _validate_staged(tmp, manifest, min_psnr, device, log)
     return manifest

@@ -11,6 +11,7 @@ Gate: min per-sample PSNR >= 60 dB for fp32 artifacts, >= 35 dB for fp16 (Core M
 
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 from pathlib import Path
 
@@ -175,6 +176,29 @@ def open_artifact(
         return backend.open(folder, manifest, device="cpu", providers=None)
 
 
+def reference_outputs(reference: EagerRunner, n: int) -> tuple[list[tuple], list[dict], torch.Tensor]:
+    """The parity cases (batch 1, batch n, unconditional) on the ground truth's seeded inputs, the eager
+    reference's outputs for each (on the host) and the ground truth's samples, so that the reference can be
+    freed before the artifact is loaded."""
+    gt = ground_truth(reference.field, n, SEEDS.validate)
+    noise = gt.noise.float().to(reference.device)
+    condition = None if gt.condition is None else gt.condition.to(reference.device)
+    if condition is not None and condition.is_floating_point():
+        condition = condition.float()
+    cases = [
+        ("batch 1", noise[:1], None if condition is None else condition[:1], True),
+        (f"batch {n}", noise, condition, True),
+    ]
+    if condition is not None:
+        null = reference.field.null_condition(condition)  # label -1, or the null tensor condition
+        cases.append((f"batch {n}, unconditional", noise, null.to(condition.dtype), False))
+    if reference.named_conditions:  # the GT's one condition tensor -> the graph's named inputs
+        layout = reference.field.condition_layout
+        cases = [(name, x, layout.unpack(lab), has_gt) for name, x, lab, has_gt in cases]
+    refs = [{k: _on_host(v).cpu() for k, v in reference.run(x, lab).items()} for _, x, lab, _ in cases]
+    return cases, refs, gt.x1.float().cpu()
+
+
 def validate_artifact(
     folder: str | Path,
     min_psnr: float | None = None,
@@ -198,33 +222,18 @@ def validate_artifact(
     manifest = read_manifest(folder, public_key=public_key)
     spec = reference_spec(manifest, model, decoder, trust_model_spec)
     device = device or default_device(manifest)
+    cases, refs, x1 = reference_outputs(EagerRunner(folder, manifest, device, spec), int(manifest["max_batch"]))
+    gc.collect()  # the reference's weights go before the artifact's are loaded: never two copies at once
     runner = open_artifact(folder, manifest, device, providers, cuda_graph)
-    reference = EagerRunner(folder, manifest, device, spec)
-    n = int(manifest["max_batch"])
-    gt = ground_truth(reference.field, n, SEEDS.validate)
-    noise = gt.noise.float().to(device)
-    condition = None if gt.condition is None else gt.condition.to(device)
-    if condition is not None and condition.is_floating_point():
-        condition = condition.float()
-    cases = [
-        ("batch 1", noise[:1], None if condition is None else condition[:1], True),
-        (f"batch {n}", noise, condition, True),
-    ]
-    if condition is not None:
-        null = reference.field.null_condition(condition)  # label -1, or the null tensor condition
-        cases.append((f"batch {n}, unconditional", noise, null.to(condition.dtype), False))
     gate = float(min_psnr) if min_psnr is not None else GATES[manifest["precision"]]
     rows = []
-    for name, x, lab, has_gt in cases:
-        if reference.named_conditions:  # the GT's one condition tensor -> the graph's named inputs
-            lab = reference.field.condition_layout.unpack(lab)
-        ref = reference.run(x, lab)
+    for (name, x, lab, has_gt), ref in zip(cases, refs):
         out = runner.run(x, lab)
         case_rows = rows_for(name, out, ref, int(x.shape[0]))
         if has_gt:  # the ground truth is the ODE's solution: the sample (latents), not the image
-            x1 = gt.x1[: x.shape[0]].float().cpu()  # the GT lives on the reference's device
-            case_rows[0]["artifact_psnr_vs_gt"] = float(psnr_per_sample(out["sample"].cpu(), x1).mean())
-            case_rows[0]["eager_psnr_vs_gt"] = float(psnr_per_sample(ref["sample"].cpu(), x1).mean())
+            truth = x1[: x.shape[0]]
+            case_rows[0]["artifact_psnr_vs_gt"] = float(psnr_per_sample(out["sample"].cpu(), truth).mean())
+            case_rows[0]["eager_psnr_vs_gt"] = float(psnr_per_sample(ref["sample"].cpu(), truth).mean())
         rows.extend(case_rows)
     if manifest.get("conformance"):
         rows.extend(check_conformance(folder, manifest, runner))
