@@ -6,8 +6,8 @@
 
 Each case is a separate `bns-export compile --no-validate` and then `bns-export validate`, each under
 /usr/bin/time -v (peak resident memory of that process), then ONNX Runtime session creation in a fresh
-process. The folders are written once under --work (random weights, seeded; 3.4 GB for SD-1.5 in fp32,
-5.1 GB for SDXL in fp16) with a DDPM scaled-linear eps scheduler and a two-prompt condition set. Run it
+process. The folders are written once under --work (random weights, seeded, fp32: 3.4 GB for SD-1.5,
+10.3 GB for SDXL) with a DDPM scaled-linear eps scheduler and a two-prompt condition set. Run it
 alone: two big jobs on one machine measure each other. Writes the `scale` result of docs/benchmarks.md.
 """
 
@@ -71,7 +71,7 @@ MODELS = {
 }
 
 
-def build_folder(name: str, folder: Path, latent: int, fp16: bool) -> Path:
+def build_folder(name: str, folder: Path, latent: int) -> Path:
     """A diffusers folder (unet/, scheduler/, model_index.json) and conditions.safetensors; kept for reruns."""
     if (folder / "model_index.json").exists():
         return folder
@@ -82,8 +82,6 @@ def build_folder(name: str, folder: Path, latent: int, fp16: bool) -> Path:
     config, conds, _ = MODELS[name]
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, **config)
-    if fp16:
-        unet = unet.half()
     unet.save_pretrained(folder / "unet")
     del unet
     diffusers.DDPMScheduler(
@@ -211,17 +209,16 @@ def main() -> None:
     run["machine"] = machine()
     run["rows"] = []
     for name in args.models:
+        # fp32 weights, as users keep them; --fp16 halves them in the artifact, the eager reference stays fp32
+        folder = build_folder(name, work / name, args.latent)
+        params = parameter_count(folder)
         for precision in args.precision:
-            # fp16 weights in the folder too for fp16 runs: the eager reference then loads half the bytes
-            folder = build_folder(name, work / f"{name}-{precision}", args.latent, precision == "fp16")
-            params = parameter_count(folder)
             for nfe in args.nfe:
                 row = run_case(name, folder, precision, nfe, work)
                 row.update(parameters=params, weights_bytes=params * (2 if precision == "fp16" else 4))
                 print(json.dumps(row), flush=True)
                 run["rows"].append(row)
-                (work / "scale.json").write_text(json.dumps(run, indent=2))
-    save_result(args.section, {"kind": "text", **run, "body": markdown(run)})
+                save_result(args.section, {"kind": "text", **run, "body": markdown(run)})  # after every case
 
 
 if __name__ == "__main__":
