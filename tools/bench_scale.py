@@ -210,7 +210,7 @@ def main() -> None:
     run["rows"] = []
     for name in args.models:
         # fp32 weights, as users keep them; --fp16 halves them in the artifact, the eager reference stays fp32
-        folder = build_folder(name, work / name, args.latent)
+        folder = build_folder(name, work / f"{name}-fp32", args.latent)
         params = parameter_count(folder)
         for precision in args.precision:
             for nfe in args.nfe:
