@@ -171,7 +171,9 @@ def markdown(run: dict) -> str:
         "conversion, the optimizer, the weights written once); *validate*: `validate` in a new process (the "
         "eager reference, ONNX Runtime, the ground truth of one pair); *peak*: the process's maximum resident "
         "memory; *ratio*: peak / the weights' bytes in the exported precision; *session*: ONNX Runtime "
-        "InferenceSession creation in a fresh process.",
+        "InferenceSession creation in a fresh process. fp16 ratios are against the fp16 bytes: the export holds "
+        "the fp32 model as loaded and its fp16 copy, and validation the fp32 eager reference, then ONNX "
+        "Runtime's CPU session of the fp16 graph (not broken down further).",
         "",
         "| model | parameters | precision | NFE | export (s) | export peak (GiB) | ratio | validate (s) | "
         "validate peak (GiB) | ratio | session (s) | artifact (GiB) | parity (dB) |",
