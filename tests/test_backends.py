@@ -88,3 +88,19 @@ def test_onnx_validation_falls_back_to_the_cpu_without_a_cuda_provider(artifact)
     assert runner.device == "cpu"
     with pytest.raises(BNSError, match="lacks CUDAExecutionProvider"):
         open_artifact(artifact, read_manifest(artifact), "cuda", ["CUDAExecutionProvider"])
+
+
+def test_validation_opens_a_lean_session_with_the_same_outputs(artifact):
+    from bns_export.compile.parity import open_artifact
+    from bns_export.runtime import read_manifest
+
+    lean = open_artifact(artifact, read_manifest(artifact), "cpu", None)
+    opts = lean.session.get_session_options()
+    assert not opts.enable_cpu_mem_arena and not opts.enable_mem_pattern
+    default = load(artifact, device="cpu")
+    assert default.session.get_session_options().enable_cpu_mem_arena
+    noise = np.random.default_rng(1).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    labels = np.array([1, -1])
+    assert np.array_equal(default(noise, labels), lean.run(noise, labels)["sample"])
+    with pytest.raises(BNSError, match="aoti artifacts take no option low_memory"):
+        get_backend("aoti").open(artifact, read_manifest(artifact), low_memory=True)

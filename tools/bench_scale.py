@@ -8,7 +8,8 @@ Each case is a separate `bns-export compile --no-validate` and then `bns-export 
 /usr/bin/time -v (peak resident memory of that process), then ONNX Runtime session creation in a fresh
 process. The folders are written once under --work (random weights, seeded, fp32: 3.4 GB for SD-1.5,
 10.3 GB for SDXL) with a DDPM scaled-linear eps scheduler and a two-prompt condition set. Run it
-alone: two big jobs on one machine measure each other. Writes the `scale` result of docs/benchmarks.md.
+alone: two big jobs on one machine measure each other. Writes the `scale` result of docs/benchmarks.md; cases
+not measured again keep their earlier rows, each naming the run that measured it.
 """
 
 from __future__ import annotations
@@ -161,10 +162,11 @@ def gib(n: int | None) -> str:
 
 
 def markdown(run: dict) -> str:
+    commands = list(dict.fromkeys(f"`{r['run']}` (commit {r['commit']})" for r in run["rows"]))
     lines = [
         "## Model scale: SD-1.5 and SDXL-size UNets",
         "",
-        f"Command: `{run['command']}` (commit {run['commit']}).  Machine: {run['machine']}.",
+        "Commands, in the order run: " + "; ".join(commands) + f".  Machine: {run['machine']}.",
         "",
         "Random weights (the export does not depend on their values), 4 x 32 x 32 latents, 77 prompt tokens, "
         "guidance 7.5, dpm++2m, max batch 1, on the CPU. *export*: `compile --no-validate` (torch.export, ONNX "
@@ -196,6 +198,20 @@ def markdown(run: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def case_key(row: dict) -> tuple:
+    """A row's case: rows of a case measured again replace the earlier ones."""
+    return (list(MODELS).index(row["model"]), row["precision"], row["nfe"])
+
+
+def earlier_rows(section: str) -> list[dict]:
+    """The rows the result already holds (cases not measured again are kept; each row names its run)."""
+    path = ROOT / "docs" / "results" / f"{section}.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    return [{"run": old["command"], "commit": old["commit"], **r} for r in old.get("rows", [])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["sd15"], choices=list(MODELS))
@@ -207,9 +223,8 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    run = {"command": "python tools/bench_scale.py " + shlex.join(sys.argv[1:]), "commit": git_rev()}
-    run["machine"] = machine()
-    run["rows"] = []
+    command, commit = "python tools/bench_scale.py " + shlex.join(sys.argv[1:]), git_rev()
+    run = {"command": command, "commit": commit, "machine": machine(), "rows": earlier_rows(args.section)}
     for name in args.models:
         # fp32 weights, as users keep them; --fp16 halves them in the artifact, the eager reference stays fp32
         folder = build_folder(name, work / f"{name}-fp32", args.latent)
@@ -218,8 +233,10 @@ def main() -> None:
             for nfe in args.nfe:
                 row = run_case(name, folder, precision, nfe, work)
                 row.update(parameters=params, weights_bytes=params * (2 if precision == "fp16" else 4))
+                row.update(run=command, commit=commit)
                 print(json.dumps(row), flush=True)
-                run["rows"].append(row)
+                key = case_key(row)
+                run["rows"] = sorted([r for r in run["rows"] if case_key(r) != key] + [row], key=case_key)
                 save_result(args.section, {"kind": "text", **run, "body": markdown(run)})  # after every case
 
 

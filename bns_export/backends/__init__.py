@@ -25,7 +25,7 @@ class Backend:
     model_file: str
     module: str
     runs_with: str
-    #: runner options beyond device and providers
+    #: runner options beyond device and providers (low_memory: a lean session, which validation asks for)
     extras: tuple[str, ...] = ()
     #: the exporter traces on the target device (AOTInductor compiles for it); else on the CPU
     traces_on_device: bool = False
@@ -70,7 +70,7 @@ BACKENDS = {
         "model.onnx",
         "onnx",
         "ONNX Runtime (CPU; CUDA/TensorRT EPs with onnxruntime-gpu)",
-        ("cuda_graph",),
+        ("cuda_graph", "low_memory"),
         cpu_fallback=True,
         triton_platform="onnxruntime_onnx",
         triton_tensorrt_accelerator=True,

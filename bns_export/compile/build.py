@@ -40,11 +40,16 @@ def library_versions() -> dict:
     return versions
 
 
-def half_precision(field: GuidedField) -> GuidedField:
-    """A copy whose network runs in fp16; conversions, guidance and the solver stay fp32."""
+def check_halvable(field: GuidedField) -> None:
+    """--fp16 halves a network's weights; an analytic field has none."""
     if not isinstance(field.field, NetworkField):
         raise BNSError("--fp16 needs a network model; analytic fields have no weights to halve")
-    field = copy.deepcopy(field)
+
+
+def half_precision(field: GuidedField) -> GuidedField:
+    """The field with its network halved in place (the fp32 weights are freed, not copied: a big model
+    is never held twice); conversions, guidance and the solver stay fp32."""
+    check_halvable(field)
     field.field.net.half()
     field.field.net_dtype = torch.float16
     return field
@@ -196,8 +201,9 @@ def new_manifest(fmt: str, precision: str, built: BuildInputs, request: ExportRe
 
 
 def export_sampler(built: BuildInputs, fp16: bool, export_device: str) -> UnrolledSampler:
-    """The module the backend traces: the unrolled loop over the network (fp16 network with --fp16; an
-    analytic field in fp32, as the artifact computes)."""
+    """The module the backend traces: the unrolled loop over the network (with --fp16 the network is
+    halved in place, so the fp32 reference must have been used first; an analytic field in fp32, as the
+    artifact computes)."""
     field = half_precision(built.field) if fp16 else built.field
     if built.field.default_dtype == torch.float64:
         field = copy.deepcopy(field).float()
@@ -249,13 +255,19 @@ def compile_artifact(
     built = load_build_inputs(model, solver, options or ModelOptions(), guidance, nfe)
     request = export_request(built.field, max_batch, opt_batch, device, workspace_bytes, timing_cache)
     backend.check_available(request)  # exit 3 before anything is written
-    sampler = export_sampler(built, fp16, device if backend.traces_on_device else "cpu")
+    if fp16:
+        check_halvable(built.field)
+    reference = reference_sampler(built)
     manifest = new_manifest(fmt, "fp16" if fp16 else "fp32", built, request)
-    request = replace(request, metadata={k: manifest[k] for k in GRAPH_METADATA}, output_names=sampler.output_names)
+    request = replace(request, metadata={k: manifest[k] for k in GRAPH_METADATA}, output_names=reference.output_names)
     with staging_dir(Path(out), force=force) as tmp:
         built.solver.save(tmp / "solver.json")
+        # the fp32 reference's vectors first: --fp16 then halves the same weights in place
+        conformance = write_conformance(tmp, reference, request)
+        del reference
+        sampler = export_sampler(built, fp16, device if backend.traces_on_device else "cpu")
         manifest.update(backend.export(sampler, request, tmp, log))
-        manifest["conformance"] = write_conformance(tmp, reference_sampler(built), request)
+        manifest["conformance"] = conformance
         manifest = write_manifest(tmp, manifest)
         del built, sampler  # the validator loads its own reference: no second copy of the weights beside it
         gc.collect()

@@ -163,17 +163,19 @@ def open_artifact(
 ) -> Runner:
     """The artifact's runner on `device`; an ONNX artifact falls back to the CPU where ONNX Runtime has no
     CUDA provider (the CPU build on a GPU machine), so the reference still runs on the GPU.
-    cuda_graph: the artifact's CUDA-graph path (ONNX Runtime's on the CUDA EP, ours for AOTInductor)."""
+    cuda_graph: the artifact's CUDA-graph path (ONNX Runtime's on the CUDA EP, ours for AOTInductor).
+    Otherwise a lean session where the backend has one: transient buffers freed after each run."""
     backend = get_backend(manifest["format"])
+    lean = {"low_memory": True} if "low_memory" in backend.extras else {}  # parity is not a latency test
     if cuda_graph:
         check_cuda_graph_device(device)
         return backend.open(folder, manifest, device=device, providers=providers, cuda_graph=True)
     try:
-        return backend.open(folder, manifest, device=device, providers=providers)
+        return backend.open(folder, manifest, device=device, providers=providers, **lean)
     except BNSError as e:
         if e.exit_code != EXIT_MISSING_BACKEND or not backend.cpu_fallback or providers is not None:
             raise
-        return backend.open(folder, manifest, device="cpu", providers=None)
+        return backend.open(folder, manifest, device="cpu", providers=None, **lean)
 
 
 def reference_outputs(reference: EagerRunner, n: int) -> tuple[list[tuple], list[dict], torch.Tensor]:
