@@ -29,6 +29,36 @@ def guidance_scale(value, name: str = "guidance") -> float:
     return number(value, name, *GUIDANCE_RANGE)
 
 
+#: knots of `LO:HI` when no count is given: one every this many units of guidance (2:8 -> 2, 4, 6, 8), the spacing
+#: measured in docs/benchmarks.md (guidance family) to keep interpolated tables within 0.5 dB of exact ones
+KNOT_SPACING = 2.0
+
+
+def guidance_knots(text: str, name: str = "--guidance") -> tuple[float, ...]:
+    """A guidance family's knots from `LO:HI` (evenly spaced, about KNOT_SPACING apart), `LO:HI:K` (K knots)
+    or a list `W1,W2,...`; increasing scales in GUIDANCE_RANGE, two to 64 of them."""
+    ranged = ":" in text
+    try:
+        values = [float(v) for v in text.split(":" if ranged else ",")]
+    except ValueError:
+        values = []
+    if not values or (ranged and len(values) not in (2, 3)):
+        raise BNSError(f"bad {name} {text!r}: give one scale (3), a range LO:HI[:K] (2:8) or a list (2,3,5,8)")
+    values = [guidance_scale(v, name) if i < 2 or not ranged else v for i, v in enumerate(values)]
+    if ranged:
+        lo, hi = values[:2]
+        if not lo < hi:
+            raise BNSError(f"bad {name} {text!r}: the range LO:HI needs LO < HI")
+        count = values[2] if len(values) == 3 else math.ceil((hi - lo) / KNOT_SPACING - 1e-9) + 1
+        count = integer(int(count) if float(count).is_integer() else count, f"{name} knot count", 2, 64)
+        values = [lo + (hi - lo) * i / (count - 1) for i in range(count)]
+    if len(values) < 2 or any(b <= a for a, b in zip(values, values[1:])):
+        raise BNSError(f"bad {name} {text!r}: a family needs two or more increasing scales")
+    if len(values) > 64:
+        raise BNSError(f"bad {name} {text!r}: {len(values)} knots, more than 64")
+    return tuple(values)
+
+
 def number(value, name: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
     """A finite real number (not a bool or string) within [lo, hi] ((lo, hi] with lo_open)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -186,6 +216,27 @@ class Integer(click.ParamType):
                 self.fail(f"{_flag(param)} must be a whole number, got {value!r}", param, ctx)
         try:
             return integer(raw, _flag(param), self.lo, self.hi)
+        except BNSError as e:
+            self.fail(str(e), param, ctx)
+
+
+class GuidanceFamily(click.ParamType):
+    """distill's -w: one scale (a table) or a family's knots (`LO:HI[:K]`, `W1,W2,...`; see guidance_knots)."""
+
+    name = "guidance"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (float, tuple)):
+            return value
+        text = str(value).strip()
+        try:
+            if ":" in text or "," in text:
+                return guidance_knots(text, _flag(param))
+            try:
+                raw = float(text)
+            except ValueError:
+                raw = text
+            return guidance_scale(raw, _flag(param))
         except BNSError as e:
             self.fail(str(e), param, ctx)
 

@@ -18,7 +18,7 @@ import click
 
 from . import __version__
 from .backends import BACKENDS, DEFAULT_FORMAT
-from .checks import GUIDANCE_RANGE, Integer, Number
+from .checks import GUIDANCE_RANGE, KNOT_SPACING, GuidanceFamily, Integer, Number
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BNSError
 from .fields import PREDICTIONS, SCHEDULES, TIME_INPUTS
 from .interrupts import Interrupted, mark_finished, pending, raise_if_interrupted, signals_as_interrupts
@@ -49,8 +49,11 @@ def _shape(value: str | None) -> tuple[int, ...] | None:
     return shape
 
 
-def model_options(fn):
-    """--model and the options describing a user's network, shared by every command."""
+def model_options(fn=None, *, family: bool = False):
+    """--model and the options describing a user's network, shared by every command; family=True: -w may
+    also name a guidance family's knots (distill)."""
+    if fn is None:
+        return functools.partial(model_options, family=True) if family else model_options
 
     @click.option(
         "--model",
@@ -94,9 +97,15 @@ def model_options(fn):
     @click.option(
         "--guidance",
         "-w",
-        type=GUIDANCE,
+        type=GuidanceFamily() if family else GUIDANCE,
         default=None,
-        help="Classifier-free guidance scale (1 = none; default: the solver file's, else 1).",
+        help="Classifier-free guidance scale (1 = none; default: the solver file's, else 1)."
+        + (
+            " A range LO:HI[:K] or a list W1,W2,... distils a guidance family: one table per knot (K knots, "
+            f"default one every {KNOT_SPACING:g}), interpolated between them."
+            if family
+            else " With a guidance-family solver file: any scale in its range."
+        ),
     )
     @functools.wraps(fn)
     def wrapper(*args, **kw):
@@ -286,7 +295,7 @@ def eval_cmd(
 
 @main.command("distill")
 @handle_errors
-@model_options
+@model_options(family=True)
 @click.option("--nfe", type=NFE, required=True, help="Function evaluations of the solver.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Solver file to write (.json).")
 @click.option(
@@ -343,9 +352,9 @@ def distill_cmd(
     network_dtype,
     as_json,
 ) -> None:
-    """Train a BNS solver for a model at a fixed NFE."""
+    """Train a BNS solver for a model at a fixed NFE (or a family of them over a guidance range)."""
     from .devices import resolve_device
-    from .distill import DistillConfig, distill
+    from .distill import DistillConfig, distill, distill_family
     from .groundtruth import SEEDS
     from .loaders import load_model
     from .parallel import init_world
@@ -358,7 +367,9 @@ def distill_cmd(
     if base not in ("auto", "paper"):
         parse_spec(base)
     world, dev = init_world(resolve_device(device))
-    field = load_model(model, model_opts, guidance if guidance is not None else 1.0, dev, network_dtype)
+    knots = guidance if isinstance(guidance, tuple) else None
+    start = knots[0] if knots else guidance if guidance is not None else 1.0
+    field = load_model(model, model_opts, start, dev, network_dtype)
     cfg = DistillConfig(
         nfe=nfe,
         base=base,
@@ -369,21 +380,35 @@ def distill_cmd(
         warmup=warmup,
         val_every=val_every,
     )
-    train = _ground_truth(field, train_pairs, SEEDS.train, rtol, atol, cache_dir, "ground truth (train)", world)
-    val = _ground_truth(field, val_pairs, SEEDS.val, rtol, atol, cache_dir, "ground truth (val)  ", world)
+
+    def pairs(field) -> tuple:
+        at = "" if knots is None else f" at w={field.guidance:g}"
+        train = _ground_truth(
+            field, train_pairs, SEEDS.train, rtol, atol, cache_dir, f"ground truth (train){at}", world
+        )
+        val = _ground_truth(field, val_pairs, SEEDS.val, rtol, atol, cache_dir, f"ground truth (val)  {at}", world)
+        return train, val
+
     with click.progressbar(
-        length=iterations,
+        length=iterations * (len(knots) if knots else 1),
         label="distilling",
         file=sys.stderr if world.is_main else io.StringIO(),
         item_show_func=lambda s: s,
     ) as bar:
-        done = [0]
+        shown = [0]
 
-        def progress(it: int, info: dict) -> None:
-            bar.update(it - done[0], f"val {info['val_psnr']:.2f} dB (best {info['best_val_psnr']:.2f})")
-            done[0] = it
+        def progress(it: int, info: dict, knot: int = 0, at: str = "") -> None:
+            step = knot * iterations + it  # over every knot of a family
+            bar.update(step - shown[0], f"{at}val {info['val_psnr']:.2f} dB (best {info['best_val_psnr']:.2f})")
+            shown[0] = step
 
-        solver = distill(field, train, val, cfg, out=out_path, resume=not no_resume, progress=progress, world=world)
+        resume = not no_resume
+        if knots is None:
+            train, val = pairs(field)
+            solver = distill(field, train, val, cfg, out=out_path, resume=resume, progress=progress, world=world)
+        else:
+            report = lambda w, it, info: progress(it, info, knots.index(w), f"w={w:g}: ")  # noqa: E731
+            solver = distill_family(field, knots, pairs, cfg, out_path, resume, report, world)
     if not world.is_main:
         return
     summary = distill_summary(solver, out_path)

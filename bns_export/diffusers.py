@@ -28,7 +28,7 @@ from .fields import GuidedField, NetworkField
 from .fields.adapters import network_input, network_time, to_velocity
 from .fields.schedules import FMOT, DDPMDiscrete, schedule_from_dict, schedule_to_dict
 from .loaders.diffusers import DIFFUSERS_PREDICTIONS as PREDICTIONS  # diffusers' prediction_type names -> ours
-from .solvers.table import NSSolver
+from .solvers.table import NSSolver, SolverFamily, Table, load_solver, solver_from_json
 
 #: how close pipeline-given sigmas must be to the table's own to be accepted (relative)
 SIGMA_TOLERANCE = 1e-4
@@ -76,17 +76,33 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
             raise BNSError("BNSScheduler needs a solver table and the model's schedule (use BNSScheduler.from_solver)")
         if prediction_type not in PREDICTIONS:
             raise BNSError(f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTIONS)}")
-        self.solver = NSSolver.from_json(solver, source="scheduler config")
+        table = solver_from_json(solver, source="scheduler config")
+        #: a guidance family: set_timesteps takes its table at the pipeline's guidance_scale (or set_guidance's)
+        self.family = table if isinstance(table, SolverFamily) else None
         self.schedule = schedule_from_dict(schedule)
         self.prediction = PREDICTIONS[prediction_type]
-        self._t = torch.as_tensor(self.solver.t, dtype=torch.float64)  # our times, kept in fp64
-        self.init_noise_sigma = float(self.schedule.sigma(self._t[0]))
-        self.timesteps = network_time(self.schedule, time_input, self._t).float()
-        self.num_inference_steps = self.solver.nfe
+        self._guidance: float | None = None
+        self._time_input = time_input
+        self._use(table if self.family is None else table.at(table.guidance_range[0]))
         self._begin_index: int | None = None
         self._pipe = None  # the pipeline it was made for (a weak reference), whose guidance_scale it checks
         self._warned = False
         self._reset()
+
+    def _use(self, solver: NSSolver) -> None:
+        """Run `solver`'s table: its times (fp64), the start's noise level and the network-unit timesteps."""
+        self.solver = solver
+        self._t = torch.as_tensor(solver.t, dtype=torch.float64)  # our times, kept in fp64
+        self.init_noise_sigma = float(self.schedule.sigma(self._t[0]))
+        self.timesteps = network_time(self.schedule, self._time_input, self._t).float()
+        self.num_inference_steps = solver.nfe
+
+    def set_guidance(self, guidance: float) -> None:
+        """A family's scale for the next set_timesteps when no pipeline gives one (a pipeline's guidance_scale
+        wins)."""
+        if self.family is None:
+            raise BNSError("this BNSScheduler runs one table: its guidance was fixed when it was distilled")
+        self._guidance = float(guidance)
 
     def __repr__(self) -> str:
         return (
@@ -95,16 +111,17 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         )
 
     @classmethod
-    def from_solver(cls, solver: NSSolver | str, model) -> BNSScheduler:
+    def from_solver(cls, solver: Table | str, model) -> BNSScheduler:
         """The scheduler of a solver file (or table) for its model, given as a NetworkField (or a guided
         one), a diffusers pipeline (its unet or transformer and its scheduler's config), or a diffusers
         folder.  The solver must have been distilled for that network and schedule (the weights, not the
         folder's name or the prompt set); with a pipeline, the guidance is the pipeline call's, and a
-        call at another scale than the table's gets one warning."""
+        call at another scale than the table's gets one warning.  A guidance family takes its table at the
+        pipeline call's guidance_scale (or set_guidance's, or a guided field's) when set_timesteps runs."""
         from .solvers.resolve import check_solver_fits
 
-        table = solver if isinstance(solver, NSSolver) else NSSolver.load(solver)
-        source = "solver" if isinstance(solver, NSSolver) else str(solver)
+        table = solver if isinstance(solver, (NSSolver, SolverFamily)) else load_solver(solver)
+        source = "solver" if isinstance(solver, (NSSolver, SolverFamily)) else str(solver)
         pipe, given_field = None, isinstance(model, (NetworkField, GuidedField))
         if isinstance(model, (str, os.PathLike)):
             model = folder_field(model, table)
@@ -138,14 +155,31 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
             **keys,
         )
         scheduler._pipe = None if pipe is None else weakref.ref(pipe)
+        if scheduler.family is not None and isinstance(model, GuidedField):
+            scheduler.set_guidance(model.guidance)
         return scheduler
+
+    def _pipeline_guidance(self) -> float | None:
+        pipe = self._pipe() if self._pipe is not None else None
+        scale = getattr(pipe, "guidance_scale", None) if pipe is not None else None
+        return float(scale) if isinstance(scale, (int, float)) else None
+
+    def _choose_table(self) -> None:
+        """A family's table at the pipeline's guidance_scale (else set_guidance's); outside its range, one line."""
+        w = self._pipeline_guidance()
+        w = self._guidance if w is None else w
+        lo, hi = self.family.guidance_range
+        if w is None:
+            raise BNSError(f"this BNSScheduler holds a guidance family ({lo:g}..{hi:g}): call set_guidance(w) first")
+        if not lo <= w <= hi:
+            raise BNSError(f"guidance_scale {w:g} is outside the solver family's range {lo:g}..{hi:g}")
+        self._use(self.family.at(w))
 
     def _check_guidance(self) -> None:
         """Once: a pipeline that samples at another guidance scale than the table was distilled at."""
-        pipe = self._pipe() if self._pipe is not None else None
-        scale = getattr(pipe, "guidance_scale", None) if pipe is not None else None
+        scale = self._pipeline_guidance()
         table = self.config.guidance
-        if self._warned or table is None or not isinstance(scale, (int, float)) or float(scale) == float(table):
+        if self._warned or table is None or scale is None or scale == float(table):
             return
         self._warned = True
         warnings.warn(
@@ -192,7 +226,10 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None, mu=None, **_
     ):
         """The solver's n times in the network's units.  Pipelines that pass sigmas (Flux, SD3) or timesteps are
-        accepted when they are the table's own (to SIGMA_TOLERANCE); anything else is one line."""
+        accepted when they are the table's own (to SIGMA_TOLERANCE); anything else is one line.  A family takes
+        its table at the call's guidance first."""
+        if self.family is not None:
+            self._choose_table()
         n = self.solver.nfe
         if timesteps is not None:
             given = torch.as_tensor(np.asarray(timesteps, dtype=np.float64))
@@ -266,7 +303,7 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         return self.solver.nfe
 
 
-def pipeline_field(pipe, solver: NSSolver) -> NetworkField:
+def pipeline_field(pipe, solver: Table) -> NetworkField:
     """The velocity field of a diffusers pipeline: its unet or transformer and its scheduler's config."""
     net = getattr(pipe, "unet", None)
     net = net if net is not None else getattr(pipe, "transformer", None)
@@ -275,7 +312,7 @@ def pipeline_field(pipe, solver: NSSolver) -> NetworkField:
     return network_field(net, dict(pipe.scheduler.config), solver)
 
 
-def folder_field(path: str | os.PathLike, solver: NSSolver) -> NetworkField:
+def folder_field(path: str | os.PathLike, solver: Table) -> NetworkField:
     """The velocity field of a save_pretrained folder's network and scheduler (no condition set needed)."""
     from pathlib import Path
 
@@ -288,7 +325,7 @@ def folder_field(path: str | os.PathLike, solver: NSSolver) -> NetworkField:
     return network_field(net, config, solver)
 
 
-def network_field(net: torch.nn.Module, scheduler_config: dict, solver: NSSolver) -> NetworkField:
+def network_field(net: torch.nn.Module, scheduler_config: dict, solver: Table) -> NetworkField:
     """A diffusers network through its class's adapter, with the schedule its scheduler config describes;
     the sample shape is the one the solver was distilled at.  Enough for the scheduler and for the solver's
     network-identity check; conditions come from the pipeline at each call."""

@@ -11,6 +11,7 @@ at half the learning rate (with the ramp again), and stops after a few such halv
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -33,7 +34,7 @@ from .metrics import psnr_per_sample
 from .parallel import SINGLE, World, all_sum_grads
 from .solvers import baseline
 from .solvers.sampler import ns_sample, sample_batches, solver_tensors
-from .solvers.table import NSSolver
+from .solvers.table import NSSolver, SolverFamily
 
 
 class BNSParams(nn.Module):
@@ -215,8 +216,11 @@ def _ckpt_path(out: Path) -> Path:
     return out.with_name(out.name + ".ckpt.safetensors")
 
 
-def _run_id(cfg: DistillConfig, field_fp: str, train: GTSet, val: GTSet) -> str:
-    d = json.dumps({"cfg": asdict(cfg), "field": field_fp, "train": train.key, "val": val.key}, sort_keys=True)
+def _run_id(cfg: DistillConfig, field_fp: str, train: GTSet, val: GTSet, init: NSSolver | None = None) -> str:
+    d = {"cfg": asdict(cfg), "field": field_fp, "train": train.key, "val": val.key}
+    if init is not None:  # a family's knot starts from its neighbour's table
+        d["init"] = init.fingerprint()
+    d = json.dumps(d, sort_keys=True)
     return hashlib.sha256(d.encode()).hexdigest()[:16]
 
 
@@ -355,8 +359,11 @@ def distill(
     resume: bool = True,
     progress: Callable[[int, dict], None] | None = None,
     world: World = SINGLE,
+    init: NSSolver | None = None,
 ) -> NSSolver:
     """Train a BNS solver for `field` (a guided field if guidance is wanted) on GT pairs.
+
+    init: the table to start from (a neighbouring guidance knot's, for a family) instead of `cfg.base`.
 
     `progress(iteration, info)` is called after every validation.  With `out`, a checkpoint is
     kept next to it while training and removed when the solver file is written.  Under torchrun
@@ -367,7 +374,11 @@ def distill(
     started = time.time()
     if cfg.batch_size < world.size:
         raise BNSError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes")
-    init, init_val = initial_solver(field, cfg, val, world)
+    warm = init is not None
+    if init is None:
+        init, init_val = initial_solver(field, cfg, val, world)
+    else:
+        init_val = mean_psnr(field, solver_tensors(init, val.noise.dtype, val.noise.device), val, world)
     params = BNSParams(init, cfg.time_param, cfg.coef_scale, field.schedule).to(train.noise.device)
     if cfg.learn == "times":
         params.a.requires_grad_(False)
@@ -376,7 +387,8 @@ def distill(
     trainer = Trainer(field, params, torch.optim.Adam(trained, lr=cfg.lr), trained, train, val, cfg, world)
     fp = field.fingerprint()
     ckpt = _ckpt_path(Path(out)) if out is not None else None
-    state, best = TrainState(run_id=_run_id(cfg, fp, train, val), best_val=init_val), trainer.snapshot()
+    run_id = _run_id(cfg, fp, train, val, init if warm else None)
+    state, best = TrainState(run_id=run_id, best_val=init_val), trainer.snapshot()
     if resume and ckpt is not None and ckpt.exists():
         loaded = _load_ckpt(ckpt, params, trainer.opt, state.run_id)
         if loaded is not None:
@@ -403,6 +415,74 @@ def distill(
             ckpt.unlink(missing_ok=True)
     world.barrier()
     return solver
+
+
+def distill_family(
+    field,
+    knots: tuple[float, ...],
+    pairs: Callable[[nn.Module], tuple[GTSet, GTSet]],
+    cfg: DistillConfig,
+    out: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: Callable[[float, int, dict], None] | None = None,
+    world: World = SINGLE,
+) -> SolverFamily:
+    """One BNS table per guidance knot, in increasing order, each started from the previous knot's table (the
+    first from `cfg.base`), so that neighbouring tables stay in one basin and interpolate smoothly.
+
+    `pairs(field)` gives the (train, val) GT sets at the field's current guidance.  With `out`, each finished
+    knot is kept beside it (`<out>.knot-W.json`, reused by a rerun of the same recipe) until the family file is
+    written.
+    """
+    if getattr(field, "embedded", False) or not field.conditional:
+        raise BNSError("a guidance family needs a conditional model with classifier-free guidance")
+    tables: list[NSSolver] = []
+    for w in knots:
+        field.set_guidance(w)
+        part = None if out is None else Path(out).with_name(f"{Path(out).name}.knot-{w:g}.json")
+        table = _finished_knot(part, cfg, field) if resume else None
+        if table is None:
+            train, val = pairs(field)
+            report = None if progress is None else functools.partial(progress, w)
+            table = distill(
+                field,
+                train,
+                val,
+                cfg,
+                out=part,
+                resume=resume,
+                progress=report,
+                world=world,
+                init=tables[-1] if tables else None,
+            )
+        tables.append(table)
+    first = tables[0].meta
+    meta = {k: first[k] for k in ("model_fingerprint", "model_identity", "model") if k in first}
+    meta.update(
+        kind="bns-family",
+        config=asdict(cfg),
+        tool_version=__version__,
+        wall_time_s=round(sum(t.meta.get("wall_time_s", 0.0) for t in tables), 3),
+    )
+    family = SolverFamily(knots, tables, name=f"bns-{cfg.nfe}-w{knots[0]:g}-{knots[-1]:g}", meta=meta)
+    if out is not None and world.is_main:
+        family.save(out)
+        for w in knots:
+            Path(out).with_name(f"{Path(out).name}.knot-{w:g}.json").unlink(missing_ok=True)
+    world.barrier()
+    return family
+
+
+def _finished_knot(path: Path | None, cfg: DistillConfig, field) -> NSSolver | None:
+    """A knot an earlier run of the same recipe finished for this network and guidance, else None."""
+    if path is None or not path.exists():
+        return None
+    try:
+        table = NSSolver.load(path)
+    except BNSError:
+        return None
+    same = table.meta.get("config") == asdict(cfg) and table.meta.get("model_identity") == field.network_identity()
+    return table if same and table.meta.get("guidance") == float(field.guidance) else None
 
 
 def provenance(field, init: NSSolver, init_val: float, state: TrainState, trainer: Trainer, wall_s: float) -> dict:

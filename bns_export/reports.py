@@ -26,7 +26,17 @@ DISTILL_FIELDS = (
 
 
 def distill_summary(solver, out) -> dict:
-    """The summary of a distilled solver (`distill --json`): where it was written and how it trained."""
+    """The summary of a distilled solver (`distill --json`): where it was written and how it trained; for a
+    guidance family, each knot's."""
+    if solver.meta.get("kind") == "bns-family":
+        return {
+            "out": str(out),
+            "nfe": solver.nfe,
+            "guidance_range": list(solver.guidance_range),
+            "knots": [{"guidance": float(w), **distill_summary(t, out)} for w, t in zip(solver.knots, solver.tables)],
+            "wall_time_s": solver.meta["wall_time_s"],
+            "fingerprint": solver.fingerprint(),
+        }
     return {
         "out": str(out),
         "nfe": solver.nfe,
@@ -36,11 +46,20 @@ def distill_summary(solver, out) -> dict:
 
 
 def distill_text(summary: dict) -> str:
-    """One line for a distillation summary."""
+    """One line for a distillation summary (one per knot for a family)."""
+    if "knots" in summary:
+        lo, hi = summary["guidance_range"]
+        head = f"wrote {summary['out']}: BNS {summary['nfe']} NFE guidance family {lo:g}..{hi:g}, " + (
+            f"{len(summary['knots'])} knots, {summary['wall_time_s']:.0f} s"
+        )
+        return "\n".join([head] + [f"  w={k['guidance']:g}: " + _trained(k) for k in summary["knots"]])
+    return f"wrote {summary['out']}: BNS {summary['nfe']} NFE, " + _trained(summary)
+
+
+def _trained(summary: dict) -> str:
     return (
-        f"wrote {summary['out']}: BNS {summary['nfe']} NFE, validation PSNR {summary['val_psnr']:.2f} dB "
-        f"(base {summary['base_solver']} {summary['base_val_psnr']:.2f} dB), {summary['iterations']} iterations, "
-        f"{summary['wall_time_s']:.0f} s"
+        f"validation PSNR {summary['val_psnr']:.2f} dB (base {summary['base_solver']} "
+        f"{summary['base_val_psnr']:.2f} dB), {summary['iterations']} iterations, {summary['wall_time_s']:.0f} s"
     )
 
 

@@ -55,7 +55,7 @@ def test_family_end_to_end(family, root):
     noise = np.random.default_rng(0).standard_normal((2, *runner.sample_shape)).astype(np.float32)
     cond = None
     if runner.named_conditions:
-        cond = {n: np.zeros((2, *runner.condition_shapes[n]), np.float32) for n in runner.input_names[1:]}
+        cond = {n: np.zeros((2, *runner.condition_shapes[n]), np.float32) for n in runner.condition_names}
     elif runner.condition_name == "labels":
         cond = np.array([0, -1])
     elif runner.conditional:

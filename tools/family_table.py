@@ -73,7 +73,7 @@ def family_row(family: str, root: Path) -> dict:
         noise = np.zeros((1, *runner.sample_shape), np.float32)
         cond = None
         if runner.named_conditions:
-            cond = {n: np.zeros((1, *runner.condition_shapes[n]), np.float32) for n in runner.input_names[1:]}
+            cond = {n: np.zeros((1, *runner.condition_shapes[n]), np.float32) for n in runner.condition_names}
         elif runner.condition_name == "labels":
             cond = np.array([0])
         elif runner.conditional:

@@ -7,6 +7,7 @@ max batch: a service to put behind a load balancer, and an example to copy.
     curl -s -X POST localhost:8080/sample -d '{"noise": [[[...]]], "label": 3}'
     curl -s -X POST localhost:8080/sample -d '{"seed": 7, "cond": [[...]]}'   # tensor-conditioned artifacts
     curl -s -X POST localhost:8080/sample -d '{"seed": 7, "cond": {"encoder_hidden_states": [[...]], ...}}'  # named
+    curl -s -X POST localhost:8080/sample -d '{"seed": 7, "label": 3, "guidance": 4.5}'   # a guidance-family artifact
 
 Each request asks for one sample (its own noise, or a seed); a worker thread takes whatever requests
 are waiting (up to max_batch, after at most --max-delay-ms), runs them as one batch and answers each.
@@ -61,9 +62,9 @@ class Batcher:
     def alive(self) -> bool:
         return self.thread.is_alive()
 
-    def submit(self, noise: np.ndarray, cond) -> Future:
+    def submit(self, noise: np.ndarray, cond, guidance: float | None = None) -> Future:
         fut: Future = Future()
-        self.requests.put((noise, cond, fut))
+        self.requests.put((noise, cond, guidance, fut))
         return fut
 
     def _work(self) -> None:
@@ -75,29 +76,42 @@ class Batcher:
             except queue.Empty:
                 pass
             try:
-                noise = np.stack([n for n, _, _ in items]).astype(np.float32)
+                noise = np.stack([n for n, _, _, _ in items]).astype(np.float32)
                 cond = None
                 if self.runner.named_conditions:  # {name: one sample's array} per request -> {name: batch}
-                    cond = {k: np.stack([c[k] for _, c, _ in items]) for k in self.runner.input_names[1:]}
+                    cond = {k: np.stack([c[k] for _, c, _, _ in items]) for k in self.runner.condition_names}
                 elif self.runner.conditional:
-                    cond = np.stack([np.asarray(c, dtype=self.runner.condition_dtype) for _, c, _ in items])
-                out = self.runner(noise, cond)
+                    cond = np.stack([np.asarray(c, dtype=self.runner.condition_dtype) for _, c, _, _ in items])
+                # a guidance family: each request's own scale, one batch
+                guidance = None if self.runner.guidance_range is None else np.array([g for _, _, g, _ in items])
+                out = self.runner(noise, cond, guidance)
                 self.batches += 1
-                for k, (_, _, fut) in enumerate(items):
+                for k, (_, _, _, fut) in enumerate(items):
                     fut.set_result(out[k])
             except Exception as e:  # one bad batch fails its requests, never the service
-                for _, _, fut in items:
+                for _, _, _, fut in items:
                     if not fut.done():
                         fut.set_exception(e)
 
 
-def parse_request(runner, req) -> tuple[np.ndarray, object]:
-    """One request's noise and condition, checked against the artifact (HTTPError 400 otherwise)."""
+def parse_request(runner, req) -> tuple[np.ndarray, object, float | None]:
+    """One request's noise, condition and (a guidance-family artifact's) guidance, checked against the artifact
+    (HTTPError 400 otherwise)."""
     if not isinstance(req, dict):
         raise HTTPError(400, "request must be a JSON object")
-    unknown = sorted(set(req) - {"noise", "seed", "label", "cond"})
+    unknown = sorted(set(req) - {"noise", "seed", "label", "cond", "guidance"})
     if unknown:
-        raise HTTPError(400, f"unknown field(s) {', '.join(unknown)}; use noise or seed, and label or cond")
+        raise HTTPError(400, f"unknown field(s) {', '.join(unknown)}; use noise or seed, label or cond, and guidance")
+    noise, cond = _sample_inputs(runner, req)
+    guidance = req.get("guidance")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))):
+        raise HTTPError(400, "guidance must be a number")
+    runner.check_guidance(None if guidance is None else np.array([guidance], np.float32), 1)  # range: a 400
+    return noise, cond, None if guidance is None else float(guidance)
+
+
+def _sample_inputs(runner, req: dict) -> tuple[np.ndarray, object]:
+    """A request's noise and condition, checked against the artifact."""
     if "noise" in req:
         with np.errstate(over="ignore"):  # beyond float32 becomes inf, which check_inputs refuses
             noise = np.asarray(req["noise"], dtype=np.float32)  # ValueError / TypeError for non-numbers: a 400
@@ -108,7 +122,7 @@ def parse_request(runner, req) -> tuple[np.ndarray, object]:
         noise = np.random.default_rng(seed).standard_normal(runner.sample_shape).astype(np.float32)
     cond = None
     if runner.named_conditions:
-        names = runner.input_names[1:]
+        names = runner.condition_names
         if not isinstance(req.get("cond"), dict):
             raise HTTPError(400, f"this artifact needs cond, an object with {', '.join(names)}")
         with np.errstate(over="ignore"):
@@ -217,6 +231,8 @@ def make_server(
                 return self._send(404, {"error": "unknown path"})
             m = runner.manifest
             body = {"nfe": m["nfe"], "sample_shape": m["sample_shape"], "max_batch": m["max_batch"]}
+            if m.get("guidance_range") is not None:
+                body["guidance_range"] = m["guidance_range"]
             if not batcher.alive:
                 return self._send(503, {**body, "error": "the batcher has stopped"})
             self._send(200, {**body, "queued": batcher.requests.qsize()})
@@ -252,10 +268,10 @@ def make_server(
                     raise HTTPError(400, f"request is not JSON ({str(e).splitlines()[0][:120]})") from None
                 except RecursionError:
                     raise HTTPError(400, "request JSON is nested too deeply") from None
-                noise, cond = parse_request(runner, req)
+                noise, cond, guidance = parse_request(runner, req)
                 if not batcher.alive:
                     raise HTTPError(503, "the batcher has stopped")
-                sample = batcher.submit(noise, cond).result(timeout=SAMPLE_TIMEOUT_S)
+                sample = batcher.submit(noise, cond, guidance).result(timeout=SAMPLE_TIMEOUT_S)
             except HTTPError as e:
                 return self._send(e.code, {"error": str(e)})
             except TimeoutError:

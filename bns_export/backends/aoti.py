@@ -63,11 +63,11 @@ class AotiRunner(Runner):
         self.cuda_graph = cuda_graph
         self._call = CudaGraphs(self.model, self.device) if cuda_graph else self.model
 
-    def infer(self, noise, condition):
+    def infer(self, noise, condition, guidance=None):
         import torch
 
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
-        args = [x, *self.condition_args(condition, self.device)]
+        args = [x, *self.condition_args(condition, self.device, guidance)]
         with self._lock, torch.no_grad():
             out = self._call(*args)
         return dict(zip(self.output_names, out if isinstance(out, (list, tuple)) else (out,)))

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import BNSError
 
 NULL_LABEL = -1  # the unconditional branch (same value as bns_export.fields.NULL_LABEL)
+GUIDANCE_INPUT = "guidance"  # a guidance family's graph input: (B,) float32, the scale per sample
 
 
 def condition_input(conditional: bool, cond_shape) -> tuple[str | None, type | None]:
@@ -47,6 +48,8 @@ class ExportRequest:
     output_names: tuple[str, ...] = ("sample",)
     #: several named conditions: (name, one sample's shape) per graph input, in order; else ()
     condition_parts: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    #: a guidance family's range: the graph then takes guidance (B,) float32 last; else None
+    guidance_range: tuple[float, float] | None = None
 
     @property
     def condition_name(self) -> str | None:
@@ -54,11 +57,19 @@ class ExportRequest:
         return condition_input(self.conditional, self.cond_shape)[0]
 
     @property
-    def input_names(self) -> list[str]:
-        """Every graph input in order: noise, then the condition input(s)."""
+    def input_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Every graph input after noise, in order, with one sample's shape: the condition input(s), then
+        guidance (one number per sample) with a family."""
         if self.condition_parts:
-            return ["noise", *(name for name, _ in self.condition_parts)]
-        return ["noise", self.condition_name] if self.conditional else ["noise"]
+            parts = list(self.condition_parts)
+        else:
+            parts = [(self.condition_name, tuple(self.cond_shape or ()))] if self.conditional else []
+        return parts + ([(GUIDANCE_INPUT, ())] if self.guidance_range is not None else [])
+
+    @property
+    def input_names(self) -> list[str]:
+        """Every graph input in order: noise, then the condition input(s), then guidance with a family."""
+        return ["noise", *(name for name, _ in self.input_shapes)]
 
 
 #: manifest keys also stored in the graph's own metadata (ONNX metadata_props), compared on load
@@ -172,12 +183,17 @@ class Runner(ABC):
         self.conditional = self.num_classes is not None or self.cond_shape is not None
         #: the graph's condition input ("labels" or "cond") and its numpy dtype
         self.condition_name, self.condition_dtype = condition_input(self.conditional, self.cond_shape)
-        #: the graph's inputs after noise, in order, and one sample's shape each
-        inputs = [i for i in manifest["inputs"] if i["name"] != "noise"]
-        self.input_names = ["noise", *(i["name"] for i in inputs)]
+        #: the graph's condition inputs, in order, and one sample's shape each
+        inputs = [i for i in manifest["inputs"] if i["name"] not in ("noise", GUIDANCE_INPUT)]
+        self.condition_names = [i["name"] for i in inputs]
         self.condition_shapes = {i["name"]: tuple(i["shape"][1:]) for i in inputs}
+        #: a guidance family's range: guidance (B,) is then an input (None: the artifact bakes one scale)
+        rng = manifest.get("guidance_range")
+        self.guidance_range = None if rng is None else (float(rng[0]), float(rng[1]))
+        #: every graph input in order: noise, the condition(s), then guidance with a family
+        self.input_names = ["noise", *self.condition_names, *([GUIDANCE_INPUT] if self.guidance_range else [])]
         #: named conditions (SDXL, SD3, Flux, ...): the condition is a {name: array} record
-        self.named_conditions = self.conditional and [i["name"] for i in inputs] not in (["labels"], ["cond"])
+        self.named_conditions = self.conditional and self.condition_names not in (["labels"], ["cond"])
         self.nfe = int(manifest["nfe"])
         #: the graph's outputs in order ("sample", then "image" with a decoder) and one item's shape each
         self.output_names = [o["name"] for o in manifest["outputs"]]
@@ -235,22 +251,49 @@ class Runner(ABC):
             raise BNSError(f"{name} holds NaN or inf (or values beyond float32's range)")
         return cond
 
+    def check_guidance(self, guidance, batch: int):
+        """A family's guidance: one number (every sample) or (B,) real floats within the distilled range; a
+        baked artifact takes none.  Returns a float32 (B,) numpy array or torch tensor, or None."""
+        if self.guidance_range is None:
+            if guidance is not None:
+                raise BNSError(
+                    f"this artifact bakes guidance {self.manifest.get('guidance')}: do not pass guidance "
+                    "(compile a guidance family to choose it per request)"
+                )
+            return None
+        lo, hi = self.guidance_range
+        if guidance is None:
+            raise BNSError(f"this artifact takes guidance (B,) per sample in {lo:g}..{hi:g}: pass guidance")
+        g = _array(guidance, "guidance")
+        if _kind(g) not in ("f", "i", "u") or (not is_torch(g) and g.dtype == bool):
+            raise BNSError(f"guidance must hold real numbers, got dtype {g.dtype}")
+        if tuple(g.shape) == ():
+            g = g.expand(batch) if is_torch(g) else np.full(batch, g)
+        if tuple(g.shape) != (batch,):
+            raise BNSError(f"guidance has shape {tuple(g.shape)}, expected ({batch},) or one number")
+        values = g.detach().float().cpu().numpy() if is_torch(g) else np.asarray(g, dtype=np.float64)
+        if not np.all(np.isfinite(values)) or values.min() < lo or values.max() > hi:
+            raise BNSError(f"guidance must be within the distilled range {lo:g}..{hi:g}, got {values.tolist()[:8]}")
+        return g.float() if is_torch(g) else np.ascontiguousarray(g, dtype=np.float32)
+
     def _check_named(self, cond, batch: int) -> dict:
         """Named conditions: a {name: (B, *shape)} record with exactly the graph's names, each a tensor condition."""
-        names = self.input_names[1:]
+        names = self.condition_names
         if not isinstance(cond, dict):
             raise BNSError(f"this artifact takes named conditions: pass {{{', '.join(names)}}} as a dict of arrays")
         if sorted(cond) != sorted(names):
             raise BNSError(f"conditions must be exactly {', '.join(names)}; got {', '.join(map(str, cond)) or 'none'}")
         return {n: self._check_cond(cond[n], batch, n, self.condition_shapes[n]) for n in names}
 
-    def condition_feed(self, condition) -> dict:
-        """The condition input(s) by graph input name, as numpy (for runtimes that take a feed dict)."""
+    def condition_feed(self, condition, guidance=None) -> dict:
+        """The condition input(s) (and a family's guidance) by graph input name, as numpy (for runtimes
+        that take a feed dict)."""
+        feed = {} if guidance is None else {GUIDANCE_INPUT: to_numpy(guidance, np.float32)}
         if not self.conditional:
-            return {}
+            return feed
         if self.named_conditions:
-            return {n: to_numpy(v, np.float32) for n, v in condition.items()}
-        return {self.condition_name: to_numpy(condition, self.condition_dtype)}
+            return {**{n: to_numpy(v, np.float32) for n, v in condition.items()}, **feed}
+        return {self.condition_name: to_numpy(condition, self.condition_dtype), **feed}
 
     def condition_tensor(self, condition, device):
         """Checked labels or cond as a torch tensor of the graph's dtype on `device` (torch backends); named
@@ -271,22 +314,26 @@ class Runner(ABC):
             return x.to(device=device, dtype=torch.float32)
         return torch.as_tensor(to_numpy(x, np.float32)).to(device)
 
-    def condition_args(self, condition, device) -> list:
-        """The condition inputs as torch tensors in the graph's input order (torch backends)."""
+    def condition_args(self, condition, device, guidance=None) -> list:
+        """The condition inputs (and a family's guidance) as torch tensors in the graph's input order (torch
+        backends)."""
+        extra = [] if guidance is None else [self._float_tensor(guidance, device)]
         if not self.conditional:
-            return []
+            return extra
         cond = self.condition_tensor(condition, device)
-        return [cond[n] for n in self.input_names[1:]] if self.named_conditions else [cond]
+        return ([cond[n] for n in self.condition_names] if self.named_conditions else [cond]) + extra
 
-    def __call__(self, noise, condition=None):
+    def __call__(self, noise, condition=None, guidance=None):
         """The artifact's product: its last output (the image with a decoder, else the sample)."""
-        return self.run(noise, condition)[self.output_names[-1]]
+        return self.run(noise, condition, guidance)[self.output_names[-1]]
 
-    def run(self, noise, condition=None) -> dict:
-        """Every output by name, in the graph's order; kind and device follow `noise`."""
+    def run(self, noise, condition=None, guidance=None) -> dict:
+        """Every output by name, in the graph's order; kind and device follow `noise`.  guidance: a family
+        artifact's scale, one number or one per sample."""
         noise, condition = self.check_inputs(noise, condition)
-        return {k: follow(v, noise) for k, v in self.infer(noise, condition).items()}
+        guidance = self.check_guidance(guidance, int(noise.shape[0]))
+        return {k: follow(v, noise) for k, v in self.infer(noise, condition, guidance).items()}
 
     @abstractmethod
-    def infer(self, noise, condition) -> dict:
+    def infer(self, noise, condition, guidance=None) -> dict:
         """Run the sampler on checked inputs: {output name: array or tensor} (`run` converts to noise's kind)."""

@@ -306,8 +306,8 @@ class OnnxRunner(Runner):
         self.device = f"cuda:{self.device_id}" if gpu else "cpu"
         self._graphs: dict[int, tuple] = {}
 
-    def infer(self, noise, condition):
-        feed = {"noise": to_numpy(noise, np.float32), **self.condition_feed(condition)}
+    def infer(self, noise, condition, guidance=None):
+        feed = {"noise": to_numpy(noise, np.float32), **self.condition_feed(condition, guidance)}
         try:
             outs = self._replay(feed) if self.cuda_graph else self.session.run(self.output_names, feed)
         except Exception as e:  # a graph/manifest mismatch that the checks above could not see

@@ -67,10 +67,7 @@ def build_engine(onnx_path: Path, plan_path: Path, request: ExportRequest) -> di
     profile = builder.create_optimization_profile()
     shape, lo, opt, hi = request.sample_shape, 1, request.opt_batch, request.max_batch
     profile.set_shape("noise", (lo, *shape), (opt, *shape), (hi, *shape))
-    parts = request.condition_parts or (
-        ((request.condition_name, tuple(request.cond_shape or ())),) if request.conditional else ()
-    )
-    for name, extra in parts:
+    for name, extra in request.input_shapes:
         profile.set_shape(name, (lo, *extra), (opt, *extra), (hi, *extra))
     config.add_optimization_profile(profile)
     cache_path = Path(request.timing_cache) if request.timing_cache else default_timing_cache()
@@ -112,7 +109,7 @@ class TensorRTRunner(Runner):
             )
         self.context = self.engine.create_execution_context()
 
-    def infer(self, noise, condition):
+    def infer(self, noise, condition, guidance=None):
         import torch
 
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device).contiguous()
@@ -122,7 +119,7 @@ class TensorRTRunner(Runner):
         with self._lock, torch.cuda.device(x.device):
             self.context.set_input_shape("noise", tuple(x.shape))
             self.context.set_tensor_address("noise", x.data_ptr())
-            conds = [c.contiguous() for c in self.condition_args(condition, self.device)]
+            conds = [c.contiguous() for c in self.condition_args(condition, self.device, guidance)]
             for name, c in zip(self.input_names[1:], conds):
                 self.context.set_input_shape(name, tuple(c.shape))
                 self.context.set_tensor_address(name, c.data_ptr())

@@ -33,18 +33,22 @@ def example_inputs(sampler: torch.nn.Module, request: ExportRequest, batch: int 
     device = device_of(sampler)
     noise = torch.randn((batch, *request.sample_shape), generator=torch.Generator().manual_seed(0)).to(device)
     if request.condition_parts:
-        return (noise, *(torch.zeros((batch, *shape), device=device) for _, shape in request.condition_parts))
-    if request.cond_shape is not None:
-        return (noise, torch.zeros((batch, *request.cond_shape), device=device))
-    if request.conditional:
-        return (noise, torch.zeros(batch, dtype=torch.long, device=device))
-    return (noise,)
+        args = (noise, *(torch.zeros((batch, *shape), device=device) for _, shape in request.condition_parts))
+    elif request.cond_shape is not None:
+        args = (noise, torch.zeros((batch, *request.cond_shape), device=device))
+    elif request.conditional:
+        args = (noise, torch.zeros(batch, dtype=torch.long, device=device))
+    else:
+        args = (noise,)
+    if request.guidance_range is not None:  # a family's guidance (B,), inside its range
+        args += (torch.full((batch,), sum(request.guidance_range) / 2, device=device),)
+    return args
 
 
 def dynamic_shapes(request: ExportRequest) -> tuple:
     """A dynamic batch on every input (positional: noise, then the condition inputs)."""
     batch = torch.export.Dim("batch", min=1, max=max(2, request.max_batch))
-    conditions = tuple({0: batch} for _ in request.input_names[1:])  # forward(noise, *conditions)
+    conditions = tuple({0: batch} for _ in request.input_names[1:])  # forward(noise, *conditions[, guidance])
     return ({0: batch}, conditions) if conditions else ({0: batch},)
 
 

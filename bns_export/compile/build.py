@@ -17,7 +17,7 @@ import torch
 
 from .. import __version__
 from ..backends import LIBRARIES, ExportRequest, get_backend
-from ..backends.base import GRAPH_METADATA
+from ..backends.base import GRAPH_METADATA, GUIDANCE_INPUT
 from ..checks import integer, number
 from ..errors import EXIT_PARITY_FAILED, BNSError
 from ..fields import GuidedField, NetworkField
@@ -26,7 +26,7 @@ from ..loaders import ModelOptions, ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..runtime.artifact import check_replaceable, staging_dir, write_manifest
 from ..runtime.layout import Manifest
-from ..solvers import NSSolver, SolverLike, guidance_for, parse_spec, resolve_solver
+from ..solvers import SolverFamily, SolverLike, Table, guidance_for, parse_spec, resolve_solver, resolve_table
 from .unroll import OUTPUTS, UnrolledSampler
 
 
@@ -61,9 +61,18 @@ def tensor_spec(name: str, dtype: str, sizes, note: str | None = None) -> dict:
     return spec if note is None else {**spec, "note": note}
 
 
-def io_specs(field, max_batch: int, decoder=None) -> tuple[list[dict], list[dict]]:
-    """The graph's inputs (noise, then the condition: one input per named condition, `cond`, or `labels`)
-    and outputs (the sample, and the image with a decoder) for the manifest."""
+def io_specs(field, max_batch: int, decoder=None, guidance_range=None) -> tuple[list[dict], list[dict]]:
+    """The graph's inputs (noise, then the condition: one input per named condition, `cond`, or `labels`;
+    then a family's guidance) and outputs (the sample, and the image with a decoder) for the manifest."""
+    inputs, outputs = _io_specs(field, decoder)
+    if guidance_range is not None:
+        lo, hi = guidance_range
+        note = f"the guidance scale per sample, {lo:g}..{hi:g}: the solver family is interpolated there"
+        inputs.append(tensor_spec(GUIDANCE_INPUT, "float32", (), note))
+    return inputs, outputs
+
+
+def _io_specs(field, decoder) -> tuple[list[dict], list[dict]]:
     inputs = [tensor_spec("noise", "float32", field.sample_shape)]
     layout = field.condition_layout
     if layout is not None and not layout.legacy:
@@ -109,8 +118,14 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
         condition = torch.randint(0, reference.field.num_classes, (batch,), generator=g)
         condition[-1] = -1
         tensors["labels"] = condition
+    guidance = None
+    if request.guidance_range is not None:  # several scales across the family's range, one per sample
+        lo, hi = request.guidance_range
+        guidance = torch.linspace(lo, hi, batch) if batch > 1 else torch.tensor([(lo + hi) / 2])
+        tensors[GUIDANCE_INPUT] = guidance
     device = next(iter(reference.buffers())).device
-    outputs = reference.named(noise.to(device), None if condition is None else condition.to(device))
+    to = lambda v: None if v is None else v.to(device)  # noqa: E731
+    outputs = reference.named(noise.to(device), to(condition), to(guidance))
     inputs = sorted(tensors)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     tensors.update({k: v.float().cpu().contiguous() for k, v in outputs.items()})
@@ -131,28 +146,36 @@ class BuildInputs:
 
     spec: ModelSpec
     field: GuidedField
-    solver: NSSolver
+    solver: Table
     decoder: torch.nn.Module | None
-    guidance: float
+    guidance: float | None  # None: a guidance family, which the graph takes per sample
+
+    @property
+    def guidance_range(self) -> tuple[float, float] | None:
+        return self.solver.guidance_range if isinstance(self.solver, SolverFamily) else None
 
 
 def load_build_inputs(
     model: str, solver: SolverLike, options: ModelOptions, guidance: float | None, nfe: int | None
 ) -> BuildInputs:
-    """The model, the solver (a solver file read once) and the decoder; guidance None: the solver file's."""
+    """The model, the solver (a solver file read once) and the decoder; guidance None: the solver file's, or
+    for a guidance family none (the graph takes it per sample; -w bakes the family's table at w)."""
     spec = ModelSpec(model, options)
     solver = parse_spec(solver)
-    guidance = guidance_for(solver, guidance)
-    field = load_model(spec, guidance=guidance)
-    ns = resolve_solver(solver, field, nfe)
+    family = solver.family if guidance is None else None
+    baked = family.guidance_range[0] if family else guidance_for(solver, guidance)
+    field = load_model(spec, guidance=baked)
+    ns = resolve_table(solver, field, nfe) if family else resolve_solver(solver, field, nfe)
     decoder = load_decoder(options.decoder, spec, field.sample_shape) if options.decoder else None
-    return BuildInputs(spec, field, ns, decoder, guidance)
+    return BuildInputs(spec, field, ns, decoder, None if family else baked)
 
 
 def export_request(
-    field, max_batch: int, opt_batch: int, device: str, workspace_bytes: int, timing_cache: str | None
+    built: BuildInputs, max_batch: int, opt_batch: int, device: str, workspace_bytes: int, timing_cache: str | None
 ) -> ExportRequest:
-    """The backend's view of the build: shapes, conditions, the batch profile and where to trace."""
+    """The backend's view of the build: shapes, conditions (and a family's guidance), the batch profile and
+    where to trace."""
+    field = built.field
     layout = field.condition_layout
     return ExportRequest(
         sample_shape=tuple(field.sample_shape),
@@ -164,18 +187,27 @@ def export_request(
         device=device,
         workspace_bytes=workspace_bytes,
         timing_cache=timing_cache,
+        guidance_range=built.guidance_range,
     )
 
 
 def new_manifest(fmt: str, precision: str, built: BuildInputs, request: ExportRequest) -> Manifest:
     """The manifest of an artifact about to be exported (files, conformance and validation come later)."""
     backend, field, ns, decoder = get_backend(fmt), built.field, built.solver, built.decoder
-    inputs, outputs = io_specs(field, request.max_batch, decoder)
+    inputs, outputs = io_specs(field, request.max_batch, decoder, built.guidance_range)
+    rng = built.guidance_range
+    note = "guidance is baked in: both branches run in one batched network call per step"
+    if rng is not None:
+        note = (
+            f"guidance is an input (B,) in {rng[0]:g}..{rng[1]:g}: the family's tables are interpolated per sample "
+            "in the graph; both branches run in one batched network call per step"
+        )
     return Manifest(
         format=fmt,
         precision=precision,
         nfe=ns.nfe,
-        guidance=float(built.guidance),
+        guidance=None if built.guidance is None else float(built.guidance),
+        guidance_range=None if rng is None else list(rng),
         max_batch=request.max_batch,
         opt_batch=request.opt_batch,
         sample_shape=list(field.sample_shape),
@@ -193,7 +225,7 @@ def new_manifest(fmt: str, precision: str, built: BuildInputs, request: ExportRe
         model_spec=built.spec.to_json(),
         interval=[field.t_lo, field.t_hi],
         init_scale=field.init_scale,
-        guidance_note="guidance is baked in: both branches run in one batched network call per step",
+        guidance_note=note,
         tool_version=__version__,
         versions=library_versions(),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -253,7 +285,7 @@ def compile_artifact(
         min_psnr = number(min_psnr, "min_psnr", 0, 1000)
     integer(workspace_bytes, "workspace_bytes", 1 << 24, 1 << 50)
     built = load_build_inputs(model, solver, options or ModelOptions(), guidance, nfe)
-    request = export_request(built.field, max_batch, opt_batch, device, workspace_bytes, timing_cache)
+    request = export_request(built, max_batch, opt_batch, device, workspace_bytes, timing_cache)
     backend.check_available(request)  # exit 3 before anything is written
     if fp16:
         check_halvable(built.field)

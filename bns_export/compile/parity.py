@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..backends import Runner, get_backend
+from ..backends.base import GUIDANCE_INPUT
 from ..backends.cuda_graph import CudaGraphs, check_cuda_graph_device
 from ..checks import number
 from ..devices import full_fp32
@@ -29,7 +30,7 @@ from ..loaders.decoders import load_decoder
 from ..loaders.spec import decoder_runs_code
 from ..metrics import psnr_per_sample
 from ..runtime.artifact import read_manifest
-from ..solvers import NSSolver
+from ..solvers import load_solver
 from .unroll import UnrolledSampler
 
 GATES = {"fp32": 60.0, "fp16": 35.0}
@@ -45,13 +46,15 @@ class EagerRunner(Runner):
         if cuda_graph:
             check_cuda_graph_device(device)
         spec = spec or ModelSpec.from_json(manifest.get("model_spec"))
-        self.field = load_model(spec, guidance=manifest["guidance"]).to(device)
+        # a family's graph takes guidance per sample: the field's own scale is then never used
+        baked = manifest["guidance"] if manifest.get("guidance_range") is None else manifest["guidance_range"][0]
+        self.field = load_model(spec, guidance=baked).to(device)
         if self.field.fingerprint() != manifest["model_fingerprint"]:
             raise BNSError(
                 f"model {spec.model} changed since export (fingerprint {self.field.fingerprint()}, "
                 f"artifact {manifest['model_fingerprint']})"
             )
-        solver = NSSolver.load(self.folder / manifest["solver_file"])
+        solver = load_solver(self.folder / manifest["solver_file"])
         if solver.fingerprint() != manifest["solver_fingerprint"]:
             raise BNSError("the artifact's solver file does not match its manifest")
         self.device = device
@@ -68,15 +71,16 @@ class EagerRunner(Runner):
         #: cuda_graph: the eager sampler captured once per batch size and replayed (torch.cuda graphs)
         self._graphed = CudaGraphs(self.sampler.sample, device) if cuda_graph else None
 
-    def infer(self, noise, condition) -> dict:
+    def infer(self, noise, condition, guidance=None) -> dict:
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
         lab = None if condition is None else self.condition_tensor(condition, self.device)
         if self.named_conditions:  # the graph's named inputs -> the loop's one condition tensor
             lab = self.field.condition_layout.pack(lab)
+        w = None if guidance is None else self._float_tensor(guidance, self.device)
         with full_fp32():
             if self._graphed is None:
-                return self.sampler.named(x, lab)
-            out = self._graphed(x) if lab is None else self._graphed(x, lab)
+                return self.sampler.named(x, lab, w)
+            out = self._graphed(*(v for v in (x, lab, w) if v is not None))
             return dict(zip(self.sampler.output_names, out if isinstance(out, tuple) else (out,)))
 
 
@@ -133,10 +137,10 @@ def check_conformance(folder: Path, manifest: dict, runner: Runner) -> list[dict
         raise BNSError(f"conformance file {name!r} is not among the hashed files")
     d = load_file(str(folder / name))
     if runner.named_conditions:
-        cond = {k: d[k] for k in runner.input_names[1:] if k in d}
+        cond = {k: d[k] for k in runner.condition_names if k in d}
     else:
         cond = d.get("labels", d.get("cond"))
-    out = runner.run(d["noise"], cond)
+    out = runner.run(d["noise"], cond, d.get(GUIDANCE_INPUT))
     return rows_for("conformance vectors", out, {k: d[k] for k in out}, int(d["noise"].shape[0]))
 
 
@@ -187,17 +191,23 @@ def reference_outputs(reference: EagerRunner, n: int) -> tuple[list[tuple], list
     condition = None if gt.condition is None else gt.condition.to(reference.device)
     if condition is not None and condition.is_floating_point():
         condition = condition.float()
+    # a family's graph takes guidance: the GT's (the field's scale) for the GT cases, then the whole range
+    rng = reference.guidance_range
+    w = None if rng is None else torch.full((n,), float(reference.field.guidance))
     cases = [
-        ("batch 1", noise[:1], None if condition is None else condition[:1], True),
-        (f"batch {n}", noise, condition, True),
+        ("batch 1", noise[:1], None if condition is None else condition[:1], None if w is None else w[:1], True),
+        (f"batch {n}", noise, condition, w, True),
     ]
     if condition is not None:
         null = reference.field.null_condition(condition)  # label -1, or the null tensor condition
-        cases.append((f"batch {n}, unconditional", noise, null.to(condition.dtype), False))
+        cases.append((f"batch {n}, unconditional", noise, null.to(condition.dtype), w, False))
+    if rng is not None:
+        spread = torch.linspace(rng[0], rng[1], max(n, 2))[:n] if n > 1 else torch.tensor([sum(rng) / 2])
+        cases.append((f"batch {n}, guidance {rng[0]:g}..{rng[1]:g}", noise, condition, spread, False))
     if reference.named_conditions:  # the GT's one condition tensor -> the graph's named inputs
         layout = reference.field.condition_layout
-        cases = [(name, x, layout.unpack(lab), has_gt) for name, x, lab, has_gt in cases]
-    refs = [{k: _on_host(v).cpu() for k, v in reference.run(x, lab).items()} for _, x, lab, _ in cases]
+        cases = [(name, x, layout.unpack(lab), g, has_gt) for name, x, lab, g, has_gt in cases]
+    refs = [{k: _on_host(v).cpu() for k, v in reference.run(x, lab, g).items()} for _, x, lab, g, _ in cases]
     return cases, refs, gt.x1.float().cpu()
 
 
@@ -229,8 +239,8 @@ def validate_artifact(
     runner = open_artifact(folder, manifest, device, providers, cuda_graph)
     gate = float(min_psnr) if min_psnr is not None else GATES[manifest["precision"]]
     rows = []
-    for (name, x, lab, has_gt), ref in zip(cases, refs):
-        out = runner.run(x, lab)
+    for (name, x, lab, g, has_gt), ref in zip(cases, refs):
+        out = runner.run(x, lab, g)
         case_rows = rows_for(name, out, ref, int(x.shape[0]))
         if has_gt:  # the ground truth is the ODE's solution: the sample (latents), not the image
             truth = x1[: x.shape[0]]

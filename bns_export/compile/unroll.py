@@ -2,17 +2,20 @@
 
 It calls the same `ns_sample` loop as evaluation and distillation with the same fp32 constants,
 so its eager output equals `solvers.sample` bit for bit, and tracing it unrolls the n steps
-into one static graph whose network weights are shared by every step.
+into one static graph whose network weights are shared by every step.  With a guidance family the
+graph also takes `guidance` (B,): the tables are interpolated per sample inside the graph.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor, nn
 
 from ..devices import device_of
 from ..solvers.sampler import ns_sample, solver_tensors
-from ..solvers.table import NSSolver
+from ..solvers.table import SolverFamily, Table
 
 #: output names: the sample (latents for a latent model), then the decoded image when a decoder is appended
 OUTPUTS = ("sample", "image")
@@ -23,7 +26,7 @@ class UnrolledSampler(nn.Module):
     field and an NS table."""
 
     def __init__(
-        self, field: nn.Module, solver: NSSolver, dtype: torch.dtype = torch.float32, decoder: nn.Module | None = None
+        self, field: nn.Module, solver: Table, dtype: torch.dtype = torch.float32, decoder: nn.Module | None = None
     ) -> None:
         super().__init__()
         self.field = field
@@ -34,7 +37,22 @@ class UnrolledSampler(nn.Module):
         layout = field.condition_layout
         self.layout = layout if layout is not None and not layout.legacy else None
         _ = field.init_scale  # computed (and cached) now, outside any trace: the graph reads a constant
-        t, a, b = solver_tensors(solver, dtype, device_of(field))
+        #: a guidance family: the graph takes guidance (B,) in this range and interpolates the tables
+        self.guidance_range = solver.guidance_range if isinstance(solver, SolverFamily) else None
+        device = device_of(field)
+        if self.guidance_range is None:
+            t, a, b = solver_tensors(solver, dtype, device)
+        else:
+            if not self.conditional or getattr(field, "embedded", False):
+                raise ValueError("a guidance family needs a conditional model with classifier-free guidance")
+            knots, *stacked = (
+                torch.as_tensor(v, dtype=dtype, device=device) for v in (solver.knots, *solver.stacked())
+            )
+            t, a, b = (v[0] for v in stacked)
+            self.register_buffer("knots", knots[:-1], persistent=False)
+            self.register_buffer("spans", knots[1:] - knots[:-1], persistent=False)
+            for name, v in zip(("dt", "da", "db"), stacked):  # (K - 1, ...) differences between knots
+                self.register_buffer(name, (v[1:] - v[:-1]).flatten(1), persistent=False)
         self.register_buffer("t", t, persistent=False)
         self.register_buffer("a", a, persistent=False)
         self.register_buffer("b", b, persistent=False)
@@ -46,29 +64,56 @@ class UnrolledSampler(nn.Module):
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        """The graph's inputs: noise, then the condition (labels, cond, or one input per named condition)."""
+        """The graph's inputs: noise, then the condition (labels, cond, or one input per named condition),
+        then guidance with a family."""
         if self.layout is not None:
-            return ("noise", *self.layout.names)
-        if not self.conditional:
-            return ("noise",)
-        return ("noise", "cond" if self.field.cond_shape is not None else "labels")
-
-    def forward(self, noise: Tensor, *conditions: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        """noise [, labels | cond | one tensor per named condition] -> sample [, image]."""
-        if self.layout is not None:
-            condition = self.layout.pack(dict(zip(self.layout.names, conditions)))
+            names = ("noise", *self.layout.names)
+        elif not self.conditional:
+            names = ("noise",)
         else:
-            condition = conditions[0] if conditions else None
-        return self.sample(noise, condition)
+            names = ("noise", "cond" if self.field.cond_shape is not None else "labels")
+        return names if self.guidance_range is None else (*names, "guidance")
 
-    def sample(self, noise: Tensor, condition: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
-        """The loop on the pipeline's one condition tensor (packed when there are several names)."""
-        x = ns_sample(self.field, self.t, self.a, self.b, self.field.start(noise), condition)
+    def forward(self, noise: Tensor, *inputs: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """noise [, labels | cond | one tensor per named condition] [, guidance] -> sample [, image]."""
+        guidance = None
+        if self.guidance_range is not None:
+            *inputs, guidance = inputs
+        if self.layout is not None:
+            condition = self.layout.pack(dict(zip(self.layout.names, inputs)))
+        else:
+            condition = inputs[0] if inputs else None
+        return self.sample(noise, condition, guidance)
+
+    def tables_at(self, guidance: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The family's (t, a, b) at each sample's guidance (B,): (n, B), (n, B), (n, n, B), by the knots'
+        piecewise-linear weights s_j = clamp((w - w_j) / (w_j+1 - w_j), 0, 1) (SolverFamily.at)."""
+        s = torch.clamp((guidance[:, None] - self.knots) / self.spans, 0.0, 1.0)  # (B, K - 1)
+        n = self.t.shape[0]
+        t = (self.t + s @ self.dt).transpose(0, 1)
+        a = (self.a + s @ self.da).transpose(0, 1)
+        b = (self.b.reshape(1, -1) + s @ self.db).reshape(-1, n, n).permute(1, 2, 0)
+        return t, a, b
+
+    def sample(
+        self, noise: Tensor, condition: Tensor | None = None, guidance: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The loop on the pipeline's one condition tensor (packed when there are several names); a family's
+        tables at `guidance` (B,), clamped to the family's range."""
+        if self.guidance_range is None:
+            x = ns_sample(self.field, self.t, self.a, self.b, self.field.start(noise), condition)
+        else:
+            w = torch.clamp(guidance.to(noise.dtype), *self.guidance_range)
+            t, a, b = self.tables_at(w)
+            u = functools.partial(self.field, guidance=w)
+            x = ns_sample(u, t, a, b, self.field.start(noise), condition)
         return x if self.decoder is None else (x, self.decoder(x))
 
-    def named(self, noise: Tensor, condition: Tensor | None = None) -> dict[str, Tensor]:
+    def named(
+        self, noise: Tensor, condition: Tensor | None = None, guidance: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Outputs by name (no gradients) for the pipeline's condition tensor: what runners and conformance
         files hold."""
         with torch.no_grad():
-            out = self.sample(noise, condition)
+            out = self.sample(noise, condition, guidance)
         return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,)))

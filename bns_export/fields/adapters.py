@@ -98,6 +98,7 @@ class NetworkField(VelocityField):
 
     def velocity(self, x: Tensor, t: Tensor, condition: Tensor | None) -> Tensor:
         tb = t.expand(x.shape[0]) if t.ndim == 0 else t
+        t = t if t.ndim == 0 else t.reshape(-1, *[1] * (x.ndim - 1))  # one time per sample: broadcast over x
         xin = network_input(self.schedule, self.time_input, x, t)
         if self.net_dtype is not None:
             xin = xin.to(self.net_dtype)

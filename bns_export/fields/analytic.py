@@ -54,8 +54,9 @@ class GaussianMixtureField(VelocityField):
         xf = x.reshape(b, -1)
         mu = self.means.to(x.dtype)
         s2 = (self.stds**2).to(x.dtype)
-        var = t * t * s2 + (1.0 - t) ** 2  # (K,)
-        diff = xf[:, None, :] - t * mu[None]  # (B, K, D)
+        t = t.reshape(-1, 1) if t.ndim == 1 else t  # one time per sample: (B, 1)
+        var = t * t * s2 + (1.0 - t) ** 2  # (K,), or (B, K) per sample
+        diff = xf[:, None, :] - t[..., None] * mu[None]  # (B, K, D)
         dim = xf.shape[1]
         logp = self.log_weights.to(x.dtype) - 0.5 * (diff**2).sum(-1) / var - 0.5 * dim * torch.log(var)  # (B, K)
         if condition is not None and self.num_classes is not None:
@@ -63,8 +64,8 @@ class GaussianMixtureField(VelocityField):
             keep = onehot | (condition == NULL_LABEL)[:, None]
             logp = logp.masked_fill(~keep, float("-inf"))
         w = torch.softmax(logp, dim=1)  # (B, K)
-        coef = (t * s2 - (1.0 - t)) / var  # (K,)
-        per_k = mu[None] + coef[None, :, None] * diff
+        coef = (t * s2 - (1.0 - t)) / var  # like var
+        per_k = mu[None] + coef[..., None] * diff
         return (w[..., None] * per_k).sum(1).reshape(x.shape)
 
     def describe(self) -> dict:

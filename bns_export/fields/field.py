@@ -157,20 +157,34 @@ class GuidedField(nn.Module):
     def __init__(self, field: VelocityField, guidance: float = 1.0) -> None:
         super().__init__()
         self.field = field
-        self.guidance = float(guidance)
         #: the field takes w through its guidance embedding: one plain call, no CFG
         self.embedded = isinstance(field, VelocityField) and field.embedded_guidance
-        if self.embedded:
-            field.set_embedded_guidance(self.guidance)
+        self.set_guidance(guidance)
 
-    def forward(self, x: Tensor, t: Tensor | float, condition: Tensor | None = None) -> Tensor:
-        if condition is None or self.guidance == 1.0 or self.embedded:
+    def set_guidance(self, guidance: float) -> None:
+        """Sample at another scale (a guidance family's knots are distilled on one loaded model)."""
+        self.guidance = float(guidance)
+        if self.embedded:
+            self.field.set_embedded_guidance(self.guidance)
+
+    def forward(
+        self, x: Tensor, t: Tensor | float, condition: Tensor | None = None, guidance: Tensor | None = None
+    ) -> Tensor:
+        """u_w(x, t, condition); `guidance` (B,) overrides the scale per sample (both branches always run),
+        and t may then be one time per sample (B,)."""
+        if guidance is None and (condition is None or self.guidance == 1.0 or self.embedded):
             return self.field(x, t, condition)
+        if guidance is not None and self.embedded:
+            raise ValueError("per-sample guidance needs classifier-free guidance, not a guidance embedding")
+        if condition is None:
+            raise ValueError("per-sample guidance needs a condition (the conditional branch)")
         null = self.field.null_condition(condition)
-        both = self.field(torch.cat([x, x]), t, torch.cat([null, condition]))
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        both = self.field(torch.cat([x, x]), t if t.ndim == 0 else torch.cat([t, t]), torch.cat([null, condition]))
         n = x.shape[0]
         u_unc, u_cond = both[:n], both[n:]
-        return u_unc + self.guidance * (u_cond - u_unc)
+        w = self.guidance if guidance is None else guidance.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+        return u_unc + w * (u_cond - u_unc)
 
     # delegate the field's description so callers can treat a GuidedField like its field
     def __getattr__(self, name: str):

@@ -219,7 +219,7 @@ FIELD_CHECKS = {
     "precision": lambda v, k: _choice(v, k, ("fp32", "fp16")),
     "nfe": lambda v, k: integer(v, k, 1, 1024),
     "max_batch": lambda v, k: integer(v, k, 1, 1 << 20),
-    "guidance": lambda v, k: guidance_scale(v, k),
+    "guidance": lambda v, k: None if v is None else guidance_scale(v, k),  # None: a family (guidance_range)
     "model_file": lambda v, k: plain_name(v, k),
     "solver_file": lambda v, k: plain_name(v, k),
     "solver_fingerprint": lambda v, k: _text(v, k),
@@ -236,8 +236,19 @@ OPTIONAL_CHECKS = {
     "conformance": lambda v, k: (_text(_mapping(v, k).get("file"), "conformance file"), _strings(v.get("inputs"), k)),
     "interval": lambda v, k: [number(t, k, 0, 1) for t in v] if isinstance(v, list) and len(v) == 2 else _bad(v, k),
     "init_scale": lambda v, k: number(v, k, 0, 1e6, lo_open=True),
+    "guidance_range": lambda v, k: _guidance_range(v, k),
     "device": lambda v, k: _text(v, k),
 }
+
+
+def _guidance_range(v, k: str) -> list[float]:
+    """A family's [lo, hi]: two guidance scales, lo < hi."""
+    if not isinstance(v, list) or len(v) != 2:
+        _bad(v, k)
+    lo, hi = (guidance_scale(x, k) for x in v)
+    if not lo < hi:
+        raise BNSError(f"manifest field {k} must be [lo, hi] with lo < hi, got {v!r}")
+    return [lo, hi]
 
 
 def _bad(v, k: str):
@@ -287,6 +298,8 @@ def check_manifest(m: Manifest) -> None:
     for key, check in OPTIONAL_CHECKS.items():
         if m.get(key) is not None:
             check(m[key], key)
+    if (m["guidance"] is None) == (m.get("guidance_range") is None):
+        raise BNSError("a manifest bakes one guidance or names a family's guidance_range, exactly one of them")
     _sizes(m.get("sample_shape"), "sample_shape")
     if m.get("num_classes") is not None:
         integer(m["num_classes"], "num_classes", 1, 1 << 20)

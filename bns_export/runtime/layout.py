@@ -19,7 +19,8 @@ class Manifest(TypedDict, total=False):
     format: str  # a BACKENDS key
     precision: str  # fp32 | fp16
     nfe: int
-    guidance: float
+    guidance: float | None  # None: a guidance family, whose graph takes guidance (B,) in guidance_range
+    guidance_range: list[float] | None
     max_batch: int
     opt_batch: int
     sample_shape: list[int]

@@ -1,7 +1,8 @@
 """Solver specs, parsed in one place: a classic solver name with an optional grid, or a solver file.
 
 `euler`, `heun:karras`, `dpm++2m:logsnr` name a classic table built at the requested NFE;
-anything that names an existing path is a solver file, which carries its own NFE and guidance.
+anything that names an existing path is a solver file, which carries its own NFE and guidance (one table)
+or guidance range (a family, interpolated at the guidance asked for).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..errors import BNSError
 from .classic import BASELINES
 from .general import scale_time
 from .grids import GRIDS, make_grid
-from .table import NSSolver
+from .table import NSSolver, SolverFamily, Table, load_solver
 
 DEFAULT_NFE = 8
 
@@ -24,16 +25,22 @@ DEFAULT_NFE = 8
 @dataclass(frozen=True)
 class SolverSpec:
     """A parsed spec: a classic solver (`name`, `grid` or None for its default) or a solver file's `table`
-    (read once, at parse time, with the `path` it came from; None for a table given in memory)."""
+    (one table or a guidance family; read once, at parse time, with the `path` it came from; None for a
+    table given in memory)."""
 
     name: str | None = None
     grid: str | None = None
     path: Path | None = None
-    table: NSSolver | None = None
+    table: Table | None = None
 
     @property
     def is_file(self) -> bool:
         return self.table is not None
+
+    @property
+    def family(self) -> SolverFamily | None:
+        """The guidance family a solver file holds (None for one table or a classic solver)."""
+        return self.table if isinstance(self.table, SolverFamily) else None
 
     @property
     def source(self) -> str:
@@ -45,15 +52,15 @@ class SolverSpec:
         return self.name if self.grid is None else f"{self.name}:{self.grid}"
 
 
-#: what the API takes as a solver: a spec string, a parsed spec, or a table
-SolverLike = str | SolverSpec | NSSolver
+#: what the API takes as a solver: a spec string, a parsed spec, a table or a guidance family
+SolverLike = str | SolverSpec | NSSolver | SolverFamily
 
 
 def parse_spec(spec: SolverLike) -> SolverSpec:
     """Parse `spec` once, reading a solver file here; an unknown name or grid, or a folder, is one clear error."""
     if isinstance(spec, SolverSpec):
         return spec
-    if isinstance(spec, NSSolver):
+    if isinstance(spec, (NSSolver, SolverFamily)):
         return SolverSpec(table=spec)
     if not isinstance(spec, str) or not spec:
         raise BNSError("a solver spec must be a classic solver name or a solver file")
@@ -61,7 +68,7 @@ def parse_spec(spec: SolverLike) -> SolverSpec:
     if p.is_dir():
         raise BNSError(f"solver {spec!r} is a directory, not a solver file")
     if p.exists():
-        return SolverSpec(path=p, table=NSSolver.load(p))
+        return SolverSpec(path=p, table=load_solver(p))
     name, _, grid = spec.partition(":")
     if name not in BASELINES:
         raise BNSError(f"unknown solver {spec!r}: not a file and not one of {', '.join(BASELINES)}")
@@ -79,7 +86,7 @@ def guidance_for(spec: SolverLike | None, guidance: float | None) -> float:
 
 
 def solver_guidance(spec: SolverLike | None) -> float | None:
-    """The guidance a solver file was distilled at (None for a classic solver or a file without one)."""
+    """The guidance a solver file was distilled at (None for a classic solver, a family or a file without one)."""
     if spec is None or spec == "":
         return None
     parsed = parse_spec(spec)
@@ -133,7 +140,23 @@ def baseline(
 
 
 def resolve_solver(spec: SolverLike, field, nfe: int | None = None) -> NSSolver:
-    """A classic solver at `nfe` (default 8), or a solver file (or table) checked against the model."""
+    """A classic solver at `nfe` (default 8), or a solver file (or table) checked against the model; a
+    family gives its table at the field's guidance."""
+    parsed = parse_spec(spec)
+    table = resolve_table(parsed, field, nfe)
+    if isinstance(table, NSSolver):
+        return table
+    lo, hi = table.guidance_range
+    if not lo <= float(field.guidance) <= hi:
+        raise BNSError(
+            f"{parsed.source}: a guidance family over {lo:g}..{hi:g}; guidance {float(field.guidance):g} is outside "
+            "it (pass -w in that range)"
+        )
+    return table.at(float(field.guidance))
+
+
+def resolve_table(spec: SolverLike, field, nfe: int | None = None) -> Table:
+    """resolve_solver, but a family stays a family (the compiled graph interpolates it per sample)."""
     parsed = parse_spec(spec)
     if not parsed.is_file:
         return baseline(parsed, nfe or DEFAULT_NFE, field.schedule, field.t_lo, field.t_hi)
@@ -142,7 +165,7 @@ def resolve_solver(spec: SolverLike, field, nfe: int | None = None) -> NSSolver:
 
 
 def check_solver_fits(
-    solver: NSSolver, field, nfe: int | None = None, source: str = "solver", check_guidance: bool = True
+    solver: Table, field, nfe: int | None = None, source: str = "solver", check_guidance: bool = True
 ) -> None:
     """Refuse a solver distilled for another network (its schedule and weights, not its folder's name or
     condition set), guidance (unless check_guidance=False: a pipeline decides it per call), interval or NFE."""

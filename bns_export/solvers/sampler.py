@@ -16,17 +16,23 @@ def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor, conditio
     """Run x_{i+1} = a_i x_0 + sum_{j<=i} b_ij u(x_j, t_j, labels) for i < n; return x_n.
 
     t, a (n,) and b (n, n) are tensors of x0's dtype: constants when sampling or compiling,
-    parameters with gradients during distillation.  The loop is plain Python over a fixed n,
-    so tracing it unrolls it into one static graph.
+    parameters with gradients during distillation.  Per sample (a guidance family interpolated at each
+    sample's guidance) they are t, a (n, B) and b (n, n, B): u then sees one time per sample.  The loop is
+    plain Python over a fixed n, so tracing it unrolls it into one static graph.
     """
     n = t.shape[0]
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+
+    def coef(c: Tensor) -> Tensor:  # a per-sample coefficient broadcast over the sample's dims
+        return c if c.ndim == 0 else c.reshape(shape)
+
     us: list[Tensor] = []
     x = x0
     for i in range(n):
         us.append(u(x, t[i], condition))
-        x = a[i] * x0
+        x = coef(a[i]) * x0
         for j in range(i + 1):
-            x = x + b[i, j] * us[j]
+            x = x + coef(b[i, j]) * us[j]
     return x
 
 
