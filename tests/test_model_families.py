@@ -113,3 +113,14 @@ def test_flux_needs_a_shape_and_uses_the_guidance_embedding(root):
     x = torch.zeros(2, 4, 8, 8)
     field(x, torch.tensor(0.5), field.cond_set[:2])
     assert len(calls) == 1  # one network call per step, batch 2: no CFG doubling
+
+
+def test_sdxl_compiles_with_fp16_weights(root):
+    """SDXL's time embedding is fp32 beside fp16 text embeddings: the graph's concatenations get one type."""
+    folder, opts, guidance = build_family("sdxl", root / "sdxl-fp16")
+    art = root / "sdxl-fp16-art"
+    code, out, err = cli("compile", "-m", f"diffusers:{folder}", *opts, "-w", guidance, "-s", "euler", "--nfe", 2,
+                         "--max-batch", 1, "--fp16", "-o", art, "--json")  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["precision"] == "fp16" and report["validation"]["passed"]

@@ -45,6 +45,11 @@ PAGE = (
         "",
     ),
     ("Weights stored once", ["weights-once"], ""),
+    (
+        "Guidance families",
+        ["guidance-family"],
+        "One solver file over a guidance range: interpolated tables against tables distilled at that guidance.",
+    ),
     ("Model scale", ["scale"], "Export and validation of real-sized networks: time and peak memory against NFE."),
     (
         "Distillation recipe",

@@ -60,6 +60,7 @@ def export_program(sampler: torch.nn.Module, request: ExportRequest) -> torch.ex
             warnings.simplefilter("ignore")
             program = torch.export.export(sampler, args, dynamic_shapes=dynamic_shapes(request))
         drop_noop_squeezes(program)
+        promote_cat_inputs(program)
         return program
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -88,3 +89,31 @@ def drop_noop_squeezes(program: torch.export.ExportedProgram) -> int:
     if removed:
         program.graph_module.recompile()
     return removed
+
+
+def promote_cat_inputs(program: torch.export.ExportedProgram) -> int:
+    """Cast the inputs of cat nodes that mix dtypes to the dtype torch promotes them to (SDXL's fp32 time
+    embedding beside fp16 text embeddings under --fp16): ONNX's Concat takes one type only.  Returns how many
+    inputs were cast."""
+    graph = program.graph_module.graph
+    cast = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (torch.ops.aten.cat.default, torch.ops.aten.concat.default):
+            continue
+        out = node.meta.get("val")
+        parts = node.args[0]
+        vals = [getattr(p, "meta", {}).get("val") for p in parts]
+        if out is None or any(v is None for v in vals) or all(v.dtype == out.dtype for v in vals):
+            continue
+        promoted = []
+        for part, val in zip(parts, vals):
+            if val.dtype != out.dtype:
+                with graph.inserting_before(node):
+                    part = graph.call_function(torch.ops.aten._to_copy.default, (part,), {"dtype": out.dtype})
+                part.meta["val"] = val.to(out.dtype)
+                cast += 1
+            promoted.append(part)
+        node.args = (promoted, *node.args[1:])
+    if cast:
+        program.graph_module.recompile()
+    return cast

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..devices import device_of
+from ..errors import BNSError
 from ..solvers.sampler import ns_sample, solver_tensors
 from ..solvers.table import SolverFamily, Table
 
@@ -44,7 +45,7 @@ class UnrolledSampler(nn.Module):
             t, a, b = solver_tensors(solver, dtype, device)
         else:
             if not self.conditional or getattr(field, "embedded", False):
-                raise ValueError("a guidance family needs a conditional model with classifier-free guidance")
+                raise BNSError("a guidance family needs a conditional model with classifier-free guidance")
             knots, *stacked = (
                 torch.as_tensor(v, dtype=dtype, device=device) for v in (solver.knots, *solver.stacked())
             )

@@ -1,0 +1,141 @@
+"""Guidance families: a family's interpolated tables against tables distilled at exactly the midpoints.
+
+    python tools/bench_family.py                                   # mnist and digits-text, NFE 4, knots 2:8
+    python tools/bench_family.py --models digits-text --nfe 4 8 --knots 2:8:3 --iterations 400
+    python tools/bench_family.py --independent                     # also: knots distilled each from scratch
+
+For each model and NFE: `distill_family` over the knots (each knot's training started from the previous
+knot's table), then at every midpoint between two knots three tables on the test pairs' dopri5 ground truth
+at that guidance: the family's interpolated table, a table distilled at exactly that guidance (the same
+recipe, from the auto base), and the best classic solver.  With --independent the knots are also distilled
+each from the auto base and interpolated the same way (the alternative to chaining them).  Saves the result
+`guidance-family` of docs/benchmarks.md after every model and NFE.  Run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from benchdoc import git_rev, machine, save_result  # noqa: E402
+
+from bns_export.checks import guidance_knots  # noqa: E402
+from bns_export.demo import COMPARE, compare_baselines  # noqa: E402
+from bns_export.distill import DistillConfig, distill, distill_family  # noqa: E402
+from bns_export.evaluate import evaluate_on  # noqa: E402
+from bns_export.groundtruth import SEEDS, ground_truth  # noqa: E402
+from bns_export.loaders import load_model  # noqa: E402
+from bns_export.solvers import SolverFamily  # noqa: E402
+
+
+def pairs_for(args):
+    """The (train, val) GT sets of a field at its current guidance (cached on disk by the GT cache)."""
+
+    def pairs(field):
+        return ground_truth(field, args.train_pairs, SEEDS.train), ground_truth(field, args.val_pairs, SEEDS.val)
+
+    return pairs
+
+
+def bench_case(model: str, nfe: int, knots: tuple[float, ...], args) -> dict:
+    """One model and NFE: the family, and at each midpoint the family vs the exact table vs the baselines."""
+    cfg = DistillConfig(nfe=nfe, iterations=args.iterations, batch_size=args.batch_size)
+    field = load_model(model, guidance=knots[0])
+    pairs = pairs_for(args)
+    started = time.time()
+    family = distill_family(field, knots, pairs, cfg)
+    row = {"model": model, "nfe": nfe, "knots": list(knots), "family_s": round(time.time() - started, 1)}
+    row["knot_val_psnr"] = [round(t.meta["val_psnr"], 2) for t in family.tables]
+    independent = None
+    if args.independent:
+        tables = []
+        for w in knots:
+            field.set_guidance(w)
+            tables.append(distill(field, *pairs(field), cfg))
+        independent = SolverFamily(knots, tables, name="independent")
+    row["midpoints"] = []
+    for lo, hi in zip(knots, knots[1:]):
+        w = (lo + hi) / 2
+        field.set_guidance(w)
+        test = ground_truth(field, args.test_pairs, SEEDS.eval)
+        exact = distill(field, *pairs(field), cfg)
+        baselines = compare_baselines(field, test, nfe, COMPARE)
+        best = max(baselines, key=lambda r: r["psnr_mean"])
+        point = {
+            "guidance": w,
+            "family": evaluate_on(field, family.at(w), test)["psnr_mean"],
+            "exact": evaluate_on(field, exact, test)["psnr_mean"],
+            "best_baseline": best["psnr_mean"],
+            "best_baseline_name": best["solver"],
+        }
+        if independent is not None:
+            point["independent"] = evaluate_on(field, independent.at(w), test)["psnr_mean"]
+        print(model, nfe, point, flush=True)
+        row["midpoints"].append(point)
+    return row
+
+
+def markdown(run: dict) -> str:
+    indep = any("independent" in p for r in run["rows"] for p in r["midpoints"])
+    lines = [
+        "## Guidance families: interpolated tables at the midpoints",
+        "",
+        f"Command: `{run['command']}` (commit {run['commit']}).  Machine: {run['machine']}.",
+        "",
+        f"Each family was distilled at the knots listed ({run['iterations']} iterations per knot, "
+        f"{run['train_pairs']} / {run['val_pairs']} train / validation pairs, each knot started from the previous "
+        "knot's table). At every midpoint between two knots, mean PSNR (dB) against the dopri5 ground truth of "
+        f"{run['test_pairs']} test pairs at that guidance: *family*, the table interpolated from the two knots "
+        "around it (what `eval -w`, the scheduler and the compiled graph run); *exact*, a table distilled at "
+        "exactly that guidance with the same recipe; *best baseline*, the best of the classic solvers"
+        + ("; *independent*, the knots distilled each from scratch and interpolated the same way." if indep else "."),
+        "",
+        "| model | NFE | knots | guidance | family | exact | family - exact | best baseline |"
+        + (" independent |" if indep else ""),
+        "|---" * (9 if indep else 8) + "|",
+    ]
+    for r in run["rows"]:
+        knots = ", ".join(f"{k:g}" for k in r["knots"])
+        for p in r["midpoints"]:
+            cells = [r["model"], str(r["nfe"]), knots, f"{p['guidance']:g}", f"{p['family']:.2f}", f"{p['exact']:.2f}"]
+            cells += [f"{p['family'] - p['exact']:+.2f}", f"{p['best_baseline']:.2f} ({p['best_baseline_name']})"]
+            if indep:
+                cells.append(f"{p['independent']:.2f}" if "independent" in p else "n/a")
+            lines.append("| " + " | ".join(cells) + " |")
+    gaps = [p["family"] - p["exact"] for r in run["rows"] for p in r["midpoints"]]
+    if gaps:
+        lines += ["", f"Family minus exact: worst {min(gaps):+.2f} dB, mean {sum(gaps) / len(gaps):+.2f} dB."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["mnist", "digits-text"])
+    ap.add_argument("--nfe", nargs="+", type=int, default=[4])
+    ap.add_argument("--knots", default="2:8", help="the family's knots: LO:HI[:K] or W1,W2,... (as distill -w)")
+    ap.add_argument("--iterations", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
+    ap.add_argument("--train-pairs", type=int, default=520)
+    ap.add_argument("--val-pairs", type=int, default=512)
+    ap.add_argument("--test-pairs", type=int, default=256)
+    ap.add_argument("--independent", action="store_true", help="also interpolate independently distilled knots")
+    ap.add_argument("--section", default="guidance-family")
+    args = ap.parse_args()
+    knots = guidance_knots(args.knots)
+    run = {"kind": "text", "command": "python tools/bench_family.py " + shlex.join(sys.argv[1:]), "commit": git_rev()}
+    run.update(machine=machine(), rows=[], **{k: getattr(args, k) for k in ("iterations", "train_pairs", "val_pairs")})
+    run["test_pairs"] = args.test_pairs
+    for model in args.models:
+        for nfe in args.nfe:
+            run["rows"].append(bench_case(model, nfe, knots, args))
+            save_result(args.section, {**run, "body": markdown(run)})
+
+
+if __name__ == "__main__":
+    main()
