@@ -63,7 +63,13 @@ def test_solver_files_validate_against_the_json_schema(tmp_path):
 
     files = [baseline(s, 8, gmm().schedule, 0.0, 1.0).to_json() for s in ("euler", "dpm++2m", "unipc", "rk4")]
     files += [json.loads(p.read_text()) for p in shipped_solvers()]
+    from bns_export.solvers import SolverFamily
+
+    family = SolverFamily([2.0, 5.0], [baseline(s, 8, gmm().schedule, 0.0, 1.0) for s in ("euler", "dpm++2m")])
+    files.append(family.to_json())
     for d in files:
         jsonschema.validate(d, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**files[0], "nfe": 8.5}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**files[-1], "schema_version": 1}, schema)

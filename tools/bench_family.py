@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,9 +47,8 @@ def bench_case(model: str, nfe: int, knots: tuple[float, ...], args) -> dict:
     cfg = DistillConfig(nfe=nfe, iterations=args.iterations, batch_size=args.batch_size)
     field = load_model(model, guidance=knots[0])
     pairs = pairs_for(args)
-    started = time.time()
     family = distill_family(field, knots, pairs, cfg)
-    row = {"model": model, "nfe": nfe, "knots": list(knots), "family_s": round(time.time() - started, 1)}
+    row = {"model": model, "nfe": nfe, "knots": list(knots)}
     row["knot_val_psnr"] = [round(t.meta["val_psnr"], 2) for t in family.tables]
     independent = None
     if args.independent:
