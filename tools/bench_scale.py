@@ -154,20 +154,28 @@ def parameter_count(folder: Path) -> int:
     return total
 
 
-def run_case(name: str, folder: Path, precision: str, nfe: int, work: Path) -> dict:
+def run_case(
+    name: str, folder: Path, precision: str, nfe: int, work: Path, gt: bool = True, earlier: dict | None = None
+) -> dict:
+    """Export (or, given the `earlier` row of an artifact still in `work`, keep its export), then validate."""
     exe = [sys.executable, "-c", "from bns_export.entry import main; main()"]
     art = work / f"{name}-{precision}-{nfe}"
     model = ["-m", f"diffusers:{folder}", "--cond-set", str(folder / "conditions.safetensors")]
     compile_cmd = [*exe, "compile", *model, "-w", "7.5", "-s", "dpm++2m", "--nfe", str(nfe), "--max-batch", "1"]
     compile_cmd += ["--device", "cpu", "--no-validate", "-o", str(art)] + ["--fp16"] * (precision == "fp16")
     row = {"model": name, "precision": precision, "nfe": nfe, "command": "bns-export " + shlex.join(compile_cmd[3:])}
-    row["export"] = timed(compile_cmd, work / f"{art.name}.compile.log")
+    if earlier is not None and earlier.get("export", {}).get("rc") == 0 and (art / "manifest.json").exists():
+        row["export"] = earlier["export"]
+    else:
+        row["export"] = timed(compile_cmd, work / f"{art.name}.compile.log")
     if row["export"]["rc"] != 0:
         return row
     row["artifact_bytes"] = sum(p.stat().st_size for p in art.iterdir() if p.is_file())
+    no_gt = ["--no-ground-truth"] * (not gt)
     row["validate"] = timed(
-        [*exe, "validate", str(art), "--device", "cpu", "--json"], work / f"{art.name}.validate.log"
+        [*exe, "validate", str(art), "--device", "cpu", "--json", *no_gt], work / f"{art.name}.validate.log"
     )
+    row["ground_truth"] = gt
     out = (work / f"{art.name}.validate.log").read_text()
     report = next((json.loads(line) for line in out.splitlines() if line.startswith("{")), None)
     if report:
@@ -192,7 +200,8 @@ def markdown(run: dict) -> str:
         "Random weights (the export does not depend on their values), 4 x 32 x 32 latents, 77 prompt tokens, "
         "guidance 7.5, dpm++2m, max batch 1, on the CPU. *export*: `compile --no-validate` (torch.export, ONNX "
         "conversion, the optimizer, the weights written once); *validate*: `validate` in a new process (the "
-        "eager reference, ONNX Runtime, the ground truth of one pair); *peak*: the process's maximum resident "
+        "eager reference, ONNX Runtime, the ground truth of one pair, solved on the model's first case and cached; "
+        "*(no GT)*: `validate --no-ground-truth`, parity only); *peak*: the process's maximum resident "
         "memory (/usr/bin/time -v); *anon*: its peak anonymous memory (sampled every 0.2 s), what must fit in RAM, "
         "since the rest of the peak is file pages (safetensors and ONNX weights are memory-mapped) that the kernel "
         "may drop; *ratio*: peak / the weights' bytes in the exported precision; *session*: ONNX Runtime "
@@ -218,6 +227,7 @@ def markdown(run: dict) -> str:
             f"{v.get('wall_s', 'n/a')} | {gib(v.get('peak_bytes'))} | {gib(v.get('peak_anon_bytes'))} | {ratio(v)} | "
             f"{r.get('session_s', 'n/a')} | {gib(r.get('artifact_bytes'))} | "
             + (f"{r['parity_min_db']:.1f}" if "parity_min_db" in r else "failed" if e.get("rc") else "n/a")
+            + ("" if r.get("ground_truth", True) else " (no GT)")
             + " |"
         )
     return "\n".join(lines) + "\n"
@@ -245,6 +255,12 @@ def main() -> None:
     ap.add_argument("--latent", type=int, default=32, help="latent height and width")
     ap.add_argument("--work", default=os.environ.get("TMPDIR", "/tmp") + "/bns-scale", help="folders and artifacts")
     ap.add_argument("--section", default="scale", help="the result's name in docs/results/")
+    ap.add_argument(
+        "--no-ground-truth", action="store_true", help="validate parity only (the dopri5 solve of a big UNet is slow)"
+    )
+    ap.add_argument(
+        "--keep-export", action="store_true", help="validate an artifact exported by an earlier run, keeping its row"
+    )
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -256,7 +272,9 @@ def main() -> None:
         params = parameter_count(folder)
         for precision in args.precision:
             for nfe in args.nfe:
-                row = run_case(name, folder, precision, nfe, work)
+                key = (list(MODELS).index(name), precision, nfe)
+                earlier = next((r for r in run["rows"] if case_key(r) == key), None) if args.keep_export else None
+                row = run_case(name, folder, precision, nfe, work, not args.no_ground_truth, earlier)
                 row.update(parameters=params, weights_bytes=params * (2 if precision == "fp16" else 4))
                 row.update(run=command, commit=commit)
                 print(json.dumps(row), flush=True)

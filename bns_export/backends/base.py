@@ -78,6 +78,7 @@ GRAPH_METADATA = (
     "model_fingerprint",
     "nfe",
     "guidance",
+    "guidance_range",
     "precision",
     "inputs",
     "outputs",

@@ -24,7 +24,7 @@ from ..backends.cuda_graph import CudaGraphs, check_cuda_graph_device
 from ..checks import number
 from ..devices import full_fp32
 from ..errors import EXIT_MISSING_BACKEND, BNSError
-from ..groundtruth import SEEDS, ground_truth
+from ..groundtruth import SEEDS, ground_truth, make_inputs
 from ..loaders import ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..loaders.spec import decoder_runs_code
@@ -182,13 +182,20 @@ def open_artifact(
         return backend.open(folder, manifest, device="cpu", providers=None, **lean)
 
 
-def reference_outputs(reference: EagerRunner, n: int) -> tuple[list[tuple], list[dict], torch.Tensor]:
+def reference_outputs(
+    reference: EagerRunner, n: int, with_gt: bool = True
+) -> tuple[list[tuple], list[dict], torch.Tensor | None]:
     """The parity cases (batch 1, batch n, unconditional) on the ground truth's seeded inputs, the eager
-    reference's outputs for each (on the host) and the ground truth's samples, so that the reference can be
-    freed before the artifact is loaded."""
-    gt = ground_truth(reference.field, n, SEEDS.validate)
-    noise = gt.noise.float().to(reference.device)
-    condition = None if gt.condition is None else gt.condition.to(reference.device)
+    reference's outputs for each (on the host) and the ground truth's samples (None without with_gt: the same
+    seeded inputs, unsolved), so that the reference can be freed before the artifact is loaded."""
+    if with_gt:
+        gt = ground_truth(reference.field, n, SEEDS.validate)
+        noise, condition, x1 = gt.noise, gt.condition, gt.x1.float().cpu()
+    else:
+        noise, condition = make_inputs(reference.field, n, SEEDS.validate, reference.field.default_dtype)
+        x1 = None
+    noise = noise.float().to(reference.device)
+    condition = None if condition is None else condition.to(reference.device)
     if condition is not None and condition.is_floating_point():
         condition = condition.float()
     # a family's graph takes guidance: the GT's (the field's scale) for the GT cases, then the whole range
@@ -208,7 +215,7 @@ def reference_outputs(reference: EagerRunner, n: int) -> tuple[list[tuple], list
         layout = reference.field.condition_layout
         cases = [(name, x, layout.unpack(lab), g, has_gt) for name, x, lab, g, has_gt in cases]
     refs = [{k: _on_host(v).cpu() for k, v in reference.run(x, lab, g).items()} for _, x, lab, g, _ in cases]
-    return cases, refs, gt.x1.float().cpu()
+    return cases, refs, x1
 
 
 def validate_artifact(
@@ -221,8 +228,10 @@ def validate_artifact(
     decoder: str | None = None,
     trust_model_spec: bool = False,
     cuda_graph: bool = False,
+    ground_truth: bool = True,
 ) -> dict:
-    """Run the parity report; `passed` is the gate's verdict.
+    """Run the parity report; `passed` is the gate's verdict.  ground_truth=False: parity only, without the
+    dopri5 solution both samplers are also scored against.
 
     model / decoder: the specs to rebuild the eager reference from (default: the manifest's, which
     may name code to import only with trust_model_spec; see `reference_spec`).  cuda_graph: validate the
@@ -234,7 +243,9 @@ def validate_artifact(
     manifest = read_manifest(folder, public_key=public_key)
     spec = reference_spec(manifest, model, decoder, trust_model_spec)
     device = device or default_device(manifest)
-    cases, refs, x1 = reference_outputs(EagerRunner(folder, manifest, device, spec), int(manifest["max_batch"]))
+    reference = EagerRunner(folder, manifest, device, spec)
+    cases, refs, x1 = reference_outputs(reference, int(manifest["max_batch"]), ground_truth)
+    del reference
     gc.collect()  # the reference's weights go before the artifact's are loaded: never two copies at once
     runner = open_artifact(folder, manifest, device, providers, cuda_graph)
     gate = float(min_psnr) if min_psnr is not None else GATES[manifest["precision"]]
@@ -242,7 +253,7 @@ def validate_artifact(
     for (name, x, lab, g, has_gt), ref in zip(cases, refs):
         out = runner.run(x, lab, g)
         case_rows = rows_for(name, out, ref, int(x.shape[0]))
-        if has_gt:  # the ground truth is the ODE's solution: the sample (latents), not the image
+        if has_gt and x1 is not None:  # the ground truth is the ODE's solution: the sample (latents), not the image
             truth = x1[: x.shape[0]]
             case_rows[0]["artifact_psnr_vs_gt"] = float(psnr_per_sample(out["sample"].cpu(), truth).mean())
             case_rows[0]["eager_psnr_vs_gt"] = float(psnr_per_sample(ref["sample"].cpu(), truth).mean())
@@ -265,6 +276,7 @@ def validate_artifact(
         "passed": bool(psnr_min >= gate),
         "cuda_graph": cuda_graph,
         "seed": SEEDS.validate,
+        "ground_truth": ground_truth,
     }
     report.update(get_backend(manifest["format"]).validation_extras(folder, manifest))
     return report
