@@ -230,12 +230,20 @@ def markdown(run: dict) -> str:
             + ("" if r.get("ground_truth", True) else " (no GT)")
             + " |"
         )
-    return "\n".join(lines) + "\n"
+    notes = list(
+        dict.fromkeys(
+            f"{r['model']} {r['precision']} NFE {r['nfe']}: {r['note']}" for r in run["rows"] if r.get("note")
+        )
+    )
+    return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
+
+
+PRECISIONS = ("fp32", "fp16")
 
 
 def case_key(row: dict) -> tuple:
     """A row's case: rows of a case measured again replace the earlier ones."""
-    return (list(MODELS).index(row["model"]), row["precision"], row["nfe"])
+    return (list(MODELS).index(row["model"]), PRECISIONS.index(row["precision"]), row["nfe"])
 
 
 def earlier_rows(section: str) -> list[dict]:
@@ -250,7 +258,7 @@ def earlier_rows(section: str) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["sd15"], choices=list(MODELS))
-    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16"])
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
     ap.add_argument("--nfe", nargs="+", type=int, default=[2, 4, 8, 16])
     ap.add_argument("--latent", type=int, default=32, help="latent height and width")
     ap.add_argument("--work", default=os.environ.get("TMPDIR", "/tmp") + "/bns-scale", help="folders and artifacts")
@@ -261,11 +269,17 @@ def main() -> None:
     ap.add_argument(
         "--keep-export", action="store_true", help="validate an artifact exported by an earlier run, keeping its row"
     )
+    ap.add_argument("--note", default=None, help="a sentence recorded with this run's rows (how the machine was)")
+    ap.add_argument("--render", action="store_true", help="only rewrite the result's text from its rows")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     command, commit = "python tools/bench_scale.py " + shlex.join(sys.argv[1:]), git_rev()
     run = {"command": command, "commit": commit, "machine": machine(), "rows": earlier_rows(args.section)}
+    if args.render:
+        run["rows"].sort(key=case_key)
+        save_result(args.section, {"kind": "text", **run, "body": markdown(run)})
+        return
     for name in args.models:
         # fp32 weights, as users keep them; --fp16 halves them in the artifact, the eager reference stays fp32
         folder = build_folder(name, work / f"{name}-fp32", args.latent)
@@ -276,7 +290,7 @@ def main() -> None:
                 earlier = next((r for r in run["rows"] if case_key(r) == key), None) if args.keep_export else None
                 row = run_case(name, folder, precision, nfe, work, not args.no_ground_truth, earlier)
                 row.update(parameters=params, weights_bytes=params * (2 if precision == "fp16" else 4))
-                row.update(run=command, commit=commit)
+                row.update(run=command, commit=commit, **({"note": args.note} if args.note else {}))
                 print(json.dumps(row), flush=True)
                 key = case_key(row)
                 run["rows"] = sorted([r for r in run["rows"] if case_key(r) != key] + [row], key=case_key)

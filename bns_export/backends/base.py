@@ -266,7 +266,7 @@ class Runner(ABC):
         if guidance is None:
             raise BNSError(f"this artifact takes guidance (B,) per sample in {lo:g}..{hi:g}: pass guidance")
         g = _array(guidance, "guidance")
-        if _kind(g) not in ("f", "i", "u") or (not is_torch(g) and g.dtype == bool):
+        if _kind(g) not in ("f", "i", "u"):
             raise BNSError(f"guidance must hold real numbers, got dtype {g.dtype}")
         if tuple(g.shape) == ():
             g = g.expand(batch) if is_torch(g) else np.full(batch, g)

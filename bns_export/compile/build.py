@@ -124,8 +124,7 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
         guidance = torch.linspace(lo, hi, batch) if batch > 1 else torch.tensor([(lo + hi) / 2])
         tensors[GUIDANCE_INPUT] = guidance
     device = next(iter(reference.buffers())).device
-    to = lambda v: None if v is None else v.to(device)  # noqa: E731
-    outputs = reference.named(noise.to(device), to(condition), to(guidance))
+    outputs = reference.named(*(None if v is None else v.to(device) for v in (noise, condition, guidance)))
     inputs = sorted(tensors)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     tensors.update({k: v.float().cpu().contiguous() for k, v in outputs.items()})

@@ -293,7 +293,8 @@ def solver_from_json(d: dict, source: str = "solver") -> Table:
     """A solver file's record: version 1 a table, version 2 a guidance family."""
     if not isinstance(d, dict) or d.get("schema") != SCHEMA:
         raise BNSError(f"{source}: not a bns-export solver file (missing schema {SCHEMA!r})")
-    kind = FILE_VERSIONS.get(d.get("schema_version"))
+    version = d.get("schema_version")
+    kind = FILE_VERSIONS.get(version) if type(version) is int else None  # not a list, a bool or 1.0
     if kind is None:
         raise BNSError(
             f"{source}: unknown schema version {d.get('schema_version')!r} "
