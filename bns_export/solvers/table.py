@@ -84,8 +84,7 @@ class NSSolver:
         return d
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically (temporary file, then rename)."""
-        atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+        write_solver(self, path)
 
     @classmethod
     def from_json(cls, d: dict, source: str = "solver") -> NSSolver:
@@ -244,8 +243,7 @@ class SolverFamily:
         return d
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically (temporary file, then rename)."""
-        atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+        write_solver(self, path)
 
     @classmethod
     def from_json(cls, d: dict, source: str = "solver") -> SolverFamily:
@@ -301,6 +299,11 @@ def solver_from_json(d: dict, source: str = "solver") -> Table:
             f"(this tool reads versions {', '.join(map(str, FILE_VERSIONS))})"
         )
     return kind.from_json(d, source)
+
+
+def write_solver(table: Table, path: str | os.PathLike) -> None:
+    """Write a solver file atomically (temporary file, then rename)."""
+    atomic_write_text(Path(path), json.dumps(table.to_json(), indent=2) + "\n")
 
 
 def load_solver(path: str | os.PathLike) -> Table:
