@@ -29,8 +29,8 @@ def guidance_scale(value, name: str = "guidance") -> float:
     return number(value, name, *GUIDANCE_RANGE)
 
 
-#: knots of `LO:HI` when no count is given: one every this many units of guidance (2:8 -> 2, 4, 6, 8), the spacing
-#: measured in docs/benchmarks.md (guidance family) to keep interpolated tables within 0.5 dB of exact ones
+#: knots of `LO:HI` when no count is given: one every this many units of guidance (2:8 -> 2, 4, 6, 8); how far the
+#: interpolated tables fall from exact ones at this spacing and a denser one: docs/benchmarks.md, "Guidance families"
 KNOT_SPACING = 2.0
 
 

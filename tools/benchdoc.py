@@ -47,7 +47,7 @@ PAGE = (
     ("Weights stored once", ["weights-once"], ""),
     (
         "Guidance families",
-        ["guidance-family"],
+        ["guidance-family", "guidance-family-dense"],
         "One solver file over a guidance range: interpolated tables against tables distilled at that guidance.",
     ),
     ("Model scale", ["scale"], "Export and validation of real-sized networks: time and peak memory against NFE."),
