@@ -29,9 +29,10 @@ def guidance_scale(value, name: str = "guidance") -> float:
     return number(value, name, *GUIDANCE_RANGE)
 
 
-#: knots of `LO:HI` when no count is given: one every this many units of guidance (2:8 -> 2, 4, 6, 8); how far the
-#: interpolated tables fall from exact ones at this spacing and a denser one: docs/benchmarks.md, "Guidance families"
-KNOT_SPACING = 2.0
+#: knots of `LO:HI` when no count is given: one every this many units of guidance (2:8 -> 2, 3, ..., 8).  Measured on
+#: digits-text NFE 4 (docs/benchmarks.md, "Guidance families"): knots 1 apart put the interpolated table within
+#: 0.01 dB of an exact one (or above it); 2 apart, up to 3 dB below it at low guidance
+KNOT_SPACING = 1.0
 
 
 def guidance_knots(text: str, name: str = "--guidance") -> tuple[float, ...]:

@@ -47,7 +47,7 @@ def distilled(tmp_path_factory, gmm):
 
 
 def test_knots_parse_from_a_range_a_count_or_a_list():
-    assert guidance_knots("2:8") == (2.0, 4.0, 6.0, 8.0)
+    assert guidance_knots("2:8") == (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
     assert guidance_knots("2:8:3") == (2.0, 5.0, 8.0)
     assert guidance_knots("2,3,5,8") == (2.0, 3.0, 5.0, 8.0)
     for bad, msg in [
