@@ -437,10 +437,15 @@ def distill_family(
     if getattr(field, "embedded", False) or not field.conditional:
         raise BNSError("a guidance family needs a conditional model with classifier-free guidance")
     tables: list[NSSolver] = []
+    parts: list[Path] = []  # the knot files this run wrote or took over from an interrupted run of this recipe
     for w in knots:
         field.set_guidance(w)
         part = None if out is None else Path(out).with_name(f"{Path(out).name}.knot-{w:g}.json")
         table = _finished_knot(part, cfg, field) if resume else None
+        if table is None and part is not None and part.exists() and not _is_knot_file(part):
+            raise BNSError(f"{part} exists and is not a knot this tool wrote: move it, or choose another --out")
+        if part is not None:
+            parts.append(part)
         if table is None:
             train, val = pairs(field)
             report = None if progress is None else functools.partial(progress, w)
@@ -467,10 +472,18 @@ def distill_family(
     family = SolverFamily(knots, tables, name=f"bns-{cfg.nfe}-w{knots[0]:g}-{knots[-1]:g}", meta=meta)
     if out is not None and world.is_main:
         family.save(out)
-        for w in knots:
-            Path(out).with_name(f"{Path(out).name}.knot-{w:g}.json").unlink(missing_ok=True)
+        for part in parts:
+            part.unlink(missing_ok=True)
     world.barrier()
     return family
+
+
+def _is_knot_file(path: Path) -> bool:
+    """A solver file a distillation of this tool wrote (another recipe's knot, which a new run may replace)."""
+    try:
+        return NSSolver.load(path).meta.get("kind") == "bns"
+    except BNSError:
+        return False
 
 
 def _finished_knot(path: Path | None, cfg: DistillConfig, field) -> NSSolver | None:

@@ -301,3 +301,18 @@ def test_an_unconditional_model_has_no_family(tmp_path):
     )
     assert r.exit_code == 2 and "conditional model" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "a").exists()
+
+
+def test_distill_family_never_overwrites_or_deletes_a_file_it_did_not_write(tmp_path):
+    out = tmp_path / "fam.json"
+    foreign = tmp_path / "fam.json.knot-2.json"
+    foreign.write_text("my notes\n")
+    field = load_model(GMM, guidance=2.0)
+    cfg = DistillConfig(nfe=3, iterations=4, batch_size=8, val_every=2)
+
+    def pairs(f):
+        return ground_truth(f, 16, SEEDS.train), ground_truth(f, 16, SEEDS.val)
+
+    with pytest.raises(BNSError, match="not a knot this tool wrote"):
+        distill_family(field, (2.0, 3.0), pairs, cfg, out=out)
+    assert foreign.read_text() == "my notes\n" and not out.exists()

@@ -286,7 +286,7 @@ def main() -> None:
         params = parameter_count(folder)
         for precision in args.precision:
             for nfe in args.nfe:
-                key = (list(MODELS).index(name), precision, nfe)
+                key = case_key({"model": name, "precision": precision, "nfe": nfe})
                 earlier = next((r for r in run["rows"] if case_key(r) == key), None) if args.keep_export else None
                 row = run_case(name, folder, precision, nfe, work, not args.no_ground_truth, earlier)
                 row.update(parameters=params, weights_bytes=params * (2 if precision == "fp16" else 4))
