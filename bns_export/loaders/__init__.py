@@ -48,9 +48,9 @@ def load_model(
     return GuidedField(field, guidance).to(device)
 
 
-def _refuse_options(spec: ModelSpec, what: str) -> None:
+def _refuse_options(spec: ModelSpec, what: str, allowed: tuple[str, ...] = ()) -> None:
     """Shipped and analytic models know how they are read: options that would be ignored are an error."""
-    given = spec.options.given()
+    given = [g for g in spec.options.given() if g not in allowed]
     if given:
         flags = ", ".join("--" + g.replace("_", "-") for g in given)
         raise BNSError(f"{flags} do(es) not apply to {what} {spec.model!r}, which knows how it is read")
@@ -78,8 +78,8 @@ def _load_field(spec: ModelSpec) -> VelocityField:
         raise BNSError(
             f"unknown model {spec.model!r}: not a shipped model ({names}), diffusers:PATH nor a module:factory path"
         )
-    _refuse_options(spec, "shipped model")
-    return load_shipped(folder)
+    _refuse_options(spec, "shipped model", allowed=("shape",))
+    return load_shipped(folder, spec.options.shape)
 
 
 __all__ = [

@@ -42,6 +42,9 @@ class Adapter:
     embedded_guidance: Callable[[dict], bool] = lambda cfg: False
     #: check a shape the user gave (--shape) or the config implied
     check_shape: Callable[[tuple[int, ...]], None] = lambda shape: None
+    #: the multiple every spatial size must be when the class runs at any size (UNets), else None: the
+    #: class's position embeddings or ids are fixed at the size the graph is traced at
+    size_step: Callable[[dict], int | None] = lambda cfg: None
 
 
 def _int(cfg: dict, key: str, default: int | None = None) -> int:
@@ -73,6 +76,12 @@ def _primary(parts: dict, name: str = "encoder_hidden_states") -> Tensor:
 
 
 # -- UNets ---------------------------------------------------------------------------------------
+
+
+def _unet_step(cfg: dict) -> int:
+    """A UNet's total downsampling: one factor 2 per down block but the last."""
+    blocks = cfg.get("down_block_types") or ()
+    return 2 ** max(0, len(blocks) - 1)
 
 
 def _unet2d(model, x, time, parts, consts):
@@ -202,12 +211,13 @@ def _cogvideox(model, x, time, parts, consts):
 
 
 ADAPTERS: dict[str, Adapter] = {
-    "UNet2DModel": Adapter(_unet2d, classes=lambda cfg: _classes(cfg, "num_class_embeds")),
+    "UNet2DModel": Adapter(_unet2d, classes=lambda cfg: _classes(cfg, "num_class_embeds"), size_step=_unet_step),
     "UNet2DConditionModel": Adapter(
         _unet_cond,
         needs=_unet_needs,
         defaults={"time_ids": _sdxl_time_ids},
         classes=lambda cfg: None,
+        size_step=_unet_step,
     ),
     "SD3Transformer2DModel": Adapter(_sd3, needs=_sd3_needs),
     "FluxTransformer2DModel": Adapter(

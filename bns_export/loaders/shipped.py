@@ -8,8 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from ..checks import number, read_json
+from ..checks import integer, number, read_json
+from ..errors import BNSError
 from ..fields import ANALYTIC, NetworkField, make_schedule
+from ..sizes import check_side_step
 from .conditions import load_condition_set
 from .network import check_network
 
@@ -48,13 +50,17 @@ def _import_file(path: Path, name: str):
     return module
 
 
-def load_shipped(folder: Path) -> NetworkField:
+def load_shipped(folder: Path, shape: tuple[int, ...] | None = None) -> NetworkField:
     """A shipped model folder: config.json, weights.safetensors, and the network code it names
     ("code", default net.py, relative to the folder) exposing build_network(**architecture); a
-    tensor-conditioned model also names its conditioning set ("cond_set", a safetensors file)."""
+    tensor-conditioned model also names its conditioning set ("cond_set", a safetensors file).  A network
+    that runs at any multiple of "size_step" (a convolutional UNet) is loaded at `shape` (--shape) if given."""
     from safetensors.torch import load_file
 
     cfg = read_json(folder / "config.json", f"{folder.name} config", constants=True)
+    step = integer(cfg["size_step"], f"{folder.name} config size_step", 1, 1 << 10) if "size_step" in cfg else None
+    base = tuple(cfg["shape"])
+    shape = base if shape is None else check_resized(base, tuple(shape), step, folder.name)
     cset = load_condition_set(str(folder / cfg["cond_set"])) if cfg.get("cond_set") else None
     module = _import_file((folder / cfg.get("code", "net.py")).resolve(), folder.name)
     net = module.build_network(**cfg.get("architecture", {}))
@@ -63,7 +69,7 @@ def load_shipped(folder: Path) -> NetworkField:
     field = NetworkField(
         net,
         schedule,
-        tuple(cfg["shape"]),
+        shape,
         prediction=cfg["prediction"],
         time_input=cfg["time_input"],
         num_classes=cfg.get("num_classes"),
@@ -74,7 +80,18 @@ def load_shipped(folder: Path) -> NetworkField:
         null_cond=None if cset is None else cset.null,
         condition_layout=None if cset is None else cset.layout,
     )
+    field.size_step = step
     if "gt_tolerance" in cfg:
         field.gt_tolerance = number(cfg["gt_tolerance"], f"{folder.name} config gt_tolerance", 1e-10, 0.1)
     check_network(field)
     return field
+
+
+def check_resized(base: tuple[int, ...], shape: tuple[int, ...], step: int | None, name: str) -> tuple[int, ...]:
+    """--shape for a shipped model: the config's shape with other spatial sizes, multiples of its size step."""
+    if step is None:
+        raise BNSError(f"--shape does not apply to shipped model {name!r}: its network runs at {base} only")
+    if len(shape) != len(base) or shape[:-2] != base[:-2]:
+        raise BNSError(f"--shape {shape} for shipped model {name!r} must keep its channels: {base[:-2]} + (H, W)")
+    check_side_step(shape[-2:], step, f"--shape of {name!r}:")
+    return shape
