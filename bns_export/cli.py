@@ -466,6 +466,12 @@ def sample_cmd(
 @click.option("--min-psnr", type=GATE, default=None, help="Parity gate in dB (default 60 fp32, 35 fp16).")
 @click.option("--out", "-o", required=True, help="Artifact directory to create (replaced atomically).")
 @click.option("--force", is_flag=True, help="Replace --out even when it is not a bns-export artifact.")
+@click.option(
+    "--sizes",
+    default=None,
+    help="Spatial sizes the graph takes besides the model's own: HxW,HxW,... or a range HxW:HxW (image pixels "
+    "with --decoder, else sample units; multiples of the network's downsampling). Convolutional UNets only.",
+)
 @decoder_option
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile_cmd(
@@ -486,6 +492,7 @@ def compile_cmd(
     min_psnr,
     out,
     force,
+    sizes,
     as_json,
 ) -> None:
     """Compile model + solver (+ decoder) into one graph (noise [+ condition] in, sample [+ image] out) and
@@ -513,6 +520,7 @@ def compile_cmd(
         workspace_bytes=workspace_mb << 20,
         timing_cache=timing_cache,
         force=force,
+        sizes=sizes,
         log=lambda m: click.echo(m, err=True),
     )
     click.echo(json.dumps(manifest, default=str) if as_json else compile_text(out, manifest))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .sizes import SizeSet
+
 
 def eval_text(report: dict) -> str:
     """One line for `evaluate_on`'s PSNR summary."""
@@ -67,9 +69,10 @@ def compile_text(out, manifest: dict) -> str:
     """One line for a published artifact."""
     v = manifest.get("validation")
     parity = f"parity min {v['psnr_min']:.1f} dB (gate {v['gate_db']:.0f})" if v else "not validated"
+    sizes = f", sizes {SizeSet.from_json(manifest['sizes']).describe()}" if manifest.get("sizes") else ""
     return (
         f"wrote {out}: {manifest['format']} {manifest['precision']}, {manifest['nfe']} NFE, "
-        f"batch 1..{manifest['max_batch']}, {parity}"
+        f"batch 1..{manifest['max_batch']}{sizes}, {parity}"
     )
 
 

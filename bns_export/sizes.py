@@ -53,6 +53,8 @@ class SizeSet:
     sizes: tuple[Size, ...] = ()
     lo: Size | None = None
     hi: Size | None = None
+    #: image pixels per sample unit: a decoder in the graph upsamples the sample by it (1 without one)
+    scale: int = 1
 
     @property
     def ranged(self) -> bool:
@@ -90,7 +92,7 @@ class SizeSet:
         return ",".join(f"{h}x{w}" for h, w in self.probes())
 
     def to_json(self) -> dict:
-        d = {"base": list(self.base), "step": self.step}
+        d = {"base": list(self.base), "step": self.step, "scale": self.scale}
         if self.ranged:
             return {**d, "min": list(self.lo), "max": list(self.hi)}
         return {**d, "list": [list(s) for s in self.probes()]}
@@ -106,19 +108,44 @@ class SizeSet:
                 raise BNSError(f"manifest sizes entry {v!r} is not [H, W] with sides in 1..{MAX_SIDE}")
             return int(v[0]), int(v[1])
 
-        base = size(d.get("base"))
+        base, scale = size(d.get("base")), d.get("scale", 1)
+        if not isinstance(scale, int) or not 1 <= scale <= 64:
+            raise BNSError(f"manifest sizes scale must be an integer in 1..64, got {scale!r}")
         if "list" in d:
             if not isinstance(d["list"], list) or not d["list"] or len(d["list"]) > 256:
                 raise BNSError("manifest sizes list must hold 1..256 sizes")
-            return cls(base, d["step"], tuple(size(s) for s in d["list"]))
-        return cls(base, d["step"], lo=size(d.get("min")), hi=size(d.get("max")))
+            listed = tuple(size(s) for s in d["list"])
+            return cls(base, d["step"], tuple(s for s in listed if s != base), scale=scale)
+        return cls(base, d["step"], lo=size(d.get("min")), hi=size(d.get("max")), scale=scale)
+
+    def symbolic(self, shape: tuple[int, ...], image: bool = False) -> list:
+        """A tensor's manifest shape with its spatial axes named: (C, "height", "width"), or the image's
+        (3, "image_height", "image_width")."""
+        return [*shape[:-2], *(IMAGE_AXES if image else AXES)]
+
+
+#: the names of a sample's dynamic spatial axes in manifest shapes, and of the decoded image's
+AXES = ("height", "width")
+IMAGE_AXES = ("image_height", "image_width")
+
+
+def concrete(shape: list, batch: int, size: Size | None = None, scale: int = 1) -> tuple[int, ...]:
+    """A manifest shape (["batch", ..., "height", "width"]) at a batch and a sample size: the one place the
+    symbolic axes are resolved (runners' outputs, TensorRT profiles, Triton warmups)."""
+    values = {"batch": batch}
+    if size is not None:
+        values.update(zip((*AXES, *IMAGE_AXES), (*size, size[0] * scale, size[1] * scale)))
+    return tuple(values[d] if isinstance(d, str) else int(d) for d in shape)
 
 
 def parse_sizes(text: str, base: Size, step: int | None, scale: int = 1, what: str = "--sizes") -> SizeSet:
     """`--sizes` as a SizeSet in sample units: `HxW,HxW,...` or `HxW:HxW` (a range), given in image pixels
     when `scale` > 1 (a decoder upsamples the sample by it), each side a multiple of scale * step."""
     if step is None:
-        raise BNSError(f"{what}: this network is traced at one size (its position embeddings or ids are fixed at load)")
+        raise BNSError(
+            f"{what}: this model runs at its own sample shape only (convolutional UNets run at other sizes; a "
+            "transformer's position embeddings or ids are fixed when it is loaded)"
+        )
     text = (text or "").strip()
     unit = scale * step
 
@@ -136,14 +163,14 @@ def parse_sizes(text: str, base: Size, step: int | None, scale: int = 1, what: s
             raise BNSError(f"bad {what} {text!r}: the range's first size must not exceed its second on either side")
         if not (lo[0] <= base[0] <= hi[0] and lo[1] <= base[1] <= hi[1]):
             raise BNSError(f"{what} {text!r} does not contain the size the solver runs at ({_pixels(base, scale)})")
-        return SizeSet(base, step, lo=lo, hi=hi)
+        return SizeSet(base, step, lo=lo, hi=hi, scale=scale)
     entries = [e for e in text.split(",") if e.strip()]
     if not entries:
         raise BNSError(f"bad {what} {text!r}: expected HxW,HxW,... or HxW:HxW")
     if len(entries) > 64:
         raise BNSError(f"{what} lists {len(entries)} sizes; at most 64 (use a range HxW:HxW for more)")
     sizes = tuple(dict.fromkeys(sample(e) for e in entries))
-    return SizeSet(base, step, tuple(s for s in sizes if s != base))
+    return SizeSet(base, step, tuple(s for s in sizes if s != base), scale=scale)
 
 
 def _pixels(size: Size, scale: int) -> str:

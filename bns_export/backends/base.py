@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BNSError
+from ..sizes import SizeSet, concrete
 
 NULL_LABEL = -1  # the unconditional branch (same value as bns_export.fields.NULL_LABEL)
 GUIDANCE_INPUT = "guidance"  # a guidance family's graph input: (B,) float32, the scale per sample
@@ -50,6 +51,8 @@ class ExportRequest:
     condition_parts: tuple[tuple[str, tuple[int, ...]], ...] = ()
     #: a guidance family's range: the graph then takes guidance (B,) float32 last; else None
     guidance_range: tuple[float, float] | None = None
+    #: the spatial sizes the graph takes (its noise's last two axes are then dynamic); None: sample_shape only
+    sizes: SizeSet | None = None
 
     @property
     def condition_name(self) -> str | None:
@@ -79,6 +82,7 @@ GRAPH_METADATA = (
     "nfe",
     "guidance",
     "guidance_range",
+    "sizes",
     "precision",
     "inputs",
     "outputs",
@@ -99,6 +103,23 @@ def check_graph_metadata(meta: dict, manifest: dict, model_file: str) -> None:
                 f"{model_file}'s own metadata says {key} {meta[key][:80]}, its manifest "
                 f"{graph_metadata_value(manifest[key])[:80]}: the graph does not belong to this manifest"
             )
+
+
+def profile_shapes(inputs: list[dict], opt_batch: int, max_batch: int, sizes: SizeSet | None) -> list[dict]:
+    """A TensorRT optimisation profile's min, opt and max shape of every graph input (manifest specs): batch 1
+    at the smallest declared size, the opt batch at the size the solver was distilled at, the max batch at the
+    largest (TensorRT builds for that box; the runner admits only the declared sizes inside it)."""
+    lo, hi = sizes.bounds if sizes is not None else (None, None)
+    base = sizes.base if sizes is not None else None
+    points = ((1, lo), (opt_batch, base), (max_batch, hi))
+    return [{s["name"]: concrete(s["shape"], b, size) for s in inputs} for b, size in points]
+
+
+def profile_strings(manifest: dict) -> list[str]:
+    """profile_shapes as ONNX Runtime's TensorRT options spell them (`noise:1x4x64x64,cond:1x77x768`)."""
+    sizes = SizeSet.from_json(manifest["sizes"]) if manifest.get("sizes") else None
+    profile = profile_shapes(manifest["inputs"], int(manifest.get("opt_batch") or 1), int(manifest["max_batch"]), sizes)
+    return [",".join(f"{name}:" + "x".join(map(str, dims)) for name, dims in p.items()) for p in profile]
 
 
 def is_torch(x) -> bool:
@@ -198,7 +219,9 @@ class Runner(ABC):
         self.nfe = int(manifest["nfe"])
         #: the graph's outputs in order ("sample", then "image" with a decoder) and one item's shape each
         self.output_names = [o["name"] for o in manifest["outputs"]]
-        self.output_shapes = {o["name"]: tuple(o["shape"][1:]) for o in manifest["outputs"]}
+        self.output_shapes = {o["name"]: list(o["shape"]) for o in manifest["outputs"]}
+        #: the spatial sizes the graph takes (None: sample_shape only)
+        self.sizes = SizeSet.from_json(manifest["sizes"]) if manifest.get("sizes") else None
         self._lock = threading.Lock()  # for backends whose contexts are not thread-safe
 
     def check_inputs(self, noise, condition) -> tuple:
@@ -207,8 +230,7 @@ class Runner(ABC):
         inputs (lists become numpy arrays); anything else is one clear error."""
         noise = _array(noise, "noise")
         shape = tuple(noise.shape)
-        if len(shape) != len(self.sample_shape) + 1 or shape[1:] != self.sample_shape:
-            raise BNSError(f"noise has shape {shape}, expected (B, {_dims(self.sample_shape)})")
+        self._check_noise_shape(shape)
         if not 1 <= shape[0] <= self.max_batch:
             raise BNSError(f"batch {shape[0]} is outside 1..{self.max_batch}, the range this artifact was built for")
         if _kind(noise) != "f":
@@ -239,6 +261,22 @@ class Runner(ABC):
         if lab.size and (int(lab.min()) < NULL_LABEL or int(lab.max()) >= self.num_classes):
             raise BNSError(f"labels must be in 0..{self.num_classes - 1} (or {NULL_LABEL} for unconditional)")
         return noise, condition
+
+    def _check_noise_shape(self, shape: tuple) -> None:
+        """(B, *sample_shape), or with declared sizes (B, C, H, W) at any of them."""
+        rank = len(self.sample_shape) + 1
+        if self.sizes is None or len(shape) != rank or shape[1:-2] != self.sample_shape[:-2]:
+            if len(shape) != rank or shape[1:] != self.sample_shape:
+                extra = f" or another size in {self.sizes.describe()}" if self.sizes else ""
+                raise BNSError(f"noise has shape {shape}, expected (B, {_dims(self.sample_shape)}){extra}")
+            return
+        if shape[-2:] not in self.sizes:
+            raise BNSError(f"noise has size {shape[-2]}x{shape[-1]}; this artifact takes {self.sizes.describe()}")
+
+    def output_shape(self, name: str, noise_shape: tuple) -> tuple[int, ...]:
+        """The shape of output `name` for a checked noise of `noise_shape` (its batch and spatial size)."""
+        size = tuple(noise_shape[-2:]) if self.sizes is not None else None
+        return concrete(self.output_shapes[name], int(noise_shape[0]), size, self.sizes.scale if self.sizes else 1)
 
     def _check_cond(self, cond, batch: int, name: str = "cond", shape: tuple | None = None):
         """A tensor condition: real floats, finite, shape (B, *shape) (default: the manifest's cond_shape)."""

@@ -14,7 +14,14 @@ import numpy as np
 
 from ..devicespec import cuda_index, is_cuda
 from ..errors import EXIT_MISSING_BACKEND, BNSError
-from .base import ExportRequest, Runner, check_graph_metadata, graph_metadata_value, to_numpy
+from .base import (
+    ExportRequest,
+    Runner,
+    check_graph_metadata,
+    graph_metadata_value,
+    profile_strings,
+    to_numpy,
+)
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 512 << 20  # weights above this go to model.onnx.data (protobuf caps a file at 2 GB)
@@ -217,20 +224,16 @@ def tensorrt_ep_defaults(manifest: dict) -> dict:
 
     import onnxruntime as ort
 
-    def shapes(batch: int) -> str:
-        return ",".join(
-            f"{s['name']}:" + "x".join(str(d) for d in (batch, *s["shape"][1:])) for s in manifest["inputs"]
-        )
-
     key = hashlib.sha256(
         f"{manifest['files'][manifest['model_file']]}|ort {ort.__version__}|{manifest.get('versions')}".encode()
     ).hexdigest()[:24]
     from ..fileio import cache_root
 
+    lo, opt, hi = profile_strings(manifest)
     return {
-        "trt_profile_min_shapes": shapes(1),
-        "trt_profile_opt_shapes": shapes(int(manifest.get("opt_batch") or 1)),
-        "trt_profile_max_shapes": shapes(int(manifest["max_batch"])),
+        "trt_profile_min_shapes": lo,
+        "trt_profile_opt_shapes": opt,
+        "trt_profile_max_shapes": hi,
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": str(cache_root() / "ort-trt-engines" / key),
         "trt_timing_cache_enable": "True",
@@ -319,14 +322,14 @@ class OnnxRunner(Runner):
     def _replay(self, feed: dict) -> list[np.ndarray]:
         """Copy into this batch size's bound device buffers and replay its CUDA graph (captured on first use)."""
         ort = self._ort
-        batch = feed["noise"].shape[0]
+        key = feed["noise"].shape  # one graph per batch size and spatial size
         with self._lock:
-            if batch not in self._graphs:
+            if key not in self._graphs:
                 binding = self.session.io_binding()
                 values = {k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", self.device_id) for k, v in feed.items()}
                 outs = [
                     ort.OrtValue.ortvalue_from_shape_and_type(
-                        (batch, *self.output_shapes[name]), np.float32, "cuda", self.device_id
+                        self.output_shape(name, feed["noise"].shape), np.float32, "cuda", self.device_id
                     )
                     for name in self.output_names
                 ]
@@ -336,8 +339,8 @@ class OnnxRunner(Runner):
                     binding.bind_ortvalue_output(name, out)
                 run_options = ort.RunOptions()
                 run_options.add_run_config_entry("gpu_graph_id", str(len(self._graphs) + 1))
-                self._graphs[batch] = (binding, values, outs, run_options)
-            binding, values, outs, run_options = self._graphs[batch]
+                self._graphs[key] = (binding, values, outs, run_options)
+            binding, values, outs, run_options = self._graphs[key]
             for k, v in feed.items():
                 values[k].update_inplace(v)
             self.session.run_with_iobinding(binding, run_options)

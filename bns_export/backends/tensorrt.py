@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..fileio import atomic_write_bytes
-from .base import ExportRequest, Runner
+from .base import ExportRequest, Runner, profile_shapes
 
 
 def import_tensorrt():
@@ -65,10 +65,9 @@ def build_engine(onnx_path: Path, plan_path: Path, request: ExportRequest) -> di
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(request.workspace_bytes))
     profile = builder.create_optimization_profile()
-    shape, lo, opt, hi = request.sample_shape, 1, request.opt_batch, request.max_batch
-    profile.set_shape("noise", (lo, *shape), (opt, *shape), (hi, *shape))
-    for name, extra in request.input_shapes:
-        profile.set_shape(name, (lo, *extra), (opt, *extra), (hi, *extra))
+    lo, opt, hi = profile_shapes(request.metadata["inputs"], request.opt_batch, request.max_batch, request.sizes)
+    for name in request.input_names:
+        profile.set_shape(name, lo[name], opt[name], hi[name])
     config.add_optimization_profile(profile)
     cache_path = Path(request.timing_cache) if request.timing_cache else default_timing_cache()
     cache_bytes = cache_path.read_bytes() if cache_path.exists() else b""
@@ -82,7 +81,7 @@ def build_engine(onnx_path: Path, plan_path: Path, request: ExportRequest) -> di
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     return {
         "tensorrt_version": trt.__version__,
-        "opt_batch": opt,
+        "opt_batch": request.opt_batch,
         "workspace_bytes": int(request.workspace_bytes),
         "timing_cache": str(cache_path),
         "timing_cache_reused": bool(cache_bytes),
@@ -113,9 +112,7 @@ class TensorRTRunner(Runner):
         import torch
 
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device).contiguous()
-        outs = {
-            name: torch.empty((x.shape[0], *self.output_shapes[name]), device=x.device) for name in self.output_names
-        }
+        outs = {name: torch.empty(self.output_shape(name, x.shape), device=x.device) for name in self.output_names}
         with self._lock, torch.cuda.device(x.device):
             self.context.set_input_shape("noise", tuple(x.shape))
             self.context.set_tensor_address("noise", x.data_ptr())

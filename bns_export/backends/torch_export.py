@@ -46,10 +46,17 @@ def example_inputs(sampler: torch.nn.Module, request: ExportRequest, batch: int 
 
 
 def dynamic_shapes(request: ExportRequest) -> tuple:
-    """A dynamic batch on every input (positional: noise, then the condition inputs)."""
+    """A dynamic batch on every input (positional: noise, then the condition inputs); with declared sizes
+    also noise's spatial axes, as multiples of the network's size step within the sizes' bounds."""
     batch = torch.export.Dim("batch", min=1, max=max(2, request.max_batch))
+    noise = {0: batch}
+    if request.sizes is not None:
+        rank, step = len(request.sample_shape), request.sizes.step
+        for axis, name, lo, hi in zip((rank - 1, rank), ("height", "width"), *request.sizes.bounds):
+            if lo < hi:  # an axis of one size stays static
+                noise[axis] = step * torch.export.Dim(f"{name}_steps", min=max(1, lo // step), max=hi // step)
     conditions = tuple({0: batch} for _ in request.input_names[1:])  # forward(noise, *conditions[, guidance])
-    return ({0: batch}, conditions) if conditions else ({0: batch},)
+    return (noise, conditions) if conditions else (noise,)
 
 
 def export_program(sampler: torch.nn.Module, request: ExportRequest) -> torch.export.ExportedProgram:

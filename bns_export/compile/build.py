@@ -26,6 +26,7 @@ from ..loaders import ModelOptions, ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..runtime.artifact import check_replaceable, staging_dir, write_manifest
 from ..runtime.layout import Manifest
+from ..sizes import SizeSet, parse_sizes
 from ..solvers import SolverFamily, SolverLike, Table, guidance_for, parse_spec, resolve_solver, resolve_table
 from .unroll import OUTPUTS, UnrolledSampler
 
@@ -61,10 +62,15 @@ def tensor_spec(name: str, dtype: str, sizes, note: str | None = None) -> dict:
     return spec if note is None else {**spec, "note": note}
 
 
-def io_specs(field, max_batch: int, decoder=None, guidance_range=None) -> tuple[list[dict], list[dict]]:
+def io_specs(field, decoder=None, guidance_range=None, sizes: SizeSet | None = None) -> tuple[list[dict], list[dict]]:
     """The graph's inputs (noise, then the condition: one input per named condition, `cond`, or `labels`;
-    then a family's guidance) and outputs (the sample, and the image with a decoder) for the manifest."""
+    then a family's guidance) and outputs (the sample, and the image with a decoder) for the manifest; with
+    `sizes` the spatial axes of noise, sample and image are named (dynamic)."""
     inputs, outputs = _io_specs(field, decoder)
+    if sizes is not None:
+        for spec in (inputs[0], *outputs):
+            spec["shape"] = ["batch", *sizes.symbolic(tuple(spec["shape"][1:]), image=spec["name"] == OUTPUTS[1])]
+            spec["note"] = (spec.get("note", "") + f"; spatial sizes {sizes.describe()} (sample units)").lstrip("; ")
     if guidance_range is not None:
         lo, hi = guidance_range
         note = f"the guidance scale per sample, {lo:g}..{hi:g}: the solver family is interpolated there"
@@ -148,6 +154,7 @@ class BuildInputs:
     solver: Table
     decoder: torch.nn.Module | None
     guidance: float | None  # None: a guidance family, which the graph takes per sample
+    sizes: SizeSet | None = None  # the spatial sizes the graph takes (None: the sample shape only)
 
     @property
     def guidance_range(self) -> tuple[float, float] | None:
@@ -155,10 +162,16 @@ class BuildInputs:
 
 
 def load_build_inputs(
-    model: str, solver: SolverLike, options: ModelOptions, guidance: float | None, nfe: int | None
+    model: str,
+    solver: SolverLike,
+    options: ModelOptions,
+    guidance: float | None,
+    nfe: int | None,
+    sizes: str | None = None,
 ) -> BuildInputs:
-    """The model, the solver (a solver file read once) and the decoder; guidance None: the solver file's, or
-    for a guidance family none (the graph takes it per sample; -w bakes the family's table at w)."""
+    """The model, the solver (a solver file read once), the decoder and the declared sizes (`--sizes`, in
+    image pixels with a decoder); guidance None: the solver file's, or for a guidance family none (the graph
+    takes it per sample; -w bakes the family's table at w)."""
     spec = ModelSpec(model, options)
     solver = parse_spec(solver)
     family = solver.family if guidance is None else None
@@ -166,7 +179,22 @@ def load_build_inputs(
     field = load_model(spec, guidance=baked)
     ns = resolve_table(solver, field, nfe) if family else resolve_solver(solver, field, nfe)
     decoder = load_decoder(options.decoder, spec, field.sample_shape) if options.decoder else None
-    return BuildInputs(spec, field, ns, decoder, None if family else baked)
+    size_set = None if sizes is None else declared_sizes(sizes, field, decoder)
+    return BuildInputs(spec, field, ns, decoder, None if family else baked, size_set)
+
+
+def declared_sizes(text: str, field, decoder=None) -> SizeSet:
+    """`--sizes` for this model: in sample units, or image pixels when a decoder upsamples the sample."""
+    shape = tuple(field.sample_shape)
+    if len(shape) < 3:
+        raise BNSError(f"--sizes needs an image model (C, H, W); this one samples shape {shape}")
+    scale = 1
+    if decoder is not None:
+        img = decoder.image_shape
+        scale = img[-1] // shape[-1]
+        if img[-2:] != (shape[-2] * scale, shape[-1] * scale):
+            raise BNSError(f"--sizes: the decoder maps {shape} to {img}, not a whole upsampling of both axes")
+    return parse_sizes(text, shape[-2:], field.size_step, scale)
 
 
 def export_request(
@@ -187,13 +215,14 @@ def export_request(
         workspace_bytes=workspace_bytes,
         timing_cache=timing_cache,
         guidance_range=built.guidance_range,
+        sizes=built.sizes,
     )
 
 
 def new_manifest(fmt: str, precision: str, built: BuildInputs, request: ExportRequest) -> Manifest:
     """The manifest of an artifact about to be exported (files, conformance and validation come later)."""
     backend, field, ns, decoder = get_backend(fmt), built.field, built.solver, built.decoder
-    inputs, outputs = io_specs(field, request.max_batch, decoder, built.guidance_range)
+    inputs, outputs = io_specs(field, decoder, built.guidance_range, built.sizes)
     rng = built.guidance_range
     note = "guidance is baked in: both branches run in one batched network call per step"
     if rng is not None:
@@ -210,6 +239,7 @@ def new_manifest(fmt: str, precision: str, built: BuildInputs, request: ExportRe
         max_batch=request.max_batch,
         opt_batch=request.opt_batch,
         sample_shape=list(field.sample_shape),
+        sizes=None if built.sizes is None else built.sizes.to_json(),
         num_classes=field.num_classes,
         cond_shape=None if field.cond_shape is None else list(field.cond_shape),
         inputs=inputs,
@@ -265,6 +295,7 @@ def compile_artifact(
     workspace_bytes: int = 2 << 30,
     timing_cache: str | None = None,
     force: bool = False,
+    sizes: str | None = None,
     log=print,
 ) -> Manifest:
     """Build, validate and atomically publish an artifact directory; return its manifest.
@@ -272,7 +303,8 @@ def compile_artifact(
     device: where the export traces the sampler and where the artifact is validated (for `aoti`
     also the package's target device; ONNX graphs are device-independent).  An existing `out` is
     replaced only when it is empty or an artifact, unless force=True.  guidance None: the solver file's
-    (the scale it was distilled at), else 1.
+    (the scale it was distilled at), else 1.  sizes: `HxW,...` or `HxW:HxW`, the spatial sizes the graph
+    takes besides the model's own (image pixels with a decoder; the solver runs unchanged at each).
     """
     backend = get_backend(fmt)
     check_replaceable(Path(out), force)  # before minutes of export, not after
@@ -283,7 +315,7 @@ def compile_artifact(
     if min_psnr is not None:
         min_psnr = number(min_psnr, "min_psnr", 0, 1000)
     integer(workspace_bytes, "workspace_bytes", 1 << 24, 1 << 50)
-    built = load_build_inputs(model, solver, options or ModelOptions(), guidance, nfe)
+    built = load_build_inputs(model, solver, options or ModelOptions(), guidance, nfe, sizes)
     request = export_request(built, max_batch, opt_batch, device, workspace_bytes, timing_cache)
     backend.check_available(request)  # exit 3 before anything is written
     if fp16:

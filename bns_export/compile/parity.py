@@ -3,7 +3,8 @@
 The reference is a runner too (`EagerRunner`): it rebuilds the eager sampler from the manifest
 (same model spec, same solver file, fp32).  Both run on the same fixed seeds at batch 1 and at
 the artifact's maximum batch (and, for conditional models, with every label -1, the
-unconditional branch); `compare` reports per-sample PSNR (min and median), max absolute error,
+unconditional branch; for a family, across its guidance range; with declared sizes, at each other
+size, or a range's corners); `compare` reports per-sample PSNR (min and median), max absolute error,
 and each one's PSNR against the dopri5 ground truth.  With a decoder in the graph every case is
 compared on both outputs, the latents ("sample") and the decoded images ("image", data range 2).
 Gate: min per-sample PSNR >= 60 dB for fp32 artifacts, >= 35 dB for fp16 (Core ML's gate).
@@ -211,11 +212,19 @@ def reference_outputs(
     if rng is not None:
         spread = torch.linspace(rng[0], rng[1], max(n, 2))[:n] if n > 1 else torch.tensor([sum(rng) / 2])
         cases.append((f"batch {n}, guidance {rng[0]:g}..{rng[1]:g}", noise, condition, spread, False))
+    for size in other_sizes(reference):  # every other declared size: the same conditions, seeded noise there
+        x = torch.randn((n, *noise.shape[1:-2], *size), generator=torch.Generator().manual_seed(SEEDS.validate))
+        cases.append((f"batch {n}, size {size[0]}x{size[1]}", x.to(noise.device), condition, w, False))
     if reference.named_conditions:  # the GT's one condition tensor -> the graph's named inputs
         layout = reference.field.condition_layout
         cases = [(name, x, layout.unpack(lab), g, has_gt) for name, x, lab, g, has_gt in cases]
     refs = [{k: _on_host(v).cpu() for k, v in reference.run(x, lab, g).items()} for _, x, lab, g, _ in cases]
     return cases, refs, x1
+
+
+def other_sizes(runner: Runner) -> tuple[tuple[int, int], ...]:
+    """The declared sizes parity also runs at besides the base (a range's corners), none without sizes."""
+    return () if runner.sizes is None else tuple(s for s in runner.sizes.probes() if s != runner.sizes.base)
 
 
 def validate_artifact(

@@ -22,10 +22,6 @@ class NetworkField(VelocityField):
     "sigma" the EDM noise level sigma/alpha (the network then also sees x/alpha).
     """
 
-    #: every spatial size the network takes is a multiple of this (its total downsampling: a convolutional
-    #: UNet runs at any such size); None: it runs at its sample shape only (set by the loader)
-    size_step: int | None = None
-
     def __init__(
         self,
         net: nn.Module,

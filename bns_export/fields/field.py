@@ -62,6 +62,9 @@ class VelocityField(nn.Module):
     condition_layout = None
     #: the guidance scale is fed to the network (Flux-dev's guidance embedding) instead of CFG
     embedded_guidance: bool = False
+    #: every spatial size the network takes is a multiple of this (its total downsampling: a convolutional
+    #: UNet runs at any such size); None: it runs at its sample shape only (set by the loader)
+    size_step: int | None = None
 
     def set_embedded_guidance(self, guidance: float) -> None:
         """Give the network its guidance-embedding input (fields with embedded_guidance only)."""

@@ -23,6 +23,7 @@ from ..checks import guidance_scale, integer, number, plain_identifier, read_jso
 from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import deferred_signals, raise_if_interrupted
+from ..sizes import AXES, IMAGE_AXES, SizeSet
 from .layout import MANIFEST, SIGNATURE, UNHASHED, Manifest
 from .signing import verify_manifest
 
@@ -237,6 +238,7 @@ OPTIONAL_CHECKS = {
     "interval": lambda v, k: [number(t, k, 0, 1) for t in v] if isinstance(v, list) and len(v) == 2 else _bad(v, k),
     "init_scale": lambda v, k: number(v, k, 0, 1e6, lo_open=True),
     "guidance_range": lambda v, k: _guidance_range(v, k),
+    "sizes": lambda v, k: SizeSet.from_json(v),
     "device": lambda v, k: _text(v, k),
 }
 
@@ -285,7 +287,7 @@ def _tensor_specs(v, k: str) -> list:
         if not isinstance(shape, list) or shape[:1] != ["batch"]:
             raise BNSError(f"manifest {k}: {name}'s shape must be ['batch', sizes...], got {shape!r}")
         if len(shape) > 1:
-            _sizes(shape[1:], f"{k} {name}'s shape")
+            _sizes(shape[1:], f"{k} {name}'s shape", spatial=True)
     return v
 
 
@@ -318,9 +320,8 @@ def check_manifest(m: Manifest) -> None:
     for o in outputs:
         if not isinstance(o.get("shape"), list) or o["shape"][:1] != ["batch"]:
             raise BNSError(f"output {o['name']}'s shape must be ['batch', sizes...], got {o.get('shape')!r}")
-        _sizes(o["shape"][1:], f"output {o['name']}'s shape")
-    if outputs[0]["shape"][1:] != m["sample_shape"]:
-        raise BNSError("output sample's shape does not match sample_shape")
+        _sizes(o["shape"][1:], f"output {o['name']}'s shape", spatial=True)
+    _check_spatial(m)
     if m.get("opt_batch") is not None:
         integer(m["opt_batch"], "opt_batch", 1, m["max_batch"])
     files = m.get("files")
@@ -335,12 +336,29 @@ def check_manifest(m: Manifest) -> None:
             raise BNSError(f"{key} {m[key]!r} is not among the hashed files")
 
 
-def _sizes(shape, key: str) -> None:
-    """A shape: a list of 1 to 8 positive sizes."""
+def _sizes(shape, key: str, spatial: bool = False) -> None:
+    """A shape: a list of 1 to 8 positive sizes (with `spatial`, its last two may name the dynamic axes)."""
     if not isinstance(shape, list) or not 1 <= len(shape) <= 8:
         raise BNSError(f"{key} must be a list of 1 to 8 sizes, got {shape!r}")
-    for size in shape:
+    for i, size in enumerate(shape):
+        if spatial and i >= len(shape) - 2 and size in (*AXES, *IMAGE_AXES):
+            continue
         integer(size, key, 1, 1 << 20)
+
+
+def _check_spatial(m: Manifest) -> None:
+    """The sample's shape is sample_shape, with named spatial axes exactly when the manifest declares sizes,
+    and those sizes start from sample_shape's own."""
+    sizes = None if m.get("sizes") is None else SizeSet.from_json(m["sizes"])
+    noise, sample = m["inputs"][0], m["outputs"][0]
+    if noise.get("name") != "noise":
+        raise BNSError("the first input must be noise")
+    for spec in (noise, sample):
+        want = m["sample_shape"] if sizes is None else sizes.symbolic(tuple(m["sample_shape"]))
+        if spec["shape"][1:] != want:
+            raise BNSError(f"{spec['name']}'s shape {spec['shape'][1:]} does not match sample_shape (and sizes)")
+    if sizes is not None and list(sizes.base) != m["sample_shape"][-2:]:
+        raise BNSError(f"sizes start from {list(sizes.base)}, sample_shape is {m['sample_shape']}")
 
 
 def plain_name(name, what: str) -> str:

@@ -23,7 +23,8 @@ class Manifest(TypedDict, total=False):
     guidance_range: list[float] | None
     max_batch: int
     opt_batch: int
-    sample_shape: list[int]
+    sample_shape: list[int]  # one sample's shape at the size the solver was distilled at
+    sizes: dict | None  # sizes.SizeSet.to_json(): the spatial sizes the graph takes, None: sample_shape only
     num_classes: int | None
     cond_shape: list[int] | None
     inputs: list[dict]  # {name, dtype, shape: ["batch", ...], ...}

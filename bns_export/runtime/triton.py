@@ -18,17 +18,20 @@ import tempfile
 from pathlib import Path
 
 from ..backends import BACKENDS, get_backend
+from ..backends.base import profile_strings
 from ..checks import plain_identifier, read_json
 from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import raise_if_interrupted
+from ..sizes import concrete
 from .artifact import read_manifest, staging_dir
 
 TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
 
 
 def _dims(shape: list) -> str:
-    return "[ " + ", ".join(str(d) for d in shape) + " ]"
+    """Triton dims: a named (dynamic) axis is -1."""
+    return "[ " + ", ".join("-1" if isinstance(d, str) else str(d) for d in shape) + " ]"
 
 
 def _io(spec: dict, batch_only: bool) -> str:
@@ -70,8 +73,9 @@ def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str, trt_pr
     inputs = [_io(s, s["shape"] == ["batch"]) for s in manifest["inputs"]]
     outputs = [_io(s, False) for s in manifest["outputs"]]
     warm = []
+    base = tuple(manifest["sizes"]["base"]) if manifest.get("sizes") else None
     for s in manifest["inputs"]:
-        dims = [1] if s["shape"] == ["batch"] else s["shape"][1:]
+        dims = [1] if s["shape"] == ["batch"] else list(concrete(s["shape"], 1, base))[1:]  # at the base size
         data = "zero_data: true" if s["dtype"] == "int64" else "random_data: true"
         value = f"data_type: {TYPES[s['dtype']]} dims: {_dims(dims)} {data}"
         warm.append(f'    inputs {{ key: "{s["name"]}" value: {{ {value} }} }}')
@@ -89,14 +93,6 @@ def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str, trt_pr
         'model_warmup [\n  {\n    name: "bns-warmup"\n    batch_size: 1\n' + "\n".join(warm) + "\n  }\n]",
     ]
     if backend.triton_tensorrt_accelerator and gpu:
-        b_opt, b_max = int(manifest.get("opt_batch") or 1), int(manifest["max_batch"])
-
-        def shapes(b: int) -> str:
-            return ",".join(
-                f"{s['name']}:" + "x".join(str(d) for d in ([b] if s["shape"] == ["batch"] else [b, *s["shape"][1:]]))
-                for s in manifest["inputs"]
-            )
-
         params = {
             "precision_mode": "FP16" if manifest["precision"] == "fp16" else "FP32",
             "max_workspace_size_bytes": str(2 << 30),
@@ -104,11 +100,8 @@ def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str, trt_pr
             "trt_engine_cache_path": engine_cache,
         }
         if trt_profiles:  # Triton 24.03's ONNX Runtime backend and older reject these: trt_profiles=False
-            params.update(
-                trt_profile_min_shapes=shapes(1),
-                trt_profile_opt_shapes=shapes(b_opt),
-                trt_profile_max_shapes=shapes(b_max),
-            )
+            lo, opt, hi = profile_strings(manifest)
+            params.update(trt_profile_min_shapes=lo, trt_profile_opt_shapes=opt, trt_profile_max_shapes=hi)
         body = "\n".join(f'        parameters {{ key: "{k}" value: "{v}" }}' for k, v in params.items())
         text.append(
             "optimization { execution_accelerators {\n  gpu_execution_accelerator : [ {\n"
