@@ -8,9 +8,11 @@ max batch: a service to put behind a load balancer, and an example to copy.
     curl -s -X POST localhost:8080/sample -d '{"seed": 7, "cond": [[...]]}'   # tensor-conditioned artifacts
     curl -s -X POST localhost:8080/sample -d '{"seed": 7, "cond": {"encoder_hidden_states": [[...]], ...}}'  # named
     curl -s -X POST localhost:8080/sample -d '{"seed": 7, "label": 3, "guidance": 4.5}'   # a guidance-family artifact
+    curl -s -X POST localhost:8080/sample -d '{"seed": 7, "size": [96, 64], "cond": [[...]]}'  # compiled with --sizes
 
 Each request asks for one sample (its own noise, or a seed); a worker thread takes whatever requests
-are waiting (up to max_batch, after at most --max-delay-ms), runs them as one batch and answers each.
+are waiting (up to max_batch, after at most --max-delay-ms), runs them as one batch per sample size and
+answers each.
 Bounded everywhere: request bodies (--max-body bytes), the time to send one (--request-timeout s),
 connections handled at once (a pool of --workers threads, default 4 x max batch; more are answered
 503), the listen backlog (--backlog).  /health answers 503 once the batcher has stopped.  Every bad
@@ -75,23 +77,31 @@ class Batcher:
                     items.append(self.requests.get(timeout=self.max_delay_s))
             except queue.Empty:
                 pass
-            try:
-                noise = np.stack([n for n, _, _, _ in items]).astype(np.float32)
-                cond = None
-                if self.runner.named_conditions:  # {name: one sample's array} per request -> {name: batch}
-                    cond = {k: np.stack([c[k] for _, c, _, _ in items]) for k in self.runner.condition_names}
-                elif self.runner.conditional:
-                    cond = np.stack([np.asarray(c, dtype=self.runner.condition_dtype) for _, c, _, _ in items])
-                # a guidance family: each request's own scale, one batch
-                guidance = None if self.runner.guidance_range is None else np.array([g for _, _, g, _ in items])
-                out = self.runner(noise, cond, guidance)
-                self.batches += 1
-                for k, (_, _, _, fut) in enumerate(items):
-                    fut.set_result(out[k])
-            except Exception as e:  # one bad batch fails its requests, never the service
-                for _, _, _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(e)
+            groups: dict[tuple, list] = {}  # an artifact with several sizes: one batch per size
+            for item in items:
+                groups.setdefault(item[0].shape, []).append(item)
+            for group in groups.values():
+                self._run(group)
+
+    def _run(self, items: list) -> None:
+        """One batch of same-shaped requests; a failure fails only its requests."""
+        try:
+            noise = np.stack([n for n, _, _, _ in items]).astype(np.float32)
+            cond = None
+            if self.runner.named_conditions:  # {name: one sample's array} per request -> {name: batch}
+                cond = {k: np.stack([c[k] for _, c, _, _ in items]) for k in self.runner.condition_names}
+            elif self.runner.conditional:
+                cond = np.stack([np.asarray(c, dtype=self.runner.condition_dtype) for _, c, _, _ in items])
+            # a guidance family: each request's own scale, one batch
+            guidance = None if self.runner.guidance_range is None else np.array([g for _, _, g, _ in items])
+            out = self.runner(noise, cond, guidance)
+            self.batches += 1
+            for k, (_, _, _, fut) in enumerate(items):
+                fut.set_result(out[k])
+        except Exception as e:  # one bad batch fails its requests, never the service
+            for _, _, _, fut in items:
+                if not fut.done():
+                    fut.set_exception(e)
 
 
 def parse_request(runner, req) -> tuple[np.ndarray, object, float | None]:
@@ -99,9 +109,11 @@ def parse_request(runner, req) -> tuple[np.ndarray, object, float | None]:
     (HTTPError 400 otherwise)."""
     if not isinstance(req, dict):
         raise HTTPError(400, "request must be a JSON object")
-    unknown = sorted(set(req) - {"noise", "seed", "label", "cond", "guidance"})
+    unknown = sorted(set(req) - {"noise", "seed", "size", "label", "cond", "guidance"})
     if unknown:
-        raise HTTPError(400, f"unknown field(s) {', '.join(unknown)}; use noise or seed, label or cond, and guidance")
+        raise HTTPError(
+            400, f"unknown field(s) {', '.join(unknown)}; use noise or seed (and size), label or cond, and guidance"
+        )
     noise, cond = _sample_inputs(runner, req)
     guidance = req.get("guidance")
     if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))):
@@ -119,7 +131,7 @@ def _sample_inputs(runner, req: dict) -> tuple[np.ndarray, object]:
         seed = req.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise HTTPError(400, "seed must be a whole number in 0..2^63-1")
-        noise = np.random.default_rng(seed).standard_normal(runner.sample_shape).astype(np.float32)
+        noise = np.random.default_rng(seed).standard_normal(_seeded_shape(runner, req)).astype(np.float32)
     cond = None
     if runner.named_conditions:
         names = runner.condition_names
@@ -143,6 +155,16 @@ def _sample_inputs(runner, req: dict) -> tuple[np.ndarray, object]:
         raise HTTPError(400, "this artifact is unconditional: send no label or cond")
     runner.check_inputs(noise[None], cond)
     return noise, None if cond is None else cond[0]
+
+
+def _seeded_shape(runner, req: dict) -> tuple[int, ...]:
+    """The shape of a seeded request's noise: the artifact's sample shape, at `size` [H, W] if given."""
+    size = req.get("size")
+    if size is None:
+        return runner.sample_shape
+    if not isinstance(size, list) or len(size) != 2 or not all(type(v) is int and 1 <= v <= 1 << 14 for v in size):
+        raise HTTPError(400, "size must be [H, W], two whole numbers (sample units)")
+    return (*runner.sample_shape[:-2], *size)  # check_inputs then says whether the artifact takes it
 
 
 class Server(ThreadingHTTPServer):
