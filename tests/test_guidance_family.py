@@ -212,30 +212,12 @@ def test_the_scheduler_takes_its_table_at_the_call_s_guidance(gmm):
 
 
 def test_the_http_service_batches_requests_at_their_own_guidance(family_artifact):
-    import sys
-    import threading
-    import urllib.error
-    import urllib.request
     from concurrent.futures import ThreadPoolExecutor
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-    from serve_http import make_server
+    from httpclient import serving
 
     art, _ = family_artifact
-    srv, batcher = make_server(str(art), port=0, max_delay_ms=50)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_address[1]}/sample"
-
-    def post(body: dict) -> tuple[int, dict]:
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    try:
+    with serving(art) as (post, _):
         ws = [2.0, 2.5, 3.0, 4.0]
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda k: post({"seed": k, "label": k, "guidance": ws[k]}), range(4)))
@@ -248,8 +230,6 @@ def test_the_http_service_batches_requests_at_their_own_guidance(family_artifact
                           ({"seed": 1, "label": 1, "guidance": "x"}, "a number")]:  # fmt: skip
             code, answer = post(body)
             assert code == 400 and msg in answer["error"], answer
-    finally:
-        srv.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -178,27 +178,12 @@ def test_a_diffusers_unet_with_its_vae_takes_image_sizes(tmp_path_factory):
 
 
 def test_the_http_service_batches_each_size_apart(sized):
-    import threading
-    import urllib.error
-    import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
-    from serve_http import make_server
+    from httpclient import serving
 
-    srv, batcher = make_server(str(sized), port=0, max_delay_ms=50)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_address[1]}/sample"
     cond = load_model("digits-text").cond_set[0].tolist()
-
-    def post(body):
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    try:
+    with serving(sized) as (post, _):
         sizes = [[8, 8], [12, 12], [16, 8], [12, 12]]
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda k: post({"seed": k, "size": sizes[k], "cond": cond}), range(4)))
@@ -211,5 +196,3 @@ def test_the_http_service_batches_each_size_apart(sized):
         for bad in ({"seed": 1, "size": [10, 10], "cond": cond}, {"seed": 1, "size": [8], "cond": cond}):
             code, answer = post(bad)
             assert code == 400 and "\n" not in answer["error"], answer
-    finally:
-        srv.shutdown()

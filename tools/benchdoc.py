@@ -50,6 +50,11 @@ PAGE = (
         ["guidance-family", "guidance-family-dense"],
         "One solver file over a guidance range: interpolated tables against tables distilled at that guidance.",
     ),
+    (
+        "Image sizes",
+        ["sizes"],
+        "A graph compiled with `--sizes` runs one table at every size: how far that is from a table distilled there.",
+    ),
     ("Model scale", ["scale"], "Export and validation of real-sized networks: time and peak memory against NFE."),
     (
         "Distillation recipe",
