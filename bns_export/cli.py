@@ -470,7 +470,7 @@ def sample_cmd(
     "--sizes",
     default=None,
     help="Spatial sizes the graph takes besides the model's own: HxW,HxW,... or a range HxW:HxW (image pixels "
-    "with --decoder, else sample units; multiples of the network's downsampling). Convolutional UNets only.",
+    "with --decoder, else sample units; multiples of the network's downsampling). UNets, SD3 and Sana.",
 )
 @decoder_option
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")

@@ -138,13 +138,16 @@ def concrete(shape: list, batch: int, size: Size | None = None, scale: int = 1) 
     return tuple(values[d] if isinstance(d, str) else int(d) for d in shape)
 
 
-def parse_sizes(text: str, base: Size, step: int | None, scale: int = 1, what: str = "--sizes") -> SizeSet:
+def parse_sizes(
+    text: str, base: Size, step: int | None, scale: int = 1, what: str = "--sizes", limit: int | None = None
+) -> SizeSet:
     """`--sizes` as a SizeSet in sample units: `HxW,HxW,...` or `HxW:HxW` (a range), given in image pixels
-    when `scale` > 1 (a decoder upsamples the sample by it), each side a multiple of scale * step."""
+    when `scale` > 1 (a decoder upsamples the sample by it), each side a multiple of scale * step and at most
+    `limit` sample units (the network's largest side, if it has one)."""
     if step is None:
         raise BNSError(
-            f"{what}: this model runs at its own sample shape only (convolutional UNets run at other sizes; a "
-            "transformer's position embeddings or ids are fixed when it is loaded)"
+            f"{what}: this model runs at its own sample shape only (UNets, SD3 and Sana run at other sizes; this "
+            "network's position embeddings or ids are computed once, for the size it is loaded at)"
         )
     text = (text or "").strip()
     unit = scale * step
@@ -152,6 +155,8 @@ def parse_sizes(text: str, base: Size, step: int | None, scale: int = 1, what: s
     def sample(entry: str) -> Size:
         h, w = parse_size(entry, what)
         check_side_step((h, w), unit, f"{what} entry")
+        if limit is not None and max(h, w) > limit * scale:
+            raise BNSError(f"{what} entry {entry.strip()} exceeds {limit * scale}, the largest side this network takes")
         return h // scale, w // scale
 
     if ":" in text:

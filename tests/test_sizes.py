@@ -142,9 +142,20 @@ def test_sizes_refused_where_the_network_bakes_its_size(tmp_path):
     )
     assert r.exit_code == 2 and "runs at its own sample shape only" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "a").exists()
+
+
+def test_sd3_takes_sizes_its_position_embeddings_cover_and_pixart_none(tmp_path):
     from families import build_family
 
-    folder, opts, guidance = build_family("pixart", tmp_path / "pixart")  # position embeddings fixed at load
+    folder, opts, guidance = build_family("sd3", tmp_path / "sd3")  # pos_embed_max_size 16 x patch 2: sides <= 32
+    args = ["compile", "-m", f"diffusers:{folder}", *opts, "-s", "ddim", "--nfe", "2", "-w", str(guidance)]
+    r = CliRunner().invoke(main, [*args, "--sizes", "8x8:40x40", "-o", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "exceeds 32, the largest side" in r.output and not (tmp_path / "a").exists()
+    r = CliRunner().invoke(main, [*args, "--max-batch", "2", "--sizes", "12x12,8x16", "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    cases = {c["case"]: c["psnr_min"] for c in read_manifest(tmp_path / "a")["validation"]["cases"]}
+    assert cases["batch 2, size 12x12"] >= 60 and cases["batch 2, size 8x16"] >= 60
+    folder, opts, guidance = build_family("pixart", tmp_path / "pixart")  # its PatchEmbed checks one size
     args = ["compile", "-m", f"diffusers:{folder}", *opts, "-s", "ddim", "--nfe", "2", "--sizes", "16x16"]
     r = CliRunner().invoke(main, [*args, "-w", str(guidance), "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "runs at its own sample shape only" in r.output, r.output

@@ -47,12 +47,12 @@ PAGE = (
     ("Weights stored once", ["weights-once"], ""),
     (
         "Guidance families",
-        ["guidance-family", "guidance-family-dense"],
+        ["guidance-family", "guidance-family-dense", "guidance-family-mnist"],
         "One solver file over a guidance range: interpolated tables against tables distilled at that guidance.",
     ),
     (
         "Image sizes",
-        ["sizes"],
+        ["sizes", "sizes-mnist"],
         "A graph compiled with `--sizes` runs one table at every size: how far that is from a table distilled there.",
     ),
     ("Model scale", ["scale"], "Export and validation of real-sized networks: time and peak memory against NFE."),

@@ -194,7 +194,7 @@ def declared_sizes(text: str, field, decoder=None) -> SizeSet:
         scale = img[-1] // shape[-1]
         if img[-2:] != (shape[-2] * scale, shape[-1] * scale):
             raise BNSError(f"--sizes: the decoder maps {shape} to {img}, not a whole upsampling of both axes")
-    return parse_sizes(text, shape[-2:], field.size_step, scale)
+    return parse_sizes(text, shape[-2:], field.size_step, scale, limit=field.size_limit)
 
 
 def export_request(

@@ -65,6 +65,8 @@ class VelocityField(nn.Module):
     #: every spatial size the network takes is a multiple of this (its total downsampling: a convolutional
     #: UNet runs at any such size); None: it runs at its sample shape only (set by the loader)
     size_step: int | None = None
+    #: the largest spatial side the network takes (SD3's position embeddings cover that many), else None
+    size_limit: int | None = None
 
     def set_embedded_guidance(self, guidance: float) -> None:
         """Give the network its guidance-embedding input (fields with embedded_guidance only)."""

@@ -42,9 +42,11 @@ class Adapter:
     embedded_guidance: Callable[[dict], bool] = lambda cfg: False
     #: check a shape the user gave (--shape) or the config implied
     check_shape: Callable[[tuple[int, ...]], None] = lambda shape: None
-    #: the multiple every spatial size must be when the class runs at any size (UNets), else None: the
-    #: class's position embeddings or ids are fixed at the size the graph is traced at
+    #: the multiple every spatial size must be when the class runs at other sizes (UNets, SD3, Sana), else None:
+    #: the class's position embeddings or ids are fixed at the size the graph is traced at
     size_step: Callable[[dict], int | None] = lambda cfg: None
+    #: the largest spatial side it takes (SD3: what its cropped position embeddings cover), else None
+    size_limit: Callable[[dict], int | None] = lambda cfg: None
 
 
 def _int(cfg: dict, key: str, default: int | None = None) -> int:
@@ -127,6 +129,15 @@ def _sd3(model, x, time, parts, consts):
         encoder_hidden_states=_primary(parts),
         pooled_projections=parts["pooled_projections"],
     ).sample
+
+
+def _patch(cfg: dict) -> int:
+    return _int(cfg, "patch_size", 1)
+
+
+def _sd3_limit(cfg: dict) -> int | None:
+    """SD3 crops its position embeddings from a pos_embed_max_size grid of patches: the largest latent side."""
+    return _patch(cfg) * _int(cfg, "pos_embed_max_size") if cfg.get("pos_embed_max_size") else None
 
 
 def _sd3_needs(cfg: dict) -> list[Need]:
@@ -219,7 +230,7 @@ ADAPTERS: dict[str, Adapter] = {
         classes=lambda cfg: None,
         size_step=_unet_step,
     ),
-    "SD3Transformer2DModel": Adapter(_sd3, needs=_sd3_needs),
+    "SD3Transformer2DModel": Adapter(_sd3, needs=_sd3_needs, size_step=_patch, size_limit=_sd3_limit),
     "FluxTransformer2DModel": Adapter(
         _flux,
         needs=lambda cfg: [
@@ -232,7 +243,7 @@ ADAPTERS: dict[str, Adapter] = {
         check_shape=_flux_shape_check,
     ),
     "PixArtTransformer2DModel": Adapter(_pixart, needs=_text("caption_channels")),
-    "SanaTransformer2DModel": Adapter(_sana, needs=_text("caption_channels")),
+    "SanaTransformer2DModel": Adapter(_sana, needs=_text("caption_channels"), size_step=_patch),
     "DiTTransformer2DModel": Adapter(_dit, classes=lambda cfg: _classes(cfg, "num_embeds_ada_norm", offset=0)),
     "CogVideoXTransformer3DModel": Adapter(_cogvideox, needs=_text("text_embed_dim"), shape=_cogvideox_shape),
 }

@@ -245,6 +245,7 @@ def load_diffusers_field(path: str, opt) -> NetworkField:
     except ValueError as e:
         raise BNSError(str(e)) from None
     field.size_step = adapter.size_step(model_cfg)
+    field.size_limit = adapter.size_limit(model_cfg)
     field.embedded_guidance = adapter.embedded_guidance(model_cfg)
     if field.embedded_guidance:
         field.set_embedded_guidance(1.0)  # until GuidedField gives the scale (-w)

@@ -113,7 +113,7 @@ def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str, trt_pr
 #: in a model folder: what this tool wrote there (versions, config digest), so it never touches anything else
 RECORD = "bns-export.json"
 #: manifest keys every version of one Triton model must share
-SIGNATURE_KEYS = ("format", "precision", "max_batch", "inputs", "outputs", "model_fingerprint")
+SIGNATURE_KEYS = ("format", "precision", "max_batch", "inputs", "outputs", "model_fingerprint", "sizes")
 
 
 def _record(model_dir: Path) -> dict | None:
@@ -212,7 +212,8 @@ def write_repository(
         raise BNSError(f"cannot create repository folder {repo}: {e.strerror}") from None
     gpu = get_backend(first["format"]).triton_gpu if gpu is None else gpu
     config = config_pbtxt(name, first, gpu, engine_cache, trt_profiles)
-    signature = {k: first.get(k) for k in SIGNATURE_KEYS}
+    # a key a manifest leaves out (sizes) is left out of the signature too: older records still compare equal
+    signature = {k: first[k] for k in SIGNATURE_KEYS if first.get(k) is not None}
     rows = [
         {"nfe": m["nfe"], "solver": m["solver_name"], "solver_fingerprint": m["solver_fingerprint"], "artifact": str(a)}
         for a, m in zip(artifacts, manifests)
