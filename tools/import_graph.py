@@ -72,7 +72,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 #: artifact runtime; evaluation, distillation and the diffusers scheduler; the compiled graph with its
 #: validation; the demo; the CLI; its entry point
 LAYERS = (
-    ("", "errors", "checks", "devicespec", "interrupts", "fileio", "devices", "parallel", "metrics", "images"),
+    ("", "errors", "checks", "devicespec", "interrupts", "fileio", "devices", "parallel", "metrics", "images", "sizes"),
     ("fields", "backends", "groundtruth", "reports"),
     ("loaders", "solvers", "runtime"),
     ("evaluate", "distill", "diffusers"),
