@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .sizes import SizeSet
+from .sizes import declared_sizes
 
 
 def eval_text(report: dict) -> str:
@@ -69,7 +69,8 @@ def compile_text(out, manifest: dict) -> str:
     """One line for a published artifact."""
     v = manifest.get("validation")
     parity = f"parity min {v['psnr_min']:.1f} dB (gate {v['gate_db']:.0f})" if v else "not validated"
-    sizes = f", sizes {SizeSet.from_json(manifest['sizes']).describe()}" if manifest.get("sizes") else ""
+    sizes = declared_sizes(manifest)
+    sizes = "" if sizes is None else f", sizes {sizes.describe()}"
     return (
         f"wrote {out}: {manifest['format']} {manifest['precision']}, {manifest['nfe']} NFE, "
         f"batch 1..{manifest['max_batch']}{sizes}, {parity}"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BNSError
-from ..sizes import SizeSet, concrete
+from ..sizes import SizeSet, concrete, declared_sizes
 
 NULL_LABEL = -1  # the unconditional branch (same value as bns_export.fields.NULL_LABEL)
 GUIDANCE_INPUT = "guidance"  # a guidance family's graph input: (B,) float32, the scale per sample
@@ -117,7 +117,7 @@ def profile_shapes(inputs: list[dict], opt_batch: int, max_batch: int, sizes: Si
 
 def profile_strings(manifest: dict) -> list[str]:
     """profile_shapes as ONNX Runtime's TensorRT options spell them (`noise:1x4x64x64,cond:1x77x768`)."""
-    sizes = SizeSet.from_json(manifest["sizes"]) if manifest.get("sizes") else None
+    sizes = declared_sizes(manifest)
     profile = profile_shapes(manifest["inputs"], int(manifest.get("opt_batch") or 1), int(manifest["max_batch"]), sizes)
     return [",".join(f"{name}:" + "x".join(map(str, dims)) for name, dims in p.items()) for p in profile]
 
@@ -221,7 +221,7 @@ class Runner(ABC):
         self.output_names = [o["name"] for o in manifest["outputs"]]
         self.output_shapes = {o["name"]: list(o["shape"]) for o in manifest["outputs"]}
         #: the spatial sizes the graph takes (None: sample_shape only)
-        self.sizes = SizeSet.from_json(manifest["sizes"]) if manifest.get("sizes") else None
+        self.sizes = declared_sizes(manifest)
         self._lock = threading.Lock()  # for backends whose contexts are not thread-safe
 
     def check_inputs(self, noise, condition) -> tuple:

@@ -23,7 +23,7 @@ from ..checks import guidance_scale, integer, number, plain_identifier, read_jso
 from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import deferred_signals, raise_if_interrupted
-from ..sizes import AXES, IMAGE_AXES, SizeSet
+from ..sizes import AXES, IMAGE_AXES, SizeSet, declared_sizes
 from .layout import MANIFEST, SIGNATURE, UNHASHED, Manifest
 from .signing import verify_manifest
 
@@ -349,7 +349,7 @@ def _sizes(shape, key: str, spatial: bool = False) -> None:
 def _check_spatial(m: Manifest) -> None:
     """The sample's shape is sample_shape, with named spatial axes exactly when the manifest declares sizes,
     and those sizes start from sample_shape's own."""
-    sizes = None if m.get("sizes") is None else SizeSet.from_json(m["sizes"])
+    sizes = declared_sizes(m)
     noise, sample = m["inputs"][0], m["outputs"][0]
     if noise.get("name") != "noise":
         raise BNSError("the first input must be noise")

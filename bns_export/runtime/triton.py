@@ -23,7 +23,7 @@ from ..checks import plain_identifier, read_json
 from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import raise_if_interrupted
-from ..sizes import concrete
+from ..sizes import concrete, declared_sizes
 from .artifact import read_manifest, staging_dir
 
 TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
@@ -73,7 +73,8 @@ def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str, trt_pr
     inputs = [_io(s, s["shape"] == ["batch"]) for s in manifest["inputs"]]
     outputs = [_io(s, False) for s in manifest["outputs"]]
     warm = []
-    base = tuple(manifest["sizes"]["base"]) if manifest.get("sizes") else None
+    sizes = declared_sizes(manifest)
+    base = sizes.base if sizes is not None else None
     for s in manifest["inputs"]:
         dims = [1] if s["shape"] == ["batch"] else list(concrete(s["shape"], 1, base))[1:]  # at the base size
         data = "zero_data: true" if s["dtype"] == "int64" else "random_data: true"
