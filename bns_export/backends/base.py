@@ -265,13 +265,12 @@ class Runner(ABC):
     def _check_noise_shape(self, shape: tuple) -> None:
         """(B, *sample_shape), or with declared sizes (B, C, H, W) at any of them."""
         rank = len(self.sample_shape) + 1
-        if self.sizes is None or len(shape) != rank or shape[1:-2] != self.sample_shape[:-2]:
-            if len(shape) != rank or shape[1:] != self.sample_shape:
-                extra = f" or another size in {self.sizes.describe()}" if self.sizes else ""
-                raise BNSError(f"noise has shape {shape}, expected (B, {_dims(self.sample_shape)}){extra}")
-            return
-        if shape[-2:] not in self.sizes:
-            raise BNSError(f"noise has size {shape[-2]}x{shape[-1]}; this artifact takes {self.sizes.describe()}")
+        if self.sizes is not None and len(shape) == rank and shape[1:-2] == self.sample_shape[:-2]:
+            if shape[-2:] not in self.sizes:  # the right channels: only the spatial size can be wrong
+                raise BNSError(f"noise has size {shape[-2]}x{shape[-1]}; this artifact takes {self.sizes.describe()}")
+        elif len(shape) != rank or shape[1:] != self.sample_shape:
+            extra = f" or another size in {self.sizes.describe()}" if self.sizes else ""
+            raise BNSError(f"noise has shape {shape}, expected (B, {_dims(self.sample_shape)}){extra}")
 
     def output_shape(self, name: str, noise_shape: tuple) -> tuple[int, ...]:
         """The shape of output `name` for a checked noise of `noise_shape` (its batch and spatial size)."""
