@@ -109,10 +109,10 @@ def test_diffusers_vae_in_the_graph_weights_once(pipeline, tmp_path):
     for nfe in (2, 4):
         m = compile_artifact(
             f"diffusers:{pipeline}", "dpm++2m", "onnx", tmp_path / f"a{nfe}",
-            options=opts, nfe=nfe, guidance=3.0, max_batch=2, log=lambda m: None,
+            options=opts, nfe=nfe, guidance=3.0, max_batch=2, validate=nfe == 4, log=lambda m: None,
         )  # fmt: skip
-        assert m["validation"]["passed"], m["validation"]
-        stats[nfe] = m["graph"]
+        stats[nfe] = m["graph"]  # NFE 2 for its graph's statistics only
+    assert m["validation"]["passed"], m["validation"]
     assert m["decoder"]["class"] == "AutoencoderKL" and m["outputs"][1]["shape"] == ["batch", 3, 16, 16]
     assert abs(stats[4]["initializer_bytes"] - stats[2]["initializer_bytes"]) < 1024
     assert stats[4]["initializer_ratio"] <= 1.05, stats

@@ -174,15 +174,24 @@ def test_killed_compile_leaves_nothing_that_looks_complete(tmp_path, sig, delay)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "art") == ["next"]
 
 
+DISTILL = ["distill", "-m", "digits", "--nfe", "4", "--iterations", "150", "--val-every", "5"]
+DISTILL += ["--train-pairs", "64", "--val-pairs", "64", "--batch-size", "32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One uninterrupted run of DISTILL (its GT cache shared by the interrupted runs): the cache and the file."""
+    root = tmp_path_factory.mktemp("distill-ref")
+    cache = {"BNS_EXPORT_CACHE": str(root / "cache")}
+    assert _spawn([*DISTILL, "-o", str(root / "ref.json")], cache).wait(timeout=600) == 0
+    return cache, root / "ref.json"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_killed_distill_resumes_bit_identically(tmp_path, sig):
-    cache = {"BNS_EXPORT_CACHE": str(tmp_path / "cache")}
-    args = ["distill", "-m", "digits", "--nfe", "4", "--iterations", "150", "--val-every", "5"]
-    args += ["--train-pairs", "64", "--val-pairs", "64", "--batch-size", "32", "--device", "cpu"]
-    ref = _spawn([*args, "-o", str(tmp_path / "ref.json")], cache)
-    assert ref.wait(timeout=600) == 0
-    proc = _spawn([*args, "-o", str(tmp_path / "s.json")], cache)
+def test_killed_distill_resumes_bit_identically(tmp_path, sig, uninterrupted):
+    cache, ref = uninterrupted
+    proc = _spawn([*DISTILL, "-o", str(tmp_path / "s.json")], cache)
     # kill once the first checkpoint is there (a fixed delay missed it on a loaded machine)
     deadline = time.time() + 300
     while not (tmp_path / "s.json.ckpt.safetensors").exists() and proc.poll() is None and time.time() < deadline:
@@ -193,8 +202,8 @@ def test_killed_distill_resumes_bit_identically(tmp_path, sig):
         pytest.skip("distillation finished before the signal on this machine")
     assert not (tmp_path / "s.json").exists() and (tmp_path / "s.json.ckpt.safetensors").exists()
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
-    assert _spawn([*args, "-o", str(tmp_path / "s.json")], cache).wait(timeout=600) == 0
-    a, b = (json.loads((tmp_path / n).read_text()) for n in ("ref.json", "s.json"))
+    assert _spawn([*DISTILL, "-o", str(tmp_path / "s.json")], cache).wait(timeout=600) == 0
+    a, b = (json.loads(p.read_text()) for p in (ref, tmp_path / "s.json"))
     assert a["times"] == b["times"] and a["a"] == b["a"] and a["b"] == b["b"] and a["fingerprint"] == b["fingerprint"]
 
 

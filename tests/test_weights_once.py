@@ -28,10 +28,11 @@ def test_initializers_are_the_weights_once(factory, tmp_path):
             options=OPTIONS,
             nfe=nfe,
             max_batch=2,
+            validate=nfe == 4,  # NFE 2 is here for its graph's statistics only
             log=lambda m: None,
         )
-        assert m["validation"]["passed"]
         stats[nfe] = m["graph"]
+    assert m["validation"]["passed"]
     assert abs(stats[4]["initializer_bytes"] - stats[2]["initializer_bytes"]) < 1024  # only the solver's scalars
     assert stats[4]["initializer_bytes"] <= 1.05 * weight_bytes, (stats, weight_bytes)
     assert stats[4]["nodes"] > stats[2]["nodes"]
