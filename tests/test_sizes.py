@@ -19,6 +19,8 @@ from bns_export.loaders import ModelOptions, load_model
 from bns_export.runtime import load, read_manifest
 from bns_export.runtime.triton import config_pbtxt
 from bns_export.sizes import SizeSet, concrete, parse_sizes
+from bns_export.solvers import load_solver
+from bns_export.solvers.sampler import ns_sample, solver_tensors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # tiny_pipeline
 
@@ -95,9 +97,6 @@ def test_a_sized_graph_runs_at_every_declared_size_and_matches_eager(sized):
     assert cases["batch 4, size 12x12"]["psnr_min"] >= 60 and cases["batch 4, size 16x8"]["psnr_min"] >= 60
     runner = load(sized)
     field = load_model("digits-text", guidance=3.0)
-    from bns_export.solvers import load_solver
-    from bns_export.solvers.sampler import ns_sample, solver_tensors
-
     table = solver_tensors(load_solver(sized / "solver.json"), torch.float32, "cpu")
     cond = field.cond_set[:2]
     for size in ((12, 12), (16, 8)):
@@ -110,6 +109,28 @@ def test_a_sized_graph_runs_at_every_declared_size_and_matches_eager(sized):
     for shape, message in (((2, 1, 10, 10), "size 10x10"), ((2, 1, 8, 12), "size 8x12"), ((2, 2, 8, 8), "shape")):
         with pytest.raises(BNSError, match=message):
             runner(np.zeros(shape, np.float32), cond.numpy())
+
+
+def test_an_unconditional_vp_model_takes_sizes(tmp_path):
+    """digits (eps-prediction DDPM, no conditioning): its graph takes a range of sizes."""
+    out = tmp_path / "a"
+    r = CliRunner().invoke(
+        main,
+        ["compile", "-m", "digits", "-s", "euler", "--nfe", "2", "--max-batch", "2", "--sizes", "8x8:12x10"]
+        + ["--no-validate", "-o", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    m = read_manifest(out)
+    assert (m["sizes"]["min"], m["sizes"]["max"], m["sizes"]["step"]) == ([8, 8], [12, 10], 2)
+    runner, field = load(out), load_model("digits")
+    table = solver_tensors(load_solver(out / "solver.json"), torch.float32, "cpu")
+    for size in ((12, 10), (10, 8)):
+        noise = torch.randn(2, 1, *size, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            ref = ns_sample(field, *table, field.start(noise), None)
+        assert torch.allclose(runner(noise), ref, atol=1e-4)
+    with pytest.raises(BNSError, match="size 10x12"):
+        runner(torch.zeros(2, 1, 10, 12))
 
 
 def test_profiles_and_triton_dims_follow_the_sizes(sized):
