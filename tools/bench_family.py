@@ -3,12 +3,15 @@
     python tools/bench_family.py                                   # mnist and digits-text, NFE 4, knots 2:8
     python tools/bench_family.py --models digits-text --nfe 4 8 --knots 2:8:3 --iterations 400
     python tools/bench_family.py --independent                     # also: knots distilled each from scratch
+    python tools/bench_family.py --diagnose                        # also: the knots alone, and a table tuned there
 
 For each model and NFE: `distill_family` over the knots (each knot's training started from the previous
 knot's table), then at every midpoint between two knots three tables on the test pairs' dopri5 ground truth
 at that guidance: the family's interpolated table, a table distilled at exactly that guidance (the same
 recipe, from the auto base), and the best classic solver.  With --independent the knots are also distilled
-each from the auto base and interpolated the same way (the alternative to chaining them).  Saves the result
+each from the auto base and interpolated the same way (the alternative to chaining them).  With --diagnose, at
+each midpoint also the two knot tables around it run as they are, and a table distilled there started from the
+family's interpolated table (what the interpolation leaves on the table).  Saves the result
 `guidance-family` of docs/benchmarks.md after every model and NFE.  Run it alone.
 """
 
@@ -74,13 +77,27 @@ def bench_case(model: str, nfe: int, knots: tuple[float, ...], args) -> dict:
         }
         if independent is not None:
             point["independent"] = evaluate_on(field, independent.at(w), test)["psnr_mean"]
+        if args.diagnose:
+            point["lower_knot"] = evaluate_on(field, family.at(lo), test)["psnr_mean"]
+            point["upper_knot"] = evaluate_on(field, family.at(hi), test)["psnr_mean"]
+            tuned = distill(field, *pairs(field), cfg, init=family.at(w))
+            point["tuned"] = evaluate_on(field, tuned, test)["psnr_mean"]
         print(model, nfe, point, flush=True)
         row["midpoints"].append(point)
     return row
 
 
+#: optional columns: result key, header, what it is (in the order they appear)
+EXTRA = (
+    ("independent", "independent", "the knots distilled each from scratch and interpolated the same way"),
+    ("lower_knot", "lower knot", "the knot table below the midpoint, run as it is"),
+    ("upper_knot", "upper knot", "the knot table above it, run as it is"),
+    ("tuned", "tuned", "a table distilled at the midpoint started from the family's interpolated table"),
+)
+
+
 def markdown(run: dict) -> str:
-    indep = any("independent" in p for r in run["rows"] for p in r["midpoints"])
+    extra = [c for c in EXTRA if any(c[0] in p for r in run["rows"] for p in r["midpoints"])]
     lines = [
         "## Guidance families: interpolated tables at the midpoints",
         "",
@@ -92,19 +109,19 @@ def markdown(run: dict) -> str:
         f"{run['test_pairs']} test pairs at that guidance: *family*, the table interpolated from the two knots "
         "around it (what `eval -w`, the scheduler and the compiled graph run); *exact*, a table distilled at "
         "exactly that guidance with the same recipe; *best baseline*, the best of the classic solvers"
-        + ("; *independent*, the knots distilled each from scratch and interpolated the same way." if indep else "."),
+        + "".join(f"; *{header}*, {what}" for _, header, what in extra)
+        + ".",
         "",
         "| model | NFE | knots | guidance | family | exact | family - exact | best baseline |"
-        + (" independent |" if indep else ""),
-        "|---" * (9 if indep else 8) + "|",
+        + "".join(f" {header} |" for _, header, _ in extra),
+        "|---" * (8 + len(extra)) + "|",
     ]
     for r in run["rows"]:
         knots = ", ".join(f"{k:g}" for k in r["knots"])
         for p in r["midpoints"]:
             cells = [r["model"], str(r["nfe"]), knots, f"{p['guidance']:g}", f"{p['family']:.2f}", f"{p['exact']:.2f}"]
             cells += [f"{p['family'] - p['exact']:+.2f}", f"{p['best_baseline']:.2f} ({p['best_baseline_name']})"]
-            if indep:
-                cells.append(f"{p['independent']:.2f}" if "independent" in p else "n/a")
+            cells += [f"{p[key]:.2f}" if key in p else "n/a" for key, _, _ in extra]
             lines.append("| " + " | ".join(cells) + " |")
     gaps = [p["family"] - p["exact"] for r in run["rows"] for p in r["midpoints"]]
     if gaps:
@@ -123,6 +140,7 @@ def main() -> None:
     ap.add_argument("--val-pairs", type=int, default=512)
     ap.add_argument("--test-pairs", type=int, default=256)
     ap.add_argument("--independent", action="store_true", help="also interpolate independently distilled knots")
+    ap.add_argument("--diagnose", action="store_true", help="also the knots alone and a table tuned from the family")
     ap.add_argument("--section", default="guidance-family")
     args = ap.parse_args()
     knots = guidance_knots(args.knots)
