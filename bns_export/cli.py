@@ -325,6 +325,14 @@ def eval_cmd(
 @click.option("--val-pairs", type=Integer(1, 10_000_000), default=1024, show_default=True)
 @click.option("--val-every", type=Integer(1, 10_000_000), default=25, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Ignore a checkpoint left by an interrupted run.")
+@click.option(
+    "--joint/--no-joint",
+    default=True,
+    show_default=True,
+    help="With a guidance family: after the knots, train them together on ground truth at the knots and the "
+    "midpoints between them, so the tables interpolated between knots are trained too (costs the midpoints' "
+    "ground truth and one more distillation's iterations).",
+)
 @gt_options
 @device_option
 @network_dtype_option
@@ -345,6 +353,7 @@ def distill_cmd(
     val_pairs,
     val_every,
     no_resume,
+    joint,
     rtol,
     atol,
     cache_dir,
@@ -389,8 +398,9 @@ def distill_cmd(
         val = _ground_truth(field, val_pairs, SEEDS.val, rtol, atol, cache_dir, f"ground truth (val)  {at}", world)
         return train, val
 
+    stages = 1 if knots is None else len(knots) + joint
     with click.progressbar(
-        length=iterations * (len(knots) if knots else 1),
+        length=iterations * stages,
         label="distilling",
         file=sys.stderr if world.is_main else io.StringIO(),
         item_show_func=lambda s: s,
@@ -407,8 +417,12 @@ def distill_cmd(
             train, val = pairs(field)
             solver = distill(field, train, val, cfg, out=out_path, resume=resume, progress=progress, world=world)
         else:
-            report = lambda w, it, info: progress(it, info, knots.index(w), f"w={w:g}: ")  # noqa: E731
-            solver = distill_family(field, knots, pairs, cfg, out_path, resume, report, world)
+
+            def report(w: float | None, it: int, info: dict) -> None:
+                at = (len(knots), "joint: ") if w is None else (knots.index(w), f"w={w:g}: ")
+                progress(it, info, *at)
+
+            solver = distill_family(field, knots, pairs, cfg, out_path, resume, report, world, joint)
     if not world.is_main:
         return
     summary = distill_summary(solver, out_path)

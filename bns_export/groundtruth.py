@@ -108,13 +108,29 @@ def dopri5(
 @dataclass
 class GTSet:
     """Ground-truth pairs: noise (N, *shape), the condition (class labels (N,), condition tensors (N, ...), or
-    None), x1 (N, *shape); mean solver NFE."""
+    None), x1 (N, *shape); mean solver NFE; each pair's guidance scale (N,) when the set joins several."""
 
     noise: Tensor
     condition: Tensor | None
     x1: Tensor
     nfe_mean: float
     key: str
+    guidance: Tensor | None = None
+
+    @classmethod
+    def join(cls, sets: dict[float, GTSet]) -> GTSet:
+        """One set of the pairs solved at several guidance scales (scale -> set), each pair keeping its scale."""
+        parts = list(sets.values())
+        scales = [torch.full((len(gt),), float(w), dtype=torch.float64) for w, gt in sets.items()]
+        condition = None if parts[0].condition is None else torch.cat([gt.condition for gt in parts])
+        return cls(
+            torch.cat([gt.noise for gt in parts]),
+            condition,
+            torch.cat([gt.x1 for gt in parts]),
+            sum(gt.nfe_mean * len(gt) for gt in parts) / sum(len(gt) for gt in parts),
+            hashlib.sha256("|".join(gt.key for gt in parts).encode()).hexdigest()[:24],
+            torch.cat(scales).to(parts[0].noise.device),
+        )
 
     def __len__(self) -> int:
         return self.noise.shape[0]

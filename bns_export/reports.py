@@ -36,6 +36,7 @@ def distill_summary(solver, out) -> dict:
             "nfe": solver.nfe,
             "guidance_range": list(solver.guidance_range),
             "knots": [{"guidance": float(w), **distill_summary(t, out)} for w, t in zip(solver.knots, solver.tables)],
+            "joint": solver.meta.get("joint"),
             "wall_time_s": solver.meta["wall_time_s"],
             "fingerprint": solver.fingerprint(),
         }
@@ -54,7 +55,14 @@ def distill_text(summary: dict) -> str:
         head = f"wrote {summary['out']}: BNS {summary['nfe']} NFE guidance family {lo:g}..{hi:g}, " + (
             f"{len(summary['knots'])} knots, {summary['wall_time_s']:.0f} s"
         )
-        return "\n".join([head] + [f"  w={k['guidance']:g}: " + _trained(k) for k in summary["knots"]])
+        lines = [head] + [f"  w={k['guidance']:g}: " + _trained(k) for k in summary["knots"]]
+        if summary.get("joint"):
+            j = summary["joint"]
+            lines.append(
+                f"  joint: validation PSNR {j['val_psnr']:.2f} dB over {len(j['points'])} scales (chained "
+                f"{j['val_psnr_start']:.2f} dB), {j['iterations']} iterations, {j['wall_time_s']:.0f} s"
+            )
+        return "\n".join(lines)
     return f"wrote {summary['out']}: BNS {summary['nfe']} NFE, " + _trained(summary)
 
 

@@ -12,12 +12,13 @@ from bns_export.cli import main
 from bns_export.compile.build import compile_artifact
 from bns_export.distill import DistillConfig, distill_family
 from bns_export.errors import BNSError
+from bns_export.evaluate import evaluate_on
 from bns_export.groundtruth import SEEDS, ground_truth
 from bns_export.loaders import load_model
 from bns_export.runtime import load
 from bns_export.runtime.triton import config_pbtxt
 from bns_export.solvers import NSSolver, SolverFamily, baseline, load_solver, resolve_solver, sample
-from bns_export.solvers.sampler import ns_sample
+from bns_export.solvers.sampler import family_tables, ns_sample
 
 GMM = "analytic:gmm-cond"
 
@@ -126,6 +127,43 @@ def test_distill_family_chains_the_knots_and_writes_one_file(distilled):
     assert not list(out.parent.glob("*.knot-*")) and not list(out.parent.glob("*.ckpt*"))  # nothing left behind
 
 
+def test_the_graph_s_interpolation_is_the_family_s(gmm):
+    fam = _family(gmm, knots=(2.0, 3.0, 5.0), specs=("dpm++2m", "deis", "unipc"))
+    ws = [2.0, 2.5, 3.0, 4.2, 5.0]
+    knots, *stacked = (torch.tensor(v) for v in (fam.knots, *fam.stacked()))
+    t, a, b = family_tables(knots, tuple(stacked), torch.tensor(ws, dtype=torch.float64))
+    for i, w in enumerate(ws):
+        at = fam.at(w)
+        assert np.allclose(t[:, i], at.t) and np.allclose(a[:, i], at.a) and np.allclose(b[:, :, i], at.b)
+
+
+def test_the_joint_stage_trains_the_midpoints_and_never_loses_validation(distilled, tmp_path):
+    out, fam = distilled
+    joint = fam.meta["joint"]
+    assert joint["points"] == [2.0, 3.0, 4.0] and joint["train_pairs"] == 3 * 48
+    assert joint["val_psnr"] > joint["val_psnr_start"]  # the few iterations here already gain on the start
+    for w, table in zip(fam.knots, fam.tables):
+        assert table.meta["joint"] and table.meta["guidance"] == w
+        assert table.meta["val_psnr"] != table.meta["chained_val_psnr"]  # the scores of the table it holds now
+    field = load_model(GMM, guidance=2.0)
+    cfg = DistillConfig(nfe=4, iterations=20, batch_size=32, val_every=10)
+
+    def pairs(f):
+        return ground_truth(f, 48, SEEDS.train), ground_truth(f, 48, SEEDS.val)
+
+    chained = distill_family(field, (2.0, 4.0), pairs, cfg, joint=False)
+    assert "joint" not in chained.meta
+    for w, table in zip(chained.knots, chained.tables):  # each knot keeps the table it was scored with
+        field.set_guidance(w)
+        assert evaluate_on(field, table, pairs(field)[1])["psnr_mean"] == pytest.approx(table.meta["val_psnr"])
+    assert not np.allclose(chained.tables[0].a, chained.tables[1].a)  # the next knot's training left it alone
+    assert [t.fingerprint() for t in chained.tables] != [t.fingerprint() for t in fam.tables]
+    field.set_guidance(3.0)
+    val = ground_truth(field, 48, SEEDS.val)
+    scores = [evaluate_on(field, f.at(3.0), val)["psnr_mean"] for f in (chained, fam)]
+    assert scores[1] > scores[0]  # trained at the midpoint: better there than the chained knots' interpolation
+
+
 def test_eval_and_sample_take_any_guidance_in_the_range(distilled, tmp_path):
     out, fam = distilled
     r = CliRunner().invoke(main, ["eval", "-m", GMM, "-s", str(out), "-w", "3", "-n", "8", "--json"])
@@ -146,6 +184,9 @@ def test_distill_cli_writes_a_family(tmp_path):
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     assert summary["guidance_range"] == [2.0, 4.0] and [k["guidance"] for k in summary["knots"]] == [2.0, 4.0]
+    assert summary["joint"]["points"] == [2.0, 3.0, 4.0]
+    r = CliRunner().invoke(main, [str(a) for a in args[:-1] + ["--no-joint"]])
+    assert r.exit_code == 0 and "joint" not in r.output, r.output
     r = CliRunner().invoke(main, ["distill", "-m", "digits", "-w", "2:4", "--nfe", "3", "-o", str(tmp_path / "u")])
     assert r.exit_code == 2 and "conditional model" in r.output
     r = CliRunner().invoke(main, ["eval", "-m", GMM, "-s", "euler", "-w", "2:4"])

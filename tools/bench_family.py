@@ -6,8 +6,9 @@
     python tools/bench_family.py --diagnose                        # also: the knots alone, and a table tuned there
 
 For each model and NFE: `distill_family` over the knots (each knot's training started from the previous
-knot's table), then at every midpoint between two knots three tables on the test pairs' dopri5 ground truth
-at that guidance: the family's interpolated table, a table distilled at exactly that guidance (the same
+knot's table, then the joint stage unless --no-joint), then at every midpoint between two knots, on the test
+pairs' dopri5 ground truth at that guidance: the family's interpolated table (and, with the joint stage, the
+chained family's before it), a table distilled at exactly that guidance (the same
 recipe, from the auto base), and the best classic solver.  With --independent the knots are also distilled
 each from the auto base and interpolated the same way (the alternative to chaining them).  With --diagnose, at
 each midpoint also the two knot tables around it run as they are, and a table distilled there started from the
@@ -29,7 +30,7 @@ from benchdoc import git_rev, machine, save_result  # noqa: E402
 
 from bns_export.checks import guidance_knots  # noqa: E402
 from bns_export.demo import COMPARE, compare_baselines  # noqa: E402
-from bns_export.distill import DistillConfig, distill, distill_family  # noqa: E402
+from bns_export.distill import DistillConfig, distill, distill_family, distill_jointly  # noqa: E402
 from bns_export.evaluate import evaluate_on  # noqa: E402
 from bns_export.groundtruth import SEEDS, ground_truth  # noqa: E402
 from bns_export.loaders import load_model  # noqa: E402
@@ -50,9 +51,12 @@ def bench_case(model: str, nfe: int, knots: tuple[float, ...], args) -> dict:
     cfg = DistillConfig(nfe=nfe, iterations=args.iterations, batch_size=args.batch_size)
     field = load_model(model, guidance=knots[0])
     pairs = pairs_for(args)
-    family = distill_family(field, knots, pairs, cfg)
-    row = {"model": model, "nfe": nfe, "knots": list(knots)}
+    chained = distill_family(field, knots, pairs, cfg, joint=False)
+    family = chained if args.no_joint else distill_jointly(field, chained, pairs, cfg)
+    row = {"model": model, "nfe": nfe, "knots": list(knots), "joint": not args.no_joint}
     row["knot_val_psnr"] = [round(t.meta["val_psnr"], 2) for t in family.tables]
+    if not args.no_joint:
+        row["joint_wall_time_s"] = family.meta["joint"]["wall_time_s"]
     independent = None
     if args.independent:
         tables = []
@@ -75,6 +79,8 @@ def bench_case(model: str, nfe: int, knots: tuple[float, ...], args) -> dict:
             "best_baseline": best["psnr_mean"],
             "best_baseline_name": best["solver"],
         }
+        if not args.no_joint:
+            point["chained"] = evaluate_on(field, chained.at(w), test)["psnr_mean"]
         if independent is not None:
             point["independent"] = evaluate_on(field, independent.at(w), test)["psnr_mean"]
         if args.diagnose:
@@ -89,6 +95,7 @@ def bench_case(model: str, nfe: int, knots: tuple[float, ...], args) -> dict:
 
 #: optional columns: result key, header, what it is (in the order they appear)
 EXTRA = (
+    ("chained", "chained", "the family before its joint stage (the knots distilled one by one, interpolated)"),
     ("independent", "independent", "the knots distilled each from scratch and interpolated the same way"),
     ("lower_knot", "lower knot", "the knot table below the midpoint, run as it is"),
     ("upper_knot", "upper knot", "the knot table above it, run as it is"),
@@ -105,7 +112,13 @@ def markdown(run: dict) -> str:
         "",
         f"Each family was distilled at the knots listed ({run['iterations']} iterations per knot, "
         f"{run['train_pairs']} / {run['val_pairs']} train / validation pairs, each knot started from the previous "
-        "knot's table). At every midpoint between two knots, mean PSNR (dB) against the dopri5 ground truth of "
+        "knot's table"
+        + (
+            ""
+            if run.get("no_joint")
+            else ", then the joint stage: the knots trained together at the knots and midpoints"
+        )
+        + "). At every midpoint between two knots, mean PSNR (dB) against the dopri5 ground truth of "
         f"{run['test_pairs']} test pairs at that guidance: *family*, the table interpolated from the two knots "
         "around it (what `eval -w`, the scheduler and the compiled graph run); *exact*, a table distilled at "
         "exactly that guidance with the same recipe; *best baseline*, the best of the classic solvers"
@@ -140,13 +153,14 @@ def main() -> None:
     ap.add_argument("--val-pairs", type=int, default=512)
     ap.add_argument("--test-pairs", type=int, default=256)
     ap.add_argument("--independent", action="store_true", help="also interpolate independently distilled knots")
+    ap.add_argument("--no-joint", action="store_true", help="the family without its joint stage (distill --no-joint)")
     ap.add_argument("--diagnose", action="store_true", help="also the knots alone and a table tuned from the family")
     ap.add_argument("--section", default="guidance-family")
     args = ap.parse_args()
     knots = guidance_knots(args.knots)
     run = {"kind": "text", "command": "python tools/bench_family.py " + shlex.join(sys.argv[1:]), "commit": git_rev()}
     run.update(machine=machine(), rows=[], **{k: getattr(args, k) for k in ("iterations", "train_pairs", "val_pairs")})
-    run["test_pairs"] = args.test_pairs
+    run.update(test_pairs=args.test_pairs, no_joint=args.no_joint)
     for model in args.models:
         for nfe in args.nfe:
             run["rows"].append(bench_case(model, nfe, knots, args))

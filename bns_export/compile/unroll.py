@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..devices import device_of
 from ..errors import BNSError
-from ..solvers.sampler import ns_sample, solver_tensors
+from ..solvers.sampler import family_tables, ns_sample, solver_tensors
 from ..solvers.table import SolverFamily, Table
 
 #: output names: the sample (latents for a latent model), then the decoded image when a decoder is appended
@@ -50,10 +50,9 @@ class UnrolledSampler(nn.Module):
                 torch.as_tensor(v, dtype=dtype, device=device) for v in (solver.knots, *solver.stacked())
             )
             t, a, b = (v[0] for v in stacked)
-            self.register_buffer("knots", knots[:-1], persistent=False)
-            self.register_buffer("spans", knots[1:] - knots[:-1], persistent=False)
-            for name, v in zip(("dt", "da", "db"), stacked):  # (K - 1, ...) differences between knots
-                self.register_buffer(name, (v[1:] - v[:-1]).flatten(1), persistent=False)
+            self.register_buffer("knots", knots, persistent=False)
+            for name, v in zip(("knot_t", "knot_a", "knot_b"), stacked):  # every knot's table: (K, ...)
+                self.register_buffer(name, v, persistent=False)
         self.register_buffer("t", t, persistent=False)
         self.register_buffer("a", a, persistent=False)
         self.register_buffer("b", b, persistent=False)
@@ -87,14 +86,8 @@ class UnrolledSampler(nn.Module):
         return self.sample(noise, condition, guidance)
 
     def tables_at(self, guidance: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The family's (t, a, b) at each sample's guidance (B,): (n, B), (n, B), (n, n, B), by the knots'
-        piecewise-linear weights s_j = clamp((w - w_j) / (w_j+1 - w_j), 0, 1) (SolverFamily.at)."""
-        s = torch.clamp((guidance[:, None] - self.knots) / self.spans, 0.0, 1.0)  # (B, K - 1)
-        n = self.t.shape[0]
-        t = (self.t + s @ self.dt).transpose(0, 1)
-        a = (self.a + s @ self.da).transpose(0, 1)
-        b = (self.b.reshape(1, -1) + s @ self.db).reshape(-1, n, n).permute(1, 2, 0)
-        return t, a, b
+        """The family's (t, a, b) at each sample's guidance (B,): (n, B), (n, B), (n, n, B) (family_tables)."""
+        return family_tables(self.knots, (self.knot_t, self.knot_a, self.knot_b), guidance)
 
     def sample(
         self, noise: Tensor, condition: Tensor | None = None, guidance: Tensor | None = None

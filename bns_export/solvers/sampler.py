@@ -36,6 +36,19 @@ def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor, conditio
     return x
 
 
+def family_tables(
+    knots: Tensor, stacked: tuple[Tensor, Tensor, Tensor], guidance: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A guidance family's (t, a, b) at each sample's guidance (B,): (n, B), (n, B), (n, n, B), from the knots (K,)
+    and the knots' tables stacked (K, n), (K, n), (K, n, n), by the piecewise-linear weights
+    s_j = clamp((w - w_j) / (w_j+1 - w_j), 0, 1) of `SolverFamily.at`; differentiable in the tables (a family
+    distilled jointly) and traceable (the compiled graph)."""
+    s = torch.clamp((guidance[:, None] - knots[:-1]) / (knots[1:] - knots[:-1]), 0.0, 1.0)  # (B, K - 1)
+    t, a, b = (v[0].reshape(1, -1) + s @ (v[1:] - v[:-1]).flatten(1) for v in stacked)  # (B, n), (B, n), (B, n * n)
+    n = t.shape[1]
+    return t.transpose(0, 1), a.transpose(0, 1), b.reshape(-1, n, n).permute(1, 2, 0)
+
+
 def solver_tensors(
     solver: NSSolver, dtype: torch.dtype, device: torch.device | str = "cpu"
 ) -> tuple[Tensor, Tensor, Tensor]:

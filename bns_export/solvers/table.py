@@ -42,8 +42,9 @@ class NSSolver:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.t = np.asarray(self.t, dtype=np.float64)
-        self.a = np.asarray(self.a, dtype=np.float64)
+        # copies: a table owns its numbers (an array handed in may be a view of a tensor that trains on)
+        self.t = np.array(self.t, dtype=np.float64)
+        self.a = np.array(self.a, dtype=np.float64)
         self.b = np.tril(np.asarray(self.b, dtype=np.float64))
         self.t_end = float(self.t_end)
         check_table(self.t, self.a, self.b, self.t_end)
