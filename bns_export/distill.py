@@ -133,10 +133,10 @@ class FamilyParams(nn.Module):
             scores.append(mean_psnr(field, (t[:, 0], a[:, 0], b[:, :, 0]), gt, world))
         return sum(scores) / len(scores)
 
-    def family(self, name: str, tables_meta: list[dict], **meta) -> SolverFamily:
-        """The trained tables as a SolverFamily (each knot keeps its own record)."""
-        tables = [p.solver(name=t.get("name", name), **t) for p, t in zip(self.knot_params, tables_meta)]
-        return SolverFamily(self.knots.cpu().numpy(), tables, name=name, meta=meta)
+    def family(self, like: SolverFamily, tables_meta: list[dict], meta: dict) -> SolverFamily:
+        """The trained tables as a family with the knots and names of `like`, each knot with its record."""
+        tables = [p.solver(t.name, **m) for p, t, m in zip(self.knot_params, like.tables, tables_meta)]
+        return SolverFamily(like.knots, tables, name=like.name, meta=meta)
 
 
 class _LogSNRWarp:
@@ -607,7 +607,7 @@ def distill_jointly(
         "wall_time_s": wall,
     }
     meta = {**family.meta, "joint": record, "wall_time_s": round(family.meta.get("wall_time_s", 0.0) + wall, 3)}
-    joined = params.family(family.name, tables_meta, **meta)
+    joined = params.family(family, tables_meta, meta)
     if ckpt is not None and world.is_main:
         ckpt.unlink(missing_ok=True)
     return joined
