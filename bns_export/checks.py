@@ -29,9 +29,10 @@ def guidance_scale(value, name: str = "guidance") -> float:
     return number(value, name, *GUIDANCE_RANGE)
 
 
-#: knots of `LO:HI` when no count is given: one every this many units of guidance (2:8 -> 2, 3, ..., 8).  Measured on
-#: digits-text NFE 4 (docs/benchmarks.md, "Guidance families"): knots 1 apart put the interpolated table within
-#: 0.01 dB of an exact one (or above it); 2 apart, up to 3 dB below it at low guidance
+#: knots of `LO:HI` when no count is given: one every this many units of guidance (2:8 -> 2, 3, ..., 8).  Measured
+#: (docs/benchmarks.md, "Guidance families"): on digits-text 1 apart at NFE 8 and 2 apart at NFE 4, the family's
+#: table at every midpoint is within 0.06 dB of a table distilled there, or above it; 2 apart was not measured at
+#: NFE 8 on digits-text, where the tables change fastest with guidance, so the default stays 1
 KNOT_SPACING = 1.0
 
 

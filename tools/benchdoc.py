@@ -47,7 +47,7 @@ PAGE = (
     ("Weights stored once", ["weights-once"], ""),
     (
         "Guidance families",
-        ["guidance-family", "guidance-family-dense", "guidance-family-digits-text-nfe8", "guidance-family-mnist"],
+        ["guidance-family", "guidance-family-digits-text-nfe8", "guidance-family-mnist"],
         "One solver file over a guidance range: interpolated tables against tables distilled at that guidance.",
     ),
     (
