@@ -47,7 +47,7 @@ PAGE = (
     ("Weights stored once", ["weights-once"], ""),
     (
         "Guidance families",
-        ["guidance-family", "guidance-family-digits-text-nfe8", "guidance-family-mnist"],
+        ["guidance-family", "guidance-family-digits-text-nfe8", "guidance-family-mnist", "guidance-family-mnist-nfe8"],
         "One solver file over a guidance range: interpolated tables against tables distilled at that guidance.",
     ),
     (
