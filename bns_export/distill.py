@@ -284,6 +284,17 @@ def _save_ckpt(path: Path, params: nn.Module, best: dict[str, Tensor], opt: torc
         save_file(tensors, tmp, metadata={"state": json.dumps(state)})
 
 
+def _is_ckpt_file(path: Path) -> bool:
+    """A distillation checkpoint of this tool (any run's), which a new run may replace and then remove."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return "run_id" in json.loads((f.metadata() or {}).get("state", "{}"))
+    except Exception:
+        return False
+
+
 def _load_ckpt(path: Path, params: nn.Module, opt: torch.optim.Adam, run_id: str) -> tuple[dict, dict] | None:
     from safetensors import safe_open
 
@@ -415,6 +426,8 @@ def fit(
     is this run's); leaves the best table in `trainer.params` and returns the wall time spent before this call."""
     cfg, params, world = trainer.cfg, trainer.params, trainer.world
     best = trainer.snapshot()
+    if ckpt is not None and ckpt.exists() and not _is_ckpt_file(ckpt):
+        raise BNSError(f"{ckpt} exists and is not a checkpoint this tool wrote: move it, or choose another --out")
     if resume and ckpt is not None and ckpt.exists():
         loaded = _load_ckpt(ckpt, params, trainer.opt, state.run_id)
         if loaded is not None:
