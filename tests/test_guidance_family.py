@@ -329,9 +329,16 @@ def test_an_unconditional_model_has_no_family(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-def test_distill_family_never_overwrites_or_deletes_a_file_it_did_not_write(tmp_path):
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("fam.json.knot-2.json", "not a knot this tool wrote"),
+        ("fam.json.ckpt.safetensors", "not a checkpoint this tool"),
+    ],
+)
+def test_distill_family_never_overwrites_or_deletes_a_file_it_did_not_write(tmp_path, name, message):
     out = tmp_path / "fam.json"
-    foreign = tmp_path / "fam.json.knot-2.json"
+    foreign = tmp_path / name  # a knot's file, or the joint stage's checkpoint
     foreign.write_text("my notes\n")
     field = load_model(GMM, guidance=2.0)
     cfg = DistillConfig(nfe=3, iterations=4, batch_size=8, val_every=2)
@@ -339,21 +346,6 @@ def test_distill_family_never_overwrites_or_deletes_a_file_it_did_not_write(tmp_
     def pairs(f):
         return ground_truth(f, 16, SEEDS.train), ground_truth(f, 16, SEEDS.val)
 
-    with pytest.raises(BNSError, match="not a knot this tool wrote"):
+    with pytest.raises(BNSError, match=message):
         distill_family(field, (2.0, 3.0), pairs, cfg, out=out)
     assert foreign.read_text() == "my notes\n" and not out.exists()
-
-
-def test_the_joint_stage_never_overwrites_or_deletes_a_file_it_did_not_write(tmp_path):
-    out = tmp_path / "fam.json"
-    foreign = tmp_path / "fam.json.ckpt.safetensors"
-    foreign.write_text("not ours")
-    field = load_model(GMM, guidance=2.0)
-    cfg = DistillConfig(nfe=3, iterations=4, batch_size=8, val_every=2)
-
-    def pairs(f):
-        return ground_truth(f, 16, SEEDS.train), ground_truth(f, 16, SEEDS.val)
-
-    with pytest.raises(BNSError, match="not a checkpoint this tool wrote"):
-        distill_family(field, (2.0, 4.0), pairs, cfg, out=out)
-    assert foreign.read_text() == "not ours" and not out.exists()
