@@ -96,6 +96,34 @@ def integer(value, name: str, lo: int | None = None, hi: int | None = None) -> i
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
+#: the most numbers one sample may hold (a 1024x1024 RGB image holds 3M, video latents tens of millions): a larger
+#: shape is refused before anything is allocated
+MAX_SAMPLE_NUMEL = 1 << 28
+
+
+def sample_shape(shape, name: str = "--shape") -> tuple[int, ...]:
+    """One sample's shape: 1 to 8 positive whole sizes holding at most MAX_SAMPLE_NUMEL numbers."""
+    if not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 8:
+        raise BNSError(f"bad {name} {shape!r}: expected 1 to 8 sizes such as 1,28,28")
+    sizes = tuple(integer(s, name, 1, MAX_SAMPLE_NUMEL) for s in shape)
+    if math.prod(sizes) > MAX_SAMPLE_NUMEL:
+        raise BNSError(
+            f"bad {name} {','.join(map(str, sizes))}: {math.prod(sizes):,} numbers per sample, more than "
+            f"{MAX_SAMPLE_NUMEL:,}"
+        )
+    return sizes
+
+
+def env_flag(name: str) -> bool:
+    """A yes/no setting from the environment (unset, empty, 0, false, no: off; 1, true, yes: on)."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise BNSError(f"environment variable {name}={value[:40]!r} must be 1 (on) or 0 (off)")
+
+
 def plain_identifier(name, what: str) -> str:
     """A tensor or model name: letters, digits, '_', '.', '-' (at most 128, not starting with . or -)."""
     if not isinstance(name, str) or not NAME_RE.match(name):

@@ -17,11 +17,18 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .backends import BACKENDS, DEFAULT_FORMAT
-from .checks import GUIDANCE_RANGE, KNOT_SPACING, GuidanceFamily, Integer, Number
+from .backends import BACKENDS, CODE_FORMATS, DEFAULT_FORMAT
+from .checks import GUIDANCE_RANGE, KNOT_SPACING, GuidanceFamily, Integer, Number, sample_shape
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BNSError
 from .fields import PREDICTIONS, SCHEDULES, TIME_INPUTS
-from .interrupts import Interrupted, mark_finished, pending, raise_if_interrupted, signals_as_interrupts
+from .interrupts import (
+    Interrupted,
+    ignore_late_signals,
+    mark_finished,
+    pending,
+    raise_if_interrupted,
+    signals_as_interrupts,
+)
 from .solvers import BASELINES
 from .solvers.grids import GRIDS
 
@@ -44,9 +51,7 @@ def _shape(value: str | None) -> tuple[int, ...] | None:
         shape = tuple(int(v) for v in value.split(","))
     except ValueError:
         raise BNSError(f"bad --shape {value!r}: expected comma-separated sizes such as 1,28,28") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise BNSError(f"bad --shape {value!r}: sizes must be positive")
-    return shape
+    return sample_shape(shape)
 
 
 def model_options(fn=None, *, family: bool = False):
@@ -125,9 +130,17 @@ def model_options(fn=None, *, family: bool = False):
     return wrapper
 
 
+def _nonempty(ctx, param, value: str | None) -> str | None:
+    """A spec option given as '' is a mistake, never 'none'."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty (leave the option out instead)")
+    return value
+
+
 decoder_option = click.option(
     "--decoder",
     default=None,
+    callback=_nonempty,
     help="Latent models: append a decoder so the output is an image: vae (the diffusers folder's vae/), "
     "a diffusers autoencoder folder, or package.module:factory.",
 )
@@ -157,6 +170,39 @@ def network_dtype_option(fn):
         show_default=True,
         help="Network precision (autocast; for GPUs). Solver state, loss and ground truth stay fp32.",
     )(fn)
+
+
+def trust_options(fn):
+    """--public-key, --require-signature and --trust-engine-code: what an artifact must show before it is opened
+    (runtime.OpenPolicy), shared by every command that opens or serves one."""
+
+    @click.option(
+        "--public-key",
+        default=None,
+        help="Ed25519 public key (PEM): the manifest's signature must verify with it (default $BNS_EXPORT_PUBLIC_KEY).",
+    )
+    @click.option(
+        "--require-signature",
+        is_flag=True,
+        default=None,
+        help="Refuse an unsigned artifact (default: on when BNS_EXPORT_REQUIRE_SIGNATURE=1).",
+    )
+    @click.option(
+        "--trust-engine-code",
+        is_flag=True,
+        help=f"Open {' and '.join(CODE_FORMATS)} artifacts without --public-key: loading them runs native code they "
+        "carry (ONNX artifacts are data). Only for artifacts you built or trust.",
+    )
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        from .runtime.artifact import OpenPolicy
+
+        kw["policy"] = OpenPolicy.resolve(
+            kw.pop("public_key"), kw.pop("require_signature"), kw.pop("trust_engine_code")
+        )
+        return fn(*args, **kw)
+
+    return wrapper
 
 
 def handle_errors(fn):
@@ -371,6 +417,8 @@ def distill_cmd(
     from .solvers import parse_spec
 
     out_path = Path(out)
+    if out_path.suffix.lower() != ".json":
+        raise BNSError(f"--out {out}: a solver file is JSON; name it NAME.json")
     if not out_path.parent.exists():
         raise BNSError(f"output folder does not exist: {out_path.parent}")
     if base not in ("auto", "paper"):
@@ -545,14 +593,19 @@ def compile_cmd(
 @click.argument("artifact", type=click.Path())
 @click.option("--min-psnr", type=GATE, default=None, help="Gate in dB (default 60 fp32, 35 fp16).")
 @click.option("--device", default=None, help="Where to run both sides: cpu, cuda, cuda:N (default: the artifact's).")
-@click.option("--public-key", default=None, help="Ed25519 public key (PEM): the manifest's signature must verify.")
+@trust_options
 @click.option(
     "--model",
     "-m",
     default=None,
     help="The model to rebuild the eager reference from (default: the manifest's, unless it names code to import).",
 )
-@click.option("--decoder", default=None, help="The decoder for the reference (default: the manifest's, same rule).")
+@click.option(
+    "--decoder",
+    default=None,
+    callback=_nonempty,
+    help="The decoder for the reference (default: the manifest's, same rule; only for artifacts with a decoder).",
+)
 @click.option(
     "--trust-model-spec",
     is_flag=True,
@@ -572,12 +625,13 @@ def compile_cmd(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def validate_cmd(
-    artifact, min_psnr, device, public_key, model, decoder, trust_model_spec, cuda_graph, no_gt, as_json
+    artifact, min_psnr, device, policy, model, decoder, trust_model_spec, cuda_graph, no_gt, as_json
 ) -> None:
     """Parity of an artifact against the eager PyTorch sampler; exit 0 pass, 1 fail, 2 bad input.
 
-    An artifact is data: code its manifest names is never imported unless given with -m / --decoder
-    or allowed with --trust-model-spec."""
+    Code a manifest names is never imported unless given with -m / --decoder or allowed with
+    --trust-model-spec.  ONNX artifacts are data; aoti and tensorrt artifacts are code (loading them runs
+    native code they carry) and open only with --public-key or --trust-engine-code."""
     from .compile.parity import validate_artifact
     from .devices import resolve_device
     from .reports import validation_text
@@ -586,7 +640,7 @@ def validate_cmd(
         artifact,
         min_psnr=min_psnr,
         device=None if device is None else resolve_device(device),
-        public_key=public_key,
+        policy=policy,
         model=model,
         decoder=decoder,
         trust_model_spec=trust_model_spec,
@@ -618,7 +672,8 @@ def validate_cmd(
     is_flag=True,
     help="Leave out the explicit TensorRT profile options (trt_profile_*): Triton 24.03 and older reject them.",
 )
-def triton_cmd(artifacts, repo, name, gpu, replace, container_repo, no_trt_profiles) -> None:
+@trust_options
+def triton_cmd(artifacts, repo, name, gpu, replace, container_repo, no_trt_profiles, policy) -> None:
     """Write a Triton model repository entry: config.pbtxt and one version per artifact (e.g. NFE 4 / 8 / 16).
 
     An existing model folder that bns-export wrote gets the artifacts as new versions beside its others;
@@ -634,6 +689,7 @@ def triton_cmd(artifacts, repo, name, gpu, replace, container_repo, no_trt_profi
         log=lambda m: click.echo(m, err=True),
         container_repo=container_repo,
         trt_profiles=not no_trt_profiles,
+        policy=policy,
     )
     click.echo(f"wrote {out} ({len(artifacts)} version(s)); serve with: tritonserver --model-repository {repo}")
 
@@ -687,5 +743,8 @@ def demo_cmd(model, nfe, guidance, out, iterations, device, as_json) -> None:
         click.echo(json.dumps(report, default=str))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m bns_export.cli: the package's import installed the early handlers
+    try:
+        main()
+    finally:
+        ignore_late_signals()

@@ -11,9 +11,11 @@ at half the learning rate (with the ramp again), and stops after a few such halv
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -35,6 +37,8 @@ from .parallel import SINGLE, World, all_sum_grads
 from .solvers import baseline
 from .solvers.sampler import family_tables, ns_sample, sample_batches, solver_tensors
 from .solvers.table import NSSolver, SolverFamily
+
+log = logging.getLogger(__name__)
 
 
 class BNSParams(nn.Module):
@@ -281,7 +285,17 @@ def _save_ckpt(path: Path, params: nn.Module, best: dict[str, Tensor], opt: torc
             tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"]).reshape(1).double()
     tensors = {k: v.cpu().contiguous() for k, v in tensors.items()}  # the file holds CPU tensors
     with atomic_file(path) as tmp:
-        save_file(tensors, tmp, metadata={"state": json.dumps(state)})
+        save_file(tensors, tmp, metadata={"state": json.dumps(state), "digest": _tensors_digest(tensors)})
+
+
+def _tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """sha256 of a checkpoint's tensors (names, dtypes, shapes, bytes): a damaged file is told from a good one."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}:".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
 
 
 def _is_ckpt_file(path: Path) -> bool:
@@ -295,28 +309,72 @@ def _is_ckpt_file(path: Path) -> bool:
         return False
 
 
+#: a checkpoint's tensors, by prefix: the table's parameters, the best table so far, Adam's moments
+CKPT_PARTS = ("param", "best", "adam")
+
+
 def _load_ckpt(path: Path, params: nn.Module, opt: torch.optim.Adam, run_id: str) -> tuple[dict, dict] | None:
+    """This run's checkpoint: (state, best table), None when it is another run's.  One that does not load whole
+    (damaged, mis-shaped, not finite) is reported once and set aside as `<path>.bad`, so the next run starts
+    afresh instead of failing on it again; nothing is changed in `params` or `opt` unless all of it loads."""
     from safetensors import safe_open
 
     device = next(params.parameters()).device
     try:
         with safe_open(str(path), "pt") as f:
-            state = json.loads(f.metadata()["state"])
+            meta = f.metadata()
+            state = json.loads(meta["state"])
             if state.get("run_id") != run_id:
                 return None
-            tensors = {k: f.get_tensor(k).to(device) for k in f.keys()}
-    except Exception:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if "digest" in meta and meta["digest"] != _tensors_digest(tensors):
+            raise ValueError("its tensors do not match their digest: the file is damaged")
+        loaded = _checked_ckpt({k: v.to(device) for k, v in tensors.items()}, state, params)
+    except Exception as e:  # anything wrong with the file: set it aside, never fail every rerun on it
+        bad = path.with_name(path.name + ".bad")
+        with contextlib.suppress(OSError):
+            os.replace(path, bad)
+        log.warning(
+            "checkpoint %s does not load (%s); set aside as %s, starting afresh", path, _first_line(e), bad.name
+        )
         return None
-    params.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    params.load_state_dict(loaded["param"])
     for i, p in enumerate(params.parameters()):
-        if f"adam.{i}.exp_avg" in tensors:
+        if f"{i}.exp_avg" in loaded["adam"]:
             opt.state[p] = {
-                "exp_avg": tensors[f"adam.{i}.exp_avg"],
-                "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"],
-                "step": tensors[f"adam.{i}.step"].reshape(()).cpu(),
+                "exp_avg": loaded["adam"][f"{i}.exp_avg"],
+                "exp_avg_sq": loaded["adam"][f"{i}.exp_avg_sq"],
+                "step": loaded["adam"][f"{i}.step"].reshape(()).cpu(),
             }
-    return state, best
+    return state, loaded["best"]
+
+
+def _checked_ckpt(tensors: dict[str, Tensor], state: dict, params: nn.Module) -> dict[str, dict[str, Tensor]]:
+    """A checkpoint's tensors by part (param, best, adam), each the shape of the parameter it restores and finite,
+    and a state TrainState accepts; else ValueError naming what is wrong."""
+    TrainState(**state)  # a TypeError for unknown or missing fields
+    own = params.state_dict()
+    parts = {
+        part: {k[len(part) + 1 :]: v for k, v in tensors.items() if k.startswith(part + ".")} for part in CKPT_PARTS
+    }
+    shapes = {name: p.shape for name, p in own.items()}
+    for part in ("param", "best"):
+        if {k: v.shape for k, v in parts[part].items()} != shapes:
+            raise ValueError(f"its {part} tensors do not match this solver's parameters")
+    by_index = dict(enumerate(p.shape for p in params.parameters()))
+    for key, value in parts["adam"].items():
+        index, _, kind = key.partition(".")
+        if not index.isdecimal() or int(index) not in by_index or kind not in ("exp_avg", "exp_avg_sq", "step"):
+            raise ValueError(f"unknown optimiser entry {key}")
+        if kind != "step" and value.shape != by_index[int(index)]:
+            raise ValueError(f"optimiser entry {key} has the wrong shape")
+    if not all(torch.isfinite(v).all() for part in parts.values() for v in part.values()):
+        raise ValueError("it holds NaN or inf")
+    return parts
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 @dataclass

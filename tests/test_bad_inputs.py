@@ -67,6 +67,12 @@ CLI_CASES += [
     (("eval", "-m", "analytic:gmm", "-s", "euler"), "--shape", "1,2"),
     (("eval", "-m", "analytic:gmm", "--nfe", "2"), "-s", "/dev/zero"),
     (("triton", "/no/such/artifact", "--repo", "r"), "--name", 'a" }'),
+    (("eval", "-m", "analytic:gmm", "-s", "euler"), "--shape", "1,100000,100000"),
+    (("sample", "-m", "analytic:gmm", "-s", "euler", "-o", "x.png"), "--decoder", ""),
+    (("validate", "/no/such/artifact"), "--decoder", ""),
+    (("distill", "-m", "analytic:gmm", "--nfe", "4"), "-o", "solver.png"),
+    (("compile", "-m", "analytic:gmm", "-s", "euler", "--nfe", "2", "-o", "x"), "--timing-cache", "c.bin"),
+    (("validate", "/no/such/artifact"), "--public-key", "/no/such/key.pem"),
 ]
 
 
@@ -285,6 +291,7 @@ RUNTIME_CASES = {
     "float64 noise beyond float32": (np.full((1, 1, 8, 8), 1e39), [0]),
     "torch meta noise": (torch.zeros((1, 1, 8, 8), device="meta"), torch.tensor([0])),
     "torch bf16 noise with inf": (torch.full((1, 1, 8, 8), float("inf"), dtype=torch.bfloat16), torch.tensor([0])),
+    "torch sparse noise": (torch.zeros((1, 1, 8, 8)).to_sparse(), torch.tensor([0])),
 }
 
 
@@ -294,6 +301,69 @@ def test_runtime_inputs(name, artifact):
     with pytest.raises(BNSError) as e:
         load(artifact)(noise, labels)
     assert "\n" not in str(e.value) and e.value.exit_code == 2
+
+
+@pytest.mark.parametrize("folder", [None, 3, b"x"])
+def test_load_takes_a_path(folder):
+    with pytest.raises(BNSError, match="takes an artifact folder"):
+        load(folder)
+
+
+def test_a_conformance_file_that_is_not_one(artifact, tmp_path):
+    d = tmp_path / "a"
+    shutil.copytree(artifact, d)
+    _edit(d / "manifest.json", lambda m: m["conformance"].update(file="model.onnx"))
+    assert_one_line(*run("validate", d, "--no-ground-truth"), needle="conformance file 'model.onnx'")
+    _edit(d / "manifest.json", lambda m: m["conformance"].update(file="solver.json"))
+    assert_one_line(*run("validate", d, "--no-ground-truth"), needle="not a safetensors file")
+
+
+def test_decoder_for_an_artifact_without_one(artifact):
+    assert_one_line(*run("validate", artifact, "--decoder", "vae", "--no-ground-truth"), needle="no decoder")
+
+
+def test_empty_condition_axes_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from bns_export.loaders.conditions import load_condition_set
+
+    save_file({"cond": torch.zeros(2, 0, 8)}, str(tmp_path / "c.safetensors"))
+    with pytest.raises(BNSError, match="no empty axis"):
+        load_condition_set(tmp_path / "c.safetensors")
+
+
+@pytest.mark.parametrize("damage", ["wrong shape", "nan", "bytes"])
+def test_a_damaged_checkpoint_is_set_aside_once(damage, tmp_path, caplog):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from bns_export.distill import DistillConfig, distill
+    from bns_export.fields import GuidedField
+    from bns_export.groundtruth import ground_truth
+
+    f = GuidedField(gmm())
+    train, val = ground_truth(f, 32, 1), ground_truth(f, 32, 2)
+    cfg = DistillConfig(nfe=3, iterations=20, val_every=5, batch_size=16)
+    out, ckpt = tmp_path / "s.json", tmp_path / "s.json.ckpt.safetensors"
+
+    def stop(it, info):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(f, train, val, cfg, out=out, progress=stop)
+    with safe_open(str(ckpt), "pt") as fh:  # the run's own id stays: only the tensors are damaged
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    key = next(k for k in tensors if k.startswith("param."))
+    if damage == "bytes":  # the tensors' bytes, not the header: the file still reads as this run's checkpoint
+        ckpt.write_bytes(ckpt.read_bytes()[:-3] + b"\x01\x02\x03")
+    else:  # consistent but wrong tensors (without the digest, as an older release wrote them)
+        tensors[key] = torch.zeros(7) if damage == "wrong shape" else torch.full_like(tensors[key], float("nan"))
+        save_file(tensors, str(ckpt), metadata={"state": meta["state"]})
+    seen = []
+    solver = distill(f, train, val, cfg, out=out, progress=lambda it, info: seen.append(it))
+    assert out.exists() and not ckpt.exists() and (tmp_path / "s.json.ckpt.safetensors.bad").exists()
+    assert np.isfinite(solver.b).all() and seen[0] == 5  # started afresh
+    assert sum("set aside" in r.message for r in caplog.records) == 1
 
 
 def test_runtime_accepts_lists_and_returns_numpy(artifact):

@@ -264,7 +264,9 @@ def test_aoti_package_on_cpu(tmp_path):
         log=lambda m: None,
     )
     assert manifest["validation"]["passed"] and (out / "model.pt2").exists()
-    runner = load(out)
+    with pytest.raises(BNSError, match="runs native code"):  # an AOTInductor package is code: never opened unasked
+        load(out)
+    runner = load(out, trust_engine_code=True)
     x = runner(np.zeros((3, 1, 4, 4), np.float32), np.array([0, 1, 2]))
     assert x.shape == (3, 1, 4, 4)
 

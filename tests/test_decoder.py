@@ -129,3 +129,26 @@ def test_diffusers_vae_in_the_graph_weights_once(pipeline, tmp_path):
     res = subprocess.run([sys.executable, "-c", guard + code + check], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "(2, 3, 16, 16) (2, 4, 8, 8)" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "part,key,value,message",
+    [
+        ("vae", "scaling_factor", "abc", "scaling_factor must be a number"),
+        ("vae", "scaling_factor", 0, "scaling_factor must be > 0"),
+        ("scheduler", "num_train_timesteps", 10**12, "num_train_timesteps must be in 2..1000000"),
+        ("scheduler", "beta_end", 1e-5, "beta_end 1e-05 is below beta_start"),
+    ],
+)
+def test_config_values_are_checked_before_use(pipeline, tmp_path, part, key, value, message):
+    import shutil
+
+    folder = tmp_path / "p"
+    shutil.copytree(pipeline, folder)
+    cfg_path = folder / part / ("config.json" if part == "vae" else "scheduler_config.json")
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), key: value}))
+    args = ["sample", "-m", f"diffusers:{folder}", "--cond-set", str(folder / "prompts.safetensors"), "-s", "euler"]
+    r = CliRunner().invoke(main, [*args, "--nfe", "2", "-n", "1", "--decoder", "vae", "-o", str(tmp_path / "s.png")])
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
+    assert not (tmp_path / "s.png").exists()

@@ -165,7 +165,7 @@ def test_publish_leaves_old_or_new_at_every_instant(tmp_path, monkeypatch, atomi
 
     monkeypatch.setattr(art_mod.os, "replace", replace_then_signal)
     try:
-        with staging_dir(dest) as tmp:
+        with staging_dir(dest, force=True) as tmp:
             (tmp / "manifest.json").write_text('{"schema": "bns-export/artifact"}')
             (tmp / "v").write_text("new")
     except KeyboardInterrupt:
@@ -396,3 +396,231 @@ def test_tensor_conditioned_artifacts_are_served(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# 13. formats whose loading runs native code are code: opened only with a verified key or explicit trust ----
+
+
+def _keys(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh Ed25519 private key and its public key, as PEM files."""
+    pytest.importorskip("cryptography", reason="cryptography (the sign extra) is not installed")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    priv, pub = tmp_path / "key.pem", tmp_path / "key.pub.pem"
+    priv.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return priv, pub
+
+
+def _swap_in_library(package: Path, library: Path) -> None:
+    """Replace the shared library inside an AOTInductor package (a zip) with `library`, keeping every other entry."""
+    import zipfile
+
+    entries = {}
+    with zipfile.ZipFile(package) as z:
+        for info in z.infolist():
+            entries[info.filename] = library.read_bytes() if info.filename.endswith(".so") else z.read(info)
+    assert any(name.endswith(".so") for name in entries)
+    with zipfile.ZipFile(package, "w", zipfile.ZIP_STORED) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no system C compiler to build the hostile shared library")
+def test_aoti_package_is_code_opened_only_signed_or_trusted(tmp_path):
+    good = tmp_path / "good"
+    compile_artifact("analytic:gmm", "euler", "aoti", good, nfe=2, max_batch=2, validate=False, **QUIET)
+    priv, pub = _keys(tmp_path)
+    signed = tmp_path / "signed"
+    shutil.copytree(good, signed)
+    assert run("sign", signed, "--key", priv)[0] == 0
+    assert load(signed, public_key=pub)(np.zeros((1, 1, 8, 8), np.float32)).shape == (1, 1, 8, 8)
+
+    marker = tmp_path / "RAN"
+    src = tmp_path / "evil.c"
+    src.write_text(
+        "#include <stdio.h>\n__attribute__((constructor)) static void evil(void) "
+        f'{{ FILE *f = fopen("{marker}", "w"); if (f) {{ fputs("x", f); fclose(f); }} }}\n'
+    )
+    lib = tmp_path / "evil.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    for art in (good, signed):  # the swapped library with files["model.pt2"] updated to its sha256
+        _swap_in_library(art / "model.pt2", lib)
+        edit(art / "manifest.json", lambda m, art=art: m["files"].update({"model.pt2": sha256_file(art / "model.pt2")}))
+    one_line(*run("validate", good, "--no-ground-truth")[::2], needle="runs native code")
+    with pytest.raises(BNSError, match="runs native code"):
+        load(good)
+    with pytest.raises(BNSError, match="not signed"):
+        load(good, public_key=pub)
+    with pytest.raises(BNSError, match="does not verify"):
+        load(signed, public_key=pub)
+    one_line(*run("validate", signed, "--public-key", pub, "--no-ground-truth")[::2], needle="does not verify")
+    assert not marker.exists()
+    # what the refusal prevents: trusting the package runs its library's constructor (in a child process)
+    child = (
+        "from bns_export.runtime import load\n"
+        f"try:\n    load({str(good)!r}, trust_engine_code=True)\nexcept Exception:\n    pass\n"
+    )
+    subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=300)
+    assert marker.exists()
+
+
+def _as_tensorrt(src: Path, dest: Path) -> Path:
+    """An artifact whose manifest says TensorRT, with a plan file (its bytes never matter: it is refused unread)."""
+    shutil.copytree(src, dest)
+    (dest / "model.plan").write_bytes(b"not read")
+
+    def change(m):
+        m.update(format="tensorrt", model_file="model.plan")
+        m["files"]["model.plan"] = sha256_file(dest / "model.plan")
+
+    edit(dest / "manifest.json", change)
+    return dest
+
+
+def test_tensorrt_plans_are_code_in_the_runtime_validate_and_triton(gmm, tmp_path):
+    plan = _as_tensorrt(gmm / "a2", tmp_path / "plan")
+    with pytest.raises(BNSError, match="runs native code") as e:
+        load(plan)
+    assert e.value.exit_code == 2  # refused before the TensorRT import (exit 3 here) is even tried
+    one_line(*run("validate", plan, "--no-ground-truth")[::2], needle="runs native code")
+    one_line(*run("triton", plan, "--repo", tmp_path / "r")[::2], needle="runs native code")
+    assert not (tmp_path / "r").exists()
+    code, _, err = run("triton", plan, "--repo", tmp_path / "r", "--trust-engine-code")
+    assert code == 0 and (tmp_path / "r" / "plan" / "1" / "model.plan").is_file(), err
+    code, out, _ = run("validate", "--help")
+    assert "aoti and tensorrt artifacts are code" in " ".join(out.split())
+
+
+# 14. a signature cannot be stripped under a policy; a graph whose metadata was stripped is refused --------
+
+
+def test_a_required_signature_cannot_be_stripped(gmm, tmp_path, monkeypatch):
+    priv, pub = _keys(tmp_path)
+    d = tmp_path / "a"
+    shutil.copytree(gmm / "a2", d)
+    assert run("sign", d, "--key", priv)[0] == 0
+    load(d, require_signature=True)
+    (d / "manifest.json.sig").unlink()
+    load(d)  # no policy: an unsigned artifact is still an artifact
+    with pytest.raises(BNSError, match="not signed"):
+        load(d, require_signature=True)
+    one_line(*run("validate", d, "--require-signature", "--no-ground-truth")[::2], needle="not signed")
+    one_line(*run("triton", d, "--repo", tmp_path / "r", "--require-signature")[::2], needle="not signed")
+    monkeypatch.setenv("BNS_EXPORT_REQUIRE_SIGNATURE", "1")  # the default for services that cannot pass flags
+    with pytest.raises(BNSError, match="BNS_EXPORT_REQUIRE_SIGNATURE"):
+        load(d)
+    one_line(*run("validate", d, "--no-ground-truth")[::2], needle="not signed")
+    load(d, require_signature=False)  # an explicit choice wins over the environment
+    monkeypatch.setenv("BNS_EXPORT_REQUIRE_SIGNATURE", "maybe")
+    with pytest.raises(BNSError, match="must be 1"):
+        load(d)
+    monkeypatch.delenv("BNS_EXPORT_REQUIRE_SIGNATURE")
+    monkeypatch.setenv("BNS_EXPORT_PUBLIC_KEY", str(pub))
+    with pytest.raises(BNSError, match="not signed"):
+        load(d)
+
+
+def test_a_graph_with_its_metadata_stripped_is_refused(gmm, tmp_path):
+    import onnx
+
+    d = tmp_path / "a"
+    shutil.copytree(gmm / "a2", d)
+    graph = onnx.load(str(gmm / "a3" / "model.onnx"))  # the NFE-3 graph, its identity deleted
+    del graph.metadata_props[:]
+    onnx.save(graph, str(d / "model.onnx"))
+    edit(d / "manifest.json", lambda m: m["files"].update({"model.onnx": sha256_file(d / "model.onnx")}))
+    with pytest.raises(BNSError, match="metadata lacks solver_fingerprint"):
+        load(d)
+
+
+# 15. compile and triton replace only what they wrote, whole; never the current folder --------------------
+
+
+def test_compile_never_deletes_a_file_beside_an_artifact(gmm, tmp_path, monkeypatch):
+    args = ("compile", "-m", "analytic:gmm", "-s", "euler", "--nfe", 2, "--max-batch", 2)
+    art = tmp_path / "art"
+    assert run(*args, "-o", art)[0] == 0
+    (art / "NOTES.txt").write_text("mine")
+    one_line(*run(*args, "-o", art)[::2], needle="not a bns-export artifact as written")
+    assert (art / "NOTES.txt").read_text() == "mine"
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "manifest.json").write_text('{"schema": "bns-export/artifact"}')
+    (fake / "thesis.txt").write_text("years of work")
+    one_line(*run(*args, "-o", fake)[::2], needle="not a bns-export artifact")
+    assert (fake / "thesis.txt").read_text() == "years of work"
+    (art / "NOTES.txt").unlink()
+    assert run(*args, "-o", art)[0] == 0  # a whole artifact is replaced
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("keep")
+    monkeypatch.chdir(work)
+    for out in (".", "..", str(work), "../.."):
+        one_line(*run(*args, "--force", "-o", out)[::2], needle="current folder or one above it")
+    assert (work / "keep.txt").read_text() == "keep"
+
+
+def test_triton_replace_keeps_a_model_folder_holding_other_files(gmm, tmp_path):
+    repo = tmp_path / "repo"
+    assert run("triton", gmm / "a2", "--repo", repo, "--name", "m")[0] == 0
+    assert run("triton", gmm / "a3", "--repo", repo, "--name", "m", "--replace")[0] == 0  # only what it wrote
+    (repo / "m" / "1" / "notes.txt").write_text("mine")
+    one_line(*run("triton", gmm / "a2", "--repo", repo, "--name", "m", "--replace")[::2], needle="record does not")
+    assert (repo / "m" / "1" / "notes.txt").read_text() == "mine"
+    (repo / "m" / "1" / "notes.txt").unlink()
+    (repo / "m" / "²").mkdir()  # '²'.isdigit() is True, but it is no version
+    code, _, err = run("triton", gmm / "a3", "--repo", repo, "--name", "m")
+    assert code == 0 and (repo / "m" / "2" / "model.onnx").is_file(), err
+    edit(repo / "m" / "bns-export.json", lambda r: r.update(versions=[1, 2]))
+    one_line(
+        *run("triton", gmm / "a3", "--repo", repo, "--name", "m")[::2], needle="not a bns-export Triton model record"
+    )
+
+
+# 16. every documented way to start the tool ends on a signal with 128 + signal, no traceback ---------------
+
+
+def _ready(pid: int) -> bool:
+    """The process has installed its own SIGTERM handler (the tool's first step): read from /proc, no delay."""
+    try:
+        caught = next(
+            line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigCgt")
+        )
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
+STARTS = {
+    "console script": [str(BIN)],
+    "python -m bns_export": [sys.executable, "-m", "bns_export"],
+    "python -m bns_export.cli": [sys.executable, "-m", "bns_export.cli"],
+}
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="readiness is read from /proc (Linux)")
+@pytest.mark.parametrize("start", list(STARTS))
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_from_the_first_line_whatever_the_start(start, sig, tmp_path):
+    if start == "console script" and not BIN.exists():
+        pytest.skip("the bns-export console script is not installed in this environment")
+    out = tmp_path / "s.npz"
+    cmd = [*STARTS[start], "sample", "-m", "analytic:gmm", "-s", "euler", "--nfe", "2", "-n", "4", "-o", str(out)]
+    p = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    deadline = time.monotonic() + 120
+    while not _ready(p.pid) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    p.send_signal(sig)  # still importing the CLI, on any machine: the handlers were installed first
+    _, err = p.communicate(timeout=120)
+    assert p.returncode in (0, 128 + sig), (p.returncode, err[-500:])
+    assert b"Traceback" not in err and out.exists() == (p.returncode == 0)

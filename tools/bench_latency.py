@@ -146,7 +146,7 @@ def main() -> None:
             aoti_s = build(args, solver_path, "aoti", work / f"aoti{nfe}", max_b)
             size_mb = (work / f"aoti{nfe}" / "model.pt2").stat().st_size / 1e6
             try:
-                aoti = load(work / f"aoti{nfe}", device=args.device)
+                aoti = load(work / f"aoti{nfe}", device=args.device, trust_engine_code=True)  # built just above
                 meta.append(f"| {nfe} | AOTInductor | compile {aoti_s:.1f} s | package {size_mb:.2f} MB |")
             except BNSError as e:  # e.g. a loader that crashes (torch 2.11 CUDA packages): the rest still runs
                 meta.append(f"| {nfe} | AOTInductor | compile {aoti_s:.1f} s, not loadable: {e} | {size_mb:.2f} MB |")
@@ -161,7 +161,7 @@ def main() -> None:
             manifest = read_manifest(work / f"onnx{nfe}")
             cg_eager = EagerRunner(work / f"onnx{nfe}", manifest, args.device, cuda_graph=True)
             if aoti is not None:
-                cg_aoti = load(work / f"aoti{nfe}", device=args.device, cuda_graph=True)
+                cg_aoti = load(work / f"aoti{nfe}", device=args.device, cuda_graph=True, trust_engine_code=True)
             if ort_device == "cuda":
                 ort_graph = load(work / f"onnx{nfe}", device=args.device, cuda_graph=True)
         for b in args.batch:

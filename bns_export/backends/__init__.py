@@ -39,6 +39,11 @@ class Backend:
     triton_gpu: bool = False
     #: on Triton GPUs, ONNX Runtime's TensorRT accelerator applies
     triton_tensorrt_accelerator: bool = False
+    #: opening the artifact runs native code it carries (a shared library, a TensorRT engine and its plugins):
+    #: the artifact is code, opened only when signed by a key the user names or trusted explicitly
+    runs_native_code: bool = False
+    #: the build keeps a timing cache across builds (--timing-cache)
+    timing_cache: bool = False
 
     def _impl(self):
         return importlib.import_module(f"{__name__}.{self.module}")
@@ -83,12 +88,23 @@ BACKENDS = {
         default_device="cuda",
         triton_platform="tensorrt_plan",
         triton_gpu=True,
+        runs_native_code=True,
+        timing_cache=True,
     ),
     "aoti": Backend(
-        "aoti", "model.pt2", "aoti", "torch (AOTInductor), CPU or CUDA", ("cuda_graph",), traces_on_device=True
+        "aoti",
+        "model.pt2",
+        "aoti",
+        "torch (AOTInductor), CPU or CUDA",
+        ("cuda_graph",),
+        traces_on_device=True,
+        runs_native_code=True,
     ),
 }
 
+
+#: the formats whose artifacts are code (loading them runs native code they carry), for --help and errors
+CODE_FORMATS = tuple(b.name for b in BACKENDS.values() if b.runs_native_code)
 
 #: the format `compile` and the demo build unless told: portable, torch-free to run
 DEFAULT_FORMAT = "onnx"
@@ -105,4 +121,13 @@ def get_backend(fmt: str) -> Backend:
         raise BNSError(f"unknown format {fmt!r}; choose one of {', '.join(BACKENDS)}") from None
 
 
-__all__ = ["BACKENDS", "DEFAULT_FORMAT", "LIBRARIES", "Backend", "ExportRequest", "Runner", "get_backend"]
+__all__ = [
+    "BACKENDS",
+    "CODE_FORMATS",
+    "DEFAULT_FORMAT",
+    "LIBRARIES",
+    "Backend",
+    "ExportRequest",
+    "Runner",
+    "get_backend",
+]

@@ -96,7 +96,14 @@ def graph_metadata_value(value) -> str:
 
 
 def check_graph_metadata(meta: dict, manifest: dict, model_file: str) -> None:
-    """The graph's own metadata must agree with its manifest (a swapped graph whose hash was updated is caught)."""
+    """The graph's own metadata must hold every key the exporter wrote that its manifest names, and agree with it
+    (a swapped graph whose hash was updated is caught, and so is one whose metadata was stripped)."""
+    missing = [key for key in GRAPH_METADATA if key in manifest and key not in meta]
+    if missing:
+        raise BNSError(
+            f"{model_file}'s own metadata lacks {', '.join(missing)}: the graph cannot be matched to its manifest "
+            "(stripped, or not written by bns-export)"
+        )
     for key in GRAPH_METADATA:
         if key in meta and key in manifest and meta[key] != graph_metadata_value(manifest[key]):
             raise BNSError(
@@ -141,6 +148,8 @@ def _array(x, what: str):
     if is_torch(x):
         if x.device.type == "meta":
             raise BNSError(f"{what} is a meta tensor (it holds no data)")
+        if str(x.layout) != "torch.strided":
+            raise BNSError(f"{what} is a {str(x.layout)[6:]} tensor; pass a dense one (.to_dense())")
         return x
     if x is None or isinstance(x, (str, bytes, dict)):
         raise BNSError(f"{what} must be an array of numbers, got {type(x).__name__}")

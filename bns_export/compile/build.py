@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..backends import LIBRARIES, ExportRequest, get_backend
+from ..backends import BACKENDS, LIBRARIES, ExportRequest, get_backend
 from ..backends.base import GRAPH_METADATA, GUIDANCE_INPUT
 from ..checks import integer, number
 from ..errors import EXIT_PARITY_FAILED, BNSError
@@ -24,7 +24,7 @@ from ..fields import GuidedField, NetworkField
 from ..groundtruth import SEEDS
 from ..loaders import ModelOptions, ModelSpec, load_model
 from ..loaders.decoders import load_decoder
-from ..runtime.artifact import check_replaceable, staging_dir, write_manifest
+from ..runtime.artifact import OpenPolicy, check_replaceable, staging_dir, write_manifest
 from ..runtime.layout import Manifest
 from ..sizes import SizeSet, parse_sizes
 from ..solvers import SolverFamily, SolverLike, Table, guidance_for, parse_spec, resolve_solver, resolve_table
@@ -307,6 +307,9 @@ def compile_artifact(
     takes besides the model's own (image pixels with a decoder; the solver runs unchanged at each).
     """
     backend = get_backend(fmt)
+    if timing_cache is not None and not backend.timing_cache:
+        timed = ", ".join(b.name for b in BACKENDS.values() if b.timing_cache)
+        raise BNSError(f"--timing-cache applies to {timed} builds, not {fmt}")
     check_replaceable(Path(out), force)  # before minutes of export, not after
     max_batch = integer(max_batch, "max_batch", 1, 65536)
     opt_batch = integer(opt_batch or max(1, max_batch // 2), "opt_batch", 1, 65536)
@@ -344,8 +347,9 @@ def _validate_staged(tmp: Path, manifest: Manifest, min_psnr: float | None, devi
     from .parity import validate_artifact
 
     log(f"validating against the eager PyTorch sampler on {device} ...")
-    # the user named this model and decoder on the command line: its code is trusted
-    report = validate_artifact(tmp, min_psnr=min_psnr, device=device, trust_model_spec=True)
+    # the user named this model and decoder on the command line, and this process just built the engine: trusted
+    policy = OpenPolicy(trust_engine_code=True)
+    report = validate_artifact(tmp, min_psnr=min_psnr, device=device, trust_model_spec=True, policy=policy)
     manifest["validation"] = report
     if not report["passed"]:
         raise BNSError(

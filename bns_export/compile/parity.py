@@ -30,7 +30,7 @@ from ..loaders import ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..loaders.spec import decoder_runs_code
 from ..metrics import psnr_per_sample
-from ..runtime.artifact import read_manifest
+from ..runtime.artifact import OpenPolicy
 from ..solvers import load_solver
 from .unroll import UnrolledSampler
 
@@ -94,6 +94,8 @@ def reference_spec(
     is imported only when the user names it (`model`, `decoder`) or says `trust_model_spec`.
     """
     recorded = ModelSpec.from_json(manifest.get("model_spec"))
+    if decoder is not None and not manifest.get("decoder"):
+        raise BNSError("this artifact has no decoder in its graph: --decoder does not apply")
     options = recorded.options if decoder is None else replace(recorded.options, decoder=decoder)
     spec = ModelSpec(model if model is not None else recorded.model, options)
     named_by_artifact = []
@@ -131,17 +133,28 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
 
 def check_conformance(folder: Path, manifest: dict, runner: Runner) -> list[dict]:
     """The artifact's outputs on its stored conformance inputs against the stored eager reference's."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     name = manifest["conformance"]["file"]
-    if name not in manifest["files"]:
-        raise BNSError(f"conformance file {name!r} is not among the hashed files")
-    d = load_file(str(folder / name))
+    if name not in manifest["files"] or name == manifest["model_file"]:
+        raise BNSError(f"conformance file {name!r} is not among the hashed files, or is the model file")
+    try:
+        d = load_file(str(folder / name))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BNSError(
+            f"conformance file {name!r} is not a safetensors file ({str(e).splitlines()[0][:120]})"
+        ) from None
+    if "noise" not in d:
+        raise BNSError(f"conformance file {name!r} holds no noise")
     if runner.named_conditions:
         cond = {k: d[k] for k in runner.condition_names if k in d}
     else:
         cond = d.get("labels", d.get("cond"))
     out = runner.run(d["noise"], cond, d.get(GUIDANCE_INPUT))
+    missing = [k for k in out if k not in d]
+    if missing:
+        raise BNSError(f"conformance file {name!r} holds no reference {', '.join(missing)}")
     return rows_for("conformance vectors", out, {k: d[k] for k in out}, int(d["noise"].shape[0]))
 
 
@@ -238,9 +251,13 @@ def validate_artifact(
     trust_model_spec: bool = False,
     cuda_graph: bool = False,
     ground_truth: bool = True,
+    require_signature: bool | None = None,
+    trust_engine_code: bool = False,
+    policy: OpenPolicy | None = None,
 ) -> dict:
     """Run the parity report; `passed` is the gate's verdict.  ground_truth=False: parity only, without the
-    dopri5 solution both samplers are also scored against.
+    dopri5 solution both samplers are also scored against.  public_key, require_signature, trust_engine_code:
+    what the artifact must show before it is opened (runtime.OpenPolicy; `policy` gives one whole).
 
     model / decoder: the specs to rebuild the eager reference from (default: the manifest's, which
     may name code to import only with trust_model_spec; see `reference_spec`).  cuda_graph: validate the
@@ -249,7 +266,8 @@ def validate_artifact(
     if min_psnr is not None:
         min_psnr = number(min_psnr, "min_psnr", 0, 1000)
     folder = Path(folder)
-    manifest = read_manifest(folder, public_key=public_key)
+    policy = policy or OpenPolicy.resolve(public_key, require_signature, trust_engine_code)
+    manifest = policy.open(folder)
     spec = reference_spec(manifest, model, decoder, trust_model_spec)
     device = device or default_device(manifest)
     reference = EagerRunner(folder, manifest, device, spec)

@@ -46,8 +46,11 @@ def condition_set(
     parts, record, null_record = [], {}, {}
     for name in names:
         t = entries[name]
-        if not t.is_floating_point() or t.ndim < 2 or t.shape[0] < 1 or not torch.isfinite(t).all():
-            raise BNSError(f"{where}: {name!r} must be finite floats of shape (N, ...), got {t.dtype} {tuple(t.shape)}")
+        if not t.is_floating_point() or t.ndim < 2 or min(t.shape) < 1 or not torch.isfinite(t).all():
+            raise BNSError(
+                f"{where}: {name!r} must be finite floats of shape (N, ...) with no empty axis, got {t.dtype} "
+                f"{tuple(t.shape)}"
+            )
         if n is None:
             n = t.shape[0]
         elif t.shape[0] != n:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checks import read_json
+from ..checks import number, read_json
 from ..errors import BNSError
 from ..fields.field import state_digest
 from .diffusers import model_class, pretrained
@@ -87,9 +87,17 @@ def _diffusers_autoencoder(folder: Path, spec: str) -> Decoder:
     for part in ("encoder", "quant_conv"):  # decoding never reads them: not exported, not fingerprinted
         if isinstance(getattr(net, part, None), nn.Module):
             setattr(net, part, None)
-    scaling = cfg.get("scaling_factor") or 1.0
-    shift = cfg.get("shift_factor") or 0.0
-    return Decoder(net, spec, 1.0 / float(scaling), float(shift), autoencoder=True)
+    scaling = number(
+        _config_value(cfg, "scaling_factor", 1.0), f"{folder}/config.json scaling_factor", 0, 1e6, lo_open=True
+    )
+    shift = number(_config_value(cfg, "shift_factor", 0.0), f"{folder}/config.json shift_factor", -1e6, 1e6)
+    return Decoder(net, spec, 1.0 / scaling, shift, autoencoder=True)
+
+
+def _config_value(cfg: dict, key: str, default: float):
+    """A config's value, or the default where the key is absent or null (diffusers writes null for 'none')."""
+    value = cfg.get(key)
+    return default if value is None else value
 
 
 def check_decoder(decoder: Decoder, sample_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -24,13 +24,25 @@ from ..fields.schedules import FMOT, DDPMDiscrete
 from .adapters import AdaptedNet, adapter_for
 from .conditions import condition_set, load_condition_set
 
+#: the most training steps a scheduler config may name (diffusers' own are 1000; checked before allocating)
+MAX_TRAIN_STEPS = 1_000_000
+
 
 def betas(cfg: dict) -> torch.Tensor:
-    """The training betas of a diffusers DDPM-family scheduler config."""
-    steps = int(cfg.get("num_train_timesteps", 1000))
+    """The training betas of a diffusers DDPM-family scheduler config, each value checked before anything is
+    allocated: 2..MAX_TRAIN_STEPS steps, betas in (0, 1), beta_start <= beta_end."""
+    steps = integer(cfg.get("num_train_timesteps", 1000), "scheduler num_train_timesteps", 2, MAX_TRAIN_STEPS)
     if cfg.get("trained_betas") is not None:
-        return torch.as_tensor(cfg["trained_betas"], dtype=torch.float64)
-    start, end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+        trained = cfg["trained_betas"]
+        if not isinstance(trained, list) or not 2 <= len(trained) <= MAX_TRAIN_STEPS:
+            raise BNSError(f"scheduler trained_betas must be a list of 2..{MAX_TRAIN_STEPS} numbers")
+        return torch.tensor(
+            [number(b, "scheduler trained_betas", 0, 1, lo_open=True) for b in trained], dtype=torch.float64
+        )
+    start = number(cfg.get("beta_start", 1e-4), "scheduler beta_start", 0, 1, lo_open=True)
+    end = number(cfg.get("beta_end", 0.02), "scheduler beta_end", 0, 1, lo_open=True)
+    if end < start:
+        raise BNSError(f"scheduler beta_end {end:g} is below beta_start {start:g}: the noise would shrink over time")
     kind = cfg.get("beta_schedule", "linear")
     if kind == "linear":
         return torch.linspace(start, end, steps, dtype=torch.float64)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from ..checks import integer
+from ..checks import integer, sample_shape
 from ..errors import BNSError
 
 ANALYTIC_PREFIX = "analytic:"
@@ -36,6 +36,10 @@ class ModelOptions:
     #: a decoder appended after the sampler (latent models): vae, a diffusers autoencoder folder or
     #: module:factory (see bns_export.loaders.decoders); read by compile and sample only
     decoder: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.shape is not None:  # from the CLI, the API or a manifest: checked before any network sees it
+            self.shape = sample_shape(self.shape, "shape")
 
     def given(self) -> list[str]:
         """The network options set to something other than their defaults (the decoder aside)."""

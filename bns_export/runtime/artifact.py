@@ -16,10 +16,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..backends import BACKENDS
-from ..checks import guidance_scale, integer, number, plain_identifier, read_json
+from ..checks import env_flag, guidance_scale, integer, number, plain_identifier, read_json
 from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import deferred_signals, raise_if_interrupted
@@ -93,22 +94,41 @@ def remove_stale_staging(parent: Path) -> list[str]:
 
 
 def is_artifact_dir(folder: Path) -> bool:
-    """A folder this tool may replace: empty, or a bns-export artifact (its manifest says so)."""
+    """A folder this tool may replace: empty, or a whole bns-export artifact (a manifest that passes every check,
+    and exactly the files it lists with their hashes, so a file a user put there is never deleted)."""
     if not any(folder.iterdir()):
         return True
     try:
         manifest = read_json(folder / MANIFEST, "manifest")
-    except BNSError:
+        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+            return False
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            return False
+        check_manifest(manifest)
+        verify_files(folder, manifest)
+    except (BNSError, OSError):
         return False
-    return isinstance(manifest, dict) and manifest.get("schema") == SCHEMA
+    return True
 
 
-def check_replaceable(dest: Path, force: bool = False, replaceable=is_artifact_dir) -> None:
-    """An output folder may be (re)written: absent, or replaceable, or force; else one line, exit 2."""
+#: what a folder `is_artifact_dir` accepts is, for the refusal
+ARTIFACT_AS_WRITTEN = "a bns-export artifact as written (it holds unlisted or changed files)"
+
+
+def check_replaceable(
+    dest: Path, force: bool = False, replaceable=is_artifact_dir, what: str = ARTIFACT_AS_WRITTEN
+) -> None:
+    """An output folder may be (re)written: absent, or replaceable, or force; else one line, exit 2.  The current
+    folder and those above it never are (the publishing rename cannot replace them)."""
+    dest = Path(dest)
+    here = Path.cwd().resolve()
+    if dest.resolve() == here or dest.resolve() in here.parents or dest.name in ("", ".", ".."):
+        raise BNSError(f"output {dest} is the current folder or one above it; name a new folder for the output")
     if dest.exists() and not dest.is_dir():
         raise BNSError(f"output {dest} exists and is not a directory")
     if dest.is_dir() and not force and not replaceable(dest):
-        raise BNSError(f"output {dest} exists and is not a bns-export artifact; refusing to replace it (--force does)")
+        hint = " (--force does)" if replaceable is is_artifact_dir else ""
+        raise BNSError(f"output {dest} exists and is not {what}; refusing to replace it{hint}")
 
 
 _RENAME_EXCHANGE = 2
@@ -145,7 +165,9 @@ def publish(tmp: Path, dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def staging_dir(dest: Path, force: bool = False, replaceable=is_artifact_dir) -> Iterator[Path]:
+def staging_dir(
+    dest: Path, force: bool = False, replaceable=is_artifact_dir, what: str = ARTIFACT_AS_WRITTEN
+) -> Iterator[Path]:
     """Yield a temporary sibling of `dest`; on normal exit it replaces `dest`, otherwise it is removed.
 
     An existing `dest` is replaced only when `replaceable(dest)` (by default: empty or a bns-export
@@ -154,7 +176,7 @@ def staging_dir(dest: Path, force: bool = False, replaceable=is_artifact_dir) ->
     its process is gone (killed with SIGKILL, say); the published folder honours the umask.
     """
     dest = Path(dest)
-    check_replaceable(dest, force, replaceable)
+    check_replaceable(dest, force, replaceable, what)
     parent = dest.parent
     if not parent.is_dir():
         raise BNSError(f"output folder does not exist: {parent}")
@@ -182,7 +204,10 @@ def staging_dir(dest: Path, force: bool = False, replaceable=is_artifact_dir) ->
 
 
 def read_manifest(
-    folder: str | os.PathLike, verify: bool = True, public_key: str | os.PathLike | None = None
+    folder: str | os.PathLike,
+    verify: bool = True,
+    public_key: str | os.PathLike | None = None,
+    require_signature: bool = False,
 ) -> Manifest:
     """The manifest of an artifact directory, refusing a missing, tampered, foreign or malformed one.
 
@@ -190,7 +215,7 @@ def read_manifest(
     its sha256, under a plain name inside the folder (no `..`, no absolute path, no link), and the
     folder may hold no file the manifest does not list.  A detached signature `manifest.json.sig`,
     when present, must verify (by its embedded key, or by `public_key`, an Ed25519 PEM file, which
-    then must have made it).
+    then must have made it); with `require_signature` (or a key) an unsigned artifact is refused.
     """
     folder = Path(folder)
     path = folder / MANIFEST
@@ -207,11 +232,61 @@ def read_manifest(
         check_manifest(manifest)
     except BNSError as e:
         raise BNSError(f"{path}: {e}") from None
-    if public_key is not None or (folder / SIGNATURE).exists() or (folder / SIGNATURE).is_symlink():
+    signed = (folder / SIGNATURE).exists() or (folder / SIGNATURE).is_symlink()
+    if require_signature and not signed:
+        raise BNSError(
+            f"artifact {folder} is not signed (no {SIGNATURE}) and a signature is required "
+            f"(--require-signature or {REQUIRE_SIGNATURE_ENV}=1)"
+        )
+    if public_key is not None or signed:
         verify_manifest(folder, public_key)  # a present signature must verify, key or no key
     if verify:
         verify_files(folder, manifest)
     return manifest
+
+
+#: environment defaults of the open policy, for services and CI jobs that cannot pass flags
+REQUIRE_SIGNATURE_ENV = "BNS_EXPORT_REQUIRE_SIGNATURE"
+PUBLIC_KEY_ENV = "BNS_EXPORT_PUBLIC_KEY"
+
+
+@dataclass(frozen=True)
+class OpenPolicy:
+    """What an artifact must show before it is opened (runtime, validate, triton, the HTTP service).
+
+    public_key: an Ed25519 public key (PEM file) whose signature the manifest must carry; require_signature:
+    an unsigned artifact is refused; trust_engine_code: open formats whose loading runs native code from the
+    artifact (CODE_FORMATS: AOTInductor's shared library, TensorRT engines) without a verified key.  An ONNX
+    artifact is data; those formats are code, opened only with a key that verifies or this explicit trust.
+    """
+
+    public_key: str | None = None
+    require_signature: bool = False
+    trust_engine_code: bool = False
+
+    @classmethod
+    def resolve(
+        cls,
+        public_key: str | os.PathLike | None = None,
+        require_signature: bool | None = None,
+        trust_engine_code: bool = False,
+    ) -> OpenPolicy:
+        """The caller's choices, with $BNS_EXPORT_PUBLIC_KEY and $BNS_EXPORT_REQUIRE_SIGNATURE where it made none."""
+        key = public_key if public_key is not None else (os.environ.get(PUBLIC_KEY_ENV) or None)
+        required = env_flag(REQUIRE_SIGNATURE_ENV) if require_signature is None else bool(require_signature)
+        return cls(None if key is None else str(key), required, bool(trust_engine_code))
+
+    def open(self, folder: str | os.PathLike) -> Manifest:
+        """The verified manifest of an artifact about to be opened, or one line saying what it lacks."""
+        manifest = read_manifest(folder, public_key=self.public_key, require_signature=self.require_signature)
+        backend = BACKENDS[manifest["format"]]
+        if backend.runs_native_code and self.public_key is None and not self.trust_engine_code:
+            raise BNSError(
+                f"artifact {folder} is {manifest['format']!r}, a format whose loading runs native code it carries "
+                f"({manifest['model_file']}); open it with the public key it was signed with (--public-key) or "
+                "say you trust it (--trust-engine-code)"
+            )
+        return manifest
 
 
 #: manifest fields the runners and the validator read, and their checks

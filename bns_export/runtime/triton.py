@@ -24,7 +24,7 @@ from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import raise_if_interrupted
 from ..sizes import concrete, declared_sizes
-from .artifact import read_manifest, staging_dir
+from .artifact import OpenPolicy, staging_dir
 
 TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
 
@@ -118,21 +118,57 @@ SIGNATURE_KEYS = ("format", "precision", "max_batch", "inputs", "outputs", "mode
 
 
 def _record(model_dir: Path) -> dict | None:
-    """The model folder's record, if this tool wrote the folder."""
+    """The model folder's record, if this tool wrote the folder: its versions are rows with a version number."""
     if not (model_dir / RECORD).is_file():
         return None
     rec = read_json(model_dir / RECORD, "Triton model record")
+    versions = rec.get("versions") if isinstance(rec, dict) else None
     if (
         not isinstance(rec, dict)
         or rec.get("schema") != "bns-export/triton-model"
-        or not isinstance(rec.get("versions"), list)
+        or not isinstance(versions, list)
+        or not all(isinstance(r, dict) and _version_number(r.get("version")) for r in versions)
     ):
         raise BNSError(f"{model_dir / RECORD} is not a bns-export Triton model record")
     return rec
 
 
+def _version_number(value) -> int | None:
+    """A Triton version: a positive integer (as a folder name, ASCII digits only: '²'.isdigit() is True)."""
+    if isinstance(value, str):
+        value = int(value) if value.isascii() and value.isdecimal() and len(value) < 19 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+MODEL_FOLDER_AS_WRITTEN = "a model folder as bns-export wrote it (it holds files its record does not list)"
+
+
 def _is_ours(model_dir: Path) -> bool:
-    return not any(model_dir.iterdir()) or _record(model_dir) is not None
+    """A model folder this tool may replace: empty, or holding only what its record says it wrote (the config,
+    README, record, the engine cache and the recorded versions' model files)."""
+    if not any(model_dir.iterdir()):
+        return True
+    try:
+        record = _record(model_dir)
+    except BNSError:
+        return False
+    if record is None:
+        return False
+    versions = {str(r["version"]) for r in record["versions"]}
+    for p in model_dir.iterdir():
+        if p.name in (RECORD, "config.pbtxt", "README.md") and p.is_file() and not p.is_symlink():
+            continue
+        if p.name == ENGINE_FOLDER and p.is_dir() and not p.is_symlink():
+            continue
+        if p.name in versions and p.is_dir() and not p.is_symlink() and _only_model_files(p):
+            continue
+        return False
+    return True
+
+
+def _only_model_files(vdir: Path) -> bool:
+    """A version folder as _copy_version writes it: regular files named model.* only."""
+    return all(f.is_file() and not f.is_symlink() and f.name.startswith("model.") for f in vdir.iterdir())
 
 
 def _digest(path: Path) -> str | None:
@@ -171,6 +207,7 @@ def write_repository(
     log=lambda message: None,
     container_repo: str = CONTAINER_REPO,
     trt_profiles: bool = True,
+    policy: OpenPolicy | None = None,
 ) -> Path:
     """Write `<repo>/<name>/`: config.pbtxt, one version folder per artifact, README.md and its record.
 
@@ -179,11 +216,14 @@ def write_repository(
     since is kept.  replace=True replaces a folder this tool wrote.  A folder it did not write is refused.
     container_repo: where the repository is mounted in the container (the TensorRT engine cache goes into
     the model's folder there); trt_profiles=False leaves out the explicit TensorRT profile options, which
-    Triton releases up to 24.03 reject as unknown parameters.
+    Triton releases up to 24.03 reject as unknown parameters.  policy: what each artifact must show first (Triton
+    runs a TensorRT plan's native code, so plans need a verified key or explicit trust; default from the
+    environment, see runtime.OpenPolicy).
     """
     if not artifacts:
         raise BNSError("give at least one artifact directory")
-    manifests = [read_manifest(a) for a in artifacts]
+    policy = policy or OpenPolicy.resolve()
+    manifests = [policy.open(a) for a in artifacts]
     first = manifests[0]
     for a, m in zip(artifacts, manifests):
         if get_backend(m["format"]).triton_platform is None:
@@ -220,7 +260,7 @@ def write_repository(
         for a, m in zip(artifacts, manifests)
     ]
     if replace or not model_dir.exists() or not any(model_dir.iterdir()):
-        with staging_dir(model_dir, replaceable=_is_ours) as staging:
+        with staging_dir(model_dir, replaceable=_is_ours, what=MODEL_FOLDER_AS_WRITTEN) as staging:
             for version, (a, m, row) in enumerate(zip(artifacts, manifests, rows), start=1):
                 row["version"] = version
                 (staging / str(version)).mkdir()
@@ -234,7 +274,7 @@ def write_repository(
     if record.get("signature") != signature:
         raise BNSError(f"{model_dir} serves another model (inputs, outputs, precision or fingerprint differ)")
     (model_dir / ENGINE_FOLDER).mkdir(exist_ok=True)
-    taken = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+    taken = [v for v in (_version_number(p.name) for p in model_dir.iterdir()) if v is not None]
     start = max(taken, default=0) + 1
     for version, (a, m, row) in enumerate(zip(artifacts, manifests, rows), start=start):
         row["version"] = version
