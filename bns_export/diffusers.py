@@ -26,8 +26,9 @@ from diffusers.utils import BaseOutput
 from .errors import BNSError
 from .fields import GuidedField, NetworkField
 from .fields.adapters import network_input, network_time, to_velocity
+from .fields.pipelines import DiscreteGrid, FlowGrid
 from .fields.schedules import FMOT, DDPMDiscrete, schedule_from_dict, schedule_to_dict
-from .loaders.diffusers import DIFFUSERS_PREDICTIONS as PREDICTIONS  # diffusers' prediction_type names -> ours
+from .loaders.schedulers import DIFFUSERS_PREDICTIONS as PREDICTIONS  # diffusers' prediction_type names -> ours
 from .solvers.table import NSSolver, SolverFamily, Table, load_solver, solver_from_json
 
 #: how close pipeline-given sigmas must be to the table's own to be accepted (relative)
@@ -133,17 +134,17 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
             raise BNSError("BNSScheduler needs a network model (its prediction type and time input)")
         prediction = {v: k for k, v in PREDICTIONS.items()}[net_field.prediction]
         schedule = net_field.schedule
-        keys = {}
+        keys, grid = {}, schedule.pipeline
         if isinstance(schedule, DDPMDiscrete):  # diffusers' own keys, so other schedulers read the same betas
             keys = dict(
                 num_train_timesteps=schedule.steps,
                 trained_betas=schedule.betas.tolist(),
                 beta_schedule="linear",  # unused next to trained_betas; diffusers requires a name
-                timestep_spacing=schedule.timestep_spacing,
-                steps_offset=schedule.steps_offset,
+                timestep_spacing=grid.spacing if isinstance(grid, DiscreteGrid) else "linspace",
+                steps_offset=grid.offset if isinstance(grid, DiscreteGrid) else 0,
             )
         elif isinstance(schedule, FMOT):
-            keys = dict(num_train_timesteps=1000, shift=float(schedule.pipeline_shift or 1.0))
+            keys = dict(num_train_timesteps=1000, shift=float(grid.shift if isinstance(grid, FlowGrid) else 1.0))
         guidance = table.meta.get("guidance")
         scheduler = cls(
             solver=table.to_json(),
@@ -330,14 +331,15 @@ def network_field(net: torch.nn.Module, scheduler_config: dict, solver: Table) -
     the sample shape is the one the solver was distilled at.  Enough for the scheduler and for the solver's
     network-identity check; conditions come from the pipeline at each call."""
     from .loaders.adapters import AdaptedNet, adapter_for
-    from .loaders.diffusers import read_schedule
+    from .loaders.schedulers import read_scheduler
 
     if not isinstance(scheduler_config, dict):
         raise BNSError("the scheduler config is not a JSON object")
     shape = (solver.meta.get("model") or {}).get("sample_shape")
     if not shape:
         raise BNSError("this solver file does not record its model's sample shape: pass the model's field instead")
-    schedule, prediction, time_input = read_schedule(scheduler_config, tuple(shape))
+    spec = read_scheduler(scheduler_config, tuple(shape), type(net).__name__)
+    schedule, prediction, time_input = spec.schedule, spec.prediction, spec.time_input
     model_cfg = dict(net.config)
     adapter = adapter_for(type(net).__name__)
     field = NetworkField(

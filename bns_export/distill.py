@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from . import __version__
 from .checks import integer, number
 from .errors import BNSError
+from .fields.pipelines import FlowGrid
 from .fileio import atomic_file
 from .groundtruth import GTSet
 from .metrics import psnr_per_sample
@@ -235,7 +236,7 @@ def initial_solver(field, cfg: DistillConfig, val: GTSet, world: World = SINGLE)
     names = [cfg.base_solver()]
     if cfg.base == "auto":
         names = [b for b in AUTO_BASES if not (b == "midpoint" and cfg.nfe % 2)]
-        if field.schedule.pipeline_shift is not None:
+        if isinstance(field.schedule.pipeline, FlowGrid):
             names += PIPELINE_BASES
     best = None
     for name in names:

@@ -187,7 +187,7 @@ def test_distill_cli_writes_a_family(tmp_path):
     assert summary["joint"]["points"] == [2.0, 3.0, 4.0]
     r = CliRunner().invoke(main, [str(a) for a in args[:-1] + ["--no-joint"]])
     assert r.exit_code == 0 and "joint" not in r.output, r.output
-    r = CliRunner().invoke(main, ["distill", "-m", "digits", "-w", "2:4", "--nfe", "3", "-o", str(tmp_path / "u")])
+    r = CliRunner().invoke(main, ["distill", "-m", "digits", "-w", "2:4", "--nfe", "3", "-o", str(tmp_path / "u.json")])
     assert r.exit_code == 2 and "conditional model" in r.output
     r = CliRunner().invoke(main, ["eval", "-m", GMM, "-s", "euler", "-w", "2:4"])
     assert r.exit_code == 2 and "--guidance" in r.output

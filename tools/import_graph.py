@@ -80,6 +80,7 @@ LAYERS = (
     ("demo",),
     ("cli",),
     ("entry",),
+    ("__main__",),
 )
 
 

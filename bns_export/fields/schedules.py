@@ -21,9 +21,9 @@ class Schedule:
     #: default integration interval; adapters may narrow it for their prediction type
     t_lo: float = 0.0
     t_hi: float = 1.0
-    #: a flow pipeline's time shift (diffusers' `shift`, or exp(mu) with dynamic shifting): its default grid
-    #: puts sigma' = shift s / (1 + (shift - 1) s) on the uniform sigmas; None where the model has none
-    pipeline_shift: float | None = None
+    #: the default time grid of the model's diffusers pipeline (fields.pipelines.PipelineGrid), None for models
+    #: that do not come from a diffusers folder
+    pipeline = None
 
     def alpha(self, t: Tensor) -> Tensor:
         raise NotImplementedError
@@ -137,14 +137,12 @@ class DDPMDiscrete(_VP):
     """Discrete DDPM: alpha_bar_n = prod(1 - beta_i); step index n sits at s = (n + 1) / T.
 
     log alpha_bar is interpolated linearly in s between the steps, so the network's step index
-    is the continuous value s * T - 1.  The interval ends at step 0 (t_hi = 1 - 1/T).
+    is the continuous value s * T - 1.  The interval ends at step 0 (t_hi = 1 - 1/T).  A zero-terminal-SNR
+    table (alpha_bar = 0 at the last step: a last beta of 1, Lin et al. 2024, arXiv:2305.08891) interpolates
+    alpha itself on its last segment, so alpha(0) = 0 exactly and its derivative stays finite.
     """
 
     name = "ddpm"
-
-    #: how the model's diffusers scheduler spaces its inference timesteps (its config), for the diffusers grid
-    timestep_spacing: str = "linspace"
-    steps_offset: int = 0
 
     def __init__(self, betas: Tensor | list[float]) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64)
@@ -152,7 +150,13 @@ class DDPMDiscrete(_VP):
             raise ValueError("ddpm schedule needs a 1-D beta table of at least 2 steps")
         self.betas = betas
         self.steps = int(betas.numel())
-        self._log_ab = torch.cumsum(torch.log1p(-betas), 0)
+        #: alpha_bar reaches 0 at the last step (zero terminal SNR)
+        self.zero_terminal = bool(betas[-1] >= 1.0)
+        log_ab = torch.cumsum(torch.log1p(-betas[:-1]), 0)
+        # log alpha_bar of the last step; a zero-terminal table's is a finite stand-in (its segment is linear in alpha)
+        last = log_ab[-1:] - 1.0 if self.zero_terminal else log_ab[-1:] + torch.log1p(-betas[-1:])
+        log_ab = torch.cat([log_ab, last])
+        self._log_ab = log_ab
         self._log_ab_on_device: Tensor | None = None
         self.t_lo = 0.0
         self.t_hi = 1.0 - 1.0 / self.steps
@@ -161,6 +165,13 @@ class DDPMDiscrete(_VP):
     def linear(cls, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DDPMDiscrete:
         """The original DDPM linear beta table (scaled to `steps`)."""
         return cls(torch.linspace(beta_start, beta_end, steps, dtype=torch.float64))
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: Tensor) -> DDPMDiscrete:
+        """The schedule of a table of alpha_bar (decreasing, in (0, 1]; the last may be 0)."""
+        ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        previous = torch.cat([ab.new_ones(1), ab[:-1]])
+        return cls(1.0 - ab / previous)
 
     def _interp(self, t: Tensor) -> tuple[Tensor, Tensor]:
         moved = self._log_ab_on_device
@@ -176,12 +187,25 @@ class DDPMDiscrete(_VP):
         hi = la.index_select(0, flat + 1).reshape(idx.shape)
         return lo + frac * (hi - lo), (hi - lo) * self.steps  # log alpha_bar, d/ds
 
+    def _alpha_and_slope(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha(t) and d alpha / dt: log-linear in alpha_bar between steps; on a zero-terminal table's last
+        segment linear in alpha, from the last-but-one step's alpha down to 0."""
+        log_ab, dlog_ds = self._interp(t)
+        alpha = torch.exp(0.5 * log_ab)
+        slope = -alpha * 0.5 * dlog_ds  # d/dt = -d/ds
+        if self.zero_terminal:
+            pos = (1.0 - t) * self.steps - 1.0
+            a_prev = torch.exp(0.5 * self._log_ab[-2]).item()
+            last = pos > self.steps - 2 - 1e-3  # from the last-but-one step on, as _interp assigns segments
+            alpha = torch.where(last, a_prev * (self.steps - 1.0 - pos), alpha)
+            slope = torch.where(last, torch.full_like(t, a_prev * self.steps), slope)
+        return alpha, slope
+
     def alpha(self, t: Tensor) -> Tensor:
-        return torch.exp(0.5 * self._interp(t)[0])
+        return self._alpha_and_slope(t)[0]
 
     def d_alpha(self, t: Tensor) -> Tensor:
-        log_ab, dlog_ds = self._interp(t)
-        return -torch.exp(0.5 * log_ab) * 0.5 * dlog_ds
+        return self._alpha_and_slope(t)[1]
 
     def apply_to_tables(self, fn) -> None:
         """Keep a copy of the log alpha_bar table where the field is, so a traced graph holds it on the

@@ -2,60 +2,24 @@
 
 The folder is a pipeline (`model_index.json`, `unet/` or `transformer/`, `scheduler/`) or holds
 those subfolders.  The model class's adapter (loaders.adapters) says how it is called, what it is
-conditioned on and its sample shape; schedule (beta_schedule linear / scaled_linear /
-squaredcos_cap_v2, trained betas, num_train_timesteps), prediction type (epsilon, v_prediction,
-sample; flow for FlowMatchEulerDiscreteScheduler, with its time shift) and time input come from
-the configs; explicit options override.
+conditioned on and its sample shape; the ODE (schedule, prediction type, time input) and the pipeline's
+default grid come from the scheduler config as diffusers computes them (loaders.schedulers); explicit
+options override.
 Weights are read from safetensors only (nothing is unpickled).  Needs the `diffusers` package.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from ..checks import integer, number, read_json
+from ..checks import read_json
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..fields import NetworkField
-from ..fields.schedules import FMOT, DDPMDiscrete
 from .adapters import AdaptedNet, adapter_for
 from .conditions import condition_set, load_condition_set
-
-#: the most training steps a scheduler config may name (diffusers' own are 1000; checked before allocating)
-MAX_TRAIN_STEPS = 1_000_000
-
-
-def betas(cfg: dict) -> torch.Tensor:
-    """The training betas of a diffusers DDPM-family scheduler config, each value checked before anything is
-    allocated: 2..MAX_TRAIN_STEPS steps, betas in (0, 1), beta_start <= beta_end."""
-    steps = integer(cfg.get("num_train_timesteps", 1000), "scheduler num_train_timesteps", 2, MAX_TRAIN_STEPS)
-    if cfg.get("trained_betas") is not None:
-        trained = cfg["trained_betas"]
-        if not isinstance(trained, list) or not 2 <= len(trained) <= MAX_TRAIN_STEPS:
-            raise BNSError(f"scheduler trained_betas must be a list of 2..{MAX_TRAIN_STEPS} numbers")
-        return torch.tensor(
-            [number(b, "scheduler trained_betas", 0, 1, lo_open=True) for b in trained], dtype=torch.float64
-        )
-    start = number(cfg.get("beta_start", 1e-4), "scheduler beta_start", 0, 1, lo_open=True)
-    end = number(cfg.get("beta_end", 0.02), "scheduler beta_end", 0, 1, lo_open=True)
-    if end < start:
-        raise BNSError(f"scheduler beta_end {end:g} is below beta_start {start:g}: the noise would shrink over time")
-    kind = cfg.get("beta_schedule", "linear")
-    if kind == "linear":
-        return torch.linspace(start, end, steps, dtype=torch.float64)
-    if kind == "scaled_linear":
-        return torch.linspace(start**0.5, end**0.5, steps, dtype=torch.float64) ** 2
-    if kind == "squaredcos_cap_v2":
-
-        def alpha_bar(t: float) -> float:
-            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        b = [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999) for i in range(steps)]
-        return torch.tensor(b, dtype=torch.float64)
-    raise BNSError(f"unsupported beta_schedule {kind!r}: use linear, scaled_linear or squaredcos_cap_v2")
+from .schedulers import read_scheduler
 
 
 def import_diffusers():
@@ -104,56 +68,6 @@ def pretrained(cls: type, folder: Path) -> nn.Module:
     if errors:
         raise BNSError(f"{folder}: loading the weights failed: {str(errors[0]).splitlines()[0][:200]}")
     return model.eval()
-
-
-#: diffusers' prediction_type names -> ours (one table; the BNSScheduler reads it too)
-DIFFUSERS_PREDICTIONS = {
-    "epsilon": "eps",
-    "v_prediction": "v",
-    "sample": "x0",
-    "flow_prediction": "flow",
-    "velocity": "velocity",
-}
-FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
-
-
-def read_schedule(sched_cfg: dict, sample_shape: tuple[int, ...]):
-    """(schedule, prediction, time input) of a save_pretrained scheduler config.
-
-    Flow-matching schedulers: FM-OT velocity in diffusers' flow form, timesteps 1000 sigma, and the
-    pipeline's time shift on the schedule (`flow_shift`).  DDPM-family ones: their betas, prediction type
-    and the timestep spacing their inference grid uses.
-    """
-    if sched_cfg.get("_class_name") in FLOW_SCHEDULERS or sched_cfg.get("prediction_type") == "flow_prediction":
-        schedule = FMOT()
-        schedule.pipeline_shift = flow_shift(sched_cfg, sample_shape)
-        return schedule, "flow", "flow-timestep"
-    try:
-        schedule = DDPMDiscrete(betas(sched_cfg))
-    except (ValueError, TypeError) as e:
-        raise BNSError(f"bad scheduler config: {e}") from None
-    ptype = sched_cfg.get("prediction_type", "epsilon")
-    if ptype not in DIFFUSERS_PREDICTIONS:
-        raise BNSError(f"unsupported prediction_type {ptype!r}: use {', '.join(DIFFUSERS_PREDICTIONS)}")
-    spacing = sched_cfg.get("timestep_spacing", "linspace")
-    if spacing not in ("linspace", "leading", "trailing"):
-        raise BNSError(f"scheduler config timestep_spacing {spacing!r} is not one of linspace, leading, trailing")
-    schedule.timestep_spacing = spacing
-    schedule.steps_offset = integer(sched_cfg.get("steps_offset", 0), "scheduler config steps_offset", 0, 1000)
-    return schedule, DIFFUSERS_PREDICTIONS[ptype], "index"
-
-
-def flow_shift(sched_cfg: dict, sample_shape: tuple[int, ...]) -> float:
-    """The shift of a flow pipeline's time grid: `shift`, or with use_dynamic_shifting exp(mu), mu from the
-    image's token count as FluxPipeline computes it (calculate_shift over (H/2)(W/2) tokens)."""
-    if not sched_cfg.get("use_dynamic_shifting"):
-        return number(sched_cfg.get("shift", 1.0), "scheduler config shift", 0, 1000, lo_open=True)
-    seq = (sample_shape[-2] // 2) * (sample_shape[-1] // 2)
-    base_len = integer(sched_cfg.get("base_image_seq_len", 256), "base_image_seq_len", 1)
-    max_len = integer(sched_cfg.get("max_image_seq_len", 4096), "max_image_seq_len", base_len + 1)
-    base, top = (number(sched_cfg.get(k, d), k, -100, 100) for k, d in (("base_shift", 0.5), ("max_shift", 1.15)))
-    m = (top - base) / (max_len - base_len)
-    return math.exp(seq * m + base - m * base_len)
 
 
 def _conditions(adapter, model_cfg: dict, sample_shape, opt, cls_name: str):
@@ -238,7 +152,8 @@ def load_diffusers_field(path: str, opt) -> NetworkField:
     cset = _conditions(adapter, model_cfg, shape, opt, cls_name)
     classes = adapter.classes(model_cfg)
     cls = model_class(model_cfg, sub)
-    schedule, prediction, time_input = read_schedule(scheduler_config(root), shape)
+    spec = read_scheduler(scheduler_config(root), shape, cls_name)
+    schedule, prediction, time_input = spec.schedule, spec.prediction, spec.time_input
     model = pretrained(cls, sub)
     net = AdaptedNet(model, adapter, None if cset is None else cset.layout, adapter.constants(model_cfg, shape))
     try:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import BNSError
+from ..fields.pipelines import DiscreteGrid
 from ..fields.schedules import DDPMDiscrete, Schedule
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -40,42 +41,25 @@ def _lam_range(schedule: Schedule, t_lo: float, t_hi: float) -> tuple[float, flo
     return max(lam[0], -np.log(SIGMA_MAX)), min(lam[1], -np.log(SIGMA_MIN))
 
 
-def diffusers_timesteps(steps: int, m: int, spacing: str = "linspace", offset: int = 0) -> np.ndarray:
-    """The m training-step indices diffusers' multistep schedulers (DPMSolverMultistep, UniPC, DEIS) step
-    on, for their config's timestep_spacing ("linspace", "leading" with steps_offset, "trailing")."""
-    if spacing == "linspace":
-        return np.linspace(0, steps - 1, m + 1).round()[::-1][:-1]
-    if spacing == "leading":
-        return (np.arange(0, m + 1) * (steps // (m + 1))).round()[::-1][:-1] + offset
-    if spacing == "trailing":
-        return np.arange(steps, 0, -steps / m).round() - 1
-    raise BNSError(f"timestep_spacing {spacing!r} is not one of linspace, leading, trailing")
-
-
 def diffusers_grid(schedule: Schedule, m: int) -> np.ndarray:
-    """The timesteps diffusers' multistep schedulers use with the model's scheduler config (its
-    timestep_spacing and steps_offset; "linspace" by default), as our times: step k at t = 1 - (k + 1) / T,
-    ending at step 0 (final_sigmas_type "sigma_min")."""
+    """The timesteps diffusers' multistep schedulers (DPM-Solver++, UniPC, DEIS) use with the model's scheduler
+    config (its timestep_spacing and steps_offset; "linspace" by default), as our times: step k at
+    t = 1 - (k + 1) / T, ending at step 0 (final_sigmas_type "sigma_min")."""
     if not isinstance(schedule, DDPMDiscrete):
         raise BNSError(f"the diffusers grid needs a discrete ddpm schedule, not {schedule.name}")
-    steps = schedule.steps
-    timesteps = np.clip(diffusers_timesteps(steps, m, schedule.timestep_spacing, schedule.steps_offset), 0, steps - 1)
-    return np.append(1.0 - (timesteps + 1) / steps, 1.0 - 1.0 / steps)
+    own = schedule.pipeline
+    spacing, offset = (own.spacing, own.offset) if isinstance(own, DiscreteGrid) else ("linspace", 0)
+    return DiscreteGrid("DPMSolverMultistepScheduler", spacing, offset, style="n+1").times(schedule, m)
 
 
 def pipeline_grid(schedule: Schedule, m: int) -> np.ndarray:
-    """The grid the model's own diffusers pipeline steps on: for flow models with a time shift (SD3, Flux,
-    Sana) sigma' = shift s / (1 + (shift - 1) s) on s = linspace(1, 1/m, m), then sigma = 0, as
-    FlowMatchEulerDiscreteScheduler.set_timesteps does (shift = exp(mu) with dynamic shifting); for
-    discrete DDPM models the diffusers grid."""
-    shift = schedule.pipeline_shift
-    if shift is None:
-        if isinstance(schedule, DDPMDiscrete):
-            return diffusers_grid(schedule, m)
-        raise BNSError(f"the pipeline grid needs a diffusers model's schedule, not {schedule.name}")
-    s = np.linspace(1.0, 1.0 / m, m)
-    sigma = np.append(shift * s / (1 + (shift - 1) * s), 0.0)
-    return 1.0 - sigma
+    """The grid the model's own diffusers pipeline steps on by default (fields.pipelines: its scheduler's
+    set_timesteps with what the pipeline passes it, from the folder's scheduler config)."""
+    if schedule.pipeline is None:
+        raise BNSError(
+            f"the pipeline grid needs a diffusers folder whose scheduler bns-export mirrors, not {schedule.name}"
+        )
+    return schedule.pipeline.times(schedule, m)
 
 
 def make_grid(kind: str, m: int, schedule: Schedule, t_lo: float, t_hi: float, rho: float = 7.0) -> np.ndarray:
