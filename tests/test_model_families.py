@@ -81,12 +81,15 @@ def test_named_conditions_are_graph_inputs_and_checked(root):
     folder, opts, guidance = build_family("sd3", root / "sd3-named")
     field = load_model(f"diffusers:{folder}", ModelOptions(cond_set=opts[1]), guidance=float(guidance))
     assert field.condition_layout.names == ("encoder_hidden_states", "pooled_projections")
-    assert field.schedule.pipeline_shift == 3.0
+    assert field.schedule.pipeline.shift == 3.0
+    import diffusers
+
     from bns_export.solvers import baseline
 
     grid = baseline("euler:pipeline", 4, field.schedule, field.t_lo, field.t_hi).t
-    sigmas = np.linspace(1, 0.25, 4)
-    assert np.allclose(1 - np.asarray(grid[:4]), 3 * sigmas / (1 + 2 * sigmas))
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)  # what StableDiffusion3Pipeline steps on
+    sched.set_timesteps(4)
+    assert np.allclose(1 - np.asarray(grid), sched.sigmas.numpy()[:4], atol=1e-6)
 
 
 def test_sdxl_time_ids_default_from_the_size_and_missing_conditions_are_one_line(root, tmp_path):

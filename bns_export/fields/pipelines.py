@@ -40,8 +40,10 @@ class FlowGrid(PipelineGrid):
 
     start: "scheduler", the scheduler's own linspace(sigma_max, sigma_min, n) before shifting (SD3, AuraFlow);
     "one-over-n", the pipeline passes linspace(1, 1/n, n) (Flux, LTX-Video, Lumina 2); "uniform", it passes
-    linspace(1, 0, n + 1)[:-1] (HunyuanVideo); "flow-sigmas", DPM-Solver / UniPC's use_flow_sigmas
-    (1 - linspace(1, 1/T, n + 1), shifted, flipped, the last dropped: Sana, Wan).
+    linspace(1, 0, n + 1)[:-1] (HunyuanVideo); "dpm-flow-sigmas", DPM-Solver's use_flow_sigmas
+    (1 - linspace(1, 1/T, n + 1), shifted, flipped, the last dropped: Sana); "unipc-flow-sigmas", UniPC's
+    (linspace(1, 1/T, n + 1)[:-1], shifted: Wan; UniPC then lowers a first sigma of 1 by 1e-6 against a log of
+    0, which the grid leaves at 1, the ODE's start).
     """
 
     scheduler: str
@@ -55,10 +57,12 @@ class FlowGrid(PipelineGrid):
 
     def sigmas(self, m: int) -> np.ndarray:
         """The m sigmas the pipeline calls the network at, decreasing."""
-        if self.start == "flow-sigmas":
+        if self.start == "dpm-flow-sigmas":
             s = 1.0 - np.linspace(1, 1 / self.train_steps, m + 1)
             return np.flip(shifted(s, self.shift))[:-1].copy()
-        if self.start == "scheduler":
+        if self.start == "unipc-flow-sigmas":
+            s = np.linspace(1, 1 / self.train_steps, m + 1)[:-1]
+        elif self.start == "scheduler":
             s = np.linspace(self.train_steps * 1.0, self.train_steps * self.sigma_min, m) / self.train_steps
         elif self.start == "one-over-n":
             s = np.linspace(1.0, 1.0 / m, m)
@@ -119,7 +123,7 @@ class DiscreteGrid(PipelineGrid):
         return schedule.steps - clipped
 
     def _respaced(self, schedule: DDPMDiscrete, k: np.ndarray, m: int) -> np.ndarray:
-        """Karras or exponential noise levels between the scheduler's ends, as fractional (multistep: rounded)
+        """Karras or exponential noise levels between the scheduler's ends, as fractional (multistep: integer)
         indices (diffusers' _convert_to_karras / _convert_to_exponential and _sigma_to_t)."""
         all_t = torch.as_tensor(self._t(schedule, np.arange(schedule.steps)))
         a, s = schedule.alpha(all_t).numpy(), schedule.sigma(all_t).numpy()
@@ -140,7 +144,9 @@ class DiscreteGrid(PipelineGrid):
             sig = np.exp(np.linspace(np.log(hi), np.log(lo), m))
         log_table = np.log(table)
         pos = np.interp(np.log(np.maximum(sig, 1e-10)), log_table, np.arange(schedule.steps))
-        return pos.round() if self.style == "n+1" else pos
+        if self.style != "n+1":
+            return pos
+        return pos.round() if self.sigmas == "karras" else np.floor(pos)  # DPM-Solver: Karras rounded, else cast
 
     @staticmethod
     def _t(schedule: DDPMDiscrete, k: np.ndarray) -> np.ndarray:

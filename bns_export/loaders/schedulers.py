@@ -64,6 +64,8 @@ DISCRETE = {
 }
 #: flow-matching scheduler classes (FM-OT velocity, timesteps 1000 sigma)
 FLOW = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+#: the multistep classes with use_flow_sigmas, and how each spaces them (FlowGrid.start)
+FLOW_SIGMAS = {"DPMSolverMultistepScheduler": "dpm-flow-sigmas", "UniPCMultistepScheduler": "unipc-flow-sigmas"}
 
 #: keys whose other values change the ODE or the grid in ways not implemented here: key -> the accepted values
 REFUSED = {
@@ -161,10 +163,18 @@ def flow_grid(cfg: dict, cls_name: str, start: str, seq_len: int) -> FlowGrid:
     steps = integer(cfg.get("num_train_timesteps", 1000), "scheduler num_train_timesteps", 2, MAX_TRAIN_STEPS)
     terminal = cfg.get("shift_terminal")
     terminal = None if not terminal else number(terminal, "scheduler shift_terminal", 0, 1, lo_open=True)
-    if cfg.get("use_flow_sigmas"):  # DPM-Solver / UniPC over flow sigmas: their own grid, flow_shift
-        if cfg.get("final_sigmas_type", "zero") != "zero":
-            raise BNSError(f"{cls_name} with use_flow_sigmas and final_sigmas_type {cfg['final_sigmas_type']!r}")
-        return FlowGrid(cls_name, _shift(cfg, "flow_shift"), "flow-sigmas", train_steps=steps)
+    if cfg.get("use_flow_sigmas"):  # DPM-Solver / UniPC over flow sigmas: their own grids, flow_shift
+        start = FLOW_SIGMAS.get(cls_name)
+        if start is None or cfg.get("final_sigmas_type", "zero") != "zero" or cfg.get("use_dynamic_shifting"):
+            raise BNSError(
+                f"{cls_name} with use_flow_sigmas, final_sigmas_type {cfg.get('final_sigmas_type', 'zero')!r} and "
+                f"use_dynamic_shifting {bool(cfg.get('use_dynamic_shifting'))} is not mirrored (DPM-Solver and UniPC "
+                "with final sigma zero and a fixed flow_shift are)"
+            )
+        grid = FlowGrid(cls_name, _shift(cfg, "flow_shift"), start, shift_terminal=terminal, train_steps=steps)
+        if terminal and start == "dpm-flow-sigmas":
+            raise BNSError(f"{cls_name} takes no shift_terminal")
+        return grid
     if cfg.get("use_karras_sigmas") or cfg.get("use_exponential_sigmas"):
         raise BNSError(f"{cls_name} with Karras or exponential flow sigmas is not implemented")
     if cfg.get("use_dynamic_shifting"):
