@@ -96,8 +96,9 @@ def model_options(fn=None, *, family: bool = False):
     @click.option(
         "--cond-set",
         default=None,
-        help="Tensor conditioning: safetensors file with 'cond' (N, ...) conditions (e.g. prompt embeddings) "
-        "that pairs draw from, and optionally 'null' (the unconditional condition; default zeros).",
+        help="Tensor conditioning: safetensors file with one NAME (N, ...) tensor per input the model takes "
+        "(encoder_hidden_states; SDXL text_embeds [time_ids], SD3/Flux pooled_projections) and null.NAME, its "
+        "unconditional value (default zeros); a single 'cond' (+ 'null') for one-embedding models.",
     )
     @click.option(
         "--guidance",

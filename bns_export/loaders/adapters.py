@@ -30,8 +30,8 @@ class Adapter:
     call: Callable[[nn.Module, Tensor, Tensor, dict, dict], Tensor]
     #: the tensor conditions the class takes, from its config (empty: unconditional or class labels)
     needs: Callable[[dict], list[Need]] = lambda cfg: []
-    #: conditions the class can do without, each with its default value from (config, sample shape)
-    defaults: dict[str, Callable[[dict, tuple[int, ...]], Tensor]] = field(default_factory=dict)
+    #: conditions the class can do without, each with its default (value, null value) from (config, sample shape)
+    defaults: dict[str, Callable[[dict, tuple[int, ...]], tuple[Tensor, Tensor]]] = field(default_factory=dict)
     #: K for class-conditional classes (K + 1 embeddings, the last the null class), else None
     classes: Callable[[dict], int | None] = lambda cfg: None
     #: one sample's shape from the config, or None where only --shape can say
@@ -40,8 +40,8 @@ class Adapter:
     constants: Callable[[dict, tuple[int, ...]], dict[str, Tensor]] = lambda cfg, shape: {}
     #: the guidance scale is an input of the network (Flux-dev), not classifier-free guidance
     embedded_guidance: Callable[[dict], bool] = lambda cfg: False
-    #: check a shape the user gave (--shape) or the config implied
-    check_shape: Callable[[tuple[int, ...]], None] = lambda shape: None
+    #: check a shape the user gave (--shape) or the config implied, against the config
+    check_shape: Callable[[dict, tuple[int, ...]], None] = lambda cfg, shape: None
     #: the multiple every spatial size must be when the class runs at other sizes (UNets, SD3, Sana), else None:
     #: the class's position embeddings or ids are fixed at the size the graph is traced at
     size_step: Callable[[dict], int | None] = lambda cfg: None
@@ -90,8 +90,45 @@ def _unet2d(model, x, time, parts, consts):
     return model(x, time, class_labels=parts.get("class_labels")).sample
 
 
+#: the pipeline-level facts a model's config lacks, which the loader adds under these keys: how many SDXL time ids
+#: (6 for the base pipeline, 5 for the refiner's, whose model_index.json says requires_aesthetics_score)
+TIME_IDS_KEY = "_bns_time_ids"
+
+
+def _time_id_count(cfg: dict) -> int:
+    return 5 if cfg.get(TIME_IDS_KEY) == 5 else 6
+
+
 def _sdxl_text_embeds(cfg: dict) -> int:
-    return _int(cfg, "projection_class_embeddings_input_dim") - 6 * _int(cfg, "addition_time_embed_dim")
+    count = _time_id_count(cfg)
+    dim = _int(cfg, "projection_class_embeddings_input_dim") - count * _int(cfg, "addition_time_embed_dim")
+    if dim < 1:
+        raise BNSError(
+            f"UNet2DConditionModel: projection_class_embeddings_input_dim leaves no room for {count} time ids"
+        )
+    return dim
+
+
+def _class_embedding(cfg: dict) -> Need | None:
+    """A UNet2DConditionModel's class embedding as a condition: class_labels, one number per sample (an index for
+    num_class_embeds, a timestep-like value for class_embed_type timestep) or a vector (projection, identity)."""
+    kind = cfg.get("class_embed_type")
+    if kind is None:
+        return ("class_labels", (1,)) if cfg.get("num_class_embeds") else None
+    if kind == "timestep":
+        return ("class_labels", (1,))
+    if kind in ("projection", "simple_projection"):
+        return ("class_labels", (_int(cfg, "projection_class_embeddings_input_dim"),))
+    if kind == "identity":
+        return ("class_labels", (_time_embed_dim(cfg),))
+    raise BNSError(f"UNet2DConditionModel with class_embed_type {kind!r} is not supported")
+
+
+def _time_embed_dim(cfg: dict) -> int:
+    """UNet2DConditionModel's time embedding width: time_embedding_dim, else 4 x its first block's channels."""
+    if cfg.get("time_embedding_dim"):
+        return _int(cfg, "time_embedding_dim")
+    return 4 * integer((cfg.get("block_out_channels") or [0])[0], "model config block_out_channels", 1)
 
 
 def _unet_needs(cfg: dict) -> list[Need]:
@@ -99,23 +136,34 @@ def _unet_needs(cfg: dict) -> list[Need]:
     dim = dim[0] if isinstance(dim, (list, tuple)) else dim
     needs: list[Need] = [("encoder_hidden_states", (None, integer(dim, "model config cross_attention_dim", 1)))]
     if cfg.get("addition_embed_type") == "text_time":  # SDXL: pooled text embeddings and the size/crop ids
-        needs += [("text_embeds", (_sdxl_text_embeds(cfg),)), ("time_ids", (6,))]
+        needs += [("text_embeds", (_sdxl_text_embeds(cfg),)), ("time_ids", (_time_id_count(cfg),))]
     elif cfg.get("addition_embed_type") is not None:
         raise BNSError(f"UNet2DConditionModel with addition_embed_type {cfg['addition_embed_type']!r} is not supported")
-    return needs
+    labels = _class_embedding(cfg)
+    return needs + ([labels] if labels else [])
 
 
-def _sdxl_time_ids(cfg: dict, shape: tuple[int, ...]) -> Tensor:
-    """SDXL's micro-conditioning as its pipeline sets it by default: original size, crop (0, 0), target size,
-    in pixels (8 per latent)."""
+def _sdxl_time_ids(cfg: dict, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """SDXL's micro-conditioning as its pipelines set it by default, in pixels (8 per latent): the base's original
+    size, crop (0, 0), target size; the refiner's original size, crop and aesthetic score 6 (the null branch's
+    negative aesthetic score 2.5)."""
     h, w = 8 * shape[-2], 8 * shape[-1]
-    return torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32)
+    if _time_id_count(cfg) == 5:
+        return torch.tensor([h, w, 0, 0, 6.0]), torch.tensor([h, w, 0, 0, 2.5])
+    ids = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32)
+    return ids, ids
 
 
 def _unet_cond(model, x, time, parts, consts):
     kwargs = {}
     if "text_embeds" in parts:
         kwargs["added_cond_kwargs"] = {"text_embeds": parts["text_embeds"], "time_ids": parts["time_ids"]}
+    if "class_labels" in parts:  # (B, 1): an index into num_class_embeds, or a timestep-like value; else vectors
+        labels = parts["class_labels"]
+        embedding = getattr(model, "class_embedding", None)
+        if labels.shape[1] == 1:
+            labels = labels[:, 0].round().long() if isinstance(embedding, torch.nn.Embedding) else labels[:, 0]
+        kwargs["class_labels"] = labels
     return model(x, time, encoder_hidden_states=_primary(parts), **kwargs).sample
 
 
@@ -147,9 +195,15 @@ def _sd3_needs(cfg: dict) -> list[Need]:
     ]
 
 
-def _flux_shape_check(shape: tuple[int, ...]) -> None:
+def _flux_shape_check(cfg: dict, shape: tuple[int, ...]) -> None:
     if len(shape) != 3 or shape[1] % 2 or shape[2] % 2:
         raise BNSError(f"Flux latents are (C, H, W) with even H and W (2x2 patches), got {shape}")
+    packed = _int(cfg, "in_channels", 64)
+    if 4 * shape[0] != packed:
+        raise BNSError(
+            f"--shape {','.join(map(str, shape))}: this Flux model packs 2x2 patches of {packed // 4} latent "
+            f"channels (in_channels {packed}), not {shape[0]}"
+        )
 
 
 def _flux_constants(cfg: dict, shape: tuple[int, ...]) -> dict[str, Tensor]:
@@ -191,13 +245,27 @@ def _flux(model, x, time, parts, consts):
     return unpack_2x2(out, x.shape[2], x.shape[3])
 
 
+def _pixart_uses_sizes(cfg: dict) -> bool:
+    """PixArt-alpha's micro-conditions: use_additional_conditions, on by default at sample_size 128 (its 1024 px
+    models), as PixArtTransformer2DModel decides."""
+    flag = cfg.get("use_additional_conditions")
+    return bool(flag) if flag is not None else cfg.get("sample_size") == 128
+
+
+def _pixart_constants(cfg: dict, shape: tuple[int, ...]) -> dict[str, Tensor]:
+    """resolution (height, width in pixels, 8 per latent) and aspect ratio height / width, as PixArtAlphaPipeline
+    passes them for a 1024 px model: graph constants of the latent size."""
+    if not _pixart_uses_sizes(cfg):
+        return {}
+    h, w = 8 * shape[-2], 8 * shape[-1]
+    return {"resolution": torch.tensor([float(h), float(w)]), "aspect_ratio": torch.tensor([h / w])}
+
+
 def _pixart(model, x, time, parts, consts):
-    out = model(
-        x,
-        encoder_hidden_states=_primary(parts),
-        timestep=time,
-        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-    ).sample
+    sizes = {"resolution": None, "aspect_ratio": None}
+    if "resolution" in consts:
+        sizes = {k: consts[k].to(x.dtype).expand(x.shape[0], -1) for k in ("resolution", "aspect_ratio")}
+    out = model(x, encoder_hidden_states=_primary(parts), timestep=time, added_cond_kwargs=sizes).sample
     return _first_half(out, x.shape[1])
 
 
@@ -242,7 +310,7 @@ ADAPTERS: dict[str, Adapter] = {
         embedded_guidance=lambda cfg: bool(cfg.get("guidance_embeds")),
         check_shape=_flux_shape_check,
     ),
-    "PixArtTransformer2DModel": Adapter(_pixart, needs=_text("caption_channels")),
+    "PixArtTransformer2DModel": Adapter(_pixart, needs=_text("caption_channels"), constants=_pixart_constants),
     "SanaTransformer2DModel": Adapter(_sana, needs=_text("caption_channels"), size_step=_patch),
     "DiTTransformer2DModel": Adapter(_dit, classes=lambda cfg: _classes(cfg, "num_embeds_ada_norm", offset=0)),
     "CogVideoXTransformer3DModel": Adapter(_cogvideox, needs=_text("text_embed_dim"), shape=_cogvideox_shape),

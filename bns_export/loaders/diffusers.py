@@ -17,7 +17,7 @@ from torch import nn
 from ..checks import read_json
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..fields import NetworkField
-from .adapters import AdaptedNet, adapter_for
+from .adapters import TIME_IDS_KEY, AdaptedNet, adapter_for
 from .conditions import condition_set, load_condition_set
 from .schedulers import read_scheduler
 
@@ -34,11 +34,31 @@ def import_diffusers():
     return diffusers
 
 
+#: legacy class names that diffusers itself loads as a pipeline-specific class, chosen by a config key (its
+#: model_loading_utils._CLASS_REMAPPING_DICT): the Hub's DiT-XL-2 and PixArt-alpha folders name Transformer2DModel
+REMAPPED_CLASSES = {
+    "Transformer2DModel": (
+        "norm_type",
+        {"ada_norm_zero": "DiTTransformer2DModel", "ada_norm_single": "PixArtTransformer2DModel"},
+    )
+}
+
+
+def class_name(cfg) -> str:
+    """The model class a config.json stands for, as diffusers resolves it (legacy names remapped)."""
+    name = str(cfg.get("_class_name")) if isinstance(cfg, dict) else "None"
+    if name in REMAPPED_CLASSES:
+        key, table = REMAPPED_CLASSES[name]
+        name = table.get(cfg.get(key), name)
+    return name
+
+
 def model_class(cfg, folder: Path) -> type[nn.Module]:
-    """The diffusers model class a save_pretrained config.json names (its `_class_name`)."""
+    """The diffusers model class a save_pretrained config.json names (its `_class_name`, remapped as diffusers
+    does)."""
     diffusers = import_diffusers()
-    cls_name = cfg.get("_class_name") if isinstance(cfg, dict) else None
-    cls = getattr(diffusers, str(cls_name), None)
+    cls_name = class_name(cfg)
+    cls = getattr(diffusers, cls_name, None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise BNSError(f"{folder}/config.json names {cls_name!r}, not a diffusers model class")
     return cls
@@ -70,20 +90,32 @@ def pretrained(cls: type, folder: Path) -> nn.Module:
     return model.eval()
 
 
+def pipeline_facts(root: Path, model_cfg: dict) -> dict:
+    """The model config with what only the pipeline's model_index.json says: the SDXL refiner's 5 time ids
+    (requires_aesthetics_score)."""
+    index = root / "model_index.json"
+    facts = read_json(index, "model_index.json") if index.is_file() else {}
+    if isinstance(facts, dict) and facts.get("requires_aesthetics_score"):
+        return {**model_cfg, TIME_IDS_KEY: 5}
+    return model_cfg
+
+
 def _conditions(adapter, model_cfg: dict, sample_shape, opt, cls_name: str):
     """The condition set a class needs, checked against its config: names, shapes, defaults (SDXL's time_ids)."""
+    cset = load_condition_set(opt.cond_set) if opt.cond_set else None
+    if cset is not None and "time_ids" in cset.layout.names and TIME_IDS_KEY not in model_cfg:
+        model_cfg = {**model_cfg, TIME_IDS_KEY: cset.record("time_ids").shape[-1]}  # 5: a refiner's, with the score
     needs = adapter.needs(model_cfg)
     if not needs:
         if opt.cond_set:
             raise BNSError(f"{cls_name} takes no tensor conditions; drop --cond-set")
         return None
     names = ", ".join(f"{n} {tuple('L' if d is None else d for d in s)}" for n, s in needs)
-    if not opt.cond_set:
+    if cset is None:
         raise BNSError(
             f"{cls_name} is conditioned on {names}: give --cond-set FILE.safetensors with one (N, ...) tensor "
             "per name (and null.NAME, its unconditional value)"
         )
-    cset = load_condition_set(opt.cond_set)
     have = set(cset.layout.names)
     if cset.layout.legacy:  # today's single `cond`: the prompt embedding; the class must need nothing else
         have = {needs[0][0]}
@@ -91,9 +123,9 @@ def _conditions(adapter, model_cfg: dict, sample_shape, opt, cls_name: str):
     nulls = {p.name: cset.layout.unpack(cset.null[None])[p.name][0] for p in cset.layout.parts}
     for name, default in adapter.defaults.items():
         if name not in have and any(n == name for n, _ in needs):
-            value = default(model_cfg, sample_shape)
+            value, null = default(model_cfg, sample_shape)
             entries[name] = value.expand(cset.cond.shape[0], *value.shape).clone()
-            nulls[name] = value
+            nulls[name] = null
             have.add(name)
     missing = [n for n, _ in needs if n not in have]
     extra = sorted(have - {n for n, _ in needs})
@@ -142,13 +174,14 @@ def load_diffusers_field(path: str, opt) -> NetworkField:
     if not root.is_dir():
         raise BNSError(f"diffusers folder not found: {root}")
     sub, model_cfg = model_folder(root)
-    cls_name = str(model_cfg.get("_class_name"))
+    model_cfg = pipeline_facts(root, model_cfg)
+    cls_name = class_name(model_cfg)
     adapter = adapter_for(cls_name)
     shape = opt.shape or adapter.shape(model_cfg)
     if shape is None:
         raise BNSError(f"{cls_name}'s config does not give the latent size: pass --shape C,H,W (e.g. 16,64,64)")
     shape = tuple(shape)
-    adapter.check_shape(shape)
+    adapter.check_shape(model_cfg, shape)
     cset = _conditions(adapter, model_cfg, shape, opt, cls_name)
     classes = adapter.classes(model_cfg)
     cls = model_class(model_cfg, sub)
