@@ -371,6 +371,19 @@ def eval_cmd(
 @click.option("--train-pairs", type=Integer(1, 10_000_000), default=520, show_default=True)
 @click.option("--val-pairs", type=Integer(1, 10_000_000), default=1024, show_default=True)
 @click.option("--val-every", type=Integer(1, 10_000_000), default=25, show_default=True)
+@click.option(
+    "--micro-batch",
+    type=Integer(1, 1_000_000),
+    default=None,
+    help="Pairs per forward/backward pass, gradients accumulated over --batch-size (the same table, less memory).",
+)
+@click.option(
+    "--recompute/--no-recompute",
+    default=True,
+    show_default=True,
+    help="Recompute each network call's activations in the backward pass: memory flat in the NFE, one more "
+    "forward call per step.",
+)
 @click.option("--no-resume", is_flag=True, help="Ignore a checkpoint left by an interrupted run.")
 @click.option(
     "--joint/--no-joint",
@@ -399,6 +412,8 @@ def distill_cmd(
     train_pairs,
     val_pairs,
     val_every,
+    micro_batch,
+    recompute,
     no_resume,
     joint,
     rtol,
@@ -437,6 +452,8 @@ def distill_cmd(
         lr=lr,
         warmup=warmup,
         val_every=val_every,
+        micro_batch=micro_batch,
+        recompute=recompute,
     )
 
     def pairs(field) -> tuple:

@@ -36,7 +36,7 @@ from .groundtruth import GTSet
 from .metrics import psnr_per_sample
 from .parallel import SINGLE, World, all_sum_grads
 from .solvers import baseline
-from .solvers.sampler import family_tables, ns_sample, sample_batches, solver_tensors
+from .solvers.sampler import family_tables, ns_sample, recomputed, sample_batches, solver_tensors
 from .solvers.table import NSSolver, SolverFamily
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,12 @@ class BNSParams(nn.Module):
         t, a, b = (v.detach().cpu().numpy() for v in self.tables())
         return NSSolver(t, a, b, self.t_end, name=name, meta=meta)
 
-    def sample(self, field, gt: GTSet, idx: Tensor) -> Tensor:
-        """The loop's samples of the GT pairs at `idx`, differentiable in the table (the BNS loss's forward)."""
+    def sample(self, field, gt: GTSet, idx: Tensor, recompute: bool = False) -> Tensor:
+        """The loop's samples of the GT pairs at `idx`, differentiable in the table (the BNS loss's forward);
+        recompute: each network call's activations recomputed in the backward pass (`recomputed`)."""
         t, a, b = self.tables(gt.noise.dtype, gt.noise.device)
-        return ns_sample(field, t, a, b, field.start(gt.noise[idx]), gt.condition_at(idx))
+        u = recomputed(field) if recompute else field
+        return ns_sample(u, t, a, b, field.start(gt.noise[idx]), gt.condition_at(idx))
 
     def score(self, field, val: GTSet, world: World = SINGLE) -> float:
         """Mean validation PSNR of the table."""
@@ -122,12 +124,12 @@ class FamilyParams(nn.Module):
         stacked = tuple(torch.stack(v) for v in zip(*tables))
         return family_tables(self.knots.to(guidance), stacked, guidance)
 
-    def sample(self, field, gt: GTSet, idx: Tensor) -> Tensor:
+    def sample(self, field, gt: GTSet, idx: Tensor, recompute: bool = False) -> Tensor:
         """The loop's samples of the pairs at `idx`, each at its pair's guidance (`gt.guidance`)."""
         w = gt.guidance[idx].to(gt.noise.dtype)
         t, a, b = self.tables_at(w)
         u = functools.partial(field, guidance=w)
-        return ns_sample(u, t, a, b, field.start(gt.noise[idx]), gt.condition_at(idx))
+        return ns_sample(recomputed(u) if recompute else u, t, a, b, field.start(gt.noise[idx]), gt.condition_at(idx))
 
     def score(self, field, val: list[tuple[float, GTSet]], world: World = SINGLE) -> float:
         """Mean validation PSNR over the guidance points, each set run at its own scale."""
@@ -202,6 +204,10 @@ class DistillConfig:
     time_param: str = "t"  # "t" or "logsnr": the variable whose range the learned time fractions split
     coef_scale: str = "step"  # "step": b learned relative to the init's step lengths; "none": b itself
     seed: int = 0
+    #: recompute each network call's activations in the backward pass: memory flat in the NFE (one more forward)
+    recompute: bool = True
+    #: pairs per forward/backward pass, the gradients accumulated over the batch (None: the whole batch at once)
+    micro_batch: int | None = None
 
     def __post_init__(self) -> None:
         integer(self.nfe, "nfe", 1, 64)
@@ -209,12 +215,19 @@ class DistillConfig:
         for key in ("iterations", "batch_size", "val_every", "patience"):
             integer(getattr(self, key), key, 1, 10_000_000)
         integer(self.max_decays, "max_decays", 0, 100)
+        if self.micro_batch is not None:
+            integer(self.micro_batch, "micro_batch", 1, 10_000_000)
         number(self.lr, "lr", 0, 10, lo_open=True)
         if self.precondition is not None:
             number(self.precondition, "precondition", 0, 100, lo_open=True)
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise BNSError(f"unknown {key}={getattr(self, key)!r}: use one of {', '.join(allowed)}")
+
+    def recipe(self) -> dict:
+        """The fields that decide the result (a run's identity, a solver file's record): not how it is computed
+        (recomputation and micro-batches give the same table)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("recompute", "micro_batch")}
 
     def base_solver(self) -> str:
         """The single base solver of a non-auto config."""
@@ -432,18 +445,22 @@ class Trainer:
 
     def step(self, state: TrainState) -> None:
         """One Adam step on the mean log-MSE of a seeded batch of GT pairs through the unrolled loop
-        (method.md, the BNS loss); under torchrun each rank takes its share of the batch."""
+        (method.md, the BNS loss); under torchrun each rank takes its share of the batch, and a share larger than
+        `micro_batch` is run in micro-batches whose gradients add up to the whole share's."""
         cfg, train, world = self.cfg, self.train, self.world
         for group in self.opt.param_groups:
             group["lr"] = state.learning_rate(cfg)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.iteration)
         batch = torch.randperm(len(train), generator=g)[: cfg.batch_size]
         idx = batch[world.rank :: world.size].to(train.noise.device)  # this rank's share of the one seeded batch
-        x = self.params.sample(self.field, train, idx)
-        mse = ((x - train.x1[idx]) ** 2).flatten(1).mean(1)
-        loss = torch.log(mse).sum() / len(batch)  # summed over ranks: the batch mean
         self.opt.zero_grad()
-        loss.backward()
+        loss = torch.zeros((), dtype=train.noise.dtype, device=train.noise.device)
+        for part in idx.split(cfg.micro_batch or max(1, len(idx))):
+            x = self.params.sample(self.field, train, part, cfg.recompute)
+            mse = ((x - train.x1[part]) ** 2).flatten(1).mean(1)
+            part_loss = torch.log(mse).sum() / len(batch)  # summed over micro-batches and ranks: the batch mean
+            part_loss.backward()
+            loss = loss + part_loss.detach()
         all_sum_grads(world, self.trained)
         self.opt.step()
         state.iteration += 1
@@ -540,7 +557,7 @@ def distill(
     trainer = Trainer.make(field, params, train, val, cfg, world)
     ckpt = _ckpt_path(Path(out)) if out is not None else None
     start = {"init": init.fingerprint()} if warm else {}  # a family's knot starts from its neighbour's table
-    run_id = _run_id(cfg=asdict(cfg), field=field.fingerprint(), train=train.key, val=val.key, **start)
+    run_id = _run_id(cfg=cfg.recipe(), field=field.fingerprint(), train=train.key, val=val.key, **start)
     state = TrainState(run_id=run_id, best_val=init_val)
     elapsed0 = fit(trainer, state, ckpt, resume, progress)
     solver = params.solver(
@@ -605,7 +622,7 @@ def distill_family(
     meta = {k: first[k] for k in ("model_fingerprint", "model_identity", "model") if k in first}
     meta.update(
         kind="bns-family",
-        config=asdict(cfg),
+        config=cfg.recipe(),
         tool_version=__version__,
         wall_time_s=round(sum(t.meta.get("wall_time_s", 0.0) for t in tables), 3),
     )
@@ -655,7 +672,7 @@ def distill_jointly(
     start_val = params.score(field, vals, world)
     val_keys = [val.key for _, val in vals]
     run_id = _run_id(
-        cfg=asdict(cfg), field=field.fingerprint(), train=train.key, val=val_keys, family=family.fingerprint()
+        cfg=cfg.recipe(), field=field.fingerprint(), train=train.key, val=val_keys, family=family.fingerprint()
     )
     state = TrainState(run_id=run_id, best_val=start_val, decays=1)  # half the step size: a refinement
     ckpt = None if out is None else _ckpt_path(Path(out))
@@ -702,7 +719,7 @@ def _finished_knot(path: Path | None, cfg: DistillConfig, field) -> NSSolver | N
         table = NSSolver.load(path)
     except BNSError:
         return None
-    same = table.meta.get("config") == asdict(cfg) and table.meta.get("model_identity") == field.network_identity()
+    same = table.meta.get("config") == cfg.recipe() and table.meta.get("model_identity") == field.network_identity()
     return table if same and table.meta.get("guidance") == float(field.guidance) else None
 
 
@@ -727,7 +744,7 @@ def provenance(field, init: NSSolver, init_val: float, state: TrainState, traine
         "train_pairs": len(train),
         "val_pairs": len(trainer.val),
         "gt_nfe_mean": train.nfe_mean,
-        "config": asdict(cfg),
+        "config": cfg.recipe(),
         "wall_time_s": wall_s,
         "world_size": trainer.world.size,
         "tool_version": __version__,

@@ -140,3 +140,39 @@ def test_learning_rate_warms_up_linearly(gmm_sets, monkeypatch):
     monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
     distill(f, train, val, DistillConfig(nfe=4, iterations=6, batch_size=32, lr=0.01, warmup=4))
     np.testing.assert_allclose(seen, [0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
+
+
+def _one_step(field, pairs, **cfg):
+    """The table after one Adam step from euler at NFE 4 (a fresh trainer)."""
+    from bns_export.distill import BNSParams, Trainer, TrainState
+    from bns_export.parallel import SINGLE
+
+    config = DistillConfig(nfe=4, base="euler", batch_size=len(pairs), warmup=0, **cfg)
+    params = BNSParams(baseline("euler", 4, field.schedule, field.t_lo, field.t_hi))
+    Trainer.make(field, params, pairs, pairs, config, SINGLE).step(TrainState(run_id="x"))
+    return [p.detach().clone() for p in params.parameters()]
+
+
+def test_micro_batches_and_recomputation_give_the_full_batch_step():
+    net = TinyNet()
+    field = GuidedField(NetworkField(net, VPLinear(), (1, 4, 4), prediction="eps", time_input="s"))
+    pairs = ground_truth(field, 12, 1)
+    whole = _one_step(field, pairs, recompute=False)
+    for cfg in ({"recompute": True}, {"micro_batch": 5}, {"micro_batch": 1, "recompute": True}):
+        other = _one_step(field, pairs, **cfg)
+        assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(whole, other)), cfg
+
+
+@pytest.mark.slow
+def test_distillation_memory_is_flat_in_the_nfe():
+    """Peak memory of one iteration, measured in fresh processes (tools/bench_distill.py --probe): with each call's
+    activations recomputed, NFE 16 holds what NFE 4 does; without, the measure sees every call's activations kept."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from bench_distill import run_probe
+
+    grown = {(n, r): run_probe("conv", n, 16, None, r, 64)["peak_growth_bytes"] for n in (4, 16) for r in (True, False)}
+    assert grown[16, True] <= 1.2 * grown[4, True], grown
+    assert grown[16, False] > 2.5 * grown[4, False] and grown[16, False] > 3 * grown[16, True], grown

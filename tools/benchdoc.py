@@ -56,6 +56,7 @@ PAGE = (
         "A graph compiled with `--sizes` runs one table at every size: how far that is from a table distilled there.",
     ),
     ("Model scale", ["scale"], "Export and validation of real-sized networks: time and peak memory against NFE."),
+    ("Distillation scale", ["distill-scale"], "What one distillation iteration holds and costs as the NFE grows."),
     (
         "Distillation recipe",
         [

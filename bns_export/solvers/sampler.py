@@ -36,6 +36,18 @@ def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor, conditio
     return x
 
 
+def recomputed(u: Velocity) -> Velocity:
+    """`u` whose activations are recomputed in the backward pass instead of kept (gradient checkpointing, Chen et
+    al. 2016): differentiating `ns_sample` then holds the n states and one network call's activations at a time,
+    so distillation's memory is flat in the NFE, for one more forward call per step."""
+    from torch.utils.checkpoint import checkpoint
+
+    def call(x: Tensor, t: Tensor, condition: Tensor | None = None) -> Tensor:
+        return checkpoint(u, x, t, condition, use_reentrant=False)
+
+    return call
+
+
 def family_tables(
     knots: Tensor, stacked: tuple[Tensor, Tensor, Tensor], guidance: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,0 +1,198 @@
+"""Distillation at the size of users' models: peak memory and time of one iteration against NFE, micro-batch
+and recomputation, against the floor (n forward + n backward network calls at the same batch).
+
+    python tools/bench_distill.py                              # conv and tiny UNet, NFE 4/8/16, CPU
+    python tools/bench_distill.py --models sd15 --nfe 4 8      # the SD-1.5-size UNet (3.4 GB fp32): minutes
+    python tools/bench_distill.py --probe conv --nfe 4         # one case in this process, JSON out (tests use it)
+
+Each case runs in a fresh process (`--probe`), which builds the model with random weights and random pairs (the
+memory and time of an iteration do not depend on the pairs' values), runs a forward pass without gradients,
+then a warm-up iteration and a measured one, and reports how much its peak resident memory grew over the two
+iterations (the model, the pairs and that forward pass excluded) and the measured iteration's wall time; the
+floor is n network calls forward and backward at the same batch, measured in the same process. Run it alone:
+two big jobs on one machine measure each other. Writes the `distill-scale` result of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def _peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def conv_field():
+    """A 3-layer conv net on 1x32x32 (37k parameters, 64-channel activations): activations far larger than the
+    sample, so what an iteration keeps alive shows."""
+    import torch
+    from torch import nn
+
+    from bns_export.fields import NetworkField
+    from bns_export.fields.schedules import FMOT
+
+    class Conv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = (
+                nn.Conv2d(2, 64, 3, padding=1),
+                nn.Conv2d(64, 64, 3, padding=1),
+                nn.Conv2d(64, 1, 3, padding=1),
+            )
+
+        def forward(self, x, t):
+            h = torch.cat([x, t.reshape(-1, 1, 1, 1).expand_as(x)], 1)
+            return self.c(torch.nn.functional.silu(self.b(torch.nn.functional.silu(self.a(h)))))
+
+    torch.manual_seed(0)
+    return NetworkField(Conv().eval(), FMOT(), (1, 32, 32), name="bench-conv"), None
+
+
+def unet_field(name: str, latent: int):
+    """A random-weight SD-style UNet of bench_scale's configurations through the diffusers adapter, with one
+    prompt embedding per pair."""
+    import diffusers
+    import torch
+    from bench_scale import MODELS
+
+    from bns_export.fields import NetworkField
+    from bns_export.fields.conditions import ConditionLayout, ConditionPart
+    from bns_export.fields.schedules import DDPMDiscrete
+    from bns_export.loaders.adapters import AdaptedNet, adapter_for
+
+    config, conds, _ = MODELS[name]
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, **config).eval()
+    unet.requires_grad_(False)
+    layout = ConditionLayout(tuple(ConditionPart(k, tuple(v)) for k, v in conds.items()))
+    net = AdaptedNet(unet, adapter_for("UNet2DConditionModel"), layout)
+    schedule = DDPMDiscrete(torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2)
+    field = NetworkField(net, schedule, (4, latent, latent), prediction="eps", time_input="index", name=name)
+    return field, layout
+
+
+def probe(model: str, nfe: int, batch: int, micro_batch: int | None, recompute: bool, latent: int) -> dict:
+    """One case in this process: the iteration's peak-memory growth and time, and the floor."""
+    import torch
+
+    from bns_export.distill import BNSParams, DistillConfig, Trainer, TrainState
+    from bns_export.groundtruth import GTSet
+    from bns_export.parallel import SINGLE
+    from bns_export.solvers import baseline
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    field, layout = conv_field() if model == "conv" else unet_field(model, latent)
+    g = torch.Generator().manual_seed(0)
+    shape = field.sample_shape
+    noise, x1 = torch.randn((batch, *shape), generator=g), torch.randn((batch, *shape), generator=g)
+    cond = None if layout is None else torch.randn((batch, layout.size), generator=g)
+    pairs = GTSet(noise, cond, x1, 0.0, "bench")
+    cfg = DistillConfig(nfe=nfe, base="euler", batch_size=batch, micro_batch=micro_batch, recompute=recompute)
+    params = BNSParams(baseline("euler", nfe, field.schedule, field.t_lo, field.t_hi))
+    trainer = Trainer.make(field, params, pairs, pairs, cfg, SINGLE)
+    state = TrainState(run_id="bench")
+    with torch.no_grad():  # the model's own forward working set, before any iteration
+        field(field.start(noise), torch.tensor(0.5), cond)
+    before = _peak_bytes()
+    trainer.step(state)  # warm-up (Adam's state), then the timed iteration; the peak covers both
+    started = time.perf_counter()
+    trainer.step(state)
+    seconds = time.perf_counter() - started
+    grown = _peak_bytes() - before
+    # the floor: n network calls forward and backward at the same batch (gradients to the input only)
+    x = field.start(noise).detach().requires_grad_(True)
+    t = torch.tensor(0.5)
+    started = time.perf_counter()
+    for _ in range(2):
+        field(x, t, cond).sum().backward()
+    call = (time.perf_counter() - started) / 2
+    return {
+        "model": model,
+        "nfe": nfe,
+        "batch": batch,
+        "micro_batch": micro_batch,
+        "recompute": recompute,
+        "peak_growth_bytes": grown,
+        "iteration_s": round(seconds, 4),
+        "floor_s": round(nfe * call, 4),
+        "vs_floor": round(seconds / (nfe * call), 3),
+        "parameters": sum(p.numel() for p in field.parameters()),
+    }
+
+
+def run_probe(model: str, nfe: int, batch: int, micro_batch: int | None, recompute: bool, latent: int) -> dict:
+    """`probe` in a fresh process (its peak memory its own)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", model, "--nfe", str(nfe), "--batch", str(batch)]
+    cmd += ["--latent", str(latent)] + (["--micro-batch", str(micro_batch)] if micro_batch else [])
+    cmd += [] if recompute else ["--no-recompute"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--probe", default=None, help="Run one case in this process and print it as JSON.")
+    ap.add_argument("--models", nargs="+", default=["conv", "tiny"])
+    ap.add_argument("--nfe", nargs="+", type=int, default=[4, 8, 16])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--micro-batch", type=int, default=None)
+    ap.add_argument("--no-recompute", action="store_true")
+    ap.add_argument("--latent", type=int, default=64, help="UNet latent side (64: SD-1.5 at 512x512).")
+    args = ap.parse_args()
+    if args.probe:
+        print(
+            json.dumps(probe(args.probe, args.nfe[0], args.batch, args.micro_batch, not args.no_recompute, args.latent))
+        )
+        return
+    from benchdoc import git_rev, machine, save_result
+
+    rows = []
+    for model in args.models:
+        batch = args.batch if model != "sd15" else 1
+        for recompute in (True, False):
+            for nfe in args.nfe:
+                row = run_probe(model, nfe, batch, args.micro_batch, recompute, args.latent)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        if batch > 1:
+            row = run_probe(model, args.nfe[-1], batch, max(1, batch // 4), True, args.latent)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    command = ("python tools/bench_distill.py " + " ".join(sys.argv[1:])).strip()
+    record = {"command": command, "commit": git_rev(), "machine": machine(), "rows": rows}
+    save_result("distill-scale", {"kind": "text", **record, "body": markdown(record)})
+
+
+def markdown(record: dict) -> str:
+    """The result as a section: the command, what the columns are, one row per case."""
+    head = (
+        f"## Distillation memory and time against NFE\n\n`{record['command']}` (commit {record['commit']}). "
+        f"Machine: {record['machine']}.\n\nOne distillation iteration (an Adam step on the BNS loss through the "
+        "unrolled loop) after a warm-up iteration, random weights and pairs, on the CPU. *growth*: how much the "
+        "process's peak resident memory grew over two iterations (the model, the pairs and a forward pass "
+        "without gradients excluded); *vs floor*: "
+        "the iteration's time over n network calls forward and backward at the same batch.\n\n"
+        "| model | parameters | NFE | batch | micro-batch | recompute | growth | iteration | vs floor |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {r['model']} | {r['parameters'] / 1e6:.2f}M | {r['nfe']} | {r['batch']} | {r['micro_batch'] or '-'} | "
+        f"{'on' if r['recompute'] else 'off'} | {r['peak_growth_bytes'] / 2**20:.0f} MiB | {r['iteration_s']:.2f} s | "
+        f"{r['vs_floor']:.2f}x |"
+        for r in record["rows"]
+    ]
+    return head + "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
