@@ -379,10 +379,9 @@ def eval_cmd(
 )
 @click.option(
     "--recompute/--no-recompute",
-    default=True,
-    show_default=True,
+    default=None,
     help="Recompute each network call's activations in the backward pass: memory flat in the NFE, one more "
-    "forward call per step.",
+    "forward call per step (default: for networks of 10M parameters or more).",
 )
 @click.option("--no-resume", is_flag=True, help="Ignore a checkpoint left by an interrupted run.")
 @click.option(

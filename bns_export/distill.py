@@ -204,8 +204,9 @@ class DistillConfig:
     time_param: str = "t"  # "t" or "logsnr": the variable whose range the learned time fractions split
     coef_scale: str = "step"  # "step": b learned relative to the init's step lengths; "none": b itself
     seed: int = 0
-    #: recompute each network call's activations in the backward pass: memory flat in the NFE (one more forward)
-    recompute: bool = True
+    #: recompute each network call's activations in the backward pass: memory flat in the NFE, for one more forward
+    #: call per step; None: for networks of RECOMPUTE_FROM parameters or more (small ones keep theirs: faster)
+    recompute: bool | None = None
     #: pairs per forward/backward pass, the gradients accumulated over the batch (None: the whole batch at once)
     micro_batch: int | None = None
 
@@ -234,6 +235,17 @@ class DistillConfig:
         if self.base in (None, "paper"):
             return "midpoint" if self.nfe % 2 == 0 else "euler"
         return self.base
+
+
+#: the network size from which distillation recomputes activations unless told (an SD-class UNet has 860M)
+RECOMPUTE_FROM = 10_000_000
+
+
+def recomputes(cfg: DistillConfig, field) -> bool:
+    """Whether an iteration recomputes each network call's activations: as configured, else for big networks."""
+    if cfg.recompute is not None:
+        return bool(cfg.recompute)
+    return sum(p.numel() for p in field.parameters()) >= RECOMPUTE_FROM
 
 
 #: candidates of `base="auto"`: one-step and two-stage solvers with strictly increasing times
@@ -455,8 +467,9 @@ class Trainer:
         idx = batch[world.rank :: world.size].to(train.noise.device)  # this rank's share of the one seeded batch
         self.opt.zero_grad()
         loss = torch.zeros((), dtype=train.noise.dtype, device=train.noise.device)
+        recompute = recomputes(cfg, self.field)
         for part in idx.split(cfg.micro_batch or max(1, len(idx))):
-            x = self.params.sample(self.field, train, part, cfg.recompute)
+            x = self.params.sample(self.field, train, part, recompute)
             mse = ((x - train.x1[part]) ** 2).flatten(1).mean(1)
             part_loss = torch.log(mse).sum() / len(batch)  # summed over micro-batches and ranks: the batch mean
             part_loss.backward()

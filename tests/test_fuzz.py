@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from readiness import wait_ready
 
 from bns_export.cli import main
 from bns_export.compile.build import compile_artifact
@@ -139,6 +140,9 @@ def _spawn(args, env_extra=None):
 
 
 def _kill_after(proc, sig, delay):
+    """`sig` to `proc` `delay` seconds after it can take one (its handlers installed: a loaded machine only moves
+    where in the run the signal lands, never whether it is handled)."""
+    wait_ready(proc)
     time.sleep(delay)
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -164,8 +168,8 @@ def test_killed_compile_leaves_nothing_that_looks_complete(tmp_path, sig, delay)
         read_manifest(out)
     partial = [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
     if sig != signal.SIGKILL:
-        # 128 + sig: cleaned up and exited; -sig: the signal came before Python got to the command (nothing written)
-        assert code in (0, 128 + sig, -sig) and partial == [], (code, partial, err[-2000:])
+        # 128 + sig: cleaned up and exited (its handlers were in place before the signal was sent)
+        assert code in (0, 128 + sig) and partial == [], (code, partial, err[-2000:])
     # the next compile (a later process) into the same folder removes what a killed one left behind
     nxt = _spawn(
         ["compile", "-m", "analytic:gmm", "-s", "euler", "--nfe", "2", "--max-batch", "2", "-o", str(tmp_path / "next")]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from readiness import CAN_TELL, wait_ready
 
 from bns_export.cli import main
 from bns_export.compile.build import compile_artifact
@@ -588,17 +589,6 @@ def test_triton_replace_keeps_a_model_folder_holding_other_files(gmm, tmp_path):
 # 16. every documented way to start the tool ends on a signal with 128 + signal, no traceback ---------------
 
 
-def _ready(pid: int) -> bool:
-    """The process has installed its own SIGTERM handler (the tool's first step): read from /proc, no delay."""
-    try:
-        caught = next(
-            line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigCgt")
-        )
-    except (OSError, StopIteration):
-        return False
-    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-
-
 STARTS = {
     "console script": [str(BIN)],
     "python -m bns_export": [sys.executable, "-m", "bns_export"],
@@ -606,7 +596,7 @@ STARTS = {
 }
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="readiness is read from /proc (Linux)")
+@pytest.mark.skipif(not CAN_TELL, reason="readiness is read from /proc (Linux)")
 @pytest.mark.parametrize("start", list(STARTS))
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signals_from_the_first_line_whatever_the_start(start, sig, tmp_path):
@@ -617,9 +607,7 @@ def test_signals_from_the_first_line_whatever_the_start(start, sig, tmp_path):
     p = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
-    deadline = time.monotonic() + 120
-    while not _ready(p.pid) and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_ready(p)
     p.send_signal(sig)  # still importing the CLI, on any machine: the handlers were installed first
     _, err = p.communicate(timeout=120)
     assert p.returncode in (0, 128 + sig), (p.returncode, err[-500:])
