@@ -653,6 +653,12 @@ def validate_cmd(
     from .devices import resolve_device
     from .reports import validation_text
 
+    if not no_gt:
+        click.echo(
+            "solving the dopri5 ground truth of the parity cases to score both samplers against it (hundreds of "
+            "network calls per pair; for a big model on a CPU that is hours: --no-ground-truth skips it)",
+            err=True,
+        )
     report = validate_artifact(
         artifact,
         min_psnr=min_psnr,

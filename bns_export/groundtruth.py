@@ -197,7 +197,8 @@ def ground_truth(
     The noise is drawn on the CPU (the same pairs on every device); the cache holds CPU tensors
     under a device-independent key; the returned set lives on the field's device.  Under torchrun
     the fixed batches are shared out over the ranks and summed back, so the result (and the cache)
-    does not depend on the number of processes; rank 0 writes the cache.
+    does not depend on the number of processes; rank 0 writes the cache.  Each finished batch of a run of
+    several is cached on its own (`<key>.batch-K`), so a killed solve resumes where it stopped.
     """
     n = integer(n, "number of pairs", 1, 10_000_000)
     seed = integer(seed, "seed", 0, 2**63 - 1)
@@ -217,16 +218,23 @@ def ground_truth(
     starts = list(range(0, n, batch_size))
     x1 = torch.zeros((n, *field.sample_shape), dtype=dtype, device=device)
     nfes = torch.zeros(len(starts), dtype=torch.float64, device=device)
+    parts = [cache / f"{key}.batch-{k}.safetensors" for k in range(len(starts))] if len(starts) > 1 else []
     with torch.no_grad(), full_fp32():
         for k in world.mine(range(len(starts))):
             lo = starts[k]
-            xb = field.start(noise[lo : lo + batch_size].to(device))
-            lb = None if condition is None else condition[lo : lo + batch_size].to(device)
-            res = dopri5(lambda x, t, lb=lb: field(x, t, lb), xb, field.t_lo, field.t_hi, rtol, atol)
-            x1[lo : lo + batch_size] = res.x
-            nfes[k] = res.nfe
+            count = min(batch_size, n - lo)
+            done = read_batch(parts[k], f"{key}/{k}", (count, *field.sample_shape), dtype) if parts else None
+            if done is None:
+                xb = field.start(noise[lo : lo + batch_size].to(device))
+                lb = None if condition is None else condition[lo : lo + batch_size].to(device)
+                res = dopri5(lambda x, t, lb=lb: field(x, t, lb), xb, field.t_lo, field.t_hi, rtol, atol)
+                done = {"x1": res.x.detach().cpu().contiguous(), "nfe": torch.tensor(float(res.nfe))}
+                if parts and torch.isfinite(done["x1"]).all():
+                    write_cached(cache, parts[k], f"{key}/{k}", done)
+            x1[lo : lo + batch_size] = done["x1"].to(device)
+            nfes[k] = float(done["nfe"])
             if progress:
-                progress(xb.shape[0])
+                progress(count)
     x1, nfes = world.all_sum(x1).cpu(), world.all_sum(nfes).cpu()
     if not torch.isfinite(x1).all():
         raise BNSError("ground truth is not finite: the model returns NaN/inf on its interval")
@@ -236,7 +244,31 @@ def ground_truth(
         tensors["labels"] = condition.contiguous()
     if world.is_main:
         write_cached(cache, path, key, tensors)
+    world.barrier()
+    for part in parts if world.is_main else []:  # the whole entry replaces its batches
+        part.unlink(missing_ok=True)
     return GTSet(*_on(device, noise, condition, x1), nfe_mean, key)
+
+
+def read_batch(path: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict | None:
+    """A finished batch of an interrupted solve, if its file proves itself (key, digest, shape, dtype, finite)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        d = load_file(str(path))
+        fits = meta.get("key") == key and meta.get("digest") == tensors_digest(d) and set(d) == {"x1", "nfe"}
+        fits = fits and tuple(d["x1"].shape) == shape and d["x1"].dtype == dtype and bool(torch.isfinite(d["x1"]).all())
+    except Exception:
+        fits = False
+    if not fits:
+        log.warning(f"ground-truth batch {path.name} is damaged; solving it again")
+        return None
+    return d
 
 
 def tensors_digest(tensors: dict[str, Tensor]) -> str:

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from bns_export.fields import GuidedField
@@ -56,3 +57,30 @@ def test_corrupt_cache_file_is_recomputed(tmp_path):
     (tmp_path / f"{a.key}.safetensors").write_bytes(b"garbage")
     b = ground_truth(f, 4, seed=0, cache_dir=tmp_path)
     assert torch.equal(a.x1, b.x1)
+
+
+def test_a_killed_solve_resumes_from_its_finished_batches(tmp_path, monkeypatch):
+    """Each finished batch is cached on its own: a solve interrupted in its third batch solves only what is left
+    next time, and gives the uninterrupted run's pairs."""
+    import bns_export.groundtruth as gt_mod
+    from bns_export.loaders import load_model
+
+    field = load_model("analytic:gmm")
+    whole = gt_mod.ground_truth(field, 12, 5, rtol=1e-4, atol=1e-4, cache_dir=tmp_path / "a", batch_size=4)
+    real, calls = gt_mod.dopri5, []
+
+    def counted(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(gt_mod, "dopri5", counted)
+    cache = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        gt_mod.ground_truth(field, 12, 5, rtol=1e-4, atol=1e-4, cache_dir=cache, batch_size=4)
+    assert len(list(cache.glob("*.batch-*.safetensors"))) == 2
+    calls.clear()
+    again = gt_mod.ground_truth(field, 12, 5, rtol=1e-4, atol=1e-4, cache_dir=cache, batch_size=4)
+    assert len(calls) == 1 and torch.equal(again.x1, whole.x1)
+    assert [p.name for p in cache.iterdir()] == [f"{again.key}.safetensors"]  # the batches gave way to the entry

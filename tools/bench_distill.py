@@ -2,7 +2,7 @@
 and recomputation, against the floor (n forward + n backward network calls at the same batch).
 
     python tools/bench_distill.py                              # conv and tiny UNet, NFE 4/8/16, CPU
-    python tools/bench_distill.py --models sd15 --nfe 4 8      # the SD-1.5-size UNet (3.4 GB fp32): minutes
+    python tools/bench_distill.py --models sd15 --nfe 4 8 --batch 1 --latent 64 --no-recompute-nfe   # SD-1.5 size
     python tools/bench_distill.py --probe conv --nfe 4         # one case in this process, JSON out (tests use it)
 
 Each case runs in a fresh process (`--probe`), which builds the model with random weights and random pairs (the
@@ -78,7 +78,11 @@ def unet_field(name: str, latent: int):
     layout = ConditionLayout(tuple(ConditionPart(k, tuple(v)) for k, v in conds.items()))
     net = AdaptedNet(unet, adapter_for("UNet2DConditionModel"), layout)
     schedule = DDPMDiscrete(torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2)
-    field = NetworkField(net, schedule, (4, latent, latent), prediction="eps", time_input="index", name=name)
+    prompts = torch.randn((2, *layout.shape), generator=torch.Generator().manual_seed(1))
+    field = NetworkField(
+        net, schedule, (4, latent, latent), prediction="eps", time_input="index", name=name, cond_set=prompts,
+        condition_layout=layout,
+    )  # fmt: skip
     return field, layout
 
 
@@ -96,7 +100,7 @@ def probe(model: str, nfe: int, batch: int, micro_batch: int | None, recompute: 
     g = torch.Generator().manual_seed(0)
     shape = field.sample_shape
     noise, x1 = torch.randn((batch, *shape), generator=g), torch.randn((batch, *shape), generator=g)
-    cond = None if layout is None else torch.randn((batch, layout.size), generator=g)
+    cond = None if layout is None else torch.randn((batch, *layout.shape), generator=g)
     pairs = GTSet(noise, cond, x1, 0.0, "bench")
     cfg = DistillConfig(nfe=nfe, base="euler", batch_size=batch, micro_batch=micro_batch, recompute=recompute)
     params = BNSParams(baseline("euler", nfe, field.schedule, field.t_lo, field.t_hi))
@@ -124,6 +128,7 @@ def probe(model: str, nfe: int, batch: int, micro_batch: int | None, recompute: 
         "micro_batch": micro_batch,
         "recompute": recompute,
         "peak_growth_bytes": grown,
+        "peak_bytes": _peak_bytes(),
         "iteration_s": round(seconds, 4),
         "floor_s": round(nfe * call, 4),
         "vs_floor": round(seconds / (nfe * call), 3),
@@ -148,50 +153,72 @@ def main() -> None:
     ap.add_argument("--probe", default=None, help="Run one case in this process and print it as JSON.")
     ap.add_argument("--models", nargs="+", default=["conv", "tiny"])
     ap.add_argument("--nfe", nargs="+", type=int, default=[4, 8, 16])
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument(
+        "--no-recompute-nfe", nargs="*", type=int, default=None, help="NFEs also run without recomputation (all)"
+    )
+    ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--micro-batch", type=int, default=None)
     ap.add_argument("--no-recompute", action="store_true")
-    ap.add_argument("--latent", type=int, default=64, help="UNet latent side (64: SD-1.5 at 512x512).")
+    ap.add_argument("--latent", type=int, default=32, help="UNet latent side (64: SD-1.5 at 512x512).")
     args = ap.parse_args()
     if args.probe:
-        print(
-            json.dumps(probe(args.probe, args.nfe[0], args.batch, args.micro_batch, not args.no_recompute, args.latent))
-        )
+        case = (args.probe, args.nfe[0], args.batch, args.micro_batch, not args.no_recompute, args.latent)
+        print(json.dumps(probe(*case)))
         return
-    from benchdoc import git_rev, machine, save_result
+    from benchdoc import RESULTS, git_rev, machine, save_result
 
-    rows = []
+    cases = []
+    off = args.nfe if args.no_recompute_nfe is None else args.no_recompute_nfe
     for model in args.models:
-        batch = args.batch if model != "sd15" else 1
-        for recompute in (True, False):
-            for nfe in args.nfe:
-                row = run_probe(model, nfe, batch, args.micro_batch, recompute, args.latent)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-        if batch > 1:
-            row = run_probe(model, args.nfe[-1], batch, max(1, batch // 4), True, args.latent)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+        cases += [(model, nfe, args.batch, None, True) for nfe in args.nfe]
+        cases += [(model, nfe, args.batch, None, False) for nfe in off]
+        if args.batch > 1:  # the largest NFE in micro-batches of a quarter of the batch
+            cases.append((model, args.nfe[-1], args.batch, max(1, args.batch // 4), True))
+    rows = []
+    for case in cases:
+        row = {**run_probe(*case, args.latent), "latent": args.latent if case[0] != "conv" else None}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     command = ("python tools/bench_distill.py " + " ".join(sys.argv[1:])).strip()
-    record = {"command": command, "commit": git_rev(), "machine": machine(), "rows": rows}
+    old = RESULTS / "distill-scale.json"
+    earlier = json.loads(old.read_text()) if old.is_file() else {"rows": [], "commands": []}
+    keys = {_key(r) for r in rows}
+    rows = [r for r in earlier["rows"] if _key(r) not in keys] + rows  # cases not measured again keep their rows
+    commands = [c for c in earlier.get("commands", []) if c["command"] != command] + [
+        {"command": command, "commit": git_rev()}
+    ]
+    record = {"commands": commands, "machine": machine(), "rows": rows}
     save_result("distill-scale", {"kind": "text", **record, "body": markdown(record)})
+
+
+def _gib(row: dict) -> str:
+    return f"{row['peak_bytes'] / 2**30:.2f} GiB" if row.get("peak_bytes") else "-"
+
+
+def _key(row: dict) -> tuple:
+    return (row["model"], row.get("latent"), row["nfe"], row["batch"], row["micro_batch"], row["recompute"])
 
 
 def markdown(record: dict) -> str:
     """The result as a section: the command, what the columns are, one row per case."""
+    runs = "; ".join(f"`{c['command']}` (commit {c['commit']})" for c in record["commands"])
     head = (
-        f"## Distillation memory and time against NFE\n\n`{record['command']}` (commit {record['commit']}). "
-        f"Machine: {record['machine']}.\n\nOne distillation iteration (an Adam step on the BNS loss through the "
+        f"## Distillation memory and time against NFE\n\nCommands: {runs}. Machine: {record['machine']}.\n\n"
+        "One distillation iteration (an Adam step on the BNS loss through the "
         "unrolled loop) after a warm-up iteration, random weights and pairs, on the CPU. *growth*: how much the "
         "process's peak resident memory grew over two iterations (the model, the pairs and a forward pass "
         "without gradients excluded); *vs floor*: "
-        "the iteration's time over n network calls forward and backward at the same batch.\n\n"
-        "| model | parameters | NFE | batch | micro-batch | recompute | growth | iteration | vs floor |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "the iteration's time over n network calls forward and backward at the same batch; *peak*: the "
+        "process's whole peak resident memory (weights included).\n\n"
+        "| model | parameters | latent | NFE | batch | micro-batch | recompute | growth | peak | iteration "
+        "| vs floor |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
-        f"| {r['model']} | {r['parameters'] / 1e6:.2f}M | {r['nfe']} | {r['batch']} | {r['micro_batch'] or '-'} | "
-        f"{'on' if r['recompute'] else 'off'} | {r['peak_growth_bytes'] / 2**20:.0f} MiB | {r['iteration_s']:.2f} s | "
+        f"| {r['model']} | {r['parameters'] / 1e6:.2f}M | {r.get('latent') or '-'} | {r['nfe']} | {r['batch']} | "
+        f"{r['micro_batch'] or '-'} | "
+        f"{'on' if r['recompute'] else 'off'} | {r['peak_growth_bytes'] / 2**20:.0f} MiB | {_gib(r)} | "
+        f"{r['iteration_s']:.2f} s | "
         f"{r['vs_floor']:.2f}x |"
         for r in record["rows"]
     ]
