@@ -226,9 +226,10 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
     def set_timesteps(
         self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None, mu=None, **_
     ):
-        """The solver's n times in the network's units.  Pipelines that pass sigmas (Flux, SD3) or timesteps are
-        accepted when they are the table's own (to SIGMA_TOLERANCE); anything else is one line.  A family takes
-        its table at the call's guidance first."""
+        """The solver's n times in the network's units.  Pipelines that pass sigmas or timesteps are accepted when
+        they are the table's own (to SIGMA_TOLERANCE), or a flow pipeline's default linspace(1, 1/n, n) (what
+        FluxPipeline, LTXPipeline and Lumina2Pipeline pass when the user chose none: the table's grid then);
+        anything else is one line.  A family takes its table at the call's guidance first."""
         if self.family is not None:
             self._choose_table()
         n = self.solver.nfe
@@ -237,6 +238,8 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
             ours = self.timesteps.double().cpu()
             if given.shape != ours.shape or not torch.allclose(given, ours, rtol=SIGMA_TOLERANCE, atol=1e-3):
                 raise BNSError("BNSScheduler takes no timesteps but its own: these do not match its table")
+        if sigmas is not None and _default_flow_sigmas(sigmas):
+            sigmas = None
         if sigmas is not None:
             given = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
             ours = self.sigmas.double()[: given.numel()]
@@ -302,6 +305,12 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.solver.nfe
+
+
+def _default_flow_sigmas(sigmas) -> bool:
+    """The sigmas a flow pipeline passes when its user gave none: linspace(1, 1/n, n)."""
+    given = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+    return given.size > 0 and np.allclose(given, np.linspace(1.0, 1.0 / given.size, given.size), rtol=0, atol=1e-6)
 
 
 def pipeline_field(pipe, solver: Table) -> NetworkField:

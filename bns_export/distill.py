@@ -632,7 +632,7 @@ def distill_family(
             )
         tables.append(table)
     first = tables[0].meta
-    meta = {k: first[k] for k in ("model_fingerprint", "model_identity", "model") if k in first}
+    meta = {k: first[k] for k in ("model_fingerprint", "model_identity", "model_signature", "model") if k in first}
     meta.update(
         kind="bns-family",
         config=cfg.recipe(),
@@ -748,6 +748,7 @@ def provenance(field, init: NSSolver, init_val: float, state: TrainState, traine
         "precondition_sigma0": cfg.precondition,
         "model_fingerprint": field.fingerprint(),
         "model_identity": field.network_identity(),
+        "model_signature": field.network_signature(),
         "model": field.describe(),
         "guidance": float(field.guidance),
         "train_psnr": mean_psnr(field, tables, train, trainer.world),

@@ -95,7 +95,7 @@ def test_stable_diffusion_3(tmp_path, noise):
     _close(out, sample(field, solver, noise, field.cond_set[:2]))
 
 
-def test_flux_with_the_tables_sigmas(tmp_path, noise):
+def test_flux_without_extra_arguments(tmp_path, noise):
     field, solver, conds, sched = _setup("flux", tmp_path, shape=(4, 8, 8), guidance=3.5)
     pipe = diffusers.FluxPipeline(
         transformer=field.field.net.model, scheduler=sched, vae=_vae(), text_encoder=None, tokenizer=None,
@@ -105,10 +105,13 @@ def test_flux_with_the_tables_sigmas(tmp_path, noise):
         prompt_embeds=conds["encoder_hidden_states"][:2], pooled_prompt_embeds=conds["pooled_projections"][:2],
         num_inference_steps=4, guidance_scale=3.5, output_type="latent", height=8, width=8,
     )  # fmt: skip
-    with pytest.raises(BNSError, match="no sigmas but its own"):  # FluxPipeline's default linspace sigmas
-        pipe(**args, latents=pack_2x2(noise))
-    out = pipe(**args, latents=pack_2x2(noise), sigmas=sched.sigmas[:-1].tolist()).images
-    _close(unpack_2x2(out, 8, 8), sample(field, solver, noise, field.cond_set[:2]))
+    ours = sample(field, solver, noise, field.cond_set[:2])
+    out = pipe(**args, latents=pack_2x2(noise)).images  # FluxPipeline's default sigmas: the table's grid
+    _close(unpack_2x2(out, 8, 8), ours)
+    out = pipe(**args, latents=pack_2x2(noise), sigmas=sched.sigmas[:-1].tolist()).images  # the table's own
+    _close(unpack_2x2(out, 8, 8), ours)
+    with pytest.raises(BNSError, match="no sigmas but its own"):  # a grid of the user's: not this table's
+        pipe(**args, latents=pack_2x2(noise), sigmas=[1.0, 0.7, 0.4, 0.1])
 
 
 def test_pixart_sigma(tmp_path, noise):
@@ -242,3 +245,44 @@ def test_a_folder_saved_with_the_bns_scheduler_keeps_its_schedule(tmp_path):
     back = load_model(f"diffusers:{folder}", ModelOptions(cond_set=str(tmp_path / "sd" / "conditions.safetensors")))
     assert torch.allclose(back.schedule.betas, field.schedule.betas) and back.prediction == field.prediction
     assert back.fingerprint() != "" and back.network_identity() == field.network_identity()
+
+
+@pytest.mark.parametrize("dtype,bound", [(torch.float16, 5e-3), (torch.bfloat16, 5e-2)])
+def test_half_precision_pipelines_take_the_documented_call(tmp_path, noise, dtype, bound):
+    """`BNSScheduler.from_solver("x.json", pipe)` on a pipeline loaded in fp16 or bf16: the solver's network in
+    another precision is the same network (its weight signature); the latents stay within a bound per precision
+    of the fp32 pipeline's; another network in that precision is still refused."""
+    import copy
+
+    field, solver, conds, _ = _setup("sd", tmp_path)
+    solver.meta.update(  # what a distilled file records about its network
+        model=field.describe(), model_identity=field.network_identity(), model_signature=field.network_signature()
+    )
+    solver.save(tmp_path / "x.json")
+    folder = tmp_path / "sd" / "model"
+
+    def pipeline(d: torch.dtype, unet=None):
+        unet = copy.deepcopy(field.field.net.model) if unet is None else unet
+        return diffusers.StableDiffusionPipeline(
+            vae=_vae(), text_encoder=None, tokenizer=None, unet=unet.to(d),
+            scheduler=diffusers.DDPMScheduler.from_pretrained(folder / "scheduler"), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        )  # fmt: skip
+
+    def run(d: torch.dtype) -> torch.Tensor:
+        pipe = pipeline(d)
+        pipe.scheduler = BNSScheduler.from_solver(str(tmp_path / "x.json"), pipe)  # the documented call
+        pe, ne = _embeds(conds)
+        return pipe(
+            prompt_embeds=pe.to(d), negative_prompt_embeds=ne.to(d), num_inference_steps=4, guidance_scale=3.0,
+            latents=noise.clone().to(d), output_type="latent",
+        ).images.float()  # fmt: skip
+
+    ref, out = run(torch.float32), run(dtype)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < bound
+    other = copy.deepcopy(field.field.net.model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    with pytest.raises(BNSError, match="model mismatch"):
+        BNSScheduler.from_solver(str(tmp_path / "x.json"), pipeline(dtype, other))

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .conditions import LEGACY_NAME, ConditionLayout, ConditionPart
-from .field import NULL_LABEL, VelocityField, state_digest
+from .field import NULL_LABEL, VelocityField
 from .schedules import EDM, DDPMDiscrete, Schedule
 
 PREDICTIONS = ("velocity", "flow", "eps", "x0", "v")
@@ -121,9 +121,9 @@ class NetworkField(VelocityField):
                 out = self.net(*args, **kwargs)
         return to_velocity(self.schedule, self.prediction, x, t, out.to(x.dtype))
 
-    def network_digest(self) -> str:
-        """The network's weights only: the condition set and the null condition are data, not the model."""
-        return state_digest(self.net)
+    def network_weights(self) -> nn.Module:
+        """The network only: the condition set and the null condition are data, not the model."""
+        return self.net
 
     def null_condition(self, cond: Tensor) -> Tensor:
         """The null condition (zeros or the given empty-prompt embedding) for tensor fields, else NULL_LABEL."""

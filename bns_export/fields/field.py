@@ -25,6 +25,48 @@ def state_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+#: how many weight tensors (evenly spread over the sorted names) a signature samples, besides all of them together
+SIGNATURE_TENSORS = 8
+#: rounding to bf16 (8 significant bits, the coarsest half precision) moves each weight by at most 2^-9 of itself:
+#: the mean and RMS of N weights then move by about 2^-9 / sqrt(N) of their RMS; a signature allows 8x that
+ROUNDING = 2.0**-9
+
+
+def weight_signature(module: nn.Module) -> dict:
+    """The weights' identity up to their precision and device: a digest of their layout (names and shapes, no
+    dtypes), and the mean and RMS (float64) of every weight together and of SIGNATURE_TENSORS of them, with their
+    counts.  The same network in fp16 or bf16 has the same signature within rounding (`same_weights`)."""
+    items = sorted(module.state_dict().items())
+    layout = hashlib.sha256(json.dumps([[n, list(t.shape)] for n, t in items]).encode()).hexdigest()[:16]
+    floats = [t.detach() for _, t in items if t.is_floating_point() and t.numel()]
+    picks = [floats[int(i)] for i in torch.linspace(0, len(floats) - 1, min(SIGNATURE_TENSORS, len(floats)))]
+    groups = ([floats] if floats else []) + [[t] for t in picks]
+    stats, counts = [], []
+    for group in groups:
+        count = sum(t.numel() for t in group)
+        total = sum(float(t.double().sum()) for t in group)
+        squares = sum(float(t.double().square().sum()) for t in group)
+        stats += [float(f"{total / count:.9g}"), float(f"{(squares / count) ** 0.5:.9g}")]
+        counts.append(count)
+    return {"layout": layout, "stats": stats, "counts": counts}
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    """Two weight signatures of the same network in any precision: the same layout and counts, and every mean
+    and RMS within 8 x ROUNDING / sqrt(count) of the RMS it goes with (bf16's own rounding stays within 0.3 of
+    that on the test UNet; weights moved by less than that rounding are indistinguishable from it)."""
+    if not isinstance(a, dict) or not isinstance(b, dict) or a.get("layout") != b.get("layout"):
+        return False
+    sa, sb, counts = a.get("stats") or [], b.get("stats") or [], a.get("counts") or []
+    if len(sa) != len(sb) or len(sa) != 2 * len(counts) or counts != b.get("counts"):
+        return False
+    for i, count in enumerate(counts):
+        tol = 8 * ROUNDING / max(1, count) ** 0.5 * max(abs(sa[2 * i + 1]), abs(sb[2 * i + 1]), 1e-30)
+        if abs(sa[2 * i] - sb[2 * i]) > tol or abs(sa[2 * i + 1] - sb[2 * i + 1]) > tol:
+            return False
+    return True
+
+
 class VelocityField(nn.Module):
     """A velocity field u(x, t, labels) on [t_lo, t_hi], t = 0 noise, t = 1 data (method.md 1).
 
@@ -148,7 +190,20 @@ class VelocityField(nn.Module):
 
     def network_digest(self) -> str:
         """sha256 of the weights that define the field (a network field: its network's, not its condition set)."""
-        return self.weight_digest()
+        return state_digest(self.network_weights())
+
+    def network_weights(self) -> nn.Module:
+        """The module whose weights define the field (a network field: its network, not its condition set)."""
+        return self
+
+    def network_signature(self) -> dict:
+        """What the field computes up to its network's precision: the description's digest without provenance
+        (as network_identity) and the network's weight signature (`weight_signature`)."""
+        desc = {k: v for k, v in self.describe().items() if k not in self.PROVENANCE_KEYS}
+        return {
+            "description": hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16],
+            **weight_signature(self.network_weights()),
+        }
 
 
 class GuidedField(nn.Module):

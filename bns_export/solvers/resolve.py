@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BNSError
+from ..fields.field import same_weights
 from .classic import BASELINES
 from .general import scale_time
 from .grids import GRIDS, make_grid
@@ -164,6 +165,17 @@ def resolve_table(spec: SolverLike, field, nfe: int | None = None) -> Table:
     return parsed.table
 
 
+def same_network(solver: Table, field) -> bool:
+    """The solver's network in another precision or on another device (an fp16 or bf16 pipeline of the fp32
+    network it was distilled for): the same description and weight signature (fields.field.same_weights)."""
+    recorded, ours = solver.meta.get("model_signature"), field.network_signature()
+    return (
+        isinstance(recorded, dict)
+        and recorded.get("description") == ours["description"]
+        and same_weights(recorded, ours)
+    )
+
+
 def check_solver_fits(
     solver: Table, field, nfe: int | None = None, source: str = "solver", check_guidance: bool = True
 ) -> None:
@@ -173,7 +185,7 @@ def check_solver_fits(
         raise BNSError(f"{source}: NFE mismatch: the solver has {solver.nfe} NFE, {nfe} requested")
     identity = solver.meta.get("model_identity")  # the network and its schedule (newer files)
     fp = solver.meta.get("model_fingerprint")  # description + every weight, condition set included
-    if identity is not None and identity != field.network_identity():
+    if identity is not None and identity != field.network_identity() and not same_network(solver, field):
         raise BNSError(
             f"{source}: model mismatch: solver was distilled for network {identity}, "
             f"this one is {field.network_identity()}"

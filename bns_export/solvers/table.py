@@ -342,11 +342,29 @@ def _text(v, what: str) -> str:
     return v
 
 
+def _signature(v, what: str) -> dict:
+    """A weight signature (fields.field.network_signature): two digests and at most 64 finite numbers."""
+    stats = v.get("stats") if isinstance(v, dict) else None
+    if not (
+        isinstance(v, dict)
+        and all(isinstance(v.get(k), str) and len(v[k]) <= 64 for k in ("description", "layout"))
+        and isinstance(stats, list)
+        and len(stats) <= 64
+    ):
+        raise BNSError(f"{what} must be a weight signature {{description, layout, stats}}, got {str(v)[:80]!r}")
+    for x in stats:
+        number(x, f"{what} statistic")
+    for c in v.get("counts") or []:
+        integer(c, f"{what} count", 1)
+    return v
+
+
 #: types of the provenance fields this tool reads back (other fields are kept as they are)
 META_CHECKS = {
     "guidance": lambda v, k: guidance_scale(v, k),
     "model_fingerprint": _text,
     "model_identity": _text,
+    "model_signature": lambda v, k: _signature(v, k),
     "kind": _text,
     "base_solver": _text,
     "world_size": lambda v, k: integer(v, k, 1),
