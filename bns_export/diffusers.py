@@ -238,7 +238,7 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
             ours = self.timesteps.double().cpu()
             if given.shape != ours.shape or not torch.allclose(given, ours, rtol=SIGMA_TOLERANCE, atol=1e-3):
                 raise BNSError("BNSScheduler takes no timesteps but its own: these do not match its table")
-        if sigmas is not None and _default_flow_sigmas(sigmas):
+        if sigmas is not None and isinstance(self.schedule, FMOT) and _default_flow_sigmas(sigmas):
             sigmas = None
         if sigmas is not None:
             given = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
