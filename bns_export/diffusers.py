@@ -12,6 +12,8 @@ diffusers' schedulers do.  Needs the `diffusers` package.
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import warnings
 import weakref
@@ -72,6 +74,7 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
         shift: float = 1.0,
         guidance: float | None = None,
+        original: dict | None = None,
     ) -> None:
         if solver is None or schedule is None:
             raise BNSError("BNSScheduler needs a solver table and the model's schedule (use BNSScheduler.from_solver)")
@@ -85,6 +88,10 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         self._guidance: float | None = None
         self._time_input = time_input
         self._use(table if self.family is None else table.at(table.guidance_range[0]))
+        # the folder's own scheduler settings beside ours, so another scheduler built from this config is the one
+        # the folder had (DDIM's clip_sample and set_alpha_to_one, PNDM's skip_prk_steps, ...)
+        own = set(inspect.signature(type(self).__init__).parameters)
+        self.register_to_config(**{k: v for k, v in (original or {}).items() if k not in own and not k.startswith("_")})
         self._begin_index: int | None = None
         self._pipe = None  # the pipeline it was made for (a weak reference), whose guidance_scale it checks
         self._warned = False
@@ -123,11 +130,12 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
 
         table = solver if isinstance(solver, (NSSolver, SolverFamily)) else load_solver(solver)
         source = "solver" if isinstance(solver, (NSSolver, SolverFamily)) else str(solver)
-        pipe, given_field = None, isinstance(model, (NetworkField, GuidedField))
+        pipe, given_field, original = None, isinstance(model, (NetworkField, GuidedField)), None
         if isinstance(model, (str, os.PathLike)):
-            model = folder_field(model, table)
+            original, model = folder_field(model, table)
         elif not given_field:
             pipe, model = model, pipeline_field(model, table)
+            original = dict(pipe.scheduler.config)
         check_solver_fits(table, model, source=source, check_guidance=given_field)  # else: the pipeline call's
         net_field = model.field if isinstance(model, GuidedField) else model
         if not isinstance(net_field, NetworkField):
@@ -153,6 +161,7 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
             time_input=net_field.time_input,
             t_lo=float(table.t[0]),
             guidance=None if guidance is None else float(guidance),
+            original=_settings(original),
             **keys,
         )
         scheduler._pipe = None if pipe is None else weakref.ref(pipe)
@@ -322,8 +331,19 @@ def pipeline_field(pipe, solver: Table) -> NetworkField:
     return network_field(net, dict(pipe.scheduler.config), solver)
 
 
-def folder_field(path: str | os.PathLike, solver: Table) -> NetworkField:
-    """The velocity field of a save_pretrained folder's network and scheduler (no condition set needed)."""
+def _settings(config: dict | None) -> dict | None:
+    """A scheduler config's settings (JSON values, diffusers' bookkeeping keys left out); a BNSScheduler's own
+    config gives the settings it carries."""
+    if not config:
+        return None
+    if config.get("_class_name") == BNSScheduler.__name__ or "solver" in config:
+        return config.get("original")
+    return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, default=list))
+
+
+def folder_field(path: str | os.PathLike, solver: Table) -> tuple[dict, NetworkField]:
+    """The scheduler config and velocity field of a save_pretrained folder's network and scheduler (no
+    condition set needed)."""
     from pathlib import Path
 
     from .loaders.diffusers import model_class, model_folder, pretrained, scheduler_config
@@ -332,7 +352,7 @@ def folder_field(path: str | os.PathLike, solver: Table) -> NetworkField:
     sub, model_cfg = model_folder(root)
     net = pretrained(model_class(model_cfg, sub), sub)
     config = scheduler_config(root)
-    return network_field(net, config, solver)
+    return config, network_field(net, config, solver)
 
 
 def network_field(net: torch.nn.Module, scheduler_config: dict, solver: Table) -> NetworkField:

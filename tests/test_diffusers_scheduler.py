@@ -118,3 +118,40 @@ def test_sigmas_begin_index_and_add_noise(field):
     ab = field.schedule.alpha(torch.tensor(float(solver.t[1]), dtype=torch.float64)).item()
     s = field.schedule.sigma(torch.tensor(float(solver.t[1]), dtype=torch.float64)).item()
     assert torch.allclose(noisy, ab * x0 + s * eps, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "folder_scheduler,settings",
+    [
+        ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}),
+        ("PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1}),
+    ],
+)
+def test_other_schedulers_from_the_bns_config_are_the_folders(unet, tmp_path, folder_scheduler, settings):
+    """`X.from_config(bns.config)` gives what `X.from_pretrained(folder)` gives, for the folder's own class too:
+    the BNS config carries the folder's scheduler settings beside its own keys."""
+    folder = tmp_path / "p"
+    unet.save_pretrained(folder / "unet")
+    getattr(diffusers, folder_scheduler)(beta_schedule="scaled_linear", **settings).save_pretrained(
+        folder / "scheduler"
+    )
+    field = NetworkField(Eps(unet), DDPMDiscrete.linear(1000), (1, 8, 8), prediction="eps", time_input="index")
+    solver = baseline("euler", 4, field.schedule, field.t_lo, field.t_hi)
+    solver.meta["model"] = {"sample_shape": [1, 8, 8]}
+    bns = BNSScheduler.from_solver(solver, str(folder))
+    g = torch.Generator().manual_seed(0)
+    x, out = torch.randn(2, 1, 8, 8, generator=g), torch.randn(2, 1, 8, 8, generator=g)
+    names = ["DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler"]
+    for name in names:
+        ours, theirs = (getattr(diffusers, name).from_config(c) for c in (bns.config, _folder_config(folder)))
+        assert torch.allclose(ours.alphas_cumprod.double(), theirs.alphas_cumprod.double(), atol=1e-6), name
+        ours.set_timesteps(10)
+        theirs.set_timesteps(10)
+        assert torch.equal(ours.timesteps, theirs.timesteps), name
+        for t in ours.timesteps[:3]:
+            a, b = ours.step(out, t, x).prev_sample, theirs.step(out, t, x).prev_sample
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), (name, float((a - b).abs().max()))
+
+
+def _folder_config(folder):
+    return diffusers.DDIMScheduler.load_config(folder / "scheduler")
