@@ -30,7 +30,13 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 
 def _peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory: VmHWM, its own address space's high-water mark (ru_maxrss would
+    start at the RSS of the process that forked it, since Linux keeps the larger across fork and exec)."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def conv_field():
