@@ -655,8 +655,8 @@ def validate_cmd(
 
     if not no_gt:
         click.echo(
-            "solving the dopri5 ground truth of the parity cases to score both samplers against it (hundreds of "
-            "network calls per pair; for a big model on a CPU that is hours: --no-ground-truth skips it)",
+            "scoring both samplers against the dopri5 ground truth of the parity cases (solved unless cached: hundreds "
+            "of network calls per pair, hours for a big model on a CPU; --no-ground-truth skips it)",
             err=True,
         )
     report = validate_artifact(

@@ -32,7 +32,7 @@ from .checks import integer, number
 from .errors import BNSError
 from .fields.pipelines import FlowGrid
 from .fileio import atomic_file
-from .groundtruth import GTSet
+from .groundtruth import GTSet, tensors_digest
 from .metrics import psnr_per_sample
 from .parallel import SINGLE, World, all_sum_grads
 from .solvers import baseline
@@ -311,17 +311,7 @@ def _save_ckpt(path: Path, params: nn.Module, best: dict[str, Tensor], opt: torc
             tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"]).reshape(1).double()
     tensors = {k: v.cpu().contiguous() for k, v in tensors.items()}  # the file holds CPU tensors
     with atomic_file(path) as tmp:
-        save_file(tensors, tmp, metadata={"state": json.dumps(state), "digest": _tensors_digest(tensors)})
-
-
-def _tensors_digest(tensors: dict[str, Tensor]) -> str:
-    """sha256 of a checkpoint's tensors (names, dtypes, shapes, bytes): a damaged file is told from a good one."""
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        v = tensors[k].detach().cpu().contiguous()
-        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}:".encode())
-        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
+        save_file(tensors, tmp, metadata={"state": json.dumps(state), "digest": tensors_digest(tensors)})
 
 
 def _is_ckpt_file(path: Path) -> bool:
@@ -353,7 +343,7 @@ def _load_ckpt(path: Path, params: nn.Module, opt: torch.optim.Adam, run_id: str
             if state.get("run_id") != run_id:
                 return None
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if "digest" in meta and meta["digest"] != _tensors_digest(tensors):
+        if "digest" in meta and meta["digest"] != tensors_digest(tensors):
             raise ValueError("its tensors do not match their digest: the file is damaged")
         loaded = _checked_ckpt({k: v.to(device) for k, v in tensors.items()}, state, params)
     except Exception as e:  # anything wrong with the file: set it aside, never fail every rerun on it
@@ -441,6 +431,8 @@ class Trainer:
     val: GTSet | list[tuple[float, GTSet]]  # what params.score takes
     cfg: DistillConfig
     world: World
+    #: each network call's activations recomputed in the backward pass (`recomputes`, decided once)
+    recompute: bool = False
 
     @classmethod
     def make(
@@ -453,7 +445,8 @@ class Trainer:
                     table.a.requires_grad_(False)
                     table.b.requires_grad_(False)
         trained = [p for p in params.parameters() if p.requires_grad]
-        return cls(field, params, torch.optim.Adam(trained, lr=cfg.lr), trained, train, val, cfg, world)
+        opt = torch.optim.Adam(trained, lr=cfg.lr)
+        return cls(field, params, opt, trained, train, val, cfg, world, recomputes(cfg, field))
 
     def step(self, state: TrainState) -> None:
         """One Adam step on the mean log-MSE of a seeded batch of GT pairs through the unrolled loop
@@ -467,9 +460,8 @@ class Trainer:
         idx = batch[world.rank :: world.size].to(train.noise.device)  # this rank's share of the one seeded batch
         self.opt.zero_grad()
         loss = torch.zeros((), dtype=train.noise.dtype, device=train.noise.device)
-        recompute = recomputes(cfg, self.field)
         for part in idx.split(cfg.micro_batch or max(1, len(idx))):
-            x = self.params.sample(self.field, train, part, recompute)
+            x = self.params.sample(self.field, train, part, self.recompute)
             mse = ((x - train.x1[part]) ** 2).flatten(1).mean(1)
             part_loss = torch.log(mse).sum() / len(batch)  # summed over micro-batches and ranks: the batch mean
             part_loss.backward()

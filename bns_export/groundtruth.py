@@ -219,6 +219,7 @@ def ground_truth(
     x1 = torch.zeros((n, *field.sample_shape), dtype=dtype, device=device)
     nfes = torch.zeros(len(starts), dtype=torch.float64, device=device)
     parts = [cache / f"{key}.batch-{k}.safetensors" for k in range(len(starts))] if len(starts) > 1 else []
+    ours: list[Path] = []  # the batch files this process wrote or proved to be this solve's
     with torch.no_grad(), full_fp32():
         for k in world.mine(range(len(starts))):
             lo = starts[k]
@@ -231,6 +232,8 @@ def ground_truth(
                 done = {"x1": res.x.detach().cpu().contiguous(), "nfe": torch.tensor(float(res.nfe))}
                 if parts and torch.isfinite(done["x1"]).all():
                     write_cached(cache, parts[k], f"{key}/{k}", done)
+            if parts:
+                ours.append(parts[k])
             x1[lo : lo + batch_size] = done["x1"].to(device)
             nfes[k] = float(done["nfe"])
             if progress:
@@ -245,30 +248,37 @@ def ground_truth(
     if world.is_main:
         write_cached(cache, path, key, tensors)
     world.barrier()
-    for part in parts if world.is_main else []:  # the whole entry replaces its batches
+    for part in ours:  # the whole entry replaces the batches: each process removes those it wrote or proved
         part.unlink(missing_ok=True)
     return GTSet(*_on(device, noise, condition, x1), nfe_mean, key)
 
 
 def read_batch(path: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict | None:
     """A finished batch of an interrupted solve, if its file proves itself (key, digest, shape, dtype, finite)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     if not path.is_file():
         return None
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        d = load_file(str(path))
-        fits = meta.get("key") == key and meta.get("digest") == tensors_digest(d) and set(d) == {"x1", "nfe"}
-        fits = fits and tuple(d["x1"].shape) == shape and d["x1"].dtype == dtype and bool(torch.isfinite(d["x1"]).all())
-    except Exception:
-        fits = False
+    meta, d = _load_signed(path)
+    fits = d is not None and meta.get("key") == key and set(d) == {"x1", "nfe"}
+    fits = fits and tuple(d["x1"].shape) == shape and d["x1"].dtype == dtype and bool(torch.isfinite(d["x1"]).all())
     if not fits:
         log.warning(f"ground-truth batch {path.name} is damaged; solving it again")
         return None
     return d
+
+
+def _load_signed(path: Path) -> tuple[dict, dict | None]:
+    """A safetensors file's metadata and tensors, the tensors only when they match the digest it carries
+    (({}, None) for a file that does not read)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        d = load_file(str(path))
+    except Exception:
+        return {}, None
+    return meta, (d if meta.get("digest") == tensors_digest(d) else None)
 
 
 def tensors_digest(tensors: dict[str, Tensor]) -> str:
@@ -284,22 +294,14 @@ def tensors_digest(tensors: dict[str, Tensor]) -> str:
 def read_cached(path: Path, key: str, n: int, field, dtype: torch.dtype) -> dict | None:
     """A cache entry that proves itself (its key and digest, shapes, dtype, finiteness), else None: a damaged
     entry is reported once and recomputed, never trusted; nothing is deleted here (write_cached replaces it)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     if not path.is_file():
         return None
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        d = load_file(str(path))
-    except Exception:
-        meta, d = {}, None
+    meta, d = _load_signed(path)
     problem = None
     if d is None:
-        problem = "not a readable safetensors file"
-    elif meta.get("key") != key or meta.get("digest") != tensors_digest(d):
-        problem = "its digest does not match its contents"
+        problem = "not a readable safetensors file, or its digest does not match its contents"
+    elif meta.get("key") != key:
+        problem = "its key is another entry's"
     elif set(d) - {"noise", "x1", "nfe_mean", "labels"} or not {"noise", "x1", "nfe_mean"} <= set(d):
         problem = "unexpected tensors"
     else:

@@ -99,13 +99,7 @@ def is_artifact_dir(folder: Path) -> bool:
     if not any(folder.iterdir()):
         return True
     try:
-        manifest = read_json(folder / MANIFEST, "manifest")
-        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-            return False
-        if manifest.get("schema_version") != SCHEMA_VERSION:
-            return False
-        check_manifest(manifest)
-        verify_files(folder, manifest)
+        verify_files(folder, parse_manifest(folder / MANIFEST))
     except (BNSError, OSError):
         return False
     return True
@@ -203,6 +197,21 @@ def staging_dir(
         lock.close()
 
 
+def parse_manifest(path: Path) -> Manifest:
+    """manifest.json read and checked field by field (schema, version, every field's type and range), nothing
+    else: the files and the signature are read_manifest's."""
+    manifest = read_json(path, "manifest")
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        raise BNSError(f"{path}: not a bns-export artifact manifest")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BNSError(f"{path}: unknown artifact schema version {manifest.get('schema_version')!r}")
+    try:
+        check_manifest(manifest)
+    except BNSError as e:
+        raise BNSError(f"{path}: {e}") from None
+    return manifest
+
+
 def read_manifest(
     folder: str | os.PathLike,
     verify: bool = True,
@@ -223,15 +232,7 @@ def read_manifest(
         raise BNSError(f"artifact not found: {folder} is not a directory")
     if not path.is_file():
         raise BNSError(f"{folder} is not a complete artifact (no {MANIFEST})")
-    manifest = read_json(path, "manifest")
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise BNSError(f"{path}: not a bns-export artifact manifest")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BNSError(f"{path}: unknown artifact schema version {manifest.get('schema_version')!r}")
-    try:
-        check_manifest(manifest)
-    except BNSError as e:
-        raise BNSError(f"{path}: {e}") from None
+    manifest = parse_manifest(path)
     signed = (folder / SIGNATURE).exists() or (folder / SIGNATURE).is_symlink()
     if require_signature and not signed:
         raise BNSError(
