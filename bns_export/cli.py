@@ -98,7 +98,8 @@ def model_options(fn=None, *, family: bool = False):
         default=None,
         help="Tensor conditioning: safetensors file with one NAME (N, ...) tensor per input the model takes "
         "(encoder_hidden_states; SDXL text_embeds [time_ids], SD3/Flux pooled_projections) and null.NAME, its "
-        "unconditional value (default zeros); a single 'cond' (+ 'null') for one-embedding models.",
+        "unconditional value (default zeros); a single 'cond' (+ 'null') for one-embedding models. "
+        "`bns-export conditions` writes one from prompts.",
     )
     @click.option(
         "--guidance",
@@ -715,6 +716,55 @@ def triton_cmd(artifacts, repo, name, gpu, replace, container_repo, no_trt_profi
         policy=policy,
     )
     click.echo(f"wrote {out} ({len(artifacts)} version(s)); serve with: tritonserver --model-repository {repo}")
+
+
+@main.command("conditions")
+@handle_errors
+@click.option(
+    "--model", "-m", required=True, help="diffusers:FOLDER, a pipeline folder with its tokenizers and text encoders."
+)
+@click.option("--prompts", "-p", required=True, help="Text file, one prompt per line (UTF-8).")
+@click.option(
+    "--negative",
+    default=None,
+    help="Negative prompt: the null condition, the unguided branch (default: what the pipeline does without one, "
+    "the empty prompt or SDXL's zeros).",
+)
+@click.option(
+    "--max-tokens", type=Integer(1, 4096), default=None, help="T5 sequence length (default: the pipeline's own)."
+)
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="FILE.safetensors to write.")
+@device_option
+@click.option(
+    "--encoder-dtype",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Precision the text encoders run in (the set is stored in fp32).",
+)
+def conditions_cmd(model, prompts, negative, max_tokens, out, device, encoder_dtype) -> None:
+    """Write a condition set from prompts with the folder's own text encoders (its pipeline's encode_prompt)."""
+    from .devices import resolve_device
+    from .loaders import NETWORK_DTYPES
+    from .loaders.prompts import condition_tensors, encode_prompts, prompts_metadata, read_prompts
+    from .loaders.spec import DIFFUSERS_PREFIX
+
+    if not str(model).startswith(DIFFUSERS_PREFIX):
+        raise BNSError(f"--model {model}: prompts are encoded by a diffusers pipeline folder, diffusers:FOLDER")
+    if not str(out).endswith(".safetensors"):
+        raise BNSError(f"--out {out}: a condition set is a .safetensors file")
+    from safetensors.torch import save_file
+
+    from .fileio import atomic_file
+
+    folder = model[len(DIFFUSERS_PREFIX) :]
+    texts = read_prompts(prompts)
+    dtype = NETWORK_DTYPES[encoder_dtype]
+    cset = encode_prompts(folder, texts, negative, resolve_device(device), dtype, max_tokens)
+    with atomic_file(Path(out)) as tmp:
+        save_file(condition_tensors(cset), str(tmp), metadata=prompts_metadata(texts, negative, folder))
+    shapes = ", ".join(f"{p.name} {tuple(p.shape)}" for p in cset.layout.parts)
+    click.echo(f"wrote {out}: {len(texts)} prompt(s) and their null; {shapes}")
 
 
 @main.command("sign")

@@ -30,6 +30,8 @@ class Adapter:
     call: Callable[[nn.Module, Tensor, Tensor, dict, dict], Tensor]
     #: the tensor conditions the class takes, from its config (empty: unconditional or class labels)
     needs: Callable[[dict], list[Need]] = lambda cfg: []
+    #: conditions the class takes when the condition set holds them (the text encoder's attention mask)
+    optional: Callable[[dict], list[Need]] = lambda cfg: []
     #: conditions the class can do without, each with its default (value, null value) from (config, sample shape)
     defaults: dict[str, Callable[[dict, tuple[int, ...]], tuple[Tensor, Tensor]]] = field(default_factory=dict)
     #: K for class-conditional classes (K + 1 embeddings, the last the null class), else None
@@ -70,6 +72,15 @@ def _first_half(out: Tensor, channels: int, dim: int = 1) -> Tensor:
 
 def _text(dim_key: str, name: str = "encoder_hidden_states") -> Callable[[dict], list[Need]]:
     return lambda cfg: [(name, (None, _int(cfg, dim_key)))]
+
+
+#: attention masks a condition set may hold, each with the condition whose tokens it masks: (L,) of 1 for a token the
+#: pipeline attends to, 0 for padding (what the T5/Gemma pipelines pass as encoder_attention_mask)
+MASKS = {"encoder_attention_mask": "encoder_hidden_states"}
+
+
+def _masked(cfg: dict) -> list[Need]:
+    return [("encoder_attention_mask", (None,))]
 
 
 def _primary(parts: dict, name: str = "encoder_hidden_states") -> Tensor:
@@ -265,12 +276,16 @@ def _pixart(model, x, time, parts, consts):
     sizes = {"resolution": None, "aspect_ratio": None}
     if "resolution" in consts:
         sizes = {k: consts[k].to(x.dtype).expand(x.shape[0], -1) for k in ("resolution", "aspect_ratio")}
-    out = model(x, encoder_hidden_states=_primary(parts), timestep=time, added_cond_kwargs=sizes).sample
+    mask = parts.get("encoder_attention_mask")
+    out = model(
+        x, encoder_hidden_states=_primary(parts), timestep=time, added_cond_kwargs=sizes, encoder_attention_mask=mask
+    ).sample
     return _first_half(out, x.shape[1])
 
 
 def _sana(model, x, time, parts, consts):
-    return model(x, encoder_hidden_states=_primary(parts), timestep=time).sample
+    mask = parts.get("encoder_attention_mask")
+    return model(x, encoder_hidden_states=_primary(parts), timestep=time, encoder_attention_mask=mask).sample
 
 
 def _dit(model, x, time, parts, consts):
@@ -310,8 +325,10 @@ ADAPTERS: dict[str, Adapter] = {
         embedded_guidance=lambda cfg: bool(cfg.get("guidance_embeds")),
         check_shape=_flux_shape_check,
     ),
-    "PixArtTransformer2DModel": Adapter(_pixart, needs=_text("caption_channels"), constants=_pixart_constants),
-    "SanaTransformer2DModel": Adapter(_sana, needs=_text("caption_channels"), size_step=_patch),
+    "PixArtTransformer2DModel": Adapter(
+        _pixart, needs=_text("caption_channels"), optional=_masked, constants=_pixart_constants
+    ),
+    "SanaTransformer2DModel": Adapter(_sana, needs=_text("caption_channels"), optional=_masked, size_step=_patch),
     "DiTTransformer2DModel": Adapter(_dit, classes=lambda cfg: _classes(cfg, "num_embeds_ada_norm", offset=0)),
     "CogVideoXTransformer3DModel": Adapter(_cogvideox, needs=_text("text_embed_dim"), shape=_cogvideox_shape),
 }

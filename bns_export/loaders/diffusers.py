@@ -17,7 +17,7 @@ from torch import nn
 from ..checks import read_json
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..fields import NetworkField
-from .adapters import TIME_IDS_KEY, AdaptedNet, adapter_for
+from .adapters import MASKS, TIME_IDS_KEY, AdaptedNet, adapter_for
 from .conditions import condition_set, load_condition_set
 from .schedulers import read_scheduler
 
@@ -101,21 +101,30 @@ def pipeline_facts(root: Path, model_cfg: dict) -> dict:
 
 
 def _conditions(adapter, model_cfg: dict, sample_shape, opt, cls_name: str):
-    """The condition set a class needs, checked against its config: names, shapes, defaults (SDXL's time_ids)."""
+    """The condition set a class needs, from --cond-set, checked against its config (fit_conditions)."""
     cset = load_condition_set(opt.cond_set) if opt.cond_set else None
+    if cset is None and adapter.needs(model_cfg):
+        needs = ", ".join(f"{n} {tuple('L' if d is None else d for d in s)}" for n, s in adapter.needs(model_cfg))
+        raise BNSError(
+            f"{cls_name} is conditioned on {needs}: give --cond-set FILE.safetensors with one (N, ...) tensor "
+            "per name (and null.NAME, its unconditional value); `bns-export conditions` writes one from prompts"
+        )
+    return fit_conditions(adapter, model_cfg, sample_shape, cset, cls_name, str(opt.cond_set))
+
+
+def fit_conditions(adapter, model_cfg: dict, sample_shape, cset, cls_name: str, where: str):
+    """A condition set checked against what a class needs (names, shapes), with the class's defaults (SDXL's
+    time_ids) and the optional conditions it holds (attention masks) added: the set the network is called with."""
     if cset is not None and "time_ids" in cset.layout.names and TIME_IDS_KEY not in model_cfg:
         model_cfg = {**model_cfg, TIME_IDS_KEY: cset.record("time_ids").shape[-1]}  # 5: a refiner's, with the score
     needs = adapter.needs(model_cfg)
+    if cset is not None:
+        needs = needs + [n for n in adapter.optional(model_cfg) if n[0] in cset.layout.names]
     if not needs:
-        if opt.cond_set:
+        if cset is not None:
             raise BNSError(f"{cls_name} takes no tensor conditions; drop --cond-set")
         return None
     names = ", ".join(f"{n} {tuple('L' if d is None else d for d in s)}" for n, s in needs)
-    if cset is None:
-        raise BNSError(
-            f"{cls_name} is conditioned on {names}: give --cond-set FILE.safetensors with one (N, ...) tensor "
-            "per name (and null.NAME, its unconditional value)"
-        )
     have = set(cset.layout.names)
     if cset.layout.legacy:  # today's single `cond`: the prompt embedding; the class must need nothing else
         have = {needs[0][0]}
@@ -131,7 +140,7 @@ def _conditions(adapter, model_cfg: dict, sample_shape, opt, cls_name: str):
     extra = sorted(have - {n for n, _ in needs})
     if missing or extra:
         raise BNSError(
-            f"{opt.cond_set}: {cls_name} needs {names}"
+            f"{where}: {cls_name} needs {names}"
             + (f"; missing {', '.join(missing)}" if missing else "")
             + (f"; unexpected {', '.join(extra)}" if extra else "")
         )
@@ -140,11 +149,16 @@ def _conditions(adapter, model_cfg: dict, sample_shape, opt, cls_name: str):
         got = tuple(entries[key].shape[1:])
         if len(got) != len(shape) or any(d is not None and d != g for d, g in zip(shape, got)):
             want = tuple("L" if d is None else d for d in shape)
-            raise BNSError(f"{opt.cond_set}: {key!r} has shape {got} per condition, {cls_name} needs {want}")
+            raise BNSError(f"{where}: {key!r} has shape {got} per condition, {cls_name} needs {want}")
+    for mask, of in MASKS.items():
+        if mask in entries and entries[mask].shape[1] != entries[of].shape[1]:
+            raise BNSError(
+                f"{where}: {mask!r} covers {entries[mask].shape[1]} tokens, {of!r} has {entries[of].shape[1]}"
+            )
     if cset.layout.legacy:
         return cset
     order = [n for n, _ in needs]
-    return condition_set(entries, nulls, order=order, where=str(opt.cond_set))
+    return condition_set(entries, nulls, order=order, where=where)
 
 
 def model_folder(root: Path) -> tuple[Path, dict]:
