@@ -95,6 +95,56 @@ def _models(diffusers):
             ),
             lambda: ddpm(prediction_type="v_prediction"), {"encoder_hidden_states": (6, 16)}, [], 3,
         ),
+        "cogvideox-5b": (
+            lambda: diffusers.CogVideoXTransformer3DModel(
+                num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=16,
+                text_embed_dim=16, num_layers=1, sample_width=16, sample_height=16, sample_frames=9, patch_size=2,
+                temporal_compression_ratio=4, max_text_seq_length=6, use_rotary_positional_embeddings=True,
+            ),
+            lambda: diffusers.CogVideoXDDIMScheduler(
+                beta_schedule="scaled_linear", prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                snr_shift_scale=1.0, timestep_spacing="trailing",
+            ),
+            {"encoder_hidden_states": (6, 16)}, ["--shape", "3,4,8,8"], 3,
+        ),
+        "wan": (
+            lambda: diffusers.WanTransformer3DModel(
+                patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
+            ),
+            lambda: diffusers.UniPCMultistepScheduler(
+                prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000,
+            ),
+            {"encoder_hidden_states": (L, 16)}, ["--shape", "4,3,8,8"], 3,
+        ),
+        "ltx": (
+            lambda: diffusers.LTXVideoTransformer3DModel(
+                in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
+                attention_head_dim=8, cross_attention_dim=16, num_layers=1, caption_channels=16,
+            ),
+            lambda: flow(
+                use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
+                max_image_seq_len=4096, shift_terminal=0.1,
+            ),
+            {"encoder_hidden_states": (L, 16)}, ["--shape", "4,2,8,8"], 3,
+        ),
+        "auraflow": (
+            lambda: diffusers.AuraFlowTransformer2DModel(
+                sample_size=8, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=1,
+                attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+                out_channels=4, pos_embed_max_size=64,
+            ),
+            lambda: flow(shift=1.73), {"encoder_hidden_states": (L, 16)}, [], 3,
+        ),
+        "hunyuandit": (
+            lambda: diffusers.HunyuanDiT2DModel(
+                num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, hidden_size=16,
+                num_layers=2, sample_size=8, cross_attention_dim=16, cross_attention_dim_t5=16,
+                pooled_projection_dim=8, text_len=L, text_len_t5=6, learn_sigma=True,
+            ),
+            lambda: ddpm(prediction_type="v_prediction"),
+            {"encoder_hidden_states": (L, 16), "encoder_hidden_states_t5": (6, 16)}, [], 3,
+        ),
     }  # fmt: skip
 
 
@@ -117,6 +167,11 @@ FAMILIES = {
     "sana": "SanaTransformer2DModel",
     "dit": "DiTTransformer2DModel",
     "cogvideox": "CogVideoXTransformer3DModel (video, (F, C, H, W))",
+    "cogvideox-5b": "CogVideoXTransformer3DModel (5b: rotary embeddings)",
+    "wan": "WanTransformer3DModel (video, (C, F, H, W))",
+    "ltx": "LTXVideoTransformer3DModel (video, (C, F, H, W))",
+    "auraflow": "AuraFlowTransformer2DModel",
+    "hunyuandit": "HunyuanDiT2DModel",
 }
 
 

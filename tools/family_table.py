@@ -21,6 +21,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tools"), str(ROOT)]
 from benchdoc import git_rev, machine  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from families import FAMILIES, build_family  # noqa: E402
+from test_scheduler_configs import INDEX, REFUSED, _config, pipeline_set_timesteps  # noqa: E402
 
 from bns_export.cli import main as cli_main  # noqa: E402
 
@@ -36,6 +37,52 @@ SCHEDULER = {
     "dit": "DiTPipeline: 1e-4",
 }
 GT = ["--rtol", "1e-3", "--atol", "1e-3"]
+#: the public scheduler configs of each family (tests/data/scheduler_configs, each with its source in index.json)
+REAL = {
+    "sd": ["sd15", "sd21-base", "sd21-v", "sd21-zero-snr"],
+    "sdxl": ["sdxl-base", "sdxl-refiner", "sdxl-turbo"],
+    "sd3": ["sd3-medium", "sd35-large"],
+    "flux": ["flux-dev", "flux-schnell"],
+    "pixart": ["pixart-alpha", "pixart-sigma"],
+    "sana": ["sana"],
+    "dit": ["dit"],
+    "cogvideox": ["cogvideox-2b"],
+    "cogvideox-5b": ["cogvideox-5b"],
+    "wan": ["wan21-t2v-1.3b"],
+    "ltx": ["ltx-video"],
+    "auraflow": ["auraflow"],
+}
+
+
+def conformance(name: str) -> str:
+    """One public config against diffusers' own scheduler: the largest deviation of the ODE (alpha at every training
+    step) and of the pipeline grid (times at 4, 8, 16 and the default steps), or the one-line refusal."""
+    import numpy as np
+    import torch
+
+    from bns_export.errors import BNSError
+    from bns_export.fields.pipelines import FlowGrid
+    from bns_export.loaders.schedulers import read_scheduler
+
+    entry, cfg = INDEX[name], _config(name)
+    try:
+        spec = read_scheduler(cfg, tuple(entry["sample_shape"]), entry["model_class"])
+    except BNSError as e:
+        return f"{name}: refused ({str(e)[:60]})" if name in REFUSED else f"{name}: FAILS {e}"
+    grid, ode = spec.schedule.pipeline, 0.0
+    if not isinstance(grid, FlowGrid):
+        k = torch.arange(spec.schedule.steps, dtype=torch.float64)
+        ab = pipeline_set_timesteps(entry, cfg, 4).alphas_cumprod.double()
+        ode = float((spec.schedule.alpha(1.0 - (k + 1.0) / spec.schedule.steps) - ab.sqrt()).abs().max())
+    dev = 0.0
+    for n in (4, 8, 16, entry["default_steps"]):
+        sched = pipeline_set_timesteps(entry, cfg, n)
+        if isinstance(grid, FlowGrid):
+            dev = max(dev, float(np.abs(grid.times(spec.schedule, n) - (1.0 - sched.sigmas.double().numpy())).max()))
+        else:
+            theirs = np.unique(sched.timesteps.double().numpy())[::-1]
+            dev = max(dev, float(np.abs(grid.timesteps(spec.schedule, n) - theirs).max()))
+    return f"{name}: ODE {ode:.0e}, grid {dev:.0e}" if ode else f"{name}: grid {dev:.0e}"
 
 
 def _run(*args) -> tuple[bool, str, float]:
@@ -54,6 +101,7 @@ def family_row(family: str, root: Path) -> dict:
     folder, opts, guidance = build_family(family, root / family)
     args = ["-m", f"diffusers:{folder}", *opts, "-w", guidance]
     row: dict = {"family": family, "class": FAMILIES[family]}
+    row["real"] = "; ".join(conformance(name) for name in REAL.get(family, [])) or "-"
     ok, out, row["eval_s"] = _run("eval", *args, "-s", "dpm++2m", "--nfe", 4, "-n", 8, *GT, "--json")
     row["eval"] = f"{json.loads(out)['psnr_mean']:.1f} dB" if ok else f"fails: {out}"
     solver = root / f"{family}.json"
@@ -92,31 +140,47 @@ def render(rows: list[dict]) -> str:
         "",
         "Each diffusers class below loads through its adapter (`bns_export/loaders/adapters.py`) and goes through",
         "the whole tool. Measured on tiny random-weight folders written by `save_pretrained` (tests/families.py:",
-        "two layers, 8x8 latents; the video model 3 x 4 x 8 x 8) with `python tools/family_table.py`; the same",
-        "steps run in CI (`tests/test_model_families.py`). eval: dpm++2m at NFE 4 against the dopri5 ground",
-        "truth (rtol = atol = 1e-3, 8 pairs); distill: validation PSNR after 10 iterations at NFE 4; parity: the",
+        "two layers, 8x8 latents; the video models 3 x 4 x 8 x 8 or 4 x 3 x 8 x 8) with",
+        "`python tools/family_table.py`; the same steps run in CI (`tests/test_model_families.py`). eval:",
+        "dpm++2m at NFE 4 against the dopri5 ground truth (rtol = atol = 1e-3, 8 pairs); distill: validation",
+        "PSNR after 10 iterations at NFE 4; parity: the",
         "ONNX artifact's min PSNR against the eager reference (gate 60 dB); runtime: the torch-free ONNX runner",
         "fed every named input; triton: config.pbtxt written (its schema is checked in the tests). Random weights",
         "make the PSNRs meaningless as quality figures: they show the path works. The scheduler column is the",
         "diffusers BNSScheduler swapped into that class's own pipeline (tests/test_pipelines.py): its latents equal",
-        "bns-export's sampler on the same noise to the relative error given.",
+        "bns-export's sampler on the same noise to the relative error given. The real-config column reads the",
+        "scheduler_config.json of the family's public pipelines (tests/data/scheduler_configs, each with its",
+        "source) and compares it with diffusers' own scheduler: the largest deviation of alpha at every training",
+        "step (ODE) and of the pipeline's time grid at 4, 8, 16 and its default steps (grid; timesteps for",
+        "discrete schedulers, 1 - sigma for flow ones); what is not mirrored is refused in one line.",
         "",
-        "| class | eval | distill | compile | parity | runtime inputs | triton | scheduler |",
-        "|---|---|---|---|---|---|---|---|",
+        "| class | real configs | eval | distill | compile | parity | runtime inputs | triton | scheduler |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['class']} | {r['eval']} | {r['distill']} | {r['compile']} | {r['parity']} | {r['runtime']} "
-            f"| {r['triton']} | {SCHEDULER.get(r['family'], 'not run')} |"
+            f"| {r['class']} | {r['real']} | {r['eval']} | {r['distill']} | {r['compile']} | {r['parity']} "
+            f"| {r['runtime']} | {r['triton']} | {SCHEDULER.get(r['family'], 'not run')} |"
         )
     lines += [
         "",
         "Conditions each class takes (one graph input each; a condition-set file holds `NAME` (N, ...) and",
         "`null.NAME` per name): UNet2DConditionModel `encoder_hidden_states`, SDXL also `text_embeds` and",
         "`time_ids` (default: the pipeline's size/crop ids from the latent size); SD3 and Flux",
-        "`encoder_hidden_states`, `pooled_projections`; PixArt, Sana, CogVideoX `encoder_hidden_states`;",
-        "UNet2DModel and DiT class labels. Flux-dev's guidance is its guidance embedding: `-w` feeds it, one",
-        "network call per step, no classifier-free guidance.",
+        "`encoder_hidden_states`, `pooled_projections`; PixArt, Sana, CogVideoX, Wan, LTX-Video, AuraFlow",
+        "`encoder_hidden_states` (PixArt, Sana and LTX-Video also `encoder_attention_mask` when the set holds",
+        "it); HunyuanDiT `encoder_hidden_states` (CLIP) and `encoder_hidden_states_t5` (and their",
+        "`text_embedding_mask`, `text_embedding_mask_t5`); UNet2DModel and DiT class labels. `bns-export",
+        "conditions` writes the set from prompts. Flux-dev's guidance is its guidance embedding: `-w` feeds it,",
+        "one network call per step, no classifier-free guidance. Video latents: CogVideoX (F, C, H, W) as its",
+        "pipeline holds them, Wan and LTX-Video (C, F, H, W) (`--shape`); LTX-Video's 1x1x1 patches are packed",
+        "in the graph; CogVideoX-5b's and HunyuanDiT's rotary embeddings and HunyuanDiT's size conditions are",
+        "graph constants of the latent size.",
+        "",
+        "Not supported yet, each one line when named: Lumina2Transformer2DModel (its rotary embeddings are complex",
+        "tensors and its attention lengths are read from the prompt mask as Python numbers: neither exports to",
+        "one static graph), StableAudioDiTModel (its CosineDPMSolverMultistepScheduler's EDM schedule with",
+        "sigma_min/sigma_max is refused by the scheduler reader), HunyuanVideo.",
         "",
         f"Machine: {machine()}; commit {git_rev()}.",
     ]

@@ -10,6 +10,7 @@ in the sample's layout: the learned-variance half dropped (PixArt, DiT), Flux's 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -76,7 +77,11 @@ def _text(dim_key: str, name: str = "encoder_hidden_states") -> Callable[[dict],
 
 #: attention masks a condition set may hold, each with the condition whose tokens it masks: (L,) of 1 for a token the
 #: pipeline attends to, 0 for padding (what the T5/Gemma pipelines pass as encoder_attention_mask)
-MASKS = {"encoder_attention_mask": "encoder_hidden_states"}
+MASKS = {
+    "encoder_attention_mask": "encoder_hidden_states",
+    "text_embedding_mask": "encoder_hidden_states",
+    "text_embedding_mask_t5": "encoder_hidden_states_t5",
+}
 
 
 def _masked(cfg: dict) -> list[Need]:
@@ -294,14 +299,141 @@ def _dit(model, x, time, parts, consts):
 
 def _cogvideox_shape(cfg: dict) -> tuple[int, ...]:
     """(F, C, H, W) latent video: frames after temporal compression, channels, latent height and width."""
-    if cfg.get("use_rotary_positional_embeddings"):
-        raise BNSError("CogVideoX with rotary position embeddings (CogVideoX-5b and later) is not supported yet")
     frames = (_int(cfg, "sample_frames", 49) - 1) // _int(cfg, "temporal_compression_ratio", 4) + 1
     return (frames, _int(cfg, "in_channels", 16), _int(cfg, "sample_height", 60), _int(cfg, "sample_width", 90))
 
 
+def _cogvideox_constants(cfg: dict, shape: tuple[int, ...]) -> dict[str, Tensor]:
+    """CogVideoX-5b's rotary embeddings (use_rotary_positional_embeddings) for the latent size, computed as
+    CogVideoXPipeline._prepare_rotary_positional_embeddings does: graph constants, as Flux's ids are."""
+    if not cfg.get("use_rotary_positional_embeddings"):
+        return {}
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+    from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+    p, p_t = _patch(cfg), cfg.get("patch_size_t")
+    grid = (shape[2] // p, shape[3] // p)
+    base_w, base_h = _int(cfg, "sample_width", 90) // p, _int(cfg, "sample_height", 60) // p
+    head = _int(cfg, "attention_head_dim")
+    if p_t is None:  # CogVideoX 1.0
+        crops = get_resize_crop_region_for_grid(grid, base_w, base_h)
+        cos, sin = get_3d_rotary_pos_embed(head, crops, grid, temporal_size=shape[0])
+    else:  # CogVideoX 1.5
+        frames = (shape[0] + p_t - 1) // p_t
+        cos, sin = get_3d_rotary_pos_embed(
+            head, None, grid, temporal_size=frames, grid_type="slice", max_size=(base_h, base_w)
+        )
+    return {"rotary_cos": cos.float(), "rotary_sin": sin.float()}
+
+
 def _cogvideox(model, x, time, parts, consts):
-    return model(hidden_states=x, encoder_hidden_states=_primary(parts), timestep=time).sample
+    rotary = (consts["rotary_cos"].to(x.dtype), consts["rotary_sin"].to(x.dtype)) if "rotary_cos" in consts else None
+    return model(hidden_states=x, encoder_hidden_states=_primary(parts), timestep=time, image_rotary_emb=rotary).sample
+
+
+# -- video and other transformers whose pipelines call them differently ------------------------------------------
+
+
+def _video_shape_check(cfg: dict, shape: tuple[int, ...], name: str, step: tuple[int, int]) -> None:
+    """(C, F, H, W) latents: C the config's in_channels, F a multiple of step[0], H and W of step[1]."""
+    if len(shape) != 4:
+        raise BNSError(f"{name} latents are (C, F, H, W) (channels, frames, height, width), got {shape}")
+    channels = _int(cfg, "in_channels", 16)
+    if shape[0] != channels:
+        raise BNSError(f"--shape {','.join(map(str, shape))}: {name} takes {channels} latent channels, not {shape[0]}")
+    if shape[1] % step[0] or shape[2] % step[1] or shape[3] % step[1]:
+        raise BNSError(
+            f"--shape {','.join(map(str, shape))}: {name} patches frames by {step[0]} and height and width by {step[1]}"
+        )
+
+
+def _wan_step(cfg: dict) -> tuple[int, int]:
+    p = cfg.get("patch_size") or (1, 2, 2)
+    return integer(p[0], "model config patch_size", 1, 64), integer(p[1], "model config patch_size", 1, 64)
+
+
+def _wan(model, x, time, parts, consts):
+    """WanPipeline: (B, C, F, H, W) latents, timestep 1000 sigma, the flow velocity out."""
+    return model(hidden_states=x, timestep=time, encoder_hidden_states=_primary(parts)).sample
+
+
+#: LTXPipeline's rope_interpolation_scale at its defaults: (temporal compression 8 / frame rate 25, spatial
+#: compression 32, 32)
+LTX_ROPE_SCALE = (8.0 / 25.0, 32.0, 32.0)
+
+
+def _ltx(model, x, time, parts, consts):
+    """LTXPipeline: latents packed (B, F*H*W, C) with 1x1x1 patches, an attention mask (all tokens when the set
+    has none), timestep 1000 sigma; the velocity unpacked to (B, C, F, H, W)."""
+    b, c, f, h, w = x.shape
+    ehs = _primary(parts)
+    mask = parts.get("encoder_attention_mask")
+    if mask is None:
+        mask = torch.ones(ehs.shape[:2], dtype=x.dtype, device=x.device)
+    out = model(
+        hidden_states=x.flatten(2).transpose(1, 2),
+        encoder_hidden_states=ehs,
+        timestep=time,
+        encoder_attention_mask=mask,
+        num_frames=f,
+        height=h,
+        width=w,
+        rope_interpolation_scale=LTX_ROPE_SCALE,
+    ).sample
+    return out.transpose(1, 2).reshape(b, c, f, h, w)
+
+
+def _auraflow(model, x, time, parts, consts):
+    """AuraFlowPipeline passes sigma (t / 1000) as the timestep; the velocity out."""
+    return model(x, encoder_hidden_states=_primary(parts), timestep=time / 1000.0).sample
+
+
+def _auraflow_limit(cfg: dict) -> int | None:
+    """AuraFlow crops its position embeddings from a square of pos_embed_max_size patches: the largest latent side."""
+    count = cfg.get("pos_embed_max_size")
+    return _patch(cfg) * math.isqrt(_int(cfg, "pos_embed_max_size")) if count else None
+
+
+def _hunyuan_constants(cfg: dict, shape: tuple[int, ...]) -> dict[str, Tensor]:
+    """HunyuanDiTPipeline's 2D rotary embeddings for the latent size, and its micro-conditions at the defaults:
+    original size 1024x1024, target size the image's, crop (0, 0); style 0."""
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed
+    from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
+
+    p = _patch(cfg)
+    grid = (shape[1] // p, shape[2] // p)
+    crops = get_resize_crop_region_for_grid(grid, 512 // 8 // p)
+    head = _int(cfg, "attention_head_dim")
+    cos, sin = get_2d_rotary_pos_embed(head, crops, grid, output_type="pt")
+    meta = torch.tensor([1024.0, 1024.0, 8.0 * shape[1], 8.0 * shape[2], 0.0, 0.0])
+    return {"rotary_cos": cos.float(), "rotary_sin": sin.float(), "image_meta_size": meta}
+
+
+def _hunyuan(model, x, time, parts, consts):
+    """HunyuanDiTPipeline: CLIP and T5 embeddings with their masks (all tokens when the set has none), the
+    micro-conditions and rotary embeddings as constants; the learned-variance half dropped."""
+    b = x.shape[0]
+    ehs, t5 = _primary(parts), parts["encoder_hidden_states_t5"]
+    ones = lambda e: torch.ones(e.shape[:2], dtype=x.dtype, device=x.device)  # noqa: E731
+    out = model(
+        x,
+        time,
+        encoder_hidden_states=ehs,
+        text_embedding_mask=parts.get("text_embedding_mask", ones(ehs)),
+        encoder_hidden_states_t5=t5,
+        text_embedding_mask_t5=parts.get("text_embedding_mask_t5", ones(t5)),
+        image_meta_size=consts["image_meta_size"].to(x.dtype).expand(b, -1).contiguous(),  # it is view()ed
+        style=torch.zeros(b, dtype=torch.long, device=x.device),
+        image_rotary_emb=(consts["rotary_cos"].to(x.dtype), consts["rotary_sin"].to(x.dtype)),
+    ).sample
+    return _first_half(out, x.shape[1])
+
+
+def _hunyuan_needs(cfg: dict) -> list[Need]:
+    return [
+        ("encoder_hidden_states", (None, _int(cfg, "cross_attention_dim", 1024))),
+        ("encoder_hidden_states_t5", (None, _int(cfg, "cross_attention_dim_t5", 2048))),
+    ]
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -330,7 +462,31 @@ ADAPTERS: dict[str, Adapter] = {
     ),
     "SanaTransformer2DModel": Adapter(_sana, needs=_text("caption_channels"), optional=_masked, size_step=_patch),
     "DiTTransformer2DModel": Adapter(_dit, classes=lambda cfg: _classes(cfg, "num_embeds_ada_norm", offset=0)),
-    "CogVideoXTransformer3DModel": Adapter(_cogvideox, needs=_text("text_embed_dim"), shape=_cogvideox_shape),
+    "CogVideoXTransformer3DModel": Adapter(
+        _cogvideox, needs=_text("text_embed_dim"), shape=_cogvideox_shape, constants=_cogvideox_constants
+    ),
+    "WanTransformer3DModel": Adapter(
+        _wan,
+        needs=_text("text_dim"),
+        shape=lambda cfg: None,
+        check_shape=lambda cfg, shape: _video_shape_check(cfg, shape, "Wan", _wan_step(cfg)),
+    ),
+    "LTXVideoTransformer3DModel": Adapter(
+        _ltx,
+        needs=_text("caption_channels"),
+        optional=_masked,
+        shape=lambda cfg: None,
+        check_shape=lambda cfg, shape: _video_shape_check(cfg, shape, "LTX-Video", (1, 1)),
+    ),
+    "AuraFlowTransformer2DModel": Adapter(
+        _auraflow, needs=_text("joint_attention_dim"), size_step=_patch, size_limit=_auraflow_limit
+    ),
+    "HunyuanDiT2DModel": Adapter(
+        _hunyuan,
+        needs=_hunyuan_needs,
+        optional=lambda cfg: [("text_embedding_mask", (None,)), ("text_embedding_mask_t5", (None,))],
+        constants=_hunyuan_constants,
+    ),
 }
 
 
@@ -383,4 +539,5 @@ class AdaptedNet(nn.Module):
         parts: dict[str, Tensor] = {}
         if cond is not None:
             parts = self.layout.unpack(cond) if self.layout is not None else {"class_labels": cond}
+            parts = {k: v.contiguous() for k, v in parts.items()}  # slices of the packed record; some classes view()
         return self.adapter.call(self.model, x, time, parts, self.consts())

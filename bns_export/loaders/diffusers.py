@@ -69,8 +69,20 @@ def pretrained(cls: type, folder: Path) -> nn.Module:
     with missing, unexpected or mis-shaped tensors is refused (diffusers would leave memory uninitialised)."""
     if not list(folder.glob("*.safetensors")):
         raise BNSError(f"{folder} has no .safetensors weights; bns-export never unpickles .bin files")
+    fp32_parts = bool(getattr(cls, "_keep_in_fp32_modules", None))  # diffusers loads these only through accelerate
+    if fp32_parts:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise BNSError(
+                f"{cls.__name__} loads only with the accelerate package (diffusers keeps some of its modules in "
+                "fp32): pip install accelerate",
+                EXIT_MISSING_BACKEND,
+            ) from None
     try:
-        model, info = cls.from_pretrained(str(folder), use_safetensors=True, output_loading_info=True)
+        model, info = cls.from_pretrained(
+            str(folder), use_safetensors=True, output_loading_info=True, low_cpu_mem_usage=fp32_parts
+        )
     except Exception as e:
         raise BNSError(
             f"cannot load {cls.__name__} from {folder}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
