@@ -156,6 +156,31 @@ def gt_options(fn):
     return click.option("--rtol", type=Number(1e-10, 0.1), default=None, help=f"Ground-truth dopri5 rtol. {dflt}")(fn)
 
 
+def segment_options(fn):
+    """--interval / --strength / --denoising-end / --denoising-start: the part of the trajectory a pipeline runs,
+    parsed once into a fields.segment.SegmentSpec (`segment`)."""
+
+    @click.option("--interval", default=None, help="Segment T0:T1 of the model's time (0 noise, 1 data).")
+    @click.option(
+        "--strength", type=Number(0, 1), default=None, help="img2img / inpainting strength S: the segment 1-S:end."
+    )
+    @click.option(
+        "--denoising-end", type=Number(0, 1), default=None, help="A base model's denoising_end F: the segment start:F."
+    )
+    @click.option(
+        "--denoising-start", type=Number(0, 1), default=None, help="A refiner's denoising_start F: the segment F:end."
+    )
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        from .fields.segment import SegmentSpec
+
+        names = ("interval", "strength", "denoising_end", "denoising_start")
+        kw["segment"] = SegmentSpec.parse(*(kw.pop(k) for k in names))
+        return fn(*args, **kw)
+
+    return wrapper
+
+
 def device_option(fn):
     """--device: where models, ground truth and samplers run (parsed by devices.resolve_device)."""
     return click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu).")(
@@ -316,20 +341,34 @@ def models_cmd(as_json: bool) -> None:
 @click.option("--n-samples", "-n", type=Integer(1, 1_000_000), default=256, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the evaluation noise.")
 @gt_options
+@segment_options
 @device_option
 @network_dtype_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_cmd(
-    model, model_opts, guidance, solver, nfe, n_samples, seed, rtol, atol, cache_dir, device, network_dtype, as_json
+    model,
+    model_opts,
+    guidance,
+    solver,
+    nfe,
+    n_samples,
+    seed,
+    rtol,
+    atol,
+    cache_dir,
+    segment,
+    device,
+    network_dtype,
+    as_json,
 ) -> None:
-    """PSNR of a solver's samples against the exact (dopri5) ODE solution."""
+    """PSNR of a solver's samples against the exact (dopri5) ODE solution (on a segment: from x(T0) to x(T1))."""
     from .devices import resolve_device
     from .evaluate import evaluate_on, load_with_solver
     from .parallel import init_world
     from .reports import eval_text
 
     world, dev = init_world(resolve_device(device))
-    field, ns = load_with_solver(model, solver, model_opts, guidance, nfe, dev, network_dtype)
+    field, ns = load_with_solver(model, solver, model_opts, guidance, nfe, dev, network_dtype, segment or True)
     gt = _ground_truth(field, n_samples, seed, rtol, atol, cache_dir, "ground truth", world)
     report = evaluate_on(field, ns, gt, world)
     report.update(model=model, guidance=field.guidance, seed=seed, device=dev, world_size=world.size)
@@ -394,6 +433,7 @@ def eval_cmd(
     "ground truth and one more distillation's iterations).",
 )
 @gt_options
+@segment_options
 @device_option
 @network_dtype_option
 @click.option("--json", "as_json", is_flag=True, help="Print the solver summary as JSON.")
@@ -419,11 +459,13 @@ def distill_cmd(
     rtol,
     atol,
     cache_dir,
+    segment,
     device,
     network_dtype,
     as_json,
 ) -> None:
-    """Train a BNS solver for a model at a fixed NFE (or a family of them over a guidance range)."""
+    """Train a BNS solver for a model at a fixed NFE (or a family of them over a guidance range), on the whole
+    trajectory or the segment a pipeline runs (--strength, --denoising-end, --denoising-start, --interval)."""
     from .devices import resolve_device
     from .distill import DistillConfig, distill, distill_family
     from .groundtruth import SEEDS
@@ -443,6 +485,10 @@ def distill_cmd(
     knots = guidance if isinstance(guidance, tuple) else None
     start = knots[0] if knots else guidance if guidance is not None else 1.0
     field = load_model(model, model_opts, start, dev, network_dtype)
+    if segment is not None:
+        from .fields.segment import Segment
+
+        field = Segment(field, *segment.bounds(field.t_lo, field.t_hi))
     cfg = DistillConfig(
         nfe=nfe,
         base=base,

@@ -12,6 +12,7 @@ from .checks import integer
 from .devices import device_of
 from .errors import BNSError
 from .fields import GuidedField
+from .fields.segment import TOLERANCE, Segment, SegmentSpec
 from .groundtruth import SEEDS, GTSet, ground_truth, make_inputs
 from .images import grid, write_npz, write_png
 from .loaders import ModelOptions, ModelSpec, load_model
@@ -71,11 +72,18 @@ def load_with_solver(
     nfe: int | None = None,
     device: str = "cpu",
     network_dtype: str = "fp32",
+    segment: SegmentSpec | bool | None = None,
 ) -> tuple[GuidedField, NSSolver]:
     """The model at the solver's guidance (the one asked for, else the solver file's, else 1) and the solver
-    checked against it: the one policy `eval`, `sample` and `compile` apply, reading a solver file once."""
+    checked against it: the one policy `eval`, `sample` and `compile` apply, reading a solver file once.
+    `segment`: the part of the interval to run (fields.segment), or True for a solver file's own segment."""
     spec = parse_spec(solver)
     field = load_model(model, options, guidance_for(spec, guidance), device, network_dtype)
+    bounds = segment.bounds(field.t_lo, field.t_hi) if isinstance(segment, SegmentSpec) else None
+    if segment is True and spec.is_file:  # a table distilled for a segment runs on it
+        bounds = (float(spec.table.t[0]), float(spec.table.t_end))
+    if bounds is not None and (abs(bounds[0] - field.t_lo) > TOLERANCE or abs(bounds[1] - field.t_hi) > TOLERANCE):
+        field = Segment(field, *bounds)
     return field, resolve_solver(spec, field, nfe)
 
 

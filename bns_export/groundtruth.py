@@ -190,7 +190,8 @@ def ground_truth(
     progress: Callable[[int], None] | None = None,
     world: World = SINGLE,
 ) -> GTSet:
-    """Solve n seeded pairs to x(t_hi) with dopri5 on the field's device, in batches.
+    """Solve n seeded pairs to x(t_hi) with dopri5 on the field's device, in batches.  For a segment that starts
+    after the model's start (fields.segment), the pairs are (x(t0), x(t1)): the set's `noise` holds x(t0).
 
     rtol / atol default to the field's `gt_tolerance` (1e-5 unless the model sets a tighter one).
 
@@ -217,6 +218,7 @@ def ground_truth(
     noise, condition = make_inputs(field, n, seed, dtype)
     starts = list(range(0, n, batch_size))
     x1 = torch.zeros((n, *field.sample_shape), dtype=dtype, device=device)
+    x0s = torch.zeros_like(x1) if field.lead_in is not None else None  # a segment's x(t0), solved from the noise
     nfes = torch.zeros(len(starts), dtype=torch.float64, device=device)
     parts = [cache / f"{key}.batch-{k}.safetensors" for k in range(len(starts))] if len(starts) > 1 else []
     ours: list[Path] = []  # the batch files this process wrote or proved to be this solve's
@@ -224,23 +226,26 @@ def ground_truth(
         for k in world.mine(range(len(starts))):
             lo = starts[k]
             count = min(batch_size, n - lo)
-            done = read_batch(parts[k], f"{key}/{k}", (count, *field.sample_shape), dtype) if parts else None
+            shape = (count, *field.sample_shape)
+            done = read_batch(parts[k], f"{key}/{k}", shape, dtype, x0s is not None) if parts else None
             if done is None:
-                xb = field.start(noise[lo : lo + batch_size].to(device))
                 lb = None if condition is None else condition[lo : lo + batch_size].to(device)
-                res = dopri5(lambda x, t, lb=lb: field(x, t, lb), xb, field.t_lo, field.t_hi, rtol, atol)
-                done = {"x1": res.x.detach().cpu().contiguous(), "nfe": torch.tensor(float(res.nfe))}
+                done = _solve(field, noise[lo : lo + batch_size].to(device), lb, rtol, atol)
                 if parts and torch.isfinite(done["x1"]).all():
                     write_cached(cache, parts[k], f"{key}/{k}", done)
             if parts:
                 ours.append(parts[k])
             x1[lo : lo + batch_size] = done["x1"].to(device)
+            if x0s is not None:
+                x0s[lo : lo + batch_size] = done["x0"].to(device)
             nfes[k] = float(done["nfe"])
             if progress:
                 progress(count)
     x1, nfes = world.all_sum(x1).cpu(), world.all_sum(nfes).cpu()
     if not torch.isfinite(x1).all():
         raise BNSError("ground truth is not finite: the model returns NaN/inf on its interval")
+    if x0s is not None:  # a segment's pairs start at x(t0): its samplers start there (Segment.start)
+        noise = world.all_sum(x0s).cpu()
     nfe_mean = float(nfes.mean())
     tensors = {"noise": noise.contiguous(), "x1": x1.contiguous(), "nfe_mean": torch.tensor(nfe_mean)}
     if condition is not None:
@@ -253,13 +258,31 @@ def ground_truth(
     return GTSet(*_on(device, noise, condition, x1), nfe_mean, key)
 
 
-def read_batch(path: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict | None:
-    """A finished batch of an interrupted solve, if its file proves itself (key, digest, shape, dtype, finite)."""
+def _solve(field, noise: Tensor, condition: Tensor | None, rtol: float, atol: float) -> dict[str, Tensor]:
+    """One batch's dopri5 solve over the field's interval; for a segment that starts after the model's start
+    (`lead_in`), from x(t0) solved from the noise first, which the batch then carries as x0."""
+    lead = field.lead_in
+    out = {}
+    if lead is None:
+        x = field.start(noise)
+    else:
+        x = dopri5(lambda x, t: lead(x, t, condition), lead.start(noise), lead.t_lo, field.t_lo, rtol, atol).x
+        out["x0"] = x.detach().cpu().contiguous()
+    res = dopri5(lambda x, t: field(x, t, condition), x, field.t_lo, field.t_hi, rtol, atol)
+    return {**out, "x1": res.x.detach().cpu().contiguous(), "nfe": torch.tensor(float(res.nfe))}
+
+
+def read_batch(
+    path: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype, with_start: bool = False
+) -> dict | None:
+    """A finished batch of an interrupted solve, if its file proves itself (key, digest, shape, dtype, finite;
+    a segment's batch also its x0)."""
     if not path.is_file():
         return None
     meta, d = _load_signed(path)
-    fits = d is not None and meta.get("key") == key and set(d) == {"x1", "nfe"}
-    fits = fits and tuple(d["x1"].shape) == shape and d["x1"].dtype == dtype and bool(torch.isfinite(d["x1"]).all())
+    fits = d is not None and meta.get("key") == key and set(d) == ({"x0", "x1", "nfe"} if with_start else {"x1", "nfe"})
+    states = [d[k] for k in ("x0", "x1") if k in d] if fits else []
+    fits = fits and all(tuple(x.shape) == shape and x.dtype == dtype and bool(torch.isfinite(x).all()) for x in states)
     if not fits:
         log.warning(f"ground-truth batch {path.name} is damaged; solving it again")
         return None

@@ -114,6 +114,9 @@ class VelocityField(nn.Module):
         """Give the network its guidance-embedding input (fields with embedded_guidance only)."""
         raise NotImplementedError(f"{type(self).__name__} has no guidance embedding")
 
+    #: the whole field a segment's ground truth solves x(t0) with first (fields.segment); None: starts from noise
+    lead_in = None
+
     #: dopri5 rtol = atol of this model's ground truth when none is given; a shipped model with a stiff
     #: data end sets a tighter one ("gt_tolerance" in config.json) so its GT ceiling stays far above its PSNRs
     gt_tolerance: float = 1e-5
