@@ -30,6 +30,7 @@ from .fields import GuidedField, NetworkField
 from .fields.adapters import network_input, network_time, to_velocity
 from .fields.pipelines import DiscreteGrid, FlowGrid
 from .fields.schedules import FMOT, DDPMDiscrete, schedule_from_dict, schedule_to_dict
+from .fields.segment import TOLERANCE, Segment
 from .loaders.schedulers import DIFFUSERS_PREDICTIONS as PREDICTIONS  # diffusers' prediction_type names -> ours
 from .solvers.table import NSSolver, SolverFamily, Table, load_solver, solver_from_json
 
@@ -75,19 +76,24 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         shift: float = 1.0,
         guidance: float | None = None,
         original: dict | None = None,
+        segments: list | None = None,
+        model_interval: list | None = None,
     ) -> None:
         if solver is None or schedule is None:
             raise BNSError("BNSScheduler needs a solver table and the model's schedule (use BNSScheduler.from_solver)")
         if prediction_type not in PREDICTIONS:
             raise BNSError(f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTIONS)}")
         table = solver_from_json(solver, source="scheduler config")
-        #: a guidance family: set_timesteps takes its table at the pipeline's guidance_scale (or set_guidance's)
-        self.family = table if isinstance(table, SolverFamily) else None
+        #: every table it holds: the first, and the tables of other segments (fields.segment) it picks per call
+        self.tables = [table] + [solver_from_json(t, source="scheduler config") for t in segments or []]
+        #: the model's whole interval (older configs: the first table's)
+        self.interval = tuple(model_interval) if model_interval else (float(table.t[0]), float(table.t_end))
         self.schedule = schedule_from_dict(schedule)
         self.prediction = PREDICTIONS[prediction_type]
         self._guidance: float | None = None
         self._time_input = time_input
-        self._use(table if self.family is None else table.at(table.guidance_range[0]))
+        self._layout = (0, 0)  # placeholder steps before and after the table's in `timesteps` (see set_timesteps)
+        self._select(table)
         # the folder's own scheduler settings beside ours, so another scheduler built from this config is the one
         # the folder had (DDIM's clip_sample and set_alpha_to_one, PNDM's skip_prk_steps, ...)
         own = set(inspect.signature(type(self).__init__).parameters)
@@ -96,6 +102,12 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         self._pipe = None  # the pipeline it was made for (a weak reference), whose guidance_scale it checks
         self._warned = False
         self._reset()
+
+    def _select(self, table: Table) -> None:
+        """Run `table` (a guidance family: at its lowest knot until set_timesteps takes the call's scale)."""
+        #: a guidance family: set_timesteps takes its table at the pipeline's guidance_scale (or set_guidance's)
+        self.family = table if isinstance(table, SolverFamily) else None
+        self._use(table if self.family is None else table.at(table.guidance_range[0]))
 
     def _use(self, solver: NSSolver) -> None:
         """Run `solver`'s table: its times (fp64), the start's noise level and the network-unit timesteps."""
@@ -128,15 +140,27 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         pipeline call's guidance_scale (or set_guidance's, or a guided field's) when set_timesteps runs."""
         from .solvers.resolve import check_solver_fits
 
-        table = solver if isinstance(solver, (NSSolver, SolverFamily)) else load_solver(solver)
-        source = "solver" if isinstance(solver, (NSSolver, SolverFamily)) else str(solver)
+        given = list(solver) if isinstance(solver, (list, tuple)) else [solver]
+        if not given:
+            raise BNSError("BNSScheduler.from_solver needs at least one solver table")
+        tables = [s if isinstance(s, (NSSolver, SolverFamily)) else load_solver(s) for s in given]
+        sources = ["solver" if isinstance(s, (NSSolver, SolverFamily)) else str(s) for s in given]
+        table = tables[0]
         pipe, given_field, original = None, isinstance(model, (NetworkField, GuidedField)), None
         if isinstance(model, (str, os.PathLike)):
             original, model = folder_field(model, table)
         elif not given_field:
             pipe, model = model, pipeline_field(model, table)
             original = dict(pipe.scheduler.config)
-        check_solver_fits(table, model, source=source, check_guidance=given_field)  # else: the pipeline call's
+        spans = set()
+        for each, source in zip(tables, sources):  # each on its segment; else the pipeline call's guidance
+            span = (round(float(each.t[0]), 9), round(float(each.t_end), 9))
+            if span in spans:
+                raise BNSError(f"{source}: two tables for the segment [{span[0]:g}, {span[1]:g}]; give one")
+            spans.add(span)
+            whole = abs(span[0] - model.t_lo) < TOLERANCE and abs(span[1] - model.t_hi) < TOLERANCE
+            on = model if whole else Segment(model, *span)
+            check_solver_fits(each, on, source=source, check_guidance=given_field)
         net_field = model.field if isinstance(model, GuidedField) else model
         if not isinstance(net_field, NetworkField):
             raise BNSError("BNSScheduler needs a network model (its prediction type and time input)")
@@ -162,6 +186,8 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
             t_lo=float(table.t[0]),
             guidance=None if guidance is None else float(guidance),
             original=_settings(original),
+            segments=[t.to_json() for t in tables[1:]] or None,
+            model_interval=[float(model.t_lo), float(model.t_hi)],
             **keys,
         )
         scheduler._pipe = None if pipe is None else weakref.ref(pipe)
@@ -215,10 +241,19 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0) -> None:
-        """Pipelines call this before the loop (Flux, SD3, img2img); a table always starts at its first step."""
-        if begin_index not in (0, None):
-            raise BNSError(f"a BNS table runs all its {self.solver.nfe} steps: it cannot begin at step {begin_index}")
-        self._begin_index = 0
+        """Pipelines call this before the loop (Flux, SD3, img2img at its strength's first step); the table's first
+        step must be the one they begin at: one line otherwise."""
+        begin = self._layout[0]
+        if (begin_index or 0) != begin:
+            t0 = float(self._t[0])
+            need = (
+                f"num_inference_steps and strength with int(num_inference_steps * strength) = {self.solver.nfe} "
+                f"(this table starts at t = {t0:g}, strength {1 - t0:g})"
+                if begin
+                else f"strength 1 (this table starts from noise and runs all its {self.solver.nfe} steps)"
+            )
+            raise BNSError(f"the pipeline begins at step {begin_index} of {len(self.timesteps)}: pass {need}")
+        self._begin_index = begin
 
     @property
     def sigmas(self) -> torch.Tensor:
@@ -239,6 +274,8 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         they are the table's own (to SIGMA_TOLERANCE), or a flow pipeline's default linspace(1, 1/n, n) (what
         FluxPipeline, LTXPipeline and Lumina2Pipeline pass when the user chose none: the table's grid then);
         anything else is one line.  A family takes its table at the call's guidance first."""
+        self._begin_index = None  # a pipeline sets it after this call, as for diffusers' own schedulers
+        self._pick_segment(num_inference_steps)
         if self.family is not None:
             self._choose_table()
         n = self.solver.nfe
@@ -261,12 +298,89 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
                     "BNSScheduler takes no sigmas but its own: the pipeline's do not match the table's "
                     "(pass sigmas=pipe.scheduler.sigmas[:-1] or let the scheduler choose)"
                 )
-        if num_inference_steps is not None and num_inference_steps != n:
+        if num_inference_steps is not None and num_inference_steps != n and self._layout == (0, 0):
             raise BNSError(f"this BNS solver takes exactly {n} steps, not {num_inference_steps}")
         self._check_guidance()
-        self.timesteps = network_time(self.schedule, self.config.time_input, self._t).float().to(device)
-        self.num_inference_steps = n
+        before, after = self._layout
+        lo, hi = self.interval
+        t0, t1 = float(self._t[0]), float(self.solver.t_end)
+        times = torch.cat([
+            torch.linspace(lo, t0, before + 1, dtype=torch.float64)[:-1],  # never run: the pipeline slices them off
+            self._t,
+            torch.linspace(t1, hi, after + 1, dtype=torch.float64)[1:],
+        ])  # fmt: skip
+        self.timesteps = network_time(self.schedule, self.config.time_input, times).float().to(device)
+        self._check_cutoffs()
+        self.num_inference_steps = n + before + after
         self._reset()
+
+    def _pipeline_fractions(self) -> tuple[float | None, float | None]:
+        """The pipeline call's denoising_start and denoising_end (SDXL's ensemble of experts), None when unset."""
+        pipe = self._pipe() if self._pipe is not None else None
+        out = []
+        for name in ("_denoising_start", "_denoising_end"):
+            value = getattr(pipe, name, None) if pipe is not None else None
+            out.append(float(value) if isinstance(value, (int, float)) and 0 < value < 1 else None)
+        return out[0], out[1]
+
+    def _pick_segment(self, steps: int | None) -> None:
+        """The table for this call: the segment [denoising_start, denoising_end] a pipeline runs, a table that
+        starts later for img2img at a strength (checked by set_begin_index), or the whole interval; its
+        placeholder steps in `timesteps` are the ones the pipeline slices off by its own rules."""
+        lo, hi = self.interval
+        start, end = self._pipeline_fractions()
+        want = (lo if start is None else start, hi if end is None else end)
+        spans = [(float(t.t[0]), float(t.t_end)) for t in self.tables]
+        exact = [i for i, (a, b) in enumerate(spans) if abs(a - want[0]) < TOLERANCE and abs(b - want[1]) < TOLERANCE]
+        if start is None and end is None and not exact:  # img2img: the table that starts after the noise
+            exact = [i for i, (a, b) in enumerate(spans) if a > lo + TOLERANCE and abs(b - hi) < TOLERANCE]
+        if len(exact) != 1:
+            have = ", ".join(f"[{a:g}, {b:g}] ({self._call_for(a, b)})" for a, b in spans)
+            raise BNSError(
+                f"this BNSScheduler has no table for the segment [{want[0]:g}, {want[1]:g}] the pipeline runs "
+                f"(denoising_start {start}, denoising_end {end}); its tables: {have}"
+            )
+        table = self.tables[exact[0]]
+        self._select(table)
+        n, a, b = table.nfe, *spans[exact[0]]
+        extra = max(0, (steps or n) - n)
+        if extra and abs(a - lo) < TOLERANCE and abs(b - hi) < TOLERANCE:
+            raise BNSError(f"this BNS solver takes exactly {n} steps, not {steps}")
+        if extra and a <= lo + TOLERANCE and end is None:
+            raise BNSError(
+                f"this table ends at t = {b:g}: it is for a pipeline call with denoising_end={b:g} "
+                f"and num_inference_steps >= {n}"
+            )
+        self._layout = (extra, 0) if a > lo + TOLERANCE else (0, extra)
+
+    def _call_for(self, a: float, b: float) -> str:
+        """The pipeline call a table's segment [a, b] is for."""
+        lo, hi = self.interval
+        starts, ends = a > lo + TOLERANCE, b < hi - TOLERANCE
+        if starts and ends:
+            return f"denoising_start={a:g}, denoising_end={b:g}"
+        if ends:
+            return f"denoising_end={b:g}"
+        return f"denoising_start={a:g} or strength {1 - a:g}" if starts else "the whole trajectory"
+
+    def _check_cutoffs(self) -> None:
+        """The steps a pipeline keeps for denoising_start / denoising_end (its discrete_timestep_cutoff rules) are
+        exactly the table's: one line where a table's time lies on the wrong side of the cutoff."""
+        start, end = self._pipeline_fractions()
+        before, after = self._layout
+        steps = float(self.config.num_train_timesteps)
+        n = self.solver.nfe
+        for fraction, keep in ((start, "below"), (end, "at or above")):
+            if fraction is None:
+                continue
+            cutoff = int(round(steps - fraction * steps))
+            kept = self.timesteps < cutoff if keep == "below" else self.timesteps >= cutoff
+            if kept[before : before + n].all() and not kept[:before].any() and not kept[before + n :].any():
+                continue
+            raise BNSError(
+                f"the table's timesteps {[round(float(v), 1) for v in self.timesteps[before : before + n]]} do not "
+                f"all lie {keep} the pipeline's cutoff {cutoff} for {fraction:g}: distil the table for this segment"
+            )
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """What the network sees at the current step: the sample, or sample / alpha for EDM-style networks
@@ -283,6 +397,11 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         i = self._step
         if i >= self.solver.nfe:
             raise BNSError(f"this BNS solver has {self.solver.nfe} steps; call set_timesteps() to start again")
+        if i == 0 and self._layout[0] and self._begin_index != self._layout[0]:
+            raise BNSError(
+                f"this table starts at t = {float(self._t[0]):g} (img2img strength {1 - float(self._t[0]):g}, or a "
+                "refiner's denoising_start): the pipeline must begin at its first step"
+            )
         x = sample.float()
         if i == 0:
             self._x0 = x
@@ -312,8 +431,12 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         out = alpha * original_samples.float() + sigma * noise.float()
         return out.to(original_samples.dtype)
 
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
+        """Flow pipelines' name for add_noise (SD3 and Flux img2img): (1 - sigma) x + sigma eps at the timestep."""
+        return self.add_noise(sample, noise, timestep)
+
     def __len__(self) -> int:
-        return self.solver.nfe
+        return len(self.timesteps)
 
 
 def _default_flow_sigmas(sigmas) -> bool:

@@ -167,7 +167,7 @@ def test_img2img_adds_noise_at_the_first_step(tmp_path):
     start = sched.add_noise(x0, randn_tensor(x0.shape, generator=g), sched.timesteps[:1].repeat(2))
     ours = sample(field, solver, start / sched.init_noise_sigma, field.cond_set[:2])
     _close(out.images, ours)
-    with pytest.raises(BNSError, match="cannot begin"):  # strength < 1 skips steps: a table runs them all
+    with pytest.raises(BNSError, match="pass strength 1"):  # strength < 1 needs a table for its segment
         pipe(image=image, strength=0.5, num_inference_steps=4, **kw)
 
 
