@@ -107,7 +107,8 @@ def test_sdxl_time_ids_default_from_the_size_and_missing_conditions_are_one_line
 
 def test_unsupported_class_lists_the_supported_ones(tmp_path):
     (tmp_path / "p" / "transformer").mkdir(parents=True)
-    (tmp_path / "p" / "transformer" / "config.json").write_text(json.dumps({"_class_name": "Lumina2Transformer2DModel"}))
+    config = {"_class_name": "Lumina2Transformer2DModel"}
+    (tmp_path / "p" / "transformer" / "config.json").write_text(json.dumps(config))
     code, _, err = cli("eval", "-m", f"diffusers:{tmp_path / 'p'}", "-s", "euler")
     assert code == 2 and "not supported; supported: UNet2DModel" in err and "FluxTransformer2DModel" in err
 
