@@ -149,8 +149,14 @@ decoder_option = click.option(
 
 
 def gt_options(fn):
-    """--rtol, --atol and --cache-dir of the ground truth."""
+    """--rtol, --atol, --cache-dir and --reference of the ground truth."""
     fn = click.option("--cache-dir", default=None, help="Ground-truth cache (default ~/.cache/bns-export/gt).")(fn)
+    fn = click.option(
+        "--reference",
+        default=None,
+        help="Ground truth by dopri5 (default) or, for models too big for it, a classic solver at a fixed NFE: "
+        "SOLVER[:GRID]@NFE, e.g. dpm++2m:karras@64 (its accuracy is measured against dopri5 on 8 pairs and reported).",
+    )(fn)
     dflt = "[default: the model's, 1e-5 unless its config.json sets gt_tolerance]"
     fn = click.option("--atol", type=Number(1e-12, 0.1), default=None, help=f"Ground-truth dopri5 atol. {dflt}")(fn)
     return click.option("--rtol", type=Number(1e-10, 0.1), default=None, help=f"Ground-truth dopri5 rtol. {dflt}")(fn)
@@ -298,13 +304,19 @@ def _exit(line: str, code: int, standalone_mode: bool):
     return code
 
 
-def _ground_truth(field, n: int, seed: int, rtol: float, atol: float, cache_dir, label: str, world):
+def _ground_truth(
+    field, n: int, seed: int, rtol: float, atol: float, cache_dir, label: str, world, reference: str | None = None
+):
     from .groundtruth import ground_truth
+    from .solvers.resolve import classic_reference
 
+    ref = classic_reference(reference)
     if not world.is_main:
-        return ground_truth(field, n, seed, rtol, atol, cache_dir=cache_dir, world=world)
-    with click.progressbar(length=n, label=label, file=sys.stderr) as bar:
-        return ground_truth(field, n, seed, rtol, atol, cache_dir=cache_dir, progress=bar.update, world=world)
+        return ground_truth(field, n, seed, rtol, atol, cache_dir=cache_dir, world=world, reference=ref)
+    with click.progressbar(length=n, label=label, file=sys.stderr, show_pos=True) as bar:
+        return ground_truth(
+            field, n, seed, rtol, atol, cache_dir=cache_dir, progress=bar.update, world=world, reference=ref
+        )
 
 
 @click.group(cls=CLI, context_settings={"help_option_names": ["-h", "--help"]})
@@ -356,6 +368,7 @@ def eval_cmd(
     rtol,
     atol,
     cache_dir,
+    reference,
     segment,
     device,
     network_dtype,
@@ -369,7 +382,7 @@ def eval_cmd(
 
     world, dev = init_world(resolve_device(device))
     field, ns = load_with_solver(model, solver, model_opts, guidance, nfe, dev, network_dtype, segment or True)
-    gt = _ground_truth(field, n_samples, seed, rtol, atol, cache_dir, "ground truth", world)
+    gt = _ground_truth(field, n_samples, seed, rtol, atol, cache_dir, "ground truth", world, reference)
     report = evaluate_on(field, ns, gt, world)
     report.update(model=model, guidance=field.guidance, seed=seed, device=dev, world_size=world.size)
     if not world.is_main:
@@ -459,6 +472,7 @@ def distill_cmd(
     rtol,
     atol,
     cache_dir,
+    reference,
     segment,
     device,
     network_dtype,
@@ -505,9 +519,11 @@ def distill_cmd(
     def pairs(field) -> tuple:
         at = "" if knots is None else f" at w={field.guidance:g}"
         train = _ground_truth(
-            field, train_pairs, SEEDS.train, rtol, atol, cache_dir, f"ground truth (train){at}", world
+            field, train_pairs, SEEDS.train, rtol, atol, cache_dir, f"ground truth (train){at}", world, reference
         )
-        val = _ground_truth(field, val_pairs, SEEDS.val, rtol, atol, cache_dir, f"ground truth (val)  {at}", world)
+        val = _ground_truth(
+            field, val_pairs, SEEDS.val, rtol, atol, cache_dir, f"ground truth (val)  {at}", world, reference
+        )
         return train, val
 
     stages = 1 if knots is None else len(knots) + joint

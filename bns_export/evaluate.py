@@ -45,6 +45,8 @@ def evaluate_on(field, solver: NSSolver, gt: GTSet, world: World = SINGLE, batch
         gt_nfe_mean=gt.nfe_mean,
         solver_fingerprint=solver.fingerprint(),
     )
+    if gt.ruler is not None:  # a classic reference: its own accuracy bounds what the PSNR can show
+        report["gt_ruler"] = gt.ruler
     return report
 
 

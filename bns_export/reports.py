@@ -6,12 +6,30 @@ from .sizes import declared_sizes
 
 
 def eval_text(report: dict) -> str:
-    """One line for `evaluate_on`'s PSNR summary."""
-    return (
+    """One line for `evaluate_on`'s PSNR summary (with a classic reference, its ruler and whether the PSNR is
+    near it: then the PSNR measures the reference, not the solver)."""
+    line = (
         f"{report['solver']}: NFE {report['nfe']}, PSNR mean {report['psnr_mean']:.2f} dB, "
         f"min {report['psnr_min']:.2f}, median {report['psnr_median']:.2f}, std {report['psnr_std']:.2f} "
-        f"over {report['n_samples']} samples (ground truth: {report['gt_nfe_mean']:.0f} NFE)"
+        f"over {report['n_samples']} samples (ground truth: {report['gt_nfe_mean']:.0f} NFE"
     )
+    ruler = report.get("gt_ruler")
+    if ruler is None:
+        return line + ")"
+    near = report["psnr_mean"] > ruler - RULER_MARGIN
+    return (
+        line
+        + f", a classic reference accurate to about {ruler:.1f} dB"
+        + (
+            f"; this PSNR is within {RULER_MARGIN:g} dB of it: it measures the reference, use a finer one)"
+            if near
+            else ")"
+        )
+    )
+
+
+#: how far below a classic reference's ruler a PSNR must be to measure the solver rather than the reference
+RULER_MARGIN = 10.0
 
 
 #: the solver-file provenance a distillation summary shows

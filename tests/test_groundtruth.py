@@ -84,3 +84,35 @@ def test_a_killed_solve_resumes_from_its_finished_batches(tmp_path, monkeypatch)
     again = gt_mod.ground_truth(field, 12, 5, rtol=1e-4, atol=1e-4, cache_dir=cache, batch_size=4)
     assert len(calls) == 1 and torch.equal(again.x1, whole.x1)
     assert [p.name for p in cache.iterdir()] == [f"{again.key}.safetensors"]  # the batches gave way to the entry
+
+
+def test_a_classic_reference_is_a_cheaper_ground_truth_with_a_measured_ruler(tmp_path):
+    """`--reference SOLVER:GRID@NFE`: the pairs solved by a classic solver at a fixed NFE (own cache key), its
+    accuracy measured against dopri5 on the first pairs (the ruler), reported by eval."""
+    import json
+
+    from click.testing import CliRunner
+
+    from bns_export.cli import main
+    from bns_export.loaders import load_model
+    from bns_export.metrics import psnr_per_sample
+    from bns_export.solvers.resolve import classic_reference
+
+    field = load_model("analytic:gmm")
+    exact = ground_truth(field, 16, 3, cache_dir=tmp_path)
+    ref = classic_reference("dpm++2m:karras@32")
+    cheap = ground_truth(field, 16, 3, cache_dir=tmp_path, reference=ref)
+    assert cheap.key != exact.key and cheap.nfe_mean == 32 and exact.ruler is None
+    error = float(psnr_per_sample(cheap.x1, exact.x1).mean())
+    assert 30 < error < 120 and abs(cheap.ruler - error) < 6  # the ruler is that error, on 8 of the pairs
+    again = ground_truth(field, 16, 3, cache_dir=tmp_path, reference=ref)
+    assert again.ruler == pytest.approx(cheap.ruler)  # cached with its ruler
+    args = ["eval", "-m", "analytic:gmm", "-s", "euler", "--nfe", 4, "-n", 16, "--cache-dir", tmp_path]
+    r = CliRunner().invoke(main, [str(a) for a in [*args, "--reference", "dpm++2m:karras@32", "--json"]])
+    assert r.exit_code == 0, r.stderr
+    assert 30 < json.loads(r.stdout)["gt_ruler"] < 120  # the eval pairs' own ruler
+    r = CliRunner().invoke(main, [str(a) for a in [*args, "--reference", "euler@4"]])
+    assert r.exit_code == 0 and "within 10 dB of it: it measures the reference" in r.stdout
+    for bad in ("dopri", "euler@1", "euler@x", "nosuch@8", "@8"):
+        r = CliRunner().invoke(main, [str(a) for a in [*args, "--reference", bad]])
+        assert r.exit_code == 2 and ("--reference" in r.stderr or "unknown solver" in r.stderr), (bad, r.stderr)

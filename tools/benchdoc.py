@@ -38,7 +38,11 @@ PAGE = (
     ("digits (VP eps-model, unconditional)", ["psnr-digits"], ""),
     ("digits-text (FM-OT, text-conditioned, guidance 3)", ["psnr-digits-text"], ""),
     ("mnist (class-conditional, guidance 1 and 3)", ["psnr-mnist", "psnr-mnist-baselines"], ""),
-    ("Ground-truth ceiling", ["gt-ceiling"], "Each model's table gives its ruler; this is every model at once."),
+    (
+        "Ground-truth ceiling",
+        ["gt-ceiling", "gt-reference"],
+        "Each model's table gives its ruler; this is every model at once.",
+    ),
     (
         "Latency",
         ["latency-digits", "latency-mnist", "latency-digits-cuda", "latency-mnist-cuda", "latency-notes"],
@@ -57,6 +61,11 @@ PAGE = (
     ),
     ("Model scale", ["scale"], "Export and validation of real-sized networks: time and peak memory against NFE."),
     ("Distillation scale", ["distill-scale"], "What one distillation iteration holds and costs as the NFE grows."),
+    (
+        "Segments",
+        ["segments-digits-text"],
+        "Tables for img2img at a strength and for a base + refiner split, against classic solvers on the same part.",
+    ),
     (
         "Distillation recipe",
         [

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 
 from ..errors import BNSError
 from ..fields.field import same_weights
+from ..groundtruth import DOPRI5, Reference
 from .classic import BASELINES
 from .general import scale_time
 from .grids import GRIDS, make_grid
@@ -211,3 +213,32 @@ def check_solver_fits(
             f"{source}: interval mismatch: solver runs [{solver.t[0]:g}, {solver.t_end:g}], "
             f"model integrates [{field.t_lo:g}, {field.t_hi:g}]"
         )
+
+
+#: the largest NFE a classic reference may take (its ruler runs twice that)
+MAX_REFERENCE_NFE = 4096
+
+
+def classic_reference(text: str | None) -> Reference:
+    """`--reference`: `dopri5` (the default, adaptive) or `SOLVER[:GRID]@NFE`, a classic solver at a fixed high
+    NFE, the ground truth a big model can afford (groundtruth.Reference; its error is reported as a ruler)."""
+    if text is None or text == "dopri5":
+        return DOPRI5
+    spec, at, count = str(text).rpartition("@")
+    parsed = parse_spec(spec) if at and spec else None
+    if parsed is None or parsed.is_file:
+        raise BNSError(f"--reference {text}: give dopri5 or a classic solver and its NFE, e.g. dpm++2m:karras@64")
+    try:
+        nfe = int(count)
+    except ValueError:
+        nfe = 0
+    if not 2 <= nfe <= MAX_REFERENCE_NFE:
+        raise BNSError(f"--reference {text}: the NFE must be an integer in [2, {MAX_REFERENCE_NFE}]")
+
+    def run(field, x: Tensor, condition: Tensor | None, n: int, t0: float, t1: float) -> Tensor:
+        from .sampler import ns_sample, solver_tensors
+
+        t, a, b = solver_tensors(baseline(parsed, n, field.schedule, t0, t1), x.dtype, x.device)
+        return ns_sample(field, t, a, b, x, condition)
+
+    return Reference(f"{parsed.name}:{parsed.grid or ''}@{nfe}", nfe, run)
