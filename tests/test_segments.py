@@ -102,10 +102,10 @@ def _sd(tmp_path, family="sd"):
     return field, load_file(opts[1])
 
 
-def _vae():
+def _vae(**kw):
     return diffusers.AutoencoderKL(
         block_out_channels=(16,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8,
+        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8, **kw,
     )  # fmt: skip
 
 
@@ -173,3 +173,33 @@ def test_img2img_at_a_strength_runs_the_table_of_that_segment(tmp_path):
     _close(out, sample(Segment(field, 0.5, field.t_hi), table, start, field.cond_set[:2]))
     with pytest.raises(BNSError, match=r"int\(num_inference_steps \* strength\) = 4"):
         pipe(strength=0.3, num_inference_steps=8, **kw)
+
+
+def test_sd3_img2img_at_a_strength_uses_scale_noise_and_the_segment_table(tmp_path):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from bns_export.diffusers import BNSScheduler
+
+    field, conds = _sd(tmp_path, "sd3")
+    table = baseline("dpm++2m", 3, field.schedule, 0.4, field.t_hi)
+    vae = _vae(shift_factor=0.1)
+    sched = BNSScheduler.from_solver(table, field)
+    pipe = diffusers.StableDiffusion3Img2ImgPipeline(
+        transformer=field.field.net.model, scheduler=sched, vae=vae, text_encoder=None, tokenizer=None,
+        text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
+    )  # fmt: skip
+    emb = {
+        "prompt_embeds": conds["encoder_hidden_states"][:2],
+        "negative_prompt_embeds": conds["null.encoder_hidden_states"][None].expand(2, -1, -1),
+        "pooled_prompt_embeds": conds["pooled_projections"][:2],
+        "negative_pooled_prompt_embeds": conds["null.pooled_projections"][None].expand(2, -1),
+    }
+    image = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    out = pipe(image=image, strength=0.6, num_inference_steps=5, guidance_scale=3.0, output_type="latent",
+               generator=torch.Generator().manual_seed(2), **emb).images  # fmt: skip
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        x0 = vae.encode(image).latent_dist.sample(g)
+    x0 = (x0 - vae.config.shift_factor) * vae.config.scaling_factor
+    start = sched.scale_noise(x0, sched.timesteps[2:3].repeat(2), randn_tensor(x0.shape, generator=g))
+    _close(out, sample(Segment(field, 0.4, field.t_hi), table, start, field.cond_set[:2]))
