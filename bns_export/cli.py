@@ -356,6 +356,12 @@ def models_cmd(as_json: bool) -> None:
 @segment_options
 @device_option
 @network_dtype_option
+@click.option(
+    "--classic-equivalent",
+    is_flag=True,
+    help="Also find the classic-equivalent NFE: where the best classic solver (every solver and grid, at n, 1.5n, "
+    "2n and 3n) reaches this PSNR.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_cmd(
     model,
@@ -372,10 +378,12 @@ def eval_cmd(
     segment,
     device,
     network_dtype,
+    classic_equivalent,
     as_json,
 ) -> None:
     """PSNR of a solver's samples against the exact (dopri5) ODE solution (on a segment: from x(T0) to x(T1))."""
     from .devices import resolve_device
+    from .evaluate import classic_equivalent as equivalent
     from .evaluate import evaluate_on, load_with_solver
     from .parallel import init_world
     from .reports import eval_text
@@ -385,6 +393,8 @@ def eval_cmd(
     gt = _ground_truth(field, n_samples, seed, rtol, atol, cache_dir, "ground truth", world, reference)
     report = evaluate_on(field, ns, gt, world)
     report.update(model=model, guidance=field.guidance, seed=seed, device=dev, world_size=world.size)
+    if classic_equivalent:
+        report.update(equivalent(field, gt, report["psnr_mean"], ns.nfe, world))
     if not world.is_main:
         return
     if as_json:

@@ -16,9 +16,10 @@ from .fields.segment import TOLERANCE, Segment, SegmentSpec
 from .groundtruth import SEEDS, GTSet, ground_truth, make_inputs
 from .images import grid, write_npz, write_png
 from .loaders import ModelOptions, ModelSpec, load_model
-from .metrics import psnr_per_sample, summarize
+from .metrics import equivalent_nfe, psnr_per_sample, summarize
 from .parallel import SINGLE, World
-from .solvers import SolverLike, guidance_for, parse_spec, resolve_solver
+from .solvers import BASELINES, SolverLike, baseline, guidance_for, parse_spec, resolve_solver
+from .solvers.grids import GRIDS
 from .solvers.sampler import sample_batches, solver_tensors
 from .solvers.table import NSSolver
 
@@ -48,6 +49,40 @@ def evaluate_on(field, solver: NSSolver, gt: GTSet, world: World = SINGLE, batch
     if gt.ruler is not None:  # a classic reference: its own accuracy bounds what the PSNR can show
         report["gt_ruler"] = gt.ruler
     return report
+
+
+def every_classic() -> list[str]:
+    """Every classic solver on every time grid, as specs (`euler:uniform`, ...)."""
+    return [f"{name}:{grid}" for name in BASELINES for grid in GRIDS]
+
+
+def best_classic(field, gt: GTSet, nfe: int, world: World = SINGLE) -> dict | None:
+    """The best classic solver over every solver and grid that runs at `nfe` on the field (its eval report), or
+    None when none does (a grid the model has no pipeline for is skipped)."""
+    best = None
+    for spec in every_classic():
+        if nfe % BASELINES[spec.partition(":")[0]].nfe_per_step:
+            continue
+        try:
+            solver = baseline(spec, nfe, field.schedule, field.t_lo, field.t_hi)
+        except (BNSError, ValueError):
+            continue
+        report = {**evaluate_on(field, solver, gt, world), "solver": spec}
+        if best is None or report["psnr_mean"] > best["psnr_mean"]:
+            best = report
+    return best
+
+
+def classic_equivalent(field, gt: GTSet, psnr: float, nfe: int, world: World = SINGLE) -> dict:
+    """The classic-equivalent NFE of a PSNR measured at `nfe`: the best classic over every solver and grid at n,
+    1.5n, 2n and 3n, and the NFE where that curve reaches the PSNR (metrics.equivalent_nfe; None: beyond 3n)."""
+    curve = {}
+    for m in sorted({nfe, (3 * nfe + 1) // 2, 2 * nfe, 3 * nfe}):
+        best = best_classic(field, gt, m, world)
+        if best is not None:
+            curve[m] = {"solver": best["solver"], "psnr_mean": best["psnr_mean"]}
+    n_eq = equivalent_nfe({m: c["psnr_mean"] for m, c in curve.items()}, psnr)
+    return {"n_eq": n_eq, "n_eq_ratio": None if n_eq is None else n_eq / nfe, "best_classic": curve}
 
 
 def evaluate(

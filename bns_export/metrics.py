@@ -25,3 +25,21 @@ def summarize(psnr: Tensor) -> dict:
         "psnr_max": float(p.max()),
         "psnr_std": float(p.std()) if p.numel() > 1 else 0.0,
     }
+
+
+def equivalent_nfe(curve: dict[int, float], target: float) -> float | None:
+    """The classic-equivalent NFE: where a PSNR-vs-NFE curve (the best classic solver at each measured NFE)
+    reaches `target` (a BNS table's PSNR), interpolated linearly in log NFE between the measured NFEs; the
+    smallest measured NFE when the curve starts above it, None when it never gets there (above the largest)."""
+    import math
+
+    points = sorted((int(n), float(p)) for n, p in curve.items())
+    if not points:
+        return None
+    if target <= points[0][1]:
+        return float(points[0][0])
+    for (n0, p0), (n1, p1) in zip(points, points[1:]):
+        if p0 < target <= p1:
+            frac = (target - p0) / (p1 - p0)
+            return math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0)))
+    return None

@@ -15,17 +15,27 @@ def eval_text(report: dict) -> str:
     )
     ruler = report.get("gt_ruler")
     if ruler is None:
-        return line + ")"
-    near = report["psnr_mean"] > ruler - RULER_MARGIN
-    return (
-        line
-        + f", a classic reference accurate to about {ruler:.1f} dB"
-        + (
+        line += ")"
+    else:
+        near = report["psnr_mean"] > ruler - RULER_MARGIN
+        line += f", a classic reference accurate to about {ruler:.1f} dB" + (
             f"; this PSNR is within {RULER_MARGIN:g} dB of it: it measures the reference, use a finer one)"
             if near
             else ")"
         )
-    )
+    if "best_classic" in report:
+        line += "\n" + equivalent_text(report)
+    return line
+
+
+def equivalent_text(report: dict) -> str:
+    """The classic-equivalent NFE line of `eval --classic-equivalent`, with the best classic at each NFE."""
+    curve = report["best_classic"]
+    best = ", ".join(f"{c['solver']} {c['psnr_mean']:.2f} dB at {m}" for m, c in curve.items())
+    n_eq, nfe = report["n_eq"], report["nfe"]
+    if n_eq is None:
+        return f"classic-equivalent NFE: above {max(curve)} (> {max(curve) / nfe:.1f}n); best classic: {best}"
+    return f"classic-equivalent NFE: {n_eq:.1f} ({n_eq / nfe:.2f}n); best classic: {best}"
 
 
 #: how far below a classic reference's ruler a PSNR must be to measure the solver rather than the reference

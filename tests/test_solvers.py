@@ -234,3 +234,30 @@ def test_bad_solver_files_name_the_problem(tmp_path, change, message):
 def test_odd_nfe_is_refused_for_two_stage_methods():
     with pytest.raises(BNSError, match="multiple of 2"):
         baseline("midpoint", 5, gmm().schedule, 0.0, 1.0)
+
+
+def test_the_classic_equivalent_nfe_interpolates_in_log_nfe():
+    from bns_export.metrics import equivalent_nfe
+
+    curve = {4: 30.0, 8: 40.0, 16: 50.0}
+    assert equivalent_nfe(curve, 40.0) == pytest.approx(8.0)
+    assert equivalent_nfe(curve, 45.0) == pytest.approx(8 * 2**0.5)  # halfway in log NFE
+    assert equivalent_nfe(curve, 20.0) == 4.0 and equivalent_nfe(curve, 51.0) is None
+    assert equivalent_nfe({}, 1.0) is None
+
+
+def test_eval_prints_the_classic_equivalent_nfe(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from bns_export.cli import main
+
+    args = ["eval", "-m", "analytic:gmm", "-s", "euler", "--nfe", 4, "-n", 8, "--cache-dir", tmp_path]
+    r = CliRunner().invoke(main, [str(a) for a in [*args, "--classic-equivalent", "--json"]])
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert sorted(int(m) for m in report["best_classic"]) == [4, 6, 8, 12]
+    assert report["n_eq"] <= 4.0  # euler is no better than the best classic at its own NFE
+    r = CliRunner().invoke(main, [str(a) for a in [*args, "--classic-equivalent"]])
+    assert "classic-equivalent NFE: 4.0 (1.00n)" in r.stdout

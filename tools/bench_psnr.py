@@ -31,6 +31,7 @@ from bns_export.distill import DistillConfig, distill  # noqa: E402
 from bns_export.evaluate import evaluate_on  # noqa: E402
 from bns_export.groundtruth import SEEDS, ground_truth  # noqa: E402
 from bns_export.loaders import load_model  # noqa: E402
+from bns_export.metrics import equivalent_nfe  # noqa: E402
 
 
 def parse_model(spec: str) -> tuple[str, float]:
@@ -185,6 +186,16 @@ def gain(row: dict) -> float:
     return row["BNS"] - best_baseline(row)
 
 
+def equivalent_text(curve: dict[int, float], psnr: float, n: int) -> str:
+    """n_eq (and n_eq / n) of a BNS PSNR on the best-classic curve, or where it lies beyond the measured NFEs."""
+    n_eq = equivalent_nfe(curve, psnr)
+    if n_eq is None:
+        return f"> {max(curve)} (> {max(curve) / n:.1f}n)"
+    if n_eq <= min(curve) and psnr < curve[min(curve)]:
+        return f"< {min(curve)}"
+    return f"{n_eq:.1f} ({n_eq / n:.2f}n)"
+
+
 def summary_lines(rows: dict[int, dict], nfes: list[int], res: dict | None = None) -> list[str]:
     """The table's closing rows: gains, the "BNS at n vs best baseline at 2n" target, cost, init."""
     res = res or {}
@@ -197,8 +208,10 @@ def summary_lines(rows: dict[int, dict], nfes: list[int], res: dict | None = Non
             ],
         }
         return [f"| {label} | " + " | ".join(c) + " |" for label, c in cells.items()] + [""]
+    curve = {m: best_baseline(r) for m, r in rows.items() if any(k != "BNS" and not k.startswith("_") for k in r)}
     cells = {
         "BNS gain over best baseline": [f"{gain(rows[n]):+.2f}" for n in nfes],
+        "classic-equivalent NFE n_eq (n_eq / n)": [equivalent_text(curve, rows[n]["BNS"], n) for n in nfes],
         "best baseline at 2n NFE": [f"{best_baseline(rows[2 * n]):.2f}" if 2 * n in rows else "n/a" for n in nfes],
         "BNS at n minus best baseline at 2n": [
             f"{rows[n]['BNS'] - best_baseline(rows[2 * n]):+.2f}" if 2 * n in rows else "n/a" for n in nfes
@@ -265,6 +278,7 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: d
         "![PSNR vs NFE](psnr_vs_nfe.png)\n",
     ]
     for res in results:
+        res = {**res, "rows": {int(n): row for n, row in res["rows"].items()}}  # JSON keeps NFEs as strings
         nfes = [n for n in res["rows"] if "BNS" in res["rows"][n] or res["rows"][n].get("_requested")]
         has_bns = any("BNS" in r for r in res["rows"].values())
         solvers = ["BNS"] * has_bns + [s for s in COMPARE if any(s in r for r in res["rows"].values())]

@@ -22,35 +22,16 @@ sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 from benchdoc import git_rev, machine, write_section  # noqa: E402
 
 from bns_export.distill import DistillConfig, distill  # noqa: E402
-from bns_export.errors import BNSError  # noqa: E402
-from bns_export.evaluate import evaluate_on  # noqa: E402
+from bns_export.evaluate import best_classic, evaluate_on  # noqa: E402
 from bns_export.fields.segment import Segment, SegmentSpec  # noqa: E402
 from bns_export.groundtruth import SEEDS, ground_truth  # noqa: E402
 from bns_export.loaders import load_model  # noqa: E402
-from bns_export.solvers import BASELINES, baseline  # noqa: E402
-from bns_export.solvers.grids import GRIDS  # noqa: E402
 
 SEGMENTS = {
     "img2img, strength 0.5": SegmentSpec("strength", (0.5,)),
     "base, denoising_end 0.8": SegmentSpec("end", (0.8,)),
     "refiner, denoising_start 0.8": SegmentSpec("start", (0.8,)),
 }
-
-
-def best_classic(field, gt, nfe: int) -> tuple[str, float]:
-    """The best classic solver over every time grid at `nfe` on the field's segment: (spec, PSNR)."""
-    best = ("-", float("-inf"))
-    for name in BASELINES:
-        for grid in GRIDS:
-            spec = f"{name}:{grid}"
-            try:
-                solver = baseline(spec, nfe, field.schedule, field.t_lo, field.t_hi)
-            except (BNSError, ValueError):
-                continue  # a grid this model has no pipeline for
-            psnr = evaluate_on(field, solver, gt)["psnr_mean"]
-            if psnr > best[1]:
-                best = (spec, psnr)
-    return best
 
 
 def main() -> None:
@@ -72,15 +53,14 @@ def main() -> None:
               (("train", args.train_pairs, SEEDS.train), ("val", args.val_pairs, SEEDS.val),
                ("test", args.test_pairs, SEEDS.eval))}  # fmt: skip
         for nfe in args.nfe:
-            classic, classic_psnr = best_classic(field, gt["test"], nfe)
-            double, double_psnr = best_classic(field, gt["test"], 2 * nfe)
+            classic, double = best_classic(field, gt["test"], nfe), best_classic(field, gt["test"], 2 * nfe)
             cfg = DistillConfig(nfe=nfe, iterations=args.iterations, batch_size=args.batch_size)
             t0 = time.perf_counter()
             solver = distill(field, gt["train"], gt["val"], cfg)
             seconds = time.perf_counter() - t0
             bns = evaluate_on(field, solver, gt["test"])["psnr_mean"]
-            rows.append((label, f"[{field.t_lo:g}, {field.t_hi:g}]", nfe, bns, classic, classic_psnr, double,
-                         double_psnr, seconds))  # fmt: skip
+            rows.append((label, f"[{field.t_lo:g}, {field.t_hi:g}]", nfe, bns, classic["solver"],
+                         classic["psnr_mean"], double["solver"], double["psnr_mean"], seconds))  # fmt: skip
             print(rows[-1], flush=True)
     command = "python tools/bench_segments.py " + " ".join(sys.argv[1:])
     lines = [
