@@ -79,13 +79,13 @@ def test_repository_refuses_mismatched_versions_and_aoti(artifacts, tmp_path):
     assert not (tmp_path / "repo" / "gmm-2").exists()
 
 
-def test_preferred_batch_sizes_let_a_lone_request_run_at_once():
+def test_preferred_batch_sizes_leave_out_1_so_the_queue_delay_batches():
     from bns_export.runtime.triton import preferred_batches
 
-    assert preferred_batches(1) == [1]
-    assert preferred_batches(8) == [1, 2, 4, 8]
-    assert preferred_batches(64) == [1, 8, 16, 32, 64]
-    assert preferred_batches(12) == [1, 2, 4, 8, 12]
+    assert preferred_batches(1) == []
+    assert preferred_batches(8) == [2, 4, 8]
+    assert preferred_batches(64) == [8, 16, 32, 64]
+    assert preferred_batches(12) == [2, 4, 8, 12]
 
 
 def test_engine_cache_lives_in_the_model_folder_and_profiles_can_be_left_out(artifacts, tmp_path):
@@ -93,7 +93,10 @@ def test_engine_cache_lives_in_the_model_folder_and_profiles_can_be_left_out(art
     r = CliRunner().invoke(main, ["triton", str(artifacts[2]), "--repo", str(repo), "--name", "gmm", "--gpu"])
     assert r.exit_code == 0, r.output
     cfg = _parse(repo / "gmm" / "config.pbtxt")
-    assert list(cfg.dynamic_batching.preferred_batch_size)[0] == 1
+    assert 1 not in cfg.dynamic_batching.preferred_batch_size and cfg.dynamic_batching.max_queue_delay_microseconds
+    policy = cfg.dynamic_batching.default_queue_policy  # bounded, with a timeout: a flood is rejected, not queued
+    assert policy.max_queue_size == 8 * cfg.max_batch_size and policy.default_timeout_microseconds == 60_000_000
+    assert policy.timeout_action == policy.REJECT
     params = dict(cfg.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters)
     assert params["trt_engine_cache_path"] == "/models/gmm/trt_engines" and (repo / "gmm" / "trt_engines").is_dir()
     assert "trt_profile_min_shapes" in params

@@ -44,13 +44,41 @@ def _io(spec: dict, batch_only: bool) -> str:
 
 
 def preferred_batches(max_batch: int) -> list[int]:
-    """1 (a lone request under light traffic runs at once, never waiting for company), the three largest
-    powers of two below max_batch, and max_batch itself."""
+    """The three largest powers of two from 2 below max_batch, and max_batch itself; never 1: a preferred size
+    of 1 lets every lone request run at once, so the queue delay would never form a batch (empty for 1)."""
     sizes, b = [], 2
     while b < max_batch:
         sizes.append(b)
         b *= 2
-    return sorted({1, *sizes[-3:], max_batch})
+    return sorted({*sizes[-3:], max_batch} - {1})
+
+
+#: how long a request may wait for a batch: one sampler run is one request's latency, so a short delay
+QUEUE_DELAY_US = 2000
+#: queued requests per batch slot before Triton rejects new ones (bounded memory under a flood)
+QUEUE_PER_SLOT = 8
+#: a queued request older than this is rejected (its client has likely given up)
+QUEUE_TIMEOUT_US = 60_000_000
+
+
+def dynamic_batching(max_batch: int) -> str:
+    """The dynamic_batching block: preferred sizes without 1, a short delay, and a bounded queue with a timeout
+    (docs/deployment.md says why)."""
+    preferred = preferred_batches(max_batch)
+    lines = ["dynamic_batching {"]
+    if preferred:
+        lines.append(f"  preferred_batch_size: {_dims(preferred)}")
+    lines += [
+        f"  max_queue_delay_microseconds: {QUEUE_DELAY_US}",
+        "  default_queue_policy {",
+        "    timeout_action: REJECT",
+        f"    default_timeout_microseconds: {QUEUE_TIMEOUT_US}",
+        "    allow_timeout_override: true",
+        f"    max_queue_size: {QUEUE_PER_SLOT * max_batch}",
+        "  }",
+        "}",
+    ]
+    return "\n".join(lines)
 
 
 #: where the repository is mounted in the Triton container, as in NVIDIA's quick start (`-v $PWD/repo:/models`)
@@ -87,9 +115,7 @@ def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str, trt_pr
         "version_policy: { all { } }",
         "input [\n" + ",\n".join(inputs) + "\n]",
         "output [\n" + ",\n".join(outputs) + "\n]",
-        "dynamic_batching {\n"
-        f"  preferred_batch_size: {_dims(preferred_batches(manifest['max_batch']))}\n"
-        "  max_queue_delay_microseconds: 2000\n}",
+        dynamic_batching(manifest["max_batch"]),
         "instance_group [ { count: 1 kind: " + ("KIND_GPU" if gpu else "KIND_CPU") + " } ]",
         'model_warmup [\n  {\n    name: "bns-warmup"\n    batch_size: 1\n' + "\n".join(warm) + "\n  }\n]",
     ]
