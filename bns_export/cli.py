@@ -839,6 +839,38 @@ def conditions_cmd(model, prompts, negative, max_tokens, out, device, encoder_dt
     click.echo(f"wrote {out}: {len(texts)} prompt(s) and their null; {shapes}")
 
 
+@main.command("serve")
+@handle_errors
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
+@click.option("--port", type=Integer(0, 65535), default=8000, show_default=True)
+@click.option("--max-body", type=Integer(1024, 1 << 34), default=64 << 20, show_default=True, help="Bytes.")
+@click.option("--header-timeout", type=Number(0.01, 3600), default=10.0, show_default=True, help="Seconds.")
+@click.option("--body-timeout", type=Number(0.01, 3600), default=30.0, show_default=True, help="Seconds.")
+@click.option("--max-delay-ms", type=Number(0, 10_000), default=5.0, show_default=True, help="Batch delay.")
+@click.option("--queue-per-slot", type=Integer(1, 1 << 16), default=8, show_default=True, help="Queue bound.")
+@click.option("--concurrency", type=Integer(1, 1 << 20), default=1024, show_default=True, help="Connections.")
+@trust_options
+def serve_cmd(
+    artifacts, host, port, max_body, header_timeout, body_timeout, max_delay_ms, queue_per_slot, concurrency, policy
+) -> None:
+    """Serve artifacts over the Open Inference Protocol (KServe v2; Triton's and KServe's clients work)."""
+    from .serve import Limits, load_models, make_app, server
+
+    limits = Limits(
+        max_body=max_body,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        max_delay_ms=max_delay_ms,
+        queue_per_slot=queue_per_slot,
+        concurrency=concurrency,
+    )
+    models = load_models(list(artifacts), policy)
+    srv = server(make_app(models, limits), host, port, limits)
+    click.echo(f"serving {', '.join(models)} on http://{host}:{port}/v2 (Open Inference Protocol)", err=True)
+    srv.run()
+
+
 @main.command("sign")
 @handle_errors
 @click.argument("artifact", type=click.Path())

@@ -252,24 +252,31 @@ def test_the_scheduler_takes_its_table_at_the_call_s_guidance(gmm):
         one.set_guidance(3.0)
 
 
-def test_the_http_service_batches_requests_at_their_own_guidance(family_artifact):
+def test_the_server_batches_requests_at_their_own_guidance(family_artifact):
     from concurrent.futures import ThreadPoolExecutor
 
     from httpclient import serving
 
     art, _ = family_artifact
-    with serving(art) as (post, _):
+    noise = [np.random.default_rng(k).standard_normal((1, 1, 8, 8)).astype(np.float32) for k in range(4)]
+    with serving(art) as srv:
         ws = [2.0, 2.5, 3.0, 4.0]
+
+        def one(k):
+            inputs = {"noise": noise[k], "labels": np.array([k]), "guidance": np.array([ws[k]], np.float32)}
+            return srv.infer(art.name, inputs)
+
         with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda k: post({"seed": k, "label": k, "guidance": ws[k]}), range(4)))
+            answers = list(pool.map(one, range(4)))
         runner = load(art)
-        for k, (code, body) in enumerate(answers):
-            assert code == 200, body
-            noise = np.random.default_rng(k).standard_normal((1, 8, 8)).astype(np.float32)
-            assert np.allclose(body["sample"], runner(noise[None], np.array([k]), ws[k])[0], atol=1e-5)
-        for body, msg in [({"seed": 1, "label": 1}, "pass guidance"), ({"seed": 1, "label": 1, "guidance": 9}, "2..4"),
-                          ({"seed": 1, "label": 1, "guidance": "x"}, "a number")]:  # fmt: skip
-            code, answer = post(body)
+        for k, (code, out) in enumerate(answers):
+            assert code == 200, out
+            assert np.allclose(out["sample"], runner(noise[k], np.array([k]), ws[k]), atol=1e-5)
+        for guidance, msg in [(None, "missing input(s) guidance"), (9.0, "2..4"), (float("nan"), "2..4")]:
+            inputs = {"noise": noise[0], "labels": np.array([1])}
+            if guidance is not None:
+                inputs["guidance"] = np.array([guidance], np.float32)
+            code, answer = srv.infer(art.name, inputs)
             assert code == 400 and msg in answer["error"], answer
 
 

@@ -209,22 +209,21 @@ def test_a_diffusers_unet_with_its_vae_takes_image_sizes(tmp_path_factory):
     assert load(out)(noise, cond).shape == (1, 3, 24, 20)
 
 
-def test_the_http_service_batches_each_size_apart(sized):
+def test_the_server_batches_each_size_apart(sized):
     from concurrent.futures import ThreadPoolExecutor
 
     from httpclient import serving
 
-    cond = load_model("digits-text").cond_set[0].tolist()
-    with serving(sized) as (post, _):
-        sizes = [[8, 8], [12, 12], [16, 8], [12, 12]]
+    cond = load_model("digits-text").cond_set[:1].numpy().astype(np.float32)
+    sizes = [[8, 8], [12, 12], [16, 8], [12, 12]]
+    noise = [np.random.default_rng(k).standard_normal((1, 1, *sizes[k])).astype(np.float32) for k in range(4)]
+    with serving(sized) as srv:
         with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda k: post({"seed": k, "size": sizes[k], "cond": cond}), range(4)))
+            results = list(pool.map(lambda k: srv.infer(sized.name, {"noise": noise[k], "cond": cond}), range(4)))
         runner = load(sized)
-        for k, (code, body) in enumerate(results):
-            assert code == 200, body
-            noise = np.random.default_rng(k).standard_normal((1, *sizes[k])).astype(np.float32)
-            expected = runner(noise[None], np.asarray([cond], np.float32))[0]
-            assert np.allclose(np.array(body["sample"]), expected, atol=1e-5)
-        for bad in ({"seed": 1, "size": [10, 10], "cond": cond}, {"seed": 1, "size": [8], "cond": cond}):
-            code, answer = post(bad)
-            assert code == 400 and "\n" not in answer["error"], answer
+        for k, (code, out) in enumerate(results):
+            assert code == 200, out
+            assert np.allclose(out["sample"], runner(noise[k], cond), atol=1e-5)
+        bad = np.zeros((1, 1, 10, 10), np.float32)  # a size the artifact does not declare
+        code, answer = srv.infer(sized.name, {"noise": bad, "cond": cond})
+        assert code == 400 and "this artifact takes" in answer["error"] and "\n" not in answer["error"], answer

@@ -75,7 +75,7 @@ LAYERS = (
     ("", "errors", "checks", "devicespec", "interrupts", "fileio", "devices", "parallel", "metrics", "images", "sizes"),
     ("fields", "backends", "groundtruth", "reports"),
     ("loaders", "solvers", "runtime"),
-    ("evaluate", "distill", "diffusers"),
+    ("evaluate", "distill", "diffusers", "serve"),
     ("compile",),
     ("demo",),
     ("cli",),

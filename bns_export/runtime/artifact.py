@@ -253,7 +253,7 @@ PUBLIC_KEY_ENV = "BNS_EXPORT_PUBLIC_KEY"
 
 @dataclass(frozen=True)
 class OpenPolicy:
-    """What an artifact must show before it is opened (runtime, validate, triton, the HTTP service).
+    """What an artifact must show before it is opened (runtime, validate, triton, bns-export serve).
 
     public_key: an Ed25519 public key (PEM file) whose signature the manifest must carry; require_signature:
     an unsigned artifact is refused; trust_engine_code: open formats whose loading runs native code from the
