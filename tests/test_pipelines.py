@@ -286,3 +286,100 @@ def test_half_precision_pipelines_take_the_documented_call(tmp_path, noise, dtyp
             p.add_(0.05 * torch.randn_like(p))
     with pytest.raises(BNSError, match="model mismatch"):
         BNSScheduler.from_solver(str(tmp_path / "x.json"), pipeline(dtype, other))
+
+
+def _half_pipeline(family: str, tmp_path, noise):
+    """(pipeline factory (unet/transformer -> pipe), call kwargs, latents packer) for one family, fp32 inputs."""
+    field, solver, conds, _ = _setup(family, tmp_path, shape=(4, 8, 8) if family == "flux" else None,
+                                     guidance=3.5 if family == "flux" else 3.0)  # fmt: skip
+    import json
+
+    folder = tmp_path / family / "model" / "scheduler"
+    kind = json.loads((folder / "scheduler_config.json").read_text())["_class_name"]
+    common = dict(vae=_vae(), scheduler=getattr(diffusers, kind).from_pretrained(folder))  # the folder's own
+    if family == "sdxl":
+        make = lambda net: diffusers.StableDiffusionXLPipeline(  # noqa: E731
+            **common, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=net
+        )
+        (pe, ne), (pp, npp) = _embeds(conds), _embeds(conds, "text_embeds")
+        kw = dict(
+            prompt_embeds=pe,
+            negative_prompt_embeds=ne,
+            pooled_prompt_embeds=pp,
+            negative_pooled_prompt_embeds=npp,
+            height=64,
+            width=64,
+            latents=noise,
+        )
+    elif family == "sd3":
+        make = lambda net: diffusers.StableDiffusion3Pipeline(  # noqa: E731
+            **common,
+            transformer=net,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
+        (pe, ne), (pp, npp) = _embeds(conds), _embeds(conds, "pooled_projections")
+        kw = dict(
+            prompt_embeds=pe,
+            negative_prompt_embeds=ne,
+            pooled_prompt_embeds=pp,
+            negative_pooled_prompt_embeds=npp,
+            height=8,
+            width=8,
+            latents=noise,
+        )
+    elif family == "flux":
+        make = lambda net: diffusers.FluxPipeline(  # noqa: E731
+            **common, transformer=net, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None
+        )
+        kw = dict(
+            prompt_embeds=conds["encoder_hidden_states"][:2],
+            height=8,
+            width=8,
+            latents=pack_2x2(noise),
+            pooled_prompt_embeds=conds["pooled_projections"][:2],
+        )
+    else:
+        make = lambda net: diffusers.PixArtSigmaPipeline(  # noqa: E731
+            **common, transformer=net, text_encoder=None, tokenizer=None
+        )
+        pe, ne = _embeds(conds)
+        mask = torch.ones(2, pe.shape[1])
+        kw = dict(
+            prompt_embeds=pe,
+            prompt_attention_mask=mask,
+            negative_prompt=None,
+            negative_prompt_embeds=ne,
+            negative_prompt_attention_mask=mask,
+            height=8,
+            width=8,
+            use_resolution_binning=False,
+            latents=noise,
+        )
+    solver.meta.update(
+        model=field.describe(), model_identity=field.network_identity(), model_signature=field.network_signature()
+    )
+    solver.save(tmp_path / "x.json")
+    kw.update(num_inference_steps=4, guidance_scale=3.5 if family == "flux" else 3.0, output_type="latent")
+    return field.field.net.model, make, kw
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux", "pixart"])
+def test_bf16_pipelines_take_the_documented_call(tmp_path, noise, family):
+    """The documented call on SDXL, SD3, Flux and PixArt-Sigma pipelines in bf16: latents within 5e-2 of fp32's."""
+    import copy
+
+    net, make, kw = _half_pipeline(family, tmp_path, noise)
+
+    def run(d: torch.dtype) -> torch.Tensor:
+        pipe = make(copy.deepcopy(net).to(d))
+        pipe.scheduler = BNSScheduler.from_solver(str(tmp_path / "x.json"), pipe)
+        args = {k: v.to(d) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in kw.items()}
+        return pipe(**args).images.float()
+
+    ref, out = run(torch.float32), run(torch.bfloat16)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 5e-2
