@@ -678,6 +678,29 @@ def compile_cmd(
     click.echo(json.dumps(manifest, default=str) if as_json else compile_text(out, manifest))
 
 
+@main.command("refit")
+@handle_errors
+@click.argument("artifact", type=click.Path())
+@click.option("--model", "-m", required=True, help="The new weights: a fine-tune of the artifact's model.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="The new artifact's folder.")
+@click.option("--base", default=None, help="The model the artifact was built from (default: its manifest's).")
+@click.option("--min-psnr", type=GATE, default=None, help="Parity gate in dB (default 60).")
+@click.option("--force", is_flag=True, help="Replace --out even when it is not an artifact.")
+@device_option
+@trust_options
+def refit_cmd(artifact, model, out, base, min_psnr, force, device, policy) -> None:
+    """Put a fine-tune's weights into an ONNX artifact's graph without exporting it again (validated)."""
+    from .compile.refit import refit_artifact
+    from .devices import resolve_device
+
+    manifest = refit_artifact(
+        artifact, model, out, base=base, min_psnr=min_psnr, device=resolve_device(device), force=force,
+        policy=policy, log=lambda m: click.echo(m, err=True),
+    )  # fmt: skip
+    v = manifest["validation"]
+    click.echo(f"wrote {out}: {artifact}'s graph with {model}'s weights, parity min {v['psnr_min']:.1f} dB")
+
+
 @main.command("validate")
 @handle_errors
 @click.argument("artifact", type=click.Path())

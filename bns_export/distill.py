@@ -266,7 +266,9 @@ def initial_solver(field, cfg: DistillConfig, val: GTSet, world: World = SINGLE)
     best = None
     for name in names:
         try:
-            solver = baseline(name, cfg.nfe, field.schedule, field.t_lo, field.t_hi, cfg.precondition)
+            solver = warm_start(name, cfg.nfe, field) or baseline(
+                name, cfg.nfe, field.schedule, field.t_lo, field.t_hi, cfg.precondition
+            )
         except BNSError:
             if cfg.base == "auto":  # e.g. DDIM cannot be preconditioned: not a candidate then
                 continue
@@ -275,6 +277,26 @@ def initial_solver(field, cfg: DistillConfig, val: GTSet, world: World = SINGLE)
         if best is None or psnr > best[1]:
             best = (solver, psnr)
     return best
+
+
+def warm_start(spec: str, nfe: int, field) -> NSSolver | None:
+    """`--base FILE.json`: a distilled table to start from (the base model's table for its fine-tune, say), when
+    its NFE and interval are this distillation's; None for a classic solver's name."""
+    from .solvers import parse_spec
+
+    parsed = parse_spec(spec)
+    if not parsed.is_file:
+        return None
+    table = parsed.table
+    if not isinstance(table, NSSolver):
+        raise BNSError(f"--base {spec}: a guidance family cannot start one table; give one of its tables")
+    if table.nfe != nfe:
+        raise BNSError(f"--base {spec} has {table.nfe} NFE; this distillation has {nfe}")
+    if abs(table.t[0] - field.t_lo) > 1e-9 or abs(table.t_end - field.t_hi) > 1e-9:
+        raise BNSError(
+            f"--base {spec} runs [{table.t[0]:g}, {table.t_end:g}]; this distillation [{field.t_lo:g}, {field.t_hi:g}]"
+        )
+    return NSSolver(table.t, table.a, table.b, name=f"init {Path(spec).name}", t_end=table.t_end)
 
 
 def mean_psnr(field, tables: tuple[Tensor, Tensor, Tensor], gt: GTSet, world: World, batch_size: int = 256) -> float:

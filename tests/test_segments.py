@@ -83,7 +83,7 @@ def test_distill_and_eval_a_segment_and_compile_refuses_it(tmp_path):
                        "--json")  # fmt: skip
     assert code == 0 and bns > json.loads(out)["psnr_mean"]
     code, _, err = cli("compile", "-m", "analytic:gmm", "-s", solver, "-o", tmp_path / "art")
-    assert code == 2 and "segment [0.4, 1]" in err and not (tmp_path / "art").exists()
+    assert code == 2 and "solver runs [0.4, 1]" in err and "segment" in err and not (tmp_path / "art").exists()
 
 
 # -- BNSScheduler in the pipelines that run segments -----------------------------------------------------------

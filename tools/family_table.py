@@ -29,11 +29,11 @@ DOC = ROOT / "docs" / "model_families.md"
 #: the pipeline test in which BNSScheduler runs each class (tests/test_pipelines.py, tests/test_diffusers_scheduler.py)
 SCHEDULER = {
     "unet": "DDPMPipeline runs",
-    "sd": "StableDiffusionPipeline, img2img: 1e-4",
-    "sdxl": "StableDiffusionXLPipeline: 1e-4",
-    "sd3": "StableDiffusion3Pipeline: 1e-4",
-    "flux": "FluxPipeline (table's sigmas): 1e-4",
-    "pixart": "PixArtSigmaPipeline: 1e-4",
+    "sd": "StableDiffusionPipeline (fp16 5e-3, bf16 5e-2), img2img at strength 1 and 0.5 (a segment table): 1e-4",
+    "sdxl": "StableDiffusionXLPipeline (bf16 5e-2), base + refiner at denoising_end / denoising_start 0.8: 1e-4",
+    "sd3": "StableDiffusion3Pipeline (bf16 5e-2), img2img at strength 0.6 (a segment table): 1e-4",
+    "flux": "FluxPipeline with no extra argument (bf16 5e-2): 1e-4",
+    "pixart": "PixArtSigmaPipeline (bf16 5e-2): 1e-4",
     "dit": "DiTPipeline: 1e-4",
 }
 GT = ["--rtol", "1e-3", "--atol", "1e-3"]
@@ -147,8 +147,9 @@ def render(rows: list[dict]) -> str:
         "ONNX artifact's min PSNR against the eager reference (gate 60 dB); runtime: the torch-free ONNX runner",
         "fed every named input; triton: config.pbtxt written (its schema is checked in the tests). Random weights",
         "make the PSNRs meaningless as quality figures: they show the path works. The scheduler column is the",
-        "diffusers BNSScheduler swapped into that class's own pipeline (tests/test_pipelines.py): its latents equal",
-        "bns-export's sampler on the same noise to the relative error given. The real-config column reads the",
+        "diffusers BNSScheduler swapped into that class's own pipelines (tests/test_pipelines.py and",
+        "tests/test_segments.py): their latents equal bns-export's sampler on the same noise to the relative",
+        "error given (half precision: against the fp32 pipeline). The real-config column reads the",
         "scheduler_config.json of the family's public pipelines (tests/data/scheduler_configs, each with its",
         "source) and compares it with diffusers' own scheduler: the largest deviation of alpha at every training",
         "step (ODE) and of the pipeline's time grid at 4, 8, 16 and its default steps (grid; timesteps for",

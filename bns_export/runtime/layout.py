@@ -37,6 +37,7 @@ class Manifest(TypedDict, total=False):
     model: dict
     decoder: dict | None
     model_spec: dict  # loaders.ModelSpec.to_json(): what validation rebuilds the reference from
+    refit_from: str  # `bns-export refit`: the model fingerprint of the artifact whose graph this one reuses
     interval: list[float]
     init_scale: float
     guidance_note: str

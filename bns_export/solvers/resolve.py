@@ -202,16 +202,16 @@ def check_solver_fits(
             f"{source}: guidance mismatch: solver was distilled at guidance {g}, sampling at {field.guidance}"
         )
     if abs(solver.t[0] - field.t_lo) > 1e-9 or abs(solver.t_end - field.t_hi) > 1e-9:
-        if field.t_lo - 1e-9 <= solver.t[0] and solver.t_end <= field.t_hi + 1e-9:
-            raise BNSError(
-                f"{source}: this table runs the segment [{solver.t[0]:g}, {solver.t_end:g}] of the model's "
-                f"[{field.t_lo:g}, {field.t_hi:g}] (a pipeline's denoising_end or denoising_start, or img2img): "
-                "eval runs it on its segment and BNSScheduler in the pipeline; compile and sample take tables for "
-                "the whole interval"
-            )
+        inside = field.t_lo - 1e-9 <= solver.t[0] and solver.t_end <= field.t_hi + 1e-9
         raise BNSError(
             f"{source}: interval mismatch: solver runs [{solver.t[0]:g}, {solver.t_end:g}], "
             f"model integrates [{field.t_lo:g}, {field.t_hi:g}]"
+            + (
+                " (a table for a segment of it, for a pipeline's denoising_end or denoising_start or img2img, runs "
+                "there under eval and BNSScheduler; compile and sample take tables for the whole interval)"
+                if inside
+                else ""
+            )
         )
 
 

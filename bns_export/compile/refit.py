@@ -1,0 +1,207 @@
+"""refit_artifact: an ONNX artifact's graph with another network's weights (a fine-tune of the same architecture),
+without exporting the graph again.
+
+The exported graph holds every weight as an initializer: under its parameter's name, or folded by the
+export (a projection weight stored transposed, a norm's weight reshaped to (C, 1, 1), under generated
+names, and equal tensors stored once).  Each initializer is traced back to the base network's tensor it
+holds, by name or by its bytes as they are or transposed, in any shape of the same size (the base: the
+model the manifest names, or --base); the new network's tensor goes in its
+place through the same transform.  A weight that changed but that no initializer holds in a form this
+follows, or two weights the graph stores as one that now differ, is one line (compile again).  The result
+is validated against the eager sampler of the new weights like any compile, conformance vectors included,
+and published atomically.  The solver table is kept: whether it still fits the fine-tune is what `eval`
+measures (docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..backends.base import GRAPH_METADATA, graph_metadata_value
+from ..errors import BNSError
+from ..loaders import ModelSpec, load_model
+from ..loaders.decoders import load_decoder
+from ..runtime.artifact import OpenPolicy, check_replaceable, staging_dir, write_manifest
+from ..runtime.layout import Manifest
+from ..solvers.table import SolverFamily, load_solver
+from .build import (
+    BuildInputs,
+    _validate_staged,
+    export_request,
+    library_versions,
+    reference_sampler,
+    write_conformance,
+)
+from .parity import reference_spec
+
+#: how a graph initializer was made from a parameter
+IDENTITY, TRANSPOSE = "as is", "transposed"
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _built(spec: ModelSpec, manifest: dict, table) -> BuildInputs:
+    """The build inputs of `spec` at the artifact's guidance with its table (no identity check: a fine-tune is
+    another network by design)."""
+    family = isinstance(table, SolverFamily)
+    guidance = table.guidance_range[0] if family else (manifest.get("guidance") or 1.0)
+    field = load_model(spec, guidance=guidance)
+    decoder = load_decoder(spec.options.decoder, spec, field.sample_shape) if spec.options.decoder else None
+    return BuildInputs(spec, field, table, decoder, None if family else guidance)
+
+
+def _sources(base: dict[str, torch.Tensor], dtype: np.dtype) -> dict[str, list[tuple[str, str]]]:
+    """Where an initializer's bytes can come from: each base tensor (in the graph's dtype) as is, and 2-D ones
+    transposed, by digest."""
+    index: dict[str, list[tuple[str, str]]] = {}
+    for name, t in base.items():
+        a = t.detach().cpu().numpy().astype(dtype)
+        index.setdefault(_digest(a), []).append((name, IDENTITY))
+        if a.ndim == 2:
+            index.setdefault(_digest(a.T), []).append((name, TRANSPOSE))
+    return index
+
+
+def map_weights(graph, base: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Each initializer that holds a base weight -> its new value (same transform, the graph's dtype); one line for
+    an architecture that differs, a changed weight the graph does not hold in a followable form, or two weights
+    stored as one that now differ."""
+    from onnx import numpy_helper
+
+    if sorted(base) != sorted(new):
+        extra, missing = sorted(set(new) - set(base)), sorted(set(base) - set(new))
+        raise BNSError(
+            "the new model's architecture differs from the artifact's: "
+            + (f"new tensors {', '.join(extra[:3])}" if extra else f"missing tensors {', '.join(missing[:3])}")
+        )
+    for name in base:
+        if tuple(base[name].shape) != tuple(new[name].shape):
+            raise BNSError(
+                f"tensor {name} has shape {tuple(new[name].shape)} in the new model, {tuple(base[name].shape)} in the "
+                "artifact's: refit takes a fine-tune of the same architecture"
+            )
+    indexes: dict = {}
+    out, held = {}, set()
+    for init in graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind != "f":
+            continue
+        if arr.dtype not in indexes:
+            indexes[arr.dtype] = _sources(base, arr.dtype)
+        found = [(init.name, IDENTITY)] if init.name in base else indexes[arr.dtype].get(_digest(arr), [])
+        if not found:
+            continue  # a constant of the sampler (schedule, table), not a weight
+        values = []
+        for name, how in found:
+            v = new[name].detach().cpu().numpy().astype(arr.dtype)
+            v = v.T if how == TRANSPOSE else v
+            if v.size != arr.size:
+                continue  # equal bytes, another size: not this weight
+            values.append(np.ascontiguousarray(v).reshape(arr.shape))  # a norm's (C,) folded to (C, 1, 1), ...
+            held.add(name)
+        if not values:
+            continue
+        if any(not np.array_equal(v, values[0]) for v in values[1:]):
+            raise BNSError(
+                f"the graph stores {', '.join(n for n, _ in found[:3])} as one tensor (equal in the base) but the new "
+                "model's differ: compile the new model instead"
+            )
+        out[init.name] = values[0]
+    lost = [n for n in base if n not in held and not torch.equal(base[n], new[n])]
+    if lost:
+        raise BNSError(
+            f"weight {lost[0]} changed but the graph holds it in a form refit cannot follow (folded with other "
+            f"constants){' and ' + str(len(lost) - 1) + ' more' if len(lost) > 1 else ''}: compile the new model"
+        )
+    return out
+
+
+def refit_artifact(
+    artifact: str | Path,
+    model: str,
+    out: str | Path,
+    *,
+    base: str | None = None,
+    min_psnr: float | None = None,
+    device: str = "cpu",
+    force: bool = False,
+    policy: OpenPolicy | None = None,
+    log=print,
+) -> Manifest:
+    """Write `out`: the ONNX artifact's graph with `model`'s weights (see the module docstring); return its
+    manifest.  base: the model the artifact was built from (default: its manifest's model spec)."""
+    import onnx
+
+    artifact = Path(artifact)
+    manifest = (policy or OpenPolicy.resolve()).open(artifact)
+    if manifest.get("format") != "onnx":
+        raise BNSError(
+            f"refit takes ONNX artifacts; this one is {manifest.get('format')} (compile the new model; a refittable "
+            "TensorRT engine is not written here)"
+        )
+    check_replaceable(Path(out), force)
+    recorded = reference_spec(manifest, base, trust_model_spec=base is not None)
+    new_spec = ModelSpec(model, recorded.options)
+    table = load_solver(artifact / manifest["solver_file"])
+    log(f"loading the base {recorded.model} and the new {model} ...")
+    base_built = _built(recorded, manifest, table)
+    if base_built.field.fingerprint() != manifest["model_fingerprint"]:
+        raise BNSError(
+            f"the base model {recorded.model} is not the one this artifact was built from (fingerprint "
+            f"{base_built.field.fingerprint()}, the artifact's {manifest['model_fingerprint']}): pass --base"
+        )
+    base_sd = reference_sampler(base_built).state_dict()
+    del base_built
+    built = _built(new_spec, manifest, table)
+    new_sampler = reference_sampler(built)
+    new_sd = new_sampler.state_dict()
+    graph_file = artifact / manifest["model_file"]
+    outline = onnx.load(str(graph_file), load_external_data=False)  # where its weights live, before loading them
+    locations = {e.value for init in outline.graph.initializer for e in init.external_data if e.key == "location"}
+    del outline
+    graph = onnx.load(str(graph_file), load_external_data=True)
+    values = map_weights(graph.graph, base_sd, new_sd)
+    del base_sd
+    log(f"refitting {len(values)} initializers ...")
+    from onnx import numpy_helper
+
+    for i, init in enumerate(graph.graph.initializer):
+        if init.name in values:
+            graph.graph.initializer[i].CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+    fields = {
+        "model_fingerprint": built.field.fingerprint(),
+        "model": built.field.describe(),
+        "model_spec": new_spec.to_json(),
+        "tool_version": __version__,
+    }
+    for entry in graph.metadata_props:
+        if entry.key in fields and entry.key in GRAPH_METADATA:
+            entry.value = graph_metadata_value(fields[entry.key])
+    refitted = Manifest({**manifest, **fields})
+    refitted["versions"] = library_versions()
+    refitted["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    refitted["refit_from"] = manifest["model_fingerprint"]
+    if built.decoder is not None:
+        refitted["decoder"] = {**built.decoder.describe(), "fingerprint": built.decoder.fingerprint()}
+    with staging_dir(Path(out), force=force) as tmp:
+        shutil.copy2(artifact / manifest["solver_file"], tmp / manifest["solver_file"])
+        onnx.save(graph, str(tmp / manifest["model_file"]), save_as_external_data=bool(locations),
+                  location=next(iter(locations)) if locations else None)  # fmt: skip
+        del graph
+        request = export_request(built, manifest["max_batch"], manifest["opt_batch"], "cpu", 2 << 30, None)
+        refitted["conformance"] = write_conformance(tmp, new_sampler, request)
+        del new_sampler, built
+        for key in ("validation", "files", "signature"):
+            refitted.pop(key, None)
+        refitted = write_manifest(tmp, refitted)
+        refitted = _validate_staged(tmp, refitted, min_psnr, device, log)
+    return refitted

@@ -1,0 +1,97 @@
+"""`bns-export refit`: an ONNX artifact's graph with a fine-tune's weights, no second export: the refitted artifact
+validates against the eager sampler of the new weights and samples what a fresh compile of them samples; an
+architecture that differs, a base that is not the artifact's, and non-ONNX formats are one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
+
+from families import build_family  # noqa: E402
+
+from bns_export.cli import main  # noqa: E402
+from bns_export.runtime import load  # noqa: E402
+
+
+def cli(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def _fine_tune(folder, out, scale: float = 0.02, seed: int = 1):
+    """A copy of a diffusers folder with every weight moved a little (a stand-in for further training)."""
+    shutil.copytree(folder, out)
+    sub = out / "unet"
+    model = diffusers.UNet2DConditionModel.from_pretrained(sub)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    model.save_pretrained(sub)
+    return out
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refit")
+    folder, opts, _ = build_family("sd", root / "sd")
+    model = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet")
+    with torch.no_grad():  # a trained network has no two equal weights (a fresh one's norms are all ones)
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save_pretrained(folder / "unet")
+    art = root / "art"
+    code, _, err = cli("compile", "-m", f"diffusers:{folder}", *opts, "-w", 3, "-s", "dpm++2m", "--nfe", 3,
+                       "--max-batch", 2, "-o", art)  # fmt: skip
+    assert code == 0, err
+    return root, folder, opts, art
+
+
+def test_a_fine_tune_refits_into_the_same_graph(base, tmp_path):
+    root, folder, opts, art = base
+    tuned = _fine_tune(folder, tmp_path / "tuned")
+    out = tmp_path / "refit"
+    code, stdout, err = cli("refit", art, "-m", f"diffusers:{tuned}", "-o", out)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["refit_from"] == json.loads((art / "manifest.json").read_text())["model_fingerprint"]
+    assert manifest["validation"]["passed"] and manifest["model_spec"]["model"] == f"diffusers:{tuned}"
+    code, _, err = cli("validate", out)  # an independent check, conformance vectors included
+    assert code == 0, err
+    fresh = tmp_path / "fresh"
+    code, _, err = cli("compile", "-m", f"diffusers:{tuned}", *opts, "-w", 3, "-s", "dpm++2m", "--nfe", 3,
+                       "--max-batch", 2, "-o", fresh)  # fmt: skip
+    assert code == 0, err
+    a, b, old = load(out), load(fresh), load(art)
+    noise = np.random.default_rng(0).standard_normal((2, *a.sample_shape)).astype(np.float32)
+    rng = np.random.default_rng(1)
+    cond = {n: rng.standard_normal((2, *a.condition_shapes[n])).astype(np.float32) for n in a.condition_names}
+    assert np.abs(a(noise, cond) - b(noise, cond)).max() < 1e-4
+    assert np.abs(a(noise, cond) - old(noise, cond)).max() > 1e-3  # the weights did change
+
+
+def test_another_architecture_or_base_is_one_line(base, tmp_path):
+    from families import _unet_kw
+
+    root, folder, opts, art = base
+    other = tmp_path / "deeper"
+    shutil.copytree(folder, other)
+    shutil.rmtree(other / "unet")
+    diffusers.UNet2DConditionModel(**{**_unet_kw(), "layers_per_block": 2}, cross_attention_dim=32).save_pretrained(
+        other / "unet"
+    )  # the same inputs, another architecture
+    code, _, err = cli("refit", art, "-m", f"diffusers:{other}", "-o", tmp_path / "x")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error:") and "architecture" in last and not (tmp_path / "x").exists()
+    tuned = _fine_tune(folder, tmp_path / "tuned")
+    code, _, err = cli("refit", art, "-m", f"diffusers:{tuned}", "--base", f"diffusers:{tuned}", "-o", tmp_path / "y")
+    assert code == 2 and "is not the one this artifact was built from" in err and not (tmp_path / "y").exists()
+    code, _, err = cli("refit", tmp_path / "nosuch", "-m", f"diffusers:{tuned}", "-o", tmp_path / "z")
+    assert code == 2 and "Traceback" not in err
