@@ -66,6 +66,6 @@ def test_export_memory_grows_with_the_weights_by_at_most_2_5x_their_bytes(tmp_pa
     narrow, narrow_bytes = unet_folder(tmp_path / "narrow", (32, 64, 128))
     wide, wide_bytes = unet_folder(tmp_path / "wide", (64, 192, 320))
     assert 15e6 < wide_bytes / 4 < 30e6  # about 20M parameters
-    grown = peak_bytes(wide, 4, tmp_path / "w4") - peak_bytes(narrow, 4, tmp_path / "n4")
+    grown = peak_bytes(wide, 2, tmp_path / "w2") - peak_bytes(narrow, 2, tmp_path / "n2")
     ratio = grown / (wide_bytes - narrow_bytes)
-    assert ratio <= 2.5, f"NFE 4: the peak grows by {ratio:.2f}x the weights' bytes"
+    assert ratio <= 2.5, f"NFE 2: the peak grows by {ratio:.2f}x the weights' bytes"

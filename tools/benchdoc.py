@@ -61,6 +61,7 @@ PAGE = (
     ),
     ("Model scale", ["scale"], "Export and validation of real-sized networks: time and peak memory against NFE."),
     ("Distillation scale", ["distill-scale"], "What one distillation iteration holds and costs as the NFE grows."),
+    ("Refit", ["refit"], "New weights into an existing graph, against compiling them."),
     (
         "Segments",
         ["segments-digits-text"],
