@@ -46,14 +46,19 @@ def _embeds(conds, name="encoder_hidden_states"):
     return conds[name][:2], conds[f"null.{name}"][None].expand(2, *conds[name].shape[1:])
 
 
+def _pooled_kwargs(conds, pooled: str, size: int, noise) -> dict:
+    """A pooled-embedding pipeline's call (SDXL, SD3): prompt and pooled embeddings with their nulls."""
+    (pe, ne), (pp, npp) = _embeds(conds), _embeds(conds, pooled)
+    return dict(
+        prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=npp,
+        height=size, width=size, latents=noise,
+    )  # fmt: skip
+
+
 def _pooled_call(pipe, conds, pooled: str, noise, size: int):
     """A pipeline taking prompt and pooled embeddings (SDXL, SD3), guidance 3, 4 steps, latents out."""
-    (pe, ne), (pp, npp) = _embeds(conds), _embeds(conds, pooled)
-    return pipe(
-        prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=npp,
-        num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(), output_type="latent", height=size,
-        width=size,
-    ).images  # fmt: skip
+    kw = _pooled_kwargs(conds, pooled, size, noise.clone())
+    return pipe(**kw, num_inference_steps=4, guidance_scale=3.0, output_type="latent").images
 
 
 @pytest.fixture
@@ -301,16 +306,7 @@ def _half_pipeline(family: str, tmp_path, noise):
         make = lambda net: diffusers.StableDiffusionXLPipeline(  # noqa: E731
             **common, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=net
         )
-        (pe, ne), (pp, npp) = _embeds(conds), _embeds(conds, "text_embeds")
-        kw = dict(
-            prompt_embeds=pe,
-            negative_prompt_embeds=ne,
-            pooled_prompt_embeds=pp,
-            negative_pooled_prompt_embeds=npp,
-            height=64,
-            width=64,
-            latents=noise,
-        )
+        kw = _pooled_kwargs(conds, "text_embeds", 64, noise)
     elif family == "sd3":
         make = lambda net: diffusers.StableDiffusion3Pipeline(  # noqa: E731
             **common,
@@ -322,16 +318,7 @@ def _half_pipeline(family: str, tmp_path, noise):
             text_encoder_3=None,
             tokenizer_3=None,
         )
-        (pe, ne), (pp, npp) = _embeds(conds), _embeds(conds, "pooled_projections")
-        kw = dict(
-            prompt_embeds=pe,
-            negative_prompt_embeds=ne,
-            pooled_prompt_embeds=pp,
-            negative_pooled_prompt_embeds=npp,
-            height=8,
-            width=8,
-            latents=noise,
-        )
+        kw = _pooled_kwargs(conds, "pooled_projections", 8, noise)
     elif family == "flux":
         make = lambda net: diffusers.FluxPipeline(  # noqa: E731
             **common, transformer=net, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None

@@ -192,17 +192,23 @@ def scheduler_config(root: Path) -> dict:
     return cfg
 
 
-def load_diffusers_field(path: str, opt) -> NetworkField:
-    """The velocity field of a diffusers folder through its class's adapter; explicit options override the
-    configs (None means not given)."""
-    import_diffusers()  # exit 3 before anything is read when diffusers is missing
+def read_folder(path: str | Path) -> tuple[Path, Path, dict, str, object]:
+    """A save_pretrained folder's root, network subfolder, model config (with the pipeline's facts), model
+    class name and that class's adapter, or one line."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise BNSError(f"diffusers folder not found: {root}")
     sub, model_cfg = model_folder(root)
     model_cfg = pipeline_facts(root, model_cfg)
     cls_name = class_name(model_cfg)
-    adapter = adapter_for(cls_name)
+    return root, sub, model_cfg, cls_name, adapter_for(cls_name)
+
+
+def load_diffusers_field(path: str, opt) -> NetworkField:
+    """The velocity field of a diffusers folder through its class's adapter; explicit options override the
+    configs (None means not given)."""
+    import_diffusers()  # exit 3 before anything is read when diffusers is missing
+    root, sub, model_cfg, cls_name, adapter = read_folder(path)
     shape = opt.shape or adapter.shape(model_cfg)
     if shape is None:
         raise BNSError(f"{cls_name}'s config does not give the latent size: pass --shape C,H,W (e.g. 16,64,64)")

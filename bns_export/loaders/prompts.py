@@ -176,16 +176,9 @@ def encode_prompts(
 ) -> ConditionSet:
     """A condition set from prompts through the folder's own text encoders, checked against its network; negative
     None is what the pipeline does without one (the empty prompt, or SDXL's zeros)."""
-    from .adapters import adapter_for
-    from .diffusers import class_name, fit_conditions, model_folder, pipeline_facts
+    from .diffusers import fit_conditions, read_folder
 
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise BNSError(f"diffusers folder not found: {root}")
-    _, model_cfg = model_folder(root)
-    model_cfg = pipeline_facts(root, model_cfg)
-    cls_name = class_name(model_cfg)
-    adapter = adapter_for(cls_name)
+    root, _, model_cfg, cls_name, adapter = read_folder(folder)
     pipe, encoding = _text_pipeline(root, dtype, device)
     kwargs = _call_defaults(pipe, max_tokens)
     batches = [_encode(pipe, encoding, prompts[i : i + BATCH], negative, kwargs) for i in range(0, len(prompts), BATCH)]
