@@ -102,6 +102,12 @@ def model_options(fn=None, *, family: bool = False):
         "`bns-export conditions` writes one from prompts.",
     )
     @click.option(
+        "--lora",
+        "loras",
+        multiple=True,
+        help="A LoRA file (diffusers/PEFT safetensors) fused into a diffusers network, FILE or FILE:SCALE; repeatable.",
+    )
+    @click.option(
         "--guidance",
         "-w",
         type=GuidanceFamily() if family else GUIDANCE,
@@ -126,6 +132,7 @@ def model_options(fn=None, *, family: bool = False):
             shape=_shape(kw.pop("shape")),
             num_classes=kw.pop("num_classes"),
             cond_set=kw.pop("cond_set"),
+            loras=kw.pop("loras"),
         )
         return fn(*args, **kw)
 
@@ -683,18 +690,19 @@ def compile_cmd(
 @click.argument("artifact", type=click.Path())
 @click.option("--model", "-m", required=True, help="The new weights: a fine-tune of the artifact's model.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="The new artifact's folder.")
+@click.option("--lora", "loras", multiple=True, help="A LoRA file fused into the new weights, FILE[:SCALE].")
 @click.option("--base", default=None, help="The model the artifact was built from (default: its manifest's).")
 @click.option("--min-psnr", type=GATE, default=None, help="Parity gate in dB (default 60).")
 @click.option("--force", is_flag=True, help="Replace --out even when it is not an artifact.")
 @device_option
 @trust_options
-def refit_cmd(artifact, model, out, base, min_psnr, force, device, policy) -> None:
-    """Put a fine-tune's weights into an ONNX artifact's graph without exporting it again (validated)."""
+def refit_cmd(artifact, model, out, loras, base, min_psnr, force, device, policy) -> None:
+    """Put a fine-tune's weights (or the base with LoRAs fused) into an ONNX artifact's graph, validated."""
     from .compile.refit import refit_artifact
     from .devices import resolve_device
 
     manifest = refit_artifact(
-        artifact, model, out, base=base, min_psnr=min_psnr, device=resolve_device(device), force=force,
+        artifact, model, out, loras=loras, base=base, min_psnr=min_psnr, device=resolve_device(device), force=force,
         policy=policy, log=lambda m: click.echo(m, err=True),
     )  # fmt: skip
     v = manifest["validation"]

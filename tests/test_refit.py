@@ -95,3 +95,40 @@ def test_another_architecture_or_base_is_one_line(base, tmp_path):
     assert code == 2 and "is not the one this artifact was built from" in err and not (tmp_path / "y").exists()
     code, _, err = cli("refit", tmp_path / "nosuch", "-m", f"diffusers:{tuned}", "-o", tmp_path / "z")
     assert code == 2 and "Traceback" not in err
+
+
+def _lora(folder, out, seed: int = 3):
+    """A LoRA file for the folder's UNet (rank 4 on the attention projections, random weights), as diffusers
+    saves one (save_lora_adapter)."""
+    pytest.importorskip("peft", reason="peft (test-only, for LoRA files) is not installed")
+    from peft import LoraConfig
+
+    unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet")
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False))
+    unet.save_lora_adapter(out, weight_name="lora.safetensors")
+    return out / "lora.safetensors"
+
+
+def test_the_base_with_a_lora_refits_and_compiles_alike(base, tmp_path):
+    root, folder, opts, art = base
+    lora = _lora(folder, tmp_path / "lora")
+    out, fresh = tmp_path / "refit", tmp_path / "fresh"
+    code, _, err = cli("refit", art, "-m", f"diffusers:{folder}", "--lora", f"{lora}:0.8", "-o", out)
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["model_spec"]["options"]["loras"] == [f"{lora}:0.8"]
+    code, _, err = cli("validate", out)  # rebuilds the reference with the LoRA its manifest names
+    assert code == 0, err
+    code, _, err = cli("compile", "-m", f"diffusers:{folder}", "--lora", f"{lora}:0.8", *opts, "-w", 3, "-s",
+                       "dpm++2m", "--nfe", 3, "--max-batch", 2, "-o", fresh)  # fmt: skip
+    assert code == 0, err
+    a, b, old = load(out), load(fresh), load(art)
+    noise = np.random.default_rng(0).standard_normal((2, *a.sample_shape)).astype(np.float32)
+    rng = np.random.default_rng(1)
+    cond = {n: rng.standard_normal((2, *a.condition_shapes[n])).astype(np.float32) for n in a.condition_names}
+    assert np.abs(a(noise, cond) - b(noise, cond)).max() < 1e-4
+    assert np.abs(a(noise, cond) - old(noise, cond)).max() > 1e-4  # the LoRA did change the weights
+    for bad, needle in [(f"{lora}:x9", "not a .safetensors"), (f"{lora}:1e9", "scale"), (str(art / "manifest.json"),
+                        "not a .safetensors")]:  # fmt: skip
+        code, _, err = cli("refit", art, "-m", f"diffusers:{folder}", "--lora", bad, "-o", tmp_path / "bad")
+        assert code == 2 and needle in err and not (tmp_path / "bad").exists(), err

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,7 @@ def refit_artifact(
     model: str,
     out: str | Path,
     *,
+    loras: tuple[str, ...] = (),
     base: str | None = None,
     min_psnr: float | None = None,
     device: str = "cpu",
@@ -150,7 +152,7 @@ def refit_artifact(
         )
     check_replaceable(Path(out), force)
     recorded = reference_spec(manifest, base, trust_model_spec=base is not None)
-    new_spec = ModelSpec(model, recorded.options)
+    new_spec = ModelSpec(model, replace(recorded.options, loras=tuple(loras)))
     table = load_solver(artifact / manifest["solver_file"])
     log(f"loading the base {recorded.model} and the new {model} ...")
     base_built = _built(recorded, manifest, table)

@@ -70,6 +70,8 @@ def _load_field(spec: ModelSpec) -> VelocityField:
         field = load_diffusers_field(spec.model[len(DIFFUSERS_PREFIX) :], spec.options)
         check_network(field)
         return field
+    if spec.options.loras:
+        raise BNSError(f"--lora applies to diffusers models, not {spec.model!r}")
     if spec.kind == "factory":
         return load_factory_field(spec.model, spec.options)
     folder = shipped_folder(spec.model)

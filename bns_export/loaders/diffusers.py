@@ -102,6 +102,55 @@ def pretrained(cls: type, folder: Path) -> nn.Module:
     return model.eval()
 
 
+#: the largest |scale| a LoRA may be fused at
+MAX_LORA_SCALE = 100.0
+
+
+def parse_lora(entry: str) -> tuple[Path, float]:
+    """`FILE` or `FILE:SCALE` (scale 1 by default): the one parser of a --lora entry."""
+    path, _, scale = str(entry).rpartition(":")
+    try:
+        value = float(scale) if path else 1.0
+    except ValueError:
+        path, value = "", 1.0
+    path = Path(path or entry).expanduser()
+    if not (abs(value) <= MAX_LORA_SCALE):  # NaN too
+        raise BNSError(f"--lora {entry}: the scale must be a number within +-{MAX_LORA_SCALE:g}")
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise BNSError(f"--lora {entry}: not a .safetensors LoRA file (bns-export never unpickles)")
+    return path, value
+
+
+def merge_loras(model: nn.Module, loras: tuple[str, ...]) -> nn.Module:
+    """Each LoRA (diffusers' / PEFT's safetensors format, prefixed `unet.` or `transformer.` or not) fused into the
+    network's weights at its scale with diffusers' own load_lora_adapter and fuse_lora, its adapter layers then
+    removed: the same architecture with merged weights (what a compiled graph, a refit or a solver sees)."""
+    if not loras:
+        return model
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise BNSError("--lora needs the peft package: pip install peft", EXIT_MISSING_BACKEND) from None
+    if not hasattr(model, "load_lora_adapter"):
+        raise BNSError(f"{type(model).__name__} takes no LoRA adapters")
+    from safetensors.torch import load_file
+
+    for k, entry in enumerate(loras):
+        path, scale = parse_lora(entry)
+        tensors = load_file(str(path))
+        prefix = next((p for p in ("unet", "transformer") if any(key.startswith(p + ".") for key in tensors)), None)
+        if not any("lora" in key for key in tensors):
+            raise BNSError(f"--lora {entry}: no LoRA weights in it (diffusers' or PEFT's lora_A / lora_B format)")
+        try:
+            model.load_lora_adapter(tensors, prefix=prefix, adapter_name=f"bns_lora_{k}")
+            model.fuse_lora(lora_scale=scale, adapter_names=[f"bns_lora_{k}"])
+            model.unload_lora()
+        except Exception as e:
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise BNSError(f"--lora {entry} does not fit {type(model).__name__}: {type(e).__name__}: {first}") from None
+    return model
+
+
 def pipeline_facts(root: Path, model_cfg: dict) -> dict:
     """The model config with what only the pipeline's model_index.json says: the SDXL refiner's 5 time ids
     (requires_aesthetics_score)."""
@@ -219,7 +268,7 @@ def load_diffusers_field(path: str, opt) -> NetworkField:
     cls = model_class(model_cfg, sub)
     spec = read_scheduler(scheduler_config(root), shape, cls_name)
     schedule, prediction, time_input = spec.schedule, spec.prediction, spec.time_input
-    model = pretrained(cls, sub)
+    model = merge_loras(pretrained(cls, sub), opt.loras)
     net = AdaptedNet(model, adapter, None if cset is None else cset.layout, adapter.constants(model_cfg, shape))
     try:
         field = NetworkField(

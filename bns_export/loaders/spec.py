@@ -36,10 +36,13 @@ class ModelOptions:
     #: a decoder appended after the sampler (latent models): vae, a diffusers autoencoder folder or
     #: module:factory (see bns_export.loaders.decoders); read by compile and sample only
     decoder: str | None = None
+    #: LoRA files fused into a diffusers network's weights, each FILE or FILE:SCALE (loaders.diffusers.merge_loras)
+    loras: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.shape is not None:  # from the CLI, the API or a manifest: checked before any network sees it
             self.shape = sample_shape(self.shape, "shape")
+        self.loras = tuple(self.loras or ())
 
     def given(self) -> list[str]:
         """The network options set to something other than their defaults (the decoder aside)."""
@@ -59,6 +62,7 @@ _OPTION_TYPES = {
     "num_classes": int,
     "cond_set": str,
     "decoder": str,
+    "loras": list,
 }
 
 
@@ -120,5 +124,9 @@ class ModelSpec:
                 raise BNSError(f"manifest model_spec option {key} must be a {want.__name__}, got {value!r}")
             if key == "shape":
                 value = tuple(integer(s, "model_spec shape", 1, 1 << 20) for s in value)
+            if key == "loras":
+                if not all(isinstance(v, str) for v in value):
+                    raise BNSError("manifest model_spec option loras must be a list of FILE[:SCALE] strings")
+                value = tuple(value)
             opts[key] = value
         return cls(d["model"], ModelOptions(**opts))
