@@ -25,7 +25,9 @@ CLI = [sys.executable, "-m", "bns_export"]
 
 
 def fine_tune(base: Path, out: Path) -> Path:
-    """A copy of the folder with every weight moved by 1% of its RMS (a stand-in for further training)."""
+    """A copy of the folder with every weight moved by 1% of its RMS (a stand-in for further training; applied to
+    the random-weight base first too, since a fresh network's norm weights are all equal and the graph stores
+    equal tensors once, which no trained network has)."""
     import diffusers
     import torch
 
@@ -51,11 +53,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in args.models:
-            base = build_folder(name, work / name, args.latent)
+            base = fine_tune(build_folder(name, work / f"{name}-fresh", args.latent), work / name)
             tuned = fine_tune(base, work / f"{name}-tuned")
             common = ["--cond-set", str(base / "conditions.safetensors"), "-w", "3", "-s", "euler", "--nfe",
                       str(args.nfe), "--max-batch", "1"]  # fmt: skip
-            art, fresh, refit = work / f"{name}-art", work / f"{name}-fresh", work / f"{name}-refit"
+            art, fresh, refit = work / f"{name}-art", work / f"{name}-compiled", work / f"{name}-refit"
             built = timed([*CLI, "compile", "-m", f"diffusers:{base}", *common, "-o", str(art)], work / "a.log")
             assert built["rc"] == 0, (work / "a.log").read_text()[-2000:]
             full = timed([*CLI, "compile", "-m", f"diffusers:{tuned}", *common, "-o", str(fresh)], work / "b.log")
@@ -73,7 +75,8 @@ def main() -> None:
         "",
         f"Command: `{command}` (commit {git_rev()}). Machine: {machine()}.",
         "",
-        f"A fine-tune (every weight moved by 1% of its RMS) put into the base's ONNX artifact by `bns-export refit`, "
+        f"A fine-tune (every weight moved by 1% of its RMS from a random-weight base moved the same way) put into "
+        "the base's ONNX artifact by `bns-export refit`, "
         f"against `bns-export compile` of the same fine-tune; both at NFE {args.nfe}, batch 1, {args.latent}x"
         f"{args.latent} latents, validated against the eager sampler (parity only); wall time and peak resident "
         "memory of the whole command under `/usr/bin/time -v`.",
