@@ -38,6 +38,16 @@ def _fine_tune(folder, out, scale: float = 0.02, seed: int = 1):
     return out
 
 
+def _samples(*artifacts) -> list[np.ndarray]:
+    """Each artifact's samples for the same seeded noise and conditions."""
+    runners = [load(a) for a in artifacts]
+    first = runners[0]
+    noise = np.random.default_rng(0).standard_normal((2, *first.sample_shape)).astype(np.float32)
+    rng = np.random.default_rng(1)
+    cond = {n: rng.standard_normal((2, *first.condition_shapes[n])).astype(np.float32) for n in first.condition_names}
+    return [r(noise, cond) for r in runners]
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("refit")
@@ -69,12 +79,9 @@ def test_a_fine_tune_refits_into_the_same_graph(base, tmp_path):
     code, _, err = cli("compile", "-m", f"diffusers:{tuned}", *opts, "-w", 3, "-s", "dpm++2m", "--nfe", 3,
                        "--max-batch", 2, "-o", fresh)  # fmt: skip
     assert code == 0, err
-    a, b, old = load(out), load(fresh), load(art)
-    noise = np.random.default_rng(0).standard_normal((2, *a.sample_shape)).astype(np.float32)
-    rng = np.random.default_rng(1)
-    cond = {n: rng.standard_normal((2, *a.condition_shapes[n])).astype(np.float32) for n in a.condition_names}
-    assert np.abs(a(noise, cond) - b(noise, cond)).max() < 1e-4
-    assert np.abs(a(noise, cond) - old(noise, cond)).max() > 1e-3  # the weights did change
+    refitted, compiled, old = _samples(out, fresh, art)
+    assert np.abs(refitted - compiled).max() < 1e-4
+    assert np.abs(refitted - old).max() > 1e-3  # the weights did change
 
 
 def test_another_architecture_or_base_is_one_line(base, tmp_path):
@@ -122,12 +129,9 @@ def test_the_base_with_a_lora_refits_and_compiles_alike(base, tmp_path):
     code, _, err = cli("compile", "-m", f"diffusers:{folder}", "--lora", f"{lora}:0.8", *opts, "-w", 3, "-s",
                        "dpm++2m", "--nfe", 3, "--max-batch", 2, "-o", fresh)  # fmt: skip
     assert code == 0, err
-    a, b, old = load(out), load(fresh), load(art)
-    noise = np.random.default_rng(0).standard_normal((2, *a.sample_shape)).astype(np.float32)
-    rng = np.random.default_rng(1)
-    cond = {n: rng.standard_normal((2, *a.condition_shapes[n])).astype(np.float32) for n in a.condition_names}
-    assert np.abs(a(noise, cond) - b(noise, cond)).max() < 1e-4
-    assert np.abs(a(noise, cond) - old(noise, cond)).max() > 1e-4  # the LoRA did change the weights
+    refitted, compiled, old = _samples(out, fresh, art)
+    assert np.abs(refitted - compiled).max() < 1e-4
+    assert np.abs(refitted - old).max() > 1e-4  # the LoRA did change the weights
     for bad, needle in [(f"{lora}:x9", "not a .safetensors"), (f"{lora}:1e9", "scale"), (str(art / "manifest.json"),
                         "not a .safetensors")]:  # fmt: skip
         code, _, err = cli("refit", art, "-m", f"diffusers:{folder}", "--lora", bad, "-o", tmp_path / "bad")
