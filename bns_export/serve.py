@@ -199,17 +199,63 @@ def parse_infer(runner, header: dict, binary: bytes, limit: int) -> tuple[dict, 
     for o in outputs:
         if o["name"] not in runner.output_names:
             raise HTTPError(400, f"unknown output {o['name']!r}: this model gives {', '.join(runner.output_names)}")
+        if not isinstance(o.get("parameters") or {}, dict):
+            raise HTTPError(400, f"output {o['name']}: parameters must be an object")
+    png_outputs(runner, header, outputs)  # a PNG asked of an output that is no image: a 400 now
     return {"noise": noise, "condition": cond, "guidance": guidance}, outputs
 
 
-def encode_outputs(model: Model, request_id, results: dict, outputs: list, binary_default: bool) -> tuple[dict, bytes]:
-    """The infer response: every output asked for (all when none is), as JSON data or binary-extension bytes."""
+def png_outputs(runner, header: dict, outputs: list) -> set[str]:
+    """The outputs to send as PNG: each output asked for with `parameters.png` (an image, (C, H, W) with 1 or 3
+    channels, or a 400), or with the request's `png` every image output it returns (at least one)."""
+    params = header.get("parameters") if isinstance(header.get("parameters"), dict) else {}
+    names = [o["name"] for o in outputs] or list(runner.output_names)
+
+    def image(name: str) -> bool:
+        shape = runner.output_shapes[name][1:]
+        return len(shape) == 3 and shape[0] in (1, 3)
+
+    asked = {o["name"] for o in outputs if (o.get("parameters") or {}).get("png") is True}
+    for name in asked:
+        if not image(name):
+            raise HTTPError(400, f"output {name} is not an image (C, H, W) with 1 or 3 channels: it has no PNG form")
+    if params.get("png") is True:
+        every = {n for n in names if image(n)}
+        if not every:
+            raise HTTPError(400, "png: none of the outputs asked for is an image (C, H, W) with 1 or 3 channels")
+        asked |= every
+    return asked
+
+
+def png_bytes(images: np.ndarray) -> bytes:
+    """A BYTES tensor of PNGs in the binary extension's form: each image's 4-byte little-endian length, then it."""
+    from .images import encode_png, to_uint8
+
+    out = []
+    for image in images:
+        data = encode_png(to_uint8(np.transpose(image, (1, 2, 0))))
+        out.append(len(data).to_bytes(4, "little") + data)
+    return b"".join(out)
+
+
+def encode_outputs(
+    model: Model, request_id, results: dict, outputs: list, binary_default: bool, png: set[str] = frozenset()
+) -> tuple[dict, bytes]:
+    """The infer response: every output asked for (all when none is), as JSON data or binary-extension bytes;
+    those in `png` as a BYTES tensor of PNG images (data range [-1, 1] to 0..255), always binary."""
     wanted = outputs or [{"name": n} for n in model.runner.output_names]
     entries, tail = [], []
     for o in wanted:
         array = np.ascontiguousarray(results[o["name"]], dtype=np.float32)
-        entry = {"name": o["name"], "datatype": "FP32", "shape": list(array.shape)}
         params = o.get("parameters") or {}
+        if o["name"] in png:
+            data = png_bytes(array)
+            entry = {"name": o["name"], "datatype": "BYTES", "shape": [len(array)]}
+            entry["parameters"] = {"binary_data_size": len(data)}
+            tail.append(data)
+            entries.append(entry)
+            continue
+        entry = {"name": o["name"], "datatype": "FP32", "shape": list(array.shape)}
         if params.get("binary_data", binary_default):
             data = array.tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}
@@ -449,7 +495,8 @@ def make_app(models: dict[str, Model], limits: Limits):
             results = await model.batcher.submit(parsed)
             params = header.get("parameters") or {}
             binary_default = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
-            body, tail = encode_outputs(model, header.get("id"), results, outputs, binary_default)
+            png = png_outputs(model.runner, header, outputs)
+            body, tail = encode_outputs(model, header.get("id"), results, outputs, binary_default, png)
         except HTTPError as e:
             return error(e.code, str(e))
         except (BNSError, ValueError, TypeError) as e:

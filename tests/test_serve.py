@@ -201,3 +201,35 @@ def test_tensor_conditioned_artifacts_take_their_condition_input(tmp_path):
         assert code == 400 and "missing input(s) cond" in answer["error"]
         code, answer = srv.infer("text", {"noise": noise, "cond": cond, "labels": np.array([1])})
         assert code == 400 and "unknown input 'labels'" in answer["error"]
+
+
+def test_image_outputs_can_come_back_as_png(tmp_path):
+    """`png`: each image a PNG (0..255 of the data range [-1, 1]) in a BYTES tensor, as the binary extension
+    sends strings."""
+    import zlib
+
+    from bns_export.images import to_uint8
+
+    out = tmp_path / "digits"
+    compile_artifact("digits", "euler", "onnx", out, nfe=2, max_batch=2, log=lambda m: None)
+    runner = load(out)
+    noise = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    with serving(out) as srv:
+        entry = {"name": "noise", "shape": [2, 1, 8, 8], "datatype": "FP32"}
+        entry["parameters"] = {"binary_data_size": noise.nbytes}
+        header = {"inputs": [entry], "parameters": {"png": True}}
+        data = json.dumps(header).encode()
+        code, headers, body = srv.request("POST", "/v2/models/digits/infer", data + noise.tobytes(),
+                                          {"Inference-Header-Content-Length": str(len(data))})  # fmt: skip
+        assert code == 200
+        length = int({k.lower(): v for k, v in headers.items()}["inference-header-content-length"])
+        entry = json.loads(body[:length])["outputs"][0]
+        assert entry["datatype"] == "BYTES" and entry["shape"] == [2]
+        tail, expected = body[length:], to_uint8(runner(noise))
+        for k in range(2):
+            size = int.from_bytes(tail[:4], "little")
+            png, tail = tail[4 : 4 + size], tail[4 + size :]
+            assert png.startswith(b"\x89PNG")
+            raw = zlib.decompress(png[png.index(b"IDAT") + 4 : png.index(b"IEND") - 8])
+            pixels = np.frombuffer(raw, np.uint8).reshape(8, 9)[:, 1:]  # each row: filter byte, 8 gray pixels
+            assert np.array_equal(pixels, expected[k, 0])
