@@ -29,6 +29,7 @@ from .interrupts import (
     raise_if_interrupted,
     signals_as_interrupts,
 )
+from .serve import LIMIT_RANGES
 from .solvers import BASELINES
 from .solvers.grids import GRIDS
 
@@ -875,12 +876,17 @@ def conditions_cmd(model, prompts, negative, max_tokens, out, device, encoder_dt
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
 @click.option("--port", type=Integer(0, 65535), default=8000, show_default=True)
-@click.option("--max-body", type=Integer(1024, 1 << 34), default=64 << 20, show_default=True, help="Bytes.")
-@click.option("--header-timeout", type=Number(0.01, 3600), default=10.0, show_default=True, help="Seconds.")
-@click.option("--body-timeout", type=Number(0.01, 3600), default=30.0, show_default=True, help="Seconds.")
-@click.option("--max-delay-ms", type=Number(0, 10_000), default=5.0, show_default=True, help="Batch delay.")
-@click.option("--queue-per-slot", type=Integer(1, 1 << 16), default=8, show_default=True, help="Queue bound.")
-@click.option("--concurrency", type=Integer(1, 1 << 20), default=1024, show_default=True, help="Connections.")
+@click.option("--max-body", type=Integer(*LIMIT_RANGES["max_body"]), default=64 << 20, show_default=True, help="Bytes.")
+@click.option("--header-timeout", type=Number(*LIMIT_RANGES["header_timeout_s"]), default=10.0, show_default=True,
+              help="Seconds to send a request's headers.")  # fmt: skip
+@click.option("--body-timeout", type=Number(*LIMIT_RANGES["body_timeout_s"]), default=30.0, show_default=True,
+              help="Seconds to send a request's body.")  # fmt: skip
+@click.option("--max-delay-ms", type=Number(*LIMIT_RANGES["max_delay_ms"]), default=5.0, show_default=True,
+              help="How long a request waits for others to share its batch.")  # fmt: skip
+@click.option("--queue-per-slot", type=Integer(*LIMIT_RANGES["queue_per_slot"]), default=8, show_default=True,
+              help="Requests queued per batch slot before 503.")  # fmt: skip
+@click.option("--concurrency", type=Integer(*LIMIT_RANGES["concurrency"]), default=1024, show_default=True,
+              help="Connections and requests at once (503 beyond).")  # fmt: skip
 @trust_options
 def serve_cmd(
     artifacts, host, port, max_body, header_timeout, body_timeout, max_delay_ms, queue_per_slot, concurrency, policy

@@ -43,6 +43,18 @@ class HTTPError(Exception):
         self.code = code
 
 
+#: each limit's accepted range, the one home of the numbers `Limits` and `bns-export serve`'s options check
+LIMIT_RANGES = {
+    "max_body": (1024, 1 << 34),
+    "header_timeout_s": (0.01, 3600),
+    "body_timeout_s": (0.01, 3600),
+    "max_delay_ms": (0, 10_000),
+    "queue_per_slot": (1, 1 << 16),
+    "infer_timeout_s": (0.01, 86_400),
+    "concurrency": (1, 1 << 20),
+}
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one server accepts, checked when it starts (one line, exit 2, for a value out of range)."""
@@ -56,16 +68,7 @@ class Limits:
     concurrency: int = 1024  # connections and requests at once (uvicorn's limit_concurrency)
 
     def __post_init__(self) -> None:
-        ranges = {
-            "max_body": (1024, 1 << 34),
-            "header_timeout_s": (0.01, 3600),
-            "body_timeout_s": (0.01, 3600),
-            "max_delay_ms": (0, 10_000),
-            "queue_per_slot": (1, 1 << 16),
-            "infer_timeout_s": (0.01, 86_400),
-            "concurrency": (1, 1 << 20),
-        }
-        for key, (lo, hi) in ranges.items():
+        for key, (lo, hi) in LIMIT_RANGES.items():
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= value <= hi):
                 raise BNSError(f"serve limit {key} must be a number in [{lo}, {hi}], got {value!r}")

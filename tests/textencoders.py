@@ -16,21 +16,21 @@ CHARS = string.ascii_lowercase + string.digits + ".,!?'-"
 CLIP_TOKENS = 8  # CLIP's model_max_length here (77 in the real ones)
 
 
-def clip_tokenizer(folder: Path):
-    """A CLIP tokenizer with one token per character (and per word-final character), no merges."""
+def clip_tokenizer():
+    """A CLIP tokenizer with one token per character (and per word-final character), no merges (built from files
+    in a temporary folder, which goes with it; the pipeline's save_pretrained writes the tokenizer)."""
+    import tempfile
+
     from transformers import CLIPTokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in CHARS:
         vocab[c] = len(vocab)
         vocab[c + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=CLIP_TOKENS)
-    for f in ("vocab.json", "merges.txt"):
-        (folder / f).unlink()
-    return tok
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=CLIP_TOKENS)
 
 
 def t5_tokenizer():
@@ -74,24 +74,24 @@ def _vae():
     )  # fmt: skip
 
 
-def _components(name: str, tmp: Path) -> dict:
+def _components(name: str) -> dict:
     """The pipeline's text components for a family of tests/families.py."""
     if name == "sd":
-        return {"text_encoder": clip_encoder(32), "tokenizer": clip_tokenizer(tmp / "t1")}
+        return {"text_encoder": clip_encoder(32), "tokenizer": clip_tokenizer()}
     if name == "sdxl":  # two encoders: hidden 16 + 16 = cross_attention_dim 32; the second's projection: text_embeds
         return {
-            "text_encoder": clip_encoder(16), "tokenizer": clip_tokenizer(tmp / "t1"),
-            "text_encoder_2": clip_encoder(16, 16), "tokenizer_2": clip_tokenizer(tmp / "t2"),
+            "text_encoder": clip_encoder(16), "tokenizer": clip_tokenizer(),
+            "text_encoder_2": clip_encoder(16, 16), "tokenizer_2": clip_tokenizer(),
         }  # fmt: skip
     if name == "sd3":  # CLIP-L + CLIP-G (8 + 8 <= T5's 16), pooled 6 + 6 = 12
         return {
-            "text_encoder": clip_encoder(8, 6), "tokenizer": clip_tokenizer(tmp / "t1"),
-            "text_encoder_2": clip_encoder(8, 6), "tokenizer_2": clip_tokenizer(tmp / "t2"),
+            "text_encoder": clip_encoder(8, 6), "tokenizer": clip_tokenizer(),
+            "text_encoder_2": clip_encoder(8, 6), "tokenizer_2": clip_tokenizer(),
             "text_encoder_3": t5_encoder(16), "tokenizer_3": t5_tokenizer(),
         }  # fmt: skip
     if name == "flux":  # CLIP's pooled output 12, T5's 16
         return {
-            "text_encoder": clip_encoder(12), "tokenizer": clip_tokenizer(tmp / "t1"),
+            "text_encoder": clip_encoder(12), "tokenizer": clip_tokenizer(),
             "text_encoder_2": t5_encoder(16), "tokenizer_2": t5_tokenizer(),
         }  # fmt: skip
     if name == "pixart":
@@ -119,7 +119,7 @@ def build_pipeline(name: str, folder: Path) -> Path:
     torch.manual_seed(0)
     make_model, make_scheduler, _, _, _ = _models(diffusers)[name]
     cls, net = PIPELINES[name]
-    parts = {net: make_model(), "scheduler": make_scheduler(), "vae": _vae(), **_components(name, folder / "_tok")}
+    parts = {net: make_model(), "scheduler": make_scheduler(), "vae": _vae(), **_components(name)}
     if name == "sd":
         parts |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     getattr(diffusers, cls)(**parts).save_pretrained(str(folder / "pipe"), safe_serialization=True)
