@@ -330,7 +330,7 @@ class Batcher:
 
     def _run(self, items: list) -> None:
         """One batch: the requests' rows stacked, run once, split back."""
-        loop_set = []
+        answers = []
         try:
             reqs = [r for r, _ in items]
             noise = np.concatenate([r["noise"] for r in reqs])
@@ -347,11 +347,11 @@ class Batcher:
             start = 0
             for r, fut in items:
                 n = len(r["noise"])
-                loop_set.append((fut, {k: np.asarray(v)[start : start + n] for k, v in out.items()}, None))
+                answers.append((fut, {k: np.asarray(v)[start : start + n] for k, v in out.items()}, None))
                 start += n
         except Exception as e:  # a failing batch fails its requests, never the server
-            loop_set = [(fut, None, e) for _, fut in items]
-        for fut, value, error in loop_set:
+            answers = [(fut, None, e) for _, fut in items]
+        for fut, value, error in answers:
             fut.get_loop().call_soon_threadsafe(_settle, fut, value, error)
 
 

@@ -71,7 +71,8 @@ def main() -> None:
         "A table for the part of the trajectory a pipeline runs (`distill --strength / --denoising-end / "
         "--denoising-start`) against every classic solver on every time grid on that segment, PSNR against the "
         f"exact x(t1) from the same exact x(t0) over {args.test_pairs} test pairs. BNS: {args.iterations} "
-        f"iterations at batch {args.batch_size}, {args.train_pairs} + {args.val_pairs} pairs (a reduced recipe).",
+        f"iterations at batch {args.batch_size}, {args.train_pairs} + {args.val_pairs} pairs (a reduced recipe); "
+        "distillation: its wall time on this machine.",
         "",
         "| segment | interval | NFE | BNS | best classic at NFE | best classic at 2 NFE | distillation |",
         "|---|---|---|---|---|---|---|",

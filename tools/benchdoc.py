@@ -41,7 +41,8 @@ PAGE = (
     (
         "Ground-truth ceiling",
         ["gt-ceiling", "gt-reference"],
-        "Each model's table gives its ruler; this is every model at once.",
+        "Each model's table above gives its ruler (dopri5 against a tighter solve); here, what a cheaper "
+        "reference costs in accuracy.",
     ),
     (
         "Latency",
@@ -65,7 +66,8 @@ PAGE = (
     (
         "Segments",
         ["segments-digits-text"],
-        "Tables for img2img at a strength and for a base + refiner split, against classic solvers on the same part.",
+        "Tables for img2img at a strength and for a base + refiner split, against classic solvers on the same part "
+        "(the distillation times come from a run that shared the machine with other jobs).",
     ),
     (
         "Distillation recipe",
