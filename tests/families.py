@@ -145,6 +145,18 @@ def _models(diffusers):
             lambda: ddpm(prediction_type="v_prediction"),
             {"encoder_hidden_states": (L, 16), "encoder_hidden_states_t5": (6, 16)}, [], 3,
         ),
+        "stable-audio": (
+            lambda: diffusers.StableAudioDiTModel(
+                sample_size=16, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+                num_key_value_attention_heads=1, out_channels=4, cross_attention_dim=16, time_proj_dim=16,
+                global_states_input_dim=24, cross_attention_input_dim=12,
+            ),
+            lambda: diffusers.CosineDPMSolverMultistepScheduler(
+                sigma_min=0.3, sigma_max=500.0, sigma_data=1.0, sigma_schedule="exponential", solver_order=2,
+                prediction_type="v_prediction", rho=7.0, final_sigmas_type="zero",
+            ),
+            {"encoder_hidden_states": (L + 2, 12), "global_hidden_states": (1, 24)}, [], 7,
+        ),
     }  # fmt: skip
 
 
@@ -172,6 +184,7 @@ FAMILIES = {
     "ltx": "LTXVideoTransformer3DModel (video, (C, F, H, W))",
     "auraflow": "AuraFlowTransformer2DModel",
     "hunyuandit": "HunyuanDiT2DModel",
+    "stable-audio": "StableAudioDiTModel (audio, (C, T))",
 }
 
 

@@ -134,6 +134,42 @@ def test_pixart_sigma(tmp_path, noise):
     _close(out, sample(field, solver, noise, field.cond_set[:2]))
 
 
+def test_stable_audio(tmp_path):
+    """StableAudioPipeline on its cosine DPM-Solver's EDM schedule: the condition set is what the pipeline builds
+    (projected prompt tokens and the two seconds tokens; the seconds as the global token; zeros for the null
+    prompt beside the same seconds), and its latents equal our sampler's on the same noise."""
+    from diffusers.pipelines.stable_audio import StableAudioProjectionModel
+    from safetensors.torch import save_file
+
+    folder, _, _ = build_family("stable-audio", tmp_path / "sa")
+    vae = diffusers.AutoencoderOobleck(
+        encoder_hidden_size=8, downsampling_ratios=[2], channel_multiples=[1], decoder_channels=8,
+        decoder_input_channels=4, audio_channels=1, sampling_rate=16,
+    )  # fmt: skip
+    projection = StableAudioProjectionModel(text_encoder_dim=12, conditioning_dim=12, min_value=0, max_value=4)
+    transformer = diffusers.StableAudioDiTModel.from_pretrained(folder / "transformer")
+    pipe = diffusers.StableAudioPipeline(
+        vae=vae, text_encoder=None, projection_model=projection, tokenizer=None, transformer=transformer,
+        scheduler=diffusers.CosineDPMSolverMultistepScheduler.from_pretrained(folder / "scheduler"),
+    )  # fmt: skip
+    prompt_embeds = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(1))
+    seconds = transformer.config.sample_size * vae.hop_length / vae.config.sampling_rate  # the pipeline's default
+    with torch.no_grad():
+        tokens = pipe.encode_prompt(None, "cpu", False, prompt_embeds=prompt_embeds)
+        start, end = pipe.encode_duration(0.0, seconds, "cpu", False, 2)
+    ehs, seconds_token = torch.cat([tokens, start, end], 1), torch.cat([start, end], 2)
+    nulls = {"null.encoder_hidden_states": torch.zeros(7, 12), "null.global_hidden_states": seconds_token[0].clone()}
+    conds = {"encoder_hidden_states": ehs, "global_hidden_states": seconds_token, **nulls}
+    save_file(conds, str(tmp_path / "set.safetensors"))
+    field = load_model(f"diffusers:{folder}", ModelOptions(cond_set=str(tmp_path / "set.safetensors")), guidance=3.0)
+    solver = baseline("dpm++2m", 4, field.schedule, field.t_lo, field.t_hi)
+    pipe.scheduler = BNSScheduler.from_solver(solver, field)
+    noise = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(0))
+    out = pipe(prompt_embeds=prompt_embeds, num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(),
+               output_type="latent").audios  # fmt: skip
+    _close(out, sample(field, solver, noise, field.cond_set))
+
+
 def test_dit_applies_no_init_noise_sigma(tmp_path):
     """DiTPipeline starts from unit noise and never applies init_noise_sigma: for a table whose first time
     has sigma != 1 the user scales (our sampler's start is init_noise_sigma * noise), documented."""

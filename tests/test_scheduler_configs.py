@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bns_export.errors import BNSError
-from bns_export.fields.adapters import network_time
-from bns_export.fields.pipelines import DiscreteGrid, FlowGrid
+from bns_export.fields.adapters import network_time, to_velocity
+from bns_export.fields.pipelines import DiscreteGrid, EDMGrid, FlowGrid
 from bns_export.loaders.schedulers import DIFFUSERS_PREDICTIONS, read_scheduler
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
@@ -20,7 +20,7 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only depend
 CORPUS = Path(__file__).resolve().parent / "data" / "scheduler_configs"
 INDEX = json.loads((CORPUS / "index.json").read_text())["configs"]
 #: configs refused in one line, and the words that say why
-REFUSED = {"stable-audio-open": "sigma_min"}
+REFUSED: dict[str, str] = {}
 #: discrete pipelines whose last step calls the network at training step 0, where bns-export's ODE ends
 ENDS_ON_STEP_ZERO = {"dit"}
 
@@ -88,6 +88,14 @@ def test_ode_and_pipeline_grid_match_diffusers(name):
         assert torch.allclose(spec.schedule.sigma(t) ** 2, 1 - ab, atol=1e-6, rtol=0)
     for n in (4, 8, 16, entry["default_steps"]):
         sched = pipeline_set_timesteps(entry, cfg, n)
+        if isinstance(grid, EDMGrid):  # noise levels sigma, then 0: t = 1 / (1 + sigma); the network's atan time
+            ours = grid.times(spec.schedule, n)
+            assert np.allclose(ours, 1.0 / (1.0 + sched.sigmas.double().numpy()), atol=1e-6, rtol=0), (n, ours)
+            sigma_ve = spec.schedule.sigma(torch.as_tensor(ours)) / spec.schedule.alpha(torch.as_tensor(ours))
+            assert np.allclose(sigma_ve.numpy(), sched.sigmas.double().numpy(), rtol=1e-6, atol=1e-6)
+            network = network_time(spec.schedule, spec.time_input, torch.as_tensor(ours[:-1])).numpy()
+            assert np.allclose(network, sched.timesteps.double().numpy(), atol=1e-6, rtol=0)
+            continue
         if isinstance(grid, FlowGrid):
             ours = grid.times(spec.schedule, n)
             assert np.allclose(ours, 1.0 - sched.sigmas.double().numpy(), atol=2e-6, rtol=0), (n, ours)
@@ -112,6 +120,50 @@ def test_zero_terminal_snr_is_the_models_schedule():
     ab = spec.schedule.alpha(t) ** 2
     assert ab[0] == 0.0 and abs(float(ab[1]) - 0.0960) < 5e-4
     assert torch.isfinite(spec.schedule.d_alpha(t)).all() and spec.schedule.sigma(t[:1]).item() == 1.0
+
+
+def test_edm_preconditioning_is_the_vp_v_form():
+    """Stable Audio's CosineDPMSolverMultistepScheduler: the network sees c_in x_ve, which is our sample on the
+    EDMPreconditioned path, and c_skip x_ve + c_out F is the data our v-form conversion reads from F; the velocity
+    is finite at the data end, where the pipeline's last step lands."""
+    pytest.importorskip("torchsde", reason="diffusers' cosine DPM-Solver needs torchsde (test-only)")
+    cfg = _config("stable-audio-open")
+    spec = read_scheduler(cfg, (64, 1024), "StableAudioDiTModel")
+    sched = diffusers.CosineDPMSolverMultistepScheduler.from_config(cfg)
+    g = torch.Generator().manual_seed(0)
+    x0, eps, out = (torch.randn(3, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    for sigma in (500.0, 12.0, 1.0, 0.3):
+        t = torch.tensor(1.0 / (1.0 + sigma), dtype=torch.float64)
+        a, s = spec.schedule.alpha(t), spec.schedule.sigma(t)
+        x_ve = x0 + sigma * eps
+        x = sched.precondition_inputs(x_ve, torch.tensor(sigma, dtype=torch.float64))
+        assert torch.allclose(x, a * x0 + s * eps, atol=1e-12)
+        denoised = sched.precondition_outputs(x_ve, out, torch.tensor(sigma, dtype=torch.float64))
+        assert torch.allclose(denoised, a * x - s * out, atol=1e-10)
+    u = to_velocity(spec.schedule, spec.prediction, x0, torch.tensor(1.0, dtype=torch.float64), out)
+    assert torch.isfinite(u).all()
+
+
+@pytest.mark.parametrize(
+    "change,words",
+    [
+        ({"prediction_type": "epsilon"}, "prediction_type"),
+        ({"sigma_data": 0.5}, "sigma_data"),
+        ({"final_sigmas_type": "sigma_min"}, "final_sigmas_type"),
+        ({"sigma_schedule": "linear"}, "sigma_schedule"),
+        ({"sigma_max": 0.1}, "sigma_max"),
+    ],
+)
+def test_edm_choices_not_mirrored_are_refused(change, words):
+    with pytest.raises(BNSError, match=words) as e:
+        read_scheduler({**_config("stable-audio-open"), **change}, (64, 1024), "StableAudioDiTModel")
+    assert "\n" not in str(e.value)
+
+
+def test_other_edm_schedulers_are_refused():
+    cfg = {"_class_name": "EDMEulerScheduler", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5}
+    with pytest.raises(BNSError, match="sigma_min"):
+        read_scheduler(cfg, (4, 64, 64), "UNet2DConditionModel")
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ SCHEDULER = {
     "flux": "FluxPipeline with no extra argument (bf16 5e-2): 1e-4",
     "pixart": "PixArtSigmaPipeline (bf16 5e-2): 1e-4",
     "dit": "DiTPipeline: 1e-4",
+    "stable-audio": "StableAudioPipeline (its own condition tokens, zeros as the null prompt): 1e-4",
 }
 GT = ["--rtol", "1e-3", "--atol", "1e-3"]
 #: the public scheduler configs of each family (tests/data/scheduler_configs, each with its source in index.json)
@@ -51,6 +52,7 @@ REAL = {
     "wan": ["wan21-t2v-1.3b"],
     "ltx": ["ltx-video"],
     "auraflow": ["auraflow"],
+    "stable-audio": ["stable-audio-open"],
 }
 
 
@@ -61,7 +63,7 @@ def conformance(name: str) -> str:
     import torch
 
     from bns_export.errors import BNSError
-    from bns_export.fields.pipelines import FlowGrid
+    from bns_export.fields.pipelines import EDMGrid, FlowGrid
     from bns_export.loaders.schedulers import read_scheduler
 
     entry, cfg = INDEX[name], _config(name)
@@ -69,19 +71,21 @@ def conformance(name: str) -> str:
         spec = read_scheduler(cfg, tuple(entry["sample_shape"]), entry["model_class"])
     except BNSError as e:
         return f"{name}: refused ({str(e)[:60]})" if name in REFUSED else f"{name}: FAILS {e}"
-    grid, ode = spec.schedule.pipeline, 0.0
-    if not isinstance(grid, FlowGrid):
-        k = torch.arange(spec.schedule.steps, dtype=torch.float64)
-        ab = pipeline_set_timesteps(entry, cfg, 4).alphas_cumprod.double()
-        ode = float((spec.schedule.alpha(1.0 - (k + 1.0) / spec.schedule.steps) - ab.sqrt()).abs().max())
+    grid = spec.schedule.pipeline
+    if isinstance(grid, (FlowGrid, EDMGrid)):  # t = 1 - sigma, or 1 / (1 + sigma) for EDM noise levels
+        to_t = (lambda s: 1.0 - s) if isinstance(grid, FlowGrid) else (lambda s: 1.0 / (1.0 + s))
+        dev = 0.0
+        for n in (4, 8, 16, entry["default_steps"]):
+            theirs = to_t(pipeline_set_timesteps(entry, cfg, n).sigmas.double().numpy())
+            dev = max(dev, float(np.abs(grid.times(spec.schedule, n) - theirs).max()))
+        return f"{name}: grid {dev:.0e}"
+    k = torch.arange(spec.schedule.steps, dtype=torch.float64)
+    ab = pipeline_set_timesteps(entry, cfg, 4).alphas_cumprod.double()
+    ode = float((spec.schedule.alpha(1.0 - (k + 1.0) / spec.schedule.steps) - ab.sqrt()).abs().max())
     dev = 0.0
     for n in (4, 8, 16, entry["default_steps"]):
-        sched = pipeline_set_timesteps(entry, cfg, n)
-        if isinstance(grid, FlowGrid):
-            dev = max(dev, float(np.abs(grid.times(spec.schedule, n) - (1.0 - sched.sigmas.double().numpy())).max()))
-        else:
-            theirs = np.unique(sched.timesteps.double().numpy())[::-1]
-            dev = max(dev, float(np.abs(grid.timesteps(spec.schedule, n) - theirs).max()))
+        theirs = np.unique(pipeline_set_timesteps(entry, cfg, n).timesteps.double().numpy())[::-1]
+        dev = max(dev, float(np.abs(grid.timesteps(spec.schedule, n) - theirs).max()))
     return f"{name}: ODE {ode:.0e}, grid {dev:.0e}" if ode else f"{name}: grid {dev:.0e}"
 
 
@@ -153,7 +157,8 @@ def render(rows: list[dict]) -> str:
         "scheduler_config.json of the family's public pipelines (tests/data/scheduler_configs, each with its",
         "source) and compares it with diffusers' own scheduler: the largest deviation of alpha at every training",
         "step (ODE) and of the pipeline's time grid at 4, 8, 16 and its default steps (grid; timesteps for",
-        "discrete schedulers, 1 - sigma for flow ones); what is not mirrored is refused in one line.",
+        "discrete schedulers, 1 - sigma for flow ones, 1 / (1 + sigma) for EDM ones); what is not mirrored is",
+        "refused in one line.",
         "",
         "| class | real configs | eval | distill | compile | parity | runtime inputs | triton | scheduler |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -171,17 +176,22 @@ def render(rows: list[dict]) -> str:
         "`encoder_hidden_states`, `pooled_projections`; PixArt, Sana, CogVideoX, Wan, LTX-Video, AuraFlow",
         "`encoder_hidden_states` (PixArt, Sana and LTX-Video also `encoder_attention_mask` when the set holds",
         "it); HunyuanDiT `encoder_hidden_states` (CLIP) and `encoder_hidden_states_t5` (and their",
-        "`text_embedding_mask`, `text_embedding_mask_t5`); UNet2DModel and DiT class labels. `bns-export",
-        "conditions` writes the set from prompts. Flux-dev's guidance is its guidance embedding: `-w` feeds it,",
-        "one network call per step, no classifier-free guidance. Video latents: CogVideoX (F, C, H, W) as its",
+        "`text_embedding_mask`, `text_embedding_mask_t5`); StableAudioDiTModel `encoder_hidden_states` (the",
+        "prompt's T5 tokens and the two seconds tokens) and `global_hidden_states` (the seconds, one token);",
+        "UNet2DModel and DiT class labels. `bns-export conditions` writes the set from prompts (not for Stable",
+        "Audio, whose pipeline builds its seconds tokens beside encode_prompt). Flux-dev's guidance is its",
+        "guidance embedding: `-w` feeds it, one network call per step, no classifier-free guidance. Video",
+        "latents: CogVideoX (F, C, H, W) as its",
         "pipeline holds them, Wan and LTX-Video (C, F, H, W) (`--shape`); LTX-Video's 1x1x1 patches are packed",
         "in the graph; CogVideoX-5b's and HunyuanDiT's rotary embeddings and HunyuanDiT's size conditions are",
-        "graph constants of the latent size.",
+        "graph constants of the latent size. Stable Audio latents are (C, T), its rotary embeddings constants of",
+        "T; its cosine DPM-Solver's EDM noise levels are read as the VP path its input scaling makes of them, so",
+        "its v-form output is the VP v and the ODE runs from sigma_max to the data end as its pipeline steps.",
         "",
         "Not supported yet, each one line when named: Lumina2Transformer2DModel (its rotary embeddings are complex",
         "tensors and its attention lengths are read from the prompt mask as Python numbers: neither exports to",
-        "one static graph), StableAudioDiTModel (its CosineDPMSolverMultistepScheduler's EDM schedule with",
-        "sigma_min/sigma_max is refused by the scheduler reader), HunyuanVideo.",
+        "one static graph), HunyuanVideo; EDM schedulers other than the cosine DPM-Solver (EDMEuler,",
+        "EDMDPMSolverMultistep: their 0.25 log sigma time input) are refused by the scheduler reader.",
         "",
         f"Machine: {machine()}; commit {git_rev()}.",
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -10,7 +12,7 @@ from .field import NULL_LABEL, VelocityField
 from .schedules import EDM, DDPMDiscrete, Schedule
 
 PREDICTIONS = ("velocity", "flow", "eps", "x0", "v")
-TIME_INPUTS = ("t", "s", "index", "sigma", "flow-timestep")
+TIME_INPUTS = ("t", "s", "index", "sigma", "flow-timestep", "edm-atan")
 
 
 class NetworkField(VelocityField):
@@ -19,7 +21,8 @@ class NetworkField(VelocityField):
     prediction: "velocity" is our u; "flow" is the diffusers flow output eps - x1 (= -u);
     "eps", "x0" (data) and "v" (alpha eps - sigma x1) convert exactly (method.md section 1).
     time_input: "t" our time, "s" = 1 - t, "index" a DDPM step index (needs a ddpm schedule),
-    "sigma" the EDM noise level sigma/alpha (the network then also sees x/alpha).
+    "sigma" the EDM noise level sigma/alpha (the network then also sees x/alpha); "edm-atan" the cosine
+    DPM-Solver's 2 atan(sigma/alpha) / pi (its precondition_noise).
     """
 
     def __init__(
@@ -147,7 +150,8 @@ class NetworkField(VelocityField):
 
 
 def network_time(schedule: Schedule, time_input: str, t: Tensor) -> Tensor:
-    """The network's time input for our time t: t, s = 1 - t, the DDPM step index, or EDM's sigma/alpha."""
+    """The network's time input for our time t: t, s = 1 - t, the DDPM step index, 1000 (1 - t), EDM's
+    sigma/alpha or its cosine form 2 atan(sigma/alpha) / pi."""
     if time_input == "t":
         return t
     if time_input == "s":
@@ -156,6 +160,8 @@ def network_time(schedule: Schedule, time_input: str, t: Tensor) -> Tensor:
         return schedule.step_index(t)
     if time_input == "flow-timestep":  # diffusers' flow-matching models: sigma * 1000, sigma = 1 - t
         return 1000.0 * (1.0 - t)
+    if time_input == "edm-atan":  # CosineDPMSolverMultistepScheduler.precondition_noise
+        return torch.atan(schedule.sigma(t) / schedule.alpha(t)) * (2.0 / math.pi)
     return schedule.sigma(t) / schedule.alpha(t)
 
 

@@ -163,3 +163,27 @@ class DiscreteGrid(PipelineGrid):
                 ":diffusers or another grid"
             )
         return np.append(t, schedule.t_hi)
+
+
+@dataclass(frozen=True)
+class EDMGrid(PipelineGrid):
+    """CosineDPMSolverMultistepScheduler.set_timesteps: n noise levels from sigma_max to sigma_min, exponential
+    (log-uniform, k-diffusion's get_sigmas_exponential) or Karras (Karras et al. 2022, eq. 5, with rho), then
+    sigma 0; t = 1 / (1 + sigma) on the EDMPreconditioned path."""
+
+    scheduler: str
+    sigma_min: float
+    sigma_max: float
+    spacing: str = "exponential"
+    rho: float = 7.0
+
+    def sigmas(self, m: int) -> np.ndarray:
+        """The m noise levels the pipeline calls the network at, decreasing."""
+        ramp = np.linspace(0.0, 1.0, m)
+        if self.spacing == "karras":
+            lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+            return (hi + ramp * (lo - hi)) ** self.rho
+        return np.exp(np.linspace(np.log(self.sigma_min), np.log(self.sigma_max), m))[::-1].copy()
+
+    def times(self, schedule: Schedule, m: int) -> np.ndarray:
+        return np.append(1.0 / (1.0 + self.sigmas(m)), 1.0)

@@ -243,6 +243,41 @@ class EDM(FMOT):
         return {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
+@dataclass
+class EDMPreconditioned(Schedule):
+    """EDM's noise levels sigma_ve = (1 - t) / t seen through its input scaling c_in = 1 / sqrt(sigma_ve^2 + 1)
+    (sigma_data 1, Karras et al. 2022, Table 1): the variance-preserving path alpha = t / N, sigma = (1 - t) / N,
+    N = sqrt(t^2 + (1 - t)^2).  On it EDM's v-form output c_skip x + c_out F is the VP v-prediction, finite at
+    sigma 0, so the interval runs from sigma_max to the data end (t = 1), as the cosine DPM-Solver's pipelines step."""
+
+    sigma_min: float = 0.3
+    sigma_max: float = 500.0
+    name: str = field(default="edm-preconditioned", init=False)
+
+    def __post_init__(self) -> None:
+        self.t_lo = 1.0 / (1.0 + self.sigma_max)
+        self.t_hi = 1.0
+
+    @staticmethod
+    def _norm(t: Tensor) -> Tensor:
+        return torch.sqrt(t * t + (1.0 - t) ** 2)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return t / self._norm(t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return (1.0 - t) / self._norm(t)
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return (1.0 - t) / self._norm(t) ** 3
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return -t / self._norm(t) ** 3
+
+    def config(self) -> dict:
+        return {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
 SCHEDULES = ("fm-ot", "vp-linear", "vp-cosine", "ddpm", "edm")
 
 
@@ -279,7 +314,13 @@ def schedule_from_dict(d: dict) -> Schedule:
     try:
         if name == "ddpm":
             return DDPMDiscrete(params["betas"])
-        cls = {"fm-ot": FMOT, "vp-linear": VPLinear, "vp-cosine": VPCosine, "edm": EDM}[name]
+        cls = {
+            "fm-ot": FMOT,
+            "vp-linear": VPLinear,
+            "vp-cosine": VPCosine,
+            "edm": EDM,
+            "edm-preconditioned": EDMPreconditioned,
+        }[name]
         return cls(**params)
     except (KeyError, TypeError, ValueError) as e:
         raise BNSError(f"bad schedule description {d!r}: {e}") from None

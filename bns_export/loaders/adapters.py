@@ -436,6 +436,42 @@ def _hunyuan_needs(cfg: dict) -> list[Need]:
     ]
 
 
+def _audio_shape(cfg: dict) -> tuple[int, ...]:
+    """(C, T): the latent channels and sample_size latent frames (Stable Audio Open: 64 x 1024)."""
+    return (_int(cfg, "in_channels", 64), _int(cfg, "sample_size", 1024))
+
+
+def _audio_shape_check(cfg: dict, shape: tuple[int, ...]) -> None:
+    if len(shape) != 2 or shape[0] != _int(cfg, "in_channels", 64):
+        raise BNSError(
+            f"--shape {','.join(map(str, shape))}: Stable Audio latents are (C, T) with C = in_channels "
+            f"{_int(cfg, 'in_channels', 64)}"
+        )
+
+
+def _audio_constants(cfg: dict, shape: tuple[int, ...]) -> dict[str, Tensor]:
+    """StableAudioPipeline's rotary embeddings over the latent frames and the one global token before them
+    (get_1d_rotary_pos_embed of half the head width, real cos / sin halves): graph constants of the length."""
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    cos, sin = get_1d_rotary_pos_embed(
+        _int(cfg, "attention_head_dim", 64) // 2, shape[-1] + 1, use_real=True, repeat_interleave_real=False
+    )
+    return {"rotary_cos": cos.float(), "rotary_sin": sin.float()}
+
+
+def _stable_audio(model, x, time, parts, consts):
+    """StableAudioPipeline: text and duration tokens cross-attended, the (start, end) seconds as the global token,
+    the rotary constants, timestep 2 atan(sigma) / pi; the EDM v-form output (the scheduler preconditions)."""
+    return model(
+        x,
+        time,
+        encoder_hidden_states=_primary(parts),
+        global_hidden_states=parts["global_hidden_states"],
+        rotary_embedding=(consts["rotary_cos"].to(x.dtype), consts["rotary_sin"].to(x.dtype)),
+    ).sample
+
+
 ADAPTERS: dict[str, Adapter] = {
     "UNet2DModel": Adapter(_unet2d, classes=lambda cfg: _classes(cfg, "num_class_embeds"), size_step=_unet_step),
     "UNet2DConditionModel": Adapter(
@@ -486,6 +522,16 @@ ADAPTERS: dict[str, Adapter] = {
         needs=_hunyuan_needs,
         optional=lambda cfg: [("text_embedding_mask", (None,)), ("text_embedding_mask_t5", (None,))],
         constants=_hunyuan_constants,
+    ),
+    "StableAudioDiTModel": Adapter(
+        _stable_audio,
+        needs=lambda cfg: [
+            ("encoder_hidden_states", (None, _int(cfg, "cross_attention_input_dim", 768))),
+            ("global_hidden_states", (1, _int(cfg, "global_states_input_dim", 1536))),
+        ],
+        shape=_audio_shape,
+        constants=_audio_constants,
+        check_shape=_audio_shape_check,
     ),
 }
 

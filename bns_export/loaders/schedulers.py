@@ -4,10 +4,11 @@ prediction type) and the grid its pipeline steps on by default, as diffusers com
 Every key that changes the ODE or the pipeline's grid is honoured (betas, trained_betas, num_train_timesteps,
 rescale_betas_zero_snr, CogVideoX's snr_shift_scale, timestep_spacing, steps_offset, Karras / exponential
 sigmas, lambda_min_clipped, shift, flow_shift with use_flow_sigmas, dynamic shifting with its base / max shift
-and sequence lengths, time_shift_type, shift_terminal); a value this reader does not implement is refused by
-name (REFUSED), never ignored.  Keys that only change a sampler's own arithmetic (solver order, clipping,
-thresholding, set_alpha_to_one) are not the ODE and are left to the sampler.  `tests/data/scheduler_configs/`
-holds the configs of the public pipelines this is checked against, with diffusers' own scheduler objects.
+and sequence lengths, time_shift_type, shift_terminal; the cosine DPM-Solver's EDM noise levels, Stable Audio's);
+a value this reader does not implement is refused by name (REFUSED), never ignored.  Keys that only change a
+sampler's own arithmetic (solver order, clipping, thresholding, set_alpha_to_one) are not the ODE and are left to
+the sampler.  `tests/data/scheduler_configs/` holds the configs of the public pipelines this is checked against,
+with diffusers' own scheduler objects.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import torch
 
 from ..checks import integer, number
 from ..errors import BNSError
-from ..fields.pipelines import DiscreteGrid, FlowGrid
-from ..fields.schedules import FMOT, DDPMDiscrete, Schedule
+from ..fields.pipelines import DiscreteGrid, EDMGrid, FlowGrid
+from ..fields.schedules import FMOT, DDPMDiscrete, EDMPreconditioned, Schedule
 
 #: the most training steps a scheduler config may name (diffusers' own are 1000; checked before allocating)
 MAX_TRAIN_STEPS = 1_000_000
@@ -75,10 +76,12 @@ REFUSED = {
     "use_beta_sigmas": (False,),
     "invert_sigmas": (False,),  # Mochi's inverted flow sigmas
     "time_shift_type": ("exponential", "linear"),
-    "sigma_min": (None,),  # EDM-style continuous schedules (CosineDPMSolverMultistepScheduler, EDMEulerScheduler)
+    "sigma_min": (None,),  # EDM schedules other than EDM_SCHEDULERS' (EDMEulerScheduler: 0.25 log sigma time input)
     "sigma_max": (None,),
     "sigma_data": (None,),
 }
+#: the EDM scheduler classes read (their own keys, not REFUSED's): class -> the network's time input
+EDM_SCHEDULERS = {"CosineDPMSolverMultistepScheduler": "edm-atan"}
 
 
 def check_keys(cfg: dict) -> None:
@@ -199,6 +202,21 @@ def discrete_grid(cfg: dict, cls_name: str, kind: SchedulerKind) -> DiscreteGrid
     return DiscreteGrid(cls_name, spacing, offset, kind.style, kind.rounded, sigmas, clip)
 
 
+def edm_grid(cfg: dict, cls_name: str) -> EDMGrid:
+    """The pipeline grid of an EDM scheduler config whose network takes the v form with sigma_data 1 and steps to
+    sigma 0 (Stable Audio Open's); any other choice is refused by name."""
+    for key, want in (("prediction_type", "v_prediction"), ("sigma_data", 1.0), ("final_sigmas_type", "zero")):
+        if cfg.get(key, want) != want:
+            raise BNSError(f"{cls_name} with {key} {cfg[key]!r} is not mirrored (bns-export reads {want!r})")
+    spacing = cfg.get("sigma_schedule", "exponential")
+    if spacing not in ("exponential", "karras"):
+        raise BNSError(f"{cls_name} sigma_schedule {spacing!r} is not one of exponential, karras")
+    lo = number(cfg.get("sigma_min", 0.3), "scheduler sigma_min", 0, 1e6, lo_open=True)
+    hi = number(cfg.get("sigma_max", 500.0), "scheduler sigma_max", lo, 1e6, lo_open=True)
+    rho = number(cfg.get("rho", 7.0), "scheduler rho", 0, 1000, lo_open=True)
+    return EDMGrid(cls_name, lo, hi, spacing, rho)
+
+
 @dataclass(frozen=True)
 class SchedulerSpec:
     """What a folder's scheduler config defines: the ODE (schedule, prediction, time input) and, on the schedule,
@@ -232,10 +250,15 @@ def read_scheduler(cfg: dict, sample_shape: tuple[int, ...] = (1, 1), model_clas
     `model_class` (whose pipeline decides the flow sigmas it passes) at `sample_shape` (a dynamic shift's size)."""
     if not isinstance(cfg, dict):
         raise BNSError("the scheduler config is not a JSON object")
+    cls_name = str(cfg.get("_class_name") or "a scheduler")
+    if cls_name in EDM_SCHEDULERS:
+        grid = edm_grid(cfg, cls_name)
+        schedule = EDMPreconditioned(grid.sigma_min, grid.sigma_max)
+        schedule.pipeline = grid
+        return SchedulerSpec(schedule, "v", EDM_SCHEDULERS[cls_name])
     check_keys(cfg)
     flow_start = PIPELINE_SIGMAS.get(model_class, "scheduler")
     seq_len = token_count(model_class, sample_shape)
-    cls_name = str(cfg.get("_class_name") or "a scheduler")
     ptype = cfg.get("prediction_type", "epsilon")
     if cls_name in FLOW or ptype == "flow_prediction" or cfg.get("use_flow_sigmas"):
         if ptype not in ("flow_prediction", "epsilon") and cls_name not in FLOW:
