@@ -6,6 +6,7 @@ Progress goes to stderr, so `--json` output on stdout stays machine-readable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -81,7 +82,7 @@ def model_options(fn=None, *, family: bool = False):
         "--time-input",
         default=None,
         help=f"The network's time input: {'|'.join(TIME_INPUTS)} (t ours, default; s = 1 - t; index a DDPM step; "
-        "sigma EDM's; flow-timestep 1000 (1 - t)).",
+        "sigma EDM's; flow-timestep 1000 (1 - t); edm-atan 2 atan(sigma) / pi, the cosine DPM-Solver's).",
     )
     @click.option(
         "--train-steps",
@@ -312,19 +313,34 @@ def _exit(line: str, code: int, standalone_mode: bool):
     return code
 
 
-def _ground_truth(
-    field, n: int, seed: int, rtol: float, atol: float, cache_dir, label: str, world, reference: str | None = None
-):
-    from .groundtruth import ground_truth
-    from .solvers.resolve import classic_reference
+class DistillBar:
+    """The "distilling" progress bar, opened at distill_model's first report (its progress(done, total, text)),
+    on stderr (or nowhere on the other ranks of a torchrun world)."""
 
-    ref = classic_reference(reference)
-    if not world.is_main:
-        return ground_truth(field, n, seed, rtol, atol, cache_dir=cache_dir, world=world, reference=ref)
+    def __init__(self, shown: bool = True) -> None:
+        self.file = sys.stderr if shown else io.StringIO()
+        self.bar = None
+
+    def __enter__(self) -> DistillBar:
+        return self
+
+    def __call__(self, done: int, total: int, text: str) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="distilling", file=self.file, item_show_func=str)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos, text)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+@contextlib.contextmanager
+def _bar(label: str, n: int):
+    """A progress bar on stderr for n ground-truth pairs, as the update(pairs done) it takes (distill_model's and
+    eval's ground_truth_bar)."""
     with click.progressbar(length=n, label=label, file=sys.stderr, show_pos=True) as bar:
-        return ground_truth(
-            field, n, seed, rtol, atol, cache_dir=cache_dir, progress=bar.update, world=world, reference=ref
-        )
+        yield bar.update
 
 
 @click.group(cls=CLI, context_settings={"help_option_names": ["-h", "--help"]})
@@ -391,6 +407,7 @@ def eval_cmd(
 ) -> None:
     """PSNR of a solver's samples against the exact (dopri5) ODE solution (on a segment: from x(T0) to x(T1))."""
     from .devices import resolve_device
+    from .distill import Pairs, solve_pairs
     from .evaluate import classic_equivalent as equivalent
     from .evaluate import evaluate_on, load_with_solver
     from .parallel import init_world
@@ -398,7 +415,8 @@ def eval_cmd(
 
     world, dev = init_world(resolve_device(device))
     field, ns = load_with_solver(model, solver, model_opts, guidance, nfe, dev, network_dtype, segment or True)
-    gt = _ground_truth(field, n_samples, seed, rtol, atol, cache_dir, "ground truth", world, reference)
+    gt = solve_pairs(field, Pairs(rtol=rtol, atol=atol, cache_dir=cache_dir, reference=reference), n_samples, seed,
+                     "ground truth", world, _bar)  # fmt: skip
     report = evaluate_on(field, ns, gt, world)
     report.update(model=model, guidance=field.guidance, seed=seed, device=dev, world_size=world.size)
     if classic_equivalent:
@@ -498,29 +516,10 @@ def distill_cmd(
 ) -> None:
     """Train a BNS solver for a model at a fixed NFE (or a family of them over a guidance range), on the whole
     trajectory or the segment a pipeline runs (--strength, --denoising-end, --denoising-start, --interval)."""
-    from .devices import resolve_device
-    from .distill import DistillConfig, distill, distill_family
-    from .groundtruth import SEEDS
-    from .loaders import load_model
-    from .parallel import init_world
+    from .distill import DistillConfig, Pairs, distill_model
+    from .parallel import current_world
     from .reports import distill_summary, distill_text
-    from .solvers import parse_spec
 
-    out_path = Path(out)
-    if out_path.suffix.lower() != ".json":
-        raise BNSError(f"--out {out}: a solver file is JSON; name it NAME.json")
-    if not out_path.parent.exists():
-        raise BNSError(f"output folder does not exist: {out_path.parent}")
-    if base not in ("auto", "paper"):
-        parse_spec(base)
-    world, dev = init_world(resolve_device(device))
-    knots = guidance if isinstance(guidance, tuple) else None
-    start = knots[0] if knots else guidance if guidance is not None else 1.0
-    field = load_model(model, model_opts, start, dev, network_dtype)
-    if segment is not None:
-        from .fields.segment import Segment
-
-        field = Segment(field, *segment.bounds(field.t_lo, field.t_hi))
     cfg = DistillConfig(
         nfe=nfe,
         base=base,
@@ -533,46 +532,15 @@ def distill_cmd(
         micro_batch=micro_batch,
         recompute=recompute,
     )
-
-    def pairs(field) -> tuple:
-        at = "" if knots is None else f" at w={field.guidance:g}"
-        train = _ground_truth(
-            field, train_pairs, SEEDS.train, rtol, atol, cache_dir, f"ground truth (train){at}", world, reference
-        )
-        val = _ground_truth(
-            field, val_pairs, SEEDS.val, rtol, atol, cache_dir, f"ground truth (val)  {at}", world, reference
-        )
-        return train, val
-
-    stages = 1 if knots is None else len(knots) + joint
-    with click.progressbar(
-        length=iterations * stages,
-        label="distilling",
-        file=sys.stderr if world.is_main else io.StringIO(),
-        item_show_func=lambda s: s,
-    ) as bar:
-        shown = [0]
-
-        def progress(it: int, info: dict, knot: int = 0, at: str = "") -> None:
-            step = knot * iterations + it  # over every knot of a family
-            bar.update(step - shown[0], f"{at}val {info['val_psnr']:.2f} dB (best {info['best_val_psnr']:.2f})")
-            shown[0] = step
-
-        resume = not no_resume
-        if knots is None:
-            train, val = pairs(field)
-            solver = distill(field, train, val, cfg, out=out_path, resume=resume, progress=progress, world=world)
-        else:
-
-            def report(w: float | None, it: int, info: dict) -> None:
-                at = (len(knots), "joint: ") if w is None else (knots.index(w), f"w={w:g}: ")
-                progress(it, info, *at)
-
-            solver = distill_family(field, knots, pairs, cfg, out_path, resume, report, world, joint)
-    if not world.is_main:
-        return
-    summary = distill_summary(solver, out_path)
-    click.echo(json.dumps(summary) if as_json else distill_text(summary))
+    with DistillBar(shown=current_world().is_main) as progress:
+        solver = distill_model(
+            model, out, cfg, options=model_opts, guidance=guidance, pairs=Pairs(train_pairs, val_pairs, rtol, atol,
+            cache_dir, reference), segment=segment, device=device, network_dtype=network_dtype, resume=not no_resume,
+            joint=joint, progress=progress, ground_truth_bar=_bar,
+        )  # fmt: skip
+    if current_world().is_main:
+        summary = distill_summary(solver, Path(out))
+        click.echo(json.dumps(summary) if as_json else distill_text(summary))
 
 
 @main.command("sample")
@@ -936,23 +904,11 @@ def demo_cmd(model, nfe, guidance, out, iterations, device, as_json) -> None:
     from .devices import resolve_device
 
     device = resolve_device(device)
-    with click.progressbar(length=iterations, label="distilling", file=sys.stderr, item_show_func=lambda s: s) as bar:
-        done = [0]
-
-        def progress(it: int, info: dict) -> None:
-            bar.update(it - done[0], f"val {info['val_psnr']:.2f} dB")
-            done[0] = it
-
+    with DistillBar() as progress:
         report = run_demo(
-            model,
-            nfe,
-            out,
-            guidance,
-            iterations=iterations,
-            device=device,
-            log=lambda m: click.echo(m, err=as_json),
-            progress=progress,
-        )
+            model, nfe, out, guidance, iterations=iterations, device=device,
+            log=lambda m: click.echo(m, err=as_json), progress=progress,
+        )  # fmt: skip
     if as_json:
         click.echo(json.dumps(report, default=str))
 

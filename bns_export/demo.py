@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .backends import DEFAULT_FORMAT
-from .distill import DistillConfig, distill
+from .distill import DistillConfig, distill_model
 from .errors import BNSError
 from .evaluate import evaluate_on, run_solver
 from .fileio import atomic_write_text
@@ -109,7 +109,7 @@ def triton_step(ctx: DemoContext) -> dict:
     half = max(2, ctx.solver.nfe // 2)
     half_path = ctx.out_dir / f"bns-{half}.json"
     cfg = replace(ctx.distill_config, nfe=half)
-    distill(ctx.field, ctx.gts["train"], ctx.gts["val"], cfg, out=half_path)
+    distill_model(ctx.field, half_path, cfg, sets=(ctx.gts["train"], ctx.gts["val"]))
     folder, _ = _compile(ctx, half_path, half)
     versions = [folder, ctx.out_dir / f"onnx-bns-{ctx.solver.nfe}"]
     # the demo's own ONNX artifacts, just built: no signature policy from the environment applies
@@ -180,7 +180,7 @@ def run_demo(
     batch_size: int = 64,
     device: str = "cpu",
     log: Callable[[str], None] = print,
-    progress: Callable[[int, dict], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> dict:
     """Run the demo and write solver, grid, table and report into `out_dir`."""
     started = time.time()
@@ -198,7 +198,7 @@ def run_demo(
     cfg = DistillConfig(nfe=nfe, base="auto", iterations=iterations, batch_size=batch_size)
     solver_path = out / f"bns-{nfe}.json"
     t0 = time.time()
-    solver = distill(fld, gts["train"], gts["val"], cfg, out=solver_path, progress=progress)
+    solver = distill_model(fld, solver_path, cfg, sets=(gts["train"], gts["val"]), progress=progress)
     log(f"distilled {solver_path}: {solver.meta['iterations']} iterations, {time.time() - t0:.1f} s")
     rows = compare_baselines(fld, gts["test"], nfe)
     bns_row = evaluate_on(fld, solver, gts["test"])

@@ -49,6 +49,13 @@ class World:
 SINGLE = World()
 
 
+def current_world() -> World:
+    """This process's place in the world `init_world` joined (SINGLE when it joined none)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return World(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return SINGLE
+
+
 def launched_world_size() -> int:
     """WORLD_SIZE as set by torchrun (1 when not launched by it)."""
     try:

@@ -12,9 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cliresult import one_line_error, run
 
-from bns_export.cli import main
 from bns_export.compile.build import compile_artifact
 from bns_export.errors import BNSError
 from bns_export.fields.analytic import gmm
@@ -76,24 +75,11 @@ CLI_CASES += [
 ]
 
 
-def run(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.stdout, r.stderr
-
-
-def assert_one_line(code, out, err, expected_code=2, needle=None):
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == expected_code, (code, out, err)
-    assert len(lines) == 1 and "Traceback" not in out + err, err
-    if needle:
-        assert needle in lines[0], (needle, lines[0])
-
-
 @pytest.mark.parametrize("prefix,flag,value", CLI_CASES, ids=[f"{p[0]} {f}={v!r}" for p, f, v in CLI_CASES])
 def test_cli_values(prefix, flag, value, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run(*prefix, flag, value)
-    assert_one_line(code, out, err)
+    one_line_error(code, out, err)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -144,11 +130,11 @@ def test_solver_files(name, tmp_path):
         NSSolver.load(p)
     assert "\n" not in str(e.value) and e.value.exit_code == 2
     code, out, err = run("eval", "-m", "analytic:gmm", "-s", p, "-n", 4)
-    assert_one_line(code, out, err)
+    one_line_error(code, out, err)
 
 
 def test_solver_spec_that_is_a_directory(tmp_path):
-    assert_one_line(*run("eval", "-m", "analytic:gmm", "-s", tmp_path, "-n", 4), needle="is a directory")
+    one_line_error(*run("eval", "-m", "analytic:gmm", "-s", tmp_path, "-n", 4), needle="is a directory")
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +198,7 @@ def test_manifests(name, artifact, tmp_path):
         with pytest.raises(BNSError) as e:
             load(d)
         assert "\n" not in str(e.value)
-    assert_one_line(*run("validate", d))
+    one_line_error(*run("validate", d))
 
 
 def test_swapped_graph_with_its_entry_deleted_and_extra_files_are_refused(artifact, tmp_path):
@@ -261,8 +247,8 @@ def test_signed_artifacts(artifact, tmp_path):
     _edit(d / "manifest.json", lambda m: m.update(guidance=3.0))
     with pytest.raises(BNSError, match="does not verify"):
         load(d, public_key=pub)
-    assert_one_line(*run("validate", d, "--public-key", pub), needle="does not verify")
-    assert_one_line(*run("sign", artifact, "--key", pub), needle="private key")
+    one_line_error(*run("validate", d, "--public-key", pub), needle="does not verify")
+    one_line_error(*run("sign", artifact, "--key", pub), needle="private key")
 
 
 RUNTIME_CASES = {
@@ -313,13 +299,13 @@ def test_a_conformance_file_that_is_not_one(artifact, tmp_path):
     d = tmp_path / "a"
     shutil.copytree(artifact, d)
     _edit(d / "manifest.json", lambda m: m["conformance"].update(file="model.onnx"))
-    assert_one_line(*run("validate", d, "--no-ground-truth"), needle="conformance file 'model.onnx'")
+    one_line_error(*run("validate", d, "--no-ground-truth"), needle="conformance file 'model.onnx'")
     _edit(d / "manifest.json", lambda m: m["conformance"].update(file="solver.json"))
-    assert_one_line(*run("validate", d, "--no-ground-truth"), needle="not a safetensors file")
+    one_line_error(*run("validate", d, "--no-ground-truth"), needle="not a safetensors file")
 
 
 def test_decoder_for_an_artifact_without_one(artifact):
-    assert_one_line(*run("validate", artifact, "--decoder", "vae", "--no-ground-truth"), needle="no decoder")
+    one_line_error(*run("validate", artifact, "--decoder", "vae", "--no-ground-truth"), needle="no decoder")
 
 
 def test_empty_condition_axes_are_refused(tmp_path):
@@ -402,13 +388,6 @@ def test_user_code_that_fails(name, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     code, o, err = run("sample", "-m", f"{mod}:make", "--shape", "1,4,4", "-s", "euler", "-o", out / "s.png")
-    assert_one_line(code, o, err)
+    one_line_error(code, o, err)
     assert list(out.iterdir()) == []
     sys.modules.pop(mod, None)
-
-
-def test_count(capsys):
-    n = len(CLI_CASES) + len(SOLVER_TEXTS) + 1 + len(MANIFEST_EDITS) + 3 + 4 + len(RUNTIME_CASES) + len(FACTORY_MODULES)
-    with capsys.disabled():
-        print(f"\n{n} distinct bad inputs in this catalogue")
-    assert n >= 150

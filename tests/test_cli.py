@@ -4,23 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cliresult import one_line_error, run
 
-from bns_export.cli import main
 from bns_export.fields.analytic import gmm
 from bns_export.solvers import baseline
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_line_error(code, out, err, expected):
-    assert code == 2, (code, out, err)
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and expected in lines[0], err
-    assert "Traceback" not in out + err
 
 
 @pytest.mark.parametrize("cmd", [[], ["models"], ["eval"], ["distill"], ["sample"]])

@@ -10,10 +10,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
+from cliresult import run as cli
 
 from bns_export.backends.trt_support import check_tensorrt_support
-from bns_export.cli import main
 from bns_export.compile.build import compile_artifact
 from bns_export.compile.unroll import UnrolledSampler
 from bns_export.errors import BNSError
@@ -27,11 +26,6 @@ COND = dict(
     model="netfactories:tiny_cond",
     options=ModelOptions(prediction="eps", schedule="ddpm", time_input="index", shape=(1, 4, 4), num_classes=3),
 )
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.stdout, r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +183,13 @@ def test_validate_cli_reports_and_gates(onnx_artifacts):
     assert all(abs(c["artifact_psnr_vs_gt"] - c["eager_psnr_vs_gt"]) < 0.01 for c in report["cases"][:2])
     code, out, _ = cli("validate", onnx_artifacts[2], "--min-psnr", 1000, "--trust-model-spec")
     assert code == 1 and "FAIL" in out
+
+
+def test_max_batch_one_validates_each_case_once(tmp_path):
+    art = tmp_path / "art"
+    manifest = compile_artifact("analytic:gmm", "euler", "onnx", art, nfe=2, max_batch=1, log=lambda m: None)
+    cases = [c["case"] for c in manifest["validation"]["cases"]]
+    assert cases.count("batch 1") == 1 and len(cases) == len(set(cases)), cases
 
 
 def test_failed_parity_or_interrupted_export_leaves_no_artifact(tmp_path, monkeypatch):

@@ -12,25 +12,18 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
 pytest.importorskip("transformers", reason="transformers (test-only dependency) is not installed")
 
+from cliresult import run as cli  # noqa: E402
 from textencoders import PIPELINES, build_pipeline  # noqa: E402
-
-from bns_export.cli import main  # noqa: E402
 
 PROMPTS = ["a red cat", "a photo of a dog, at sunset", "x"]
 
 
 class _FirstCall(Exception):
     pass
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.stdout, r.stderr
 
 
 @pytest.fixture(scope="module")

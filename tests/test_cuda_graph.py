@@ -4,6 +4,7 @@ the eager sampler and validation passes (those tests skip here without CUDA, wit
 import pytest
 import torch
 from click.testing import CliRunner
+from cliresult import one_line_error, run
 
 from bns_export.backends import get_backend
 from bns_export.backends.cuda_graph import CudaGraphs
@@ -24,9 +25,7 @@ def artifact(tmp_path_factory):
 
 
 def test_cuda_graphs_are_refused_on_the_cpu_in_one_line(artifact):
-    r = CliRunner().invoke(main, ["validate", str(artifact), "--device", "cpu", "--cuda-graph"])
-    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert r.exit_code == 2 and len(lines) == 1 and "needs a CUDA device" in lines[0], r.stderr
+    one_line_error(*run("validate", artifact, "--device", "cpu", "--cuda-graph"), needle="needs a CUDA device")
     manifest = read_manifest(artifact)
     aoti_manifest = {**manifest, "format": "aoti", "model_file": "model.pt2", "device": "cpu"}
     with pytest.raises(BNSError, match="needs a CUDA device"):

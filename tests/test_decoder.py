@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from cliresult import one_line_error, run
 
 from bns_export.cli import main
 from bns_export.compile.build import compile_artifact
@@ -148,7 +149,5 @@ def test_config_values_are_checked_before_use(pipeline, tmp_path, part, key, val
     cfg_path = folder / part / ("config.json" if part == "vae" else "scheduler_config.json")
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), key: value}))
     args = ["sample", "-m", f"diffusers:{folder}", "--cond-set", str(folder / "prompts.safetensors"), "-s", "euler"]
-    r = CliRunner().invoke(main, [*args, "--nfe", "2", "-n", "1", "--decoder", "vae", "-o", str(tmp_path / "s.png")])
-    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
+    one_line_error(*run(*args, "--nfe", "2", "-n", "1", "--decoder", "vae", "-o", tmp_path / "s.png"), needle=message)
     assert not (tmp_path / "s.png").exists()

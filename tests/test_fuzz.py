@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from cliresult import one_line_error, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from readiness import wait_ready
@@ -100,9 +101,7 @@ FLAGS = ["-w", "--rtol", "--atol", "--nfe", "-n", "--seed"]
 @given(flag=st.sampled_from(FLAGS), value=NUMBER_TEXT)
 def test_cli_values_parse_or_fail_in_one_line(flag, value):
     # the solver does not exist, so a value that parses ends in that (one-line) error, after parsing
-    r = CliRunner().invoke(main, ["eval", "-m", "analytic:gmm", "-s", "no-such-solver", flag, value])
-    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert r.exit_code == 2 and len(lines) == 1 and "Traceback" not in r.output, r.output
+    one_line_error(*run("eval", "-m", "analytic:gmm", "-s", "no-such-solver", flag, value))
 
 
 @given(

@@ -9,21 +9,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
 
+from cliresult import run as cli  # noqa: E402
 from families import L, _cond_set, _unet_kw, build_family  # noqa: E402
 
-from bns_export.cli import main  # noqa: E402
 from bns_export.compile.build import compile_artifact  # noqa: E402
 from bns_export.errors import BNSError  # noqa: E402
 from bns_export.loaders import ModelOptions, load_model  # noqa: E402
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.stdout, r.stderr
 
 
 def _rename_class(folder, name: str) -> None:

@@ -9,21 +9,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
 
+from cliresult import run as cli  # noqa: E402
 from families import FAMILIES, build_family  # noqa: E402
 
-from bns_export.cli import main  # noqa: E402
 from bns_export.errors import BNSError  # noqa: E402
 from bns_export.loaders import ModelOptions, load_model  # noqa: E402
 from bns_export.runtime import load  # noqa: E402
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.stdout, r.stderr
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,13 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
+from cliresult import run as cli
 
-from bns_export.cli import main
 from bns_export.errors import BNSError
 from bns_export.fields.segment import Segment, SegmentSpec
 from bns_export.groundtruth import dopri5, ground_truth, make_inputs
 from bns_export.loaders import load_model
 from bns_export.solvers import baseline, sample
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.stdout, r.stderr
 
 
 def test_a_later_segment_starts_from_the_exact_state_of_the_same_trajectory(tmp_path):

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cliresult import one_line_error, run
 from readiness import CAN_TELL, wait_ready
 
-from bns_export.cli import main
 from bns_export.compile.build import compile_artifact
 from bns_export.errors import BNSError
 from bns_export.groundtruth import ground_truth
@@ -28,18 +27,6 @@ from bns_export.runtime.artifact import sha256_file, staging_dir
 
 BIN = Path(sys.executable).parent / "bns-export"
 QUIET = dict(log=lambda m: None)
-
-
-def run(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.stdout, r.stderr
-
-
-def one_line(code, err, expected=2, needle=None):
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == expected and len(lines) == 1 and "Traceback" not in err, (code, err)
-    if needle:
-        assert needle in lines[0], lines[0]
 
 
 def edit(path: Path, fn) -> None:
@@ -80,7 +67,7 @@ def test_validate_refuses_code_named_by_the_manifest(gmm, tmp_path, monkeypatch)
 
         edit(d / "manifest.json", change)
         code, _, err = run("validate", d)
-        one_line(code, err, needle="never runs code an artifact names")
+        one_line_error(code, "", err, needle="never runs code an artifact names")
         assert not (tmp_path / "RAN").exists()
     # naming the model yourself (or trusting the manifest) is how a factory artifact is validated
     code, out, err = run("validate", gmm / "a2", "-m", "analytic:gmm-cond")
@@ -123,7 +110,7 @@ def test_compile_refuses_to_replace_a_folder_that_is_not_an_artifact(tmp_path):
     (d / "thesis.txt").write_text("years of work")
     args = ("compile", "-m", "analytic:gmm", "-s", "euler", "--nfe", 2, "--max-batch", 2, "-o", d)
     code, _, err = run(*args)
-    one_line(code, err, needle="not a bns-export artifact")
+    one_line_error(code, "", err, needle="not a bns-export artifact")
     assert (d / "thesis.txt").read_text() == "years of work"
     assert run(*args, "--force")[0] == 0 and (d / "manifest.json").is_file()
     assert run(*args)[0] == 0  # an artifact is replaced
@@ -188,14 +175,14 @@ def test_triton_adds_versions_and_keeps_hand_tuned_config(gmm, tmp_path):
     # a model folder bns-export did not write is refused; so is a repository inside an artifact
     (repo / "theirs").mkdir()
     (repo / "theirs" / "config.pbtxt").write_text("name: 'theirs'")
-    one_line(*run("triton", gmm / "a2", "--repo", repo, "--name", "theirs")[::2], needle="not written by bns-export")
+    one_line_error(*run("triton", gmm / "a2", "--repo", repo, "--name", "theirs"), needle="not written by bns-export")
     before = sorted(p.name for p in (gmm / "a2").iterdir())
-    one_line(*run("triton", gmm / "a2", "--repo", gmm / "a2")[::2], needle="overlaps artifact")
+    one_line_error(*run("triton", gmm / "a2", "--repo", gmm / "a2"), needle="overlaps artifact")
     assert sorted(p.name for p in (gmm / "a2").iterdir()) == before
 
 
 def test_triton_names_are_checked_and_files_honour_the_umask(gmm, tmp_path):
-    one_line(*run("triton", gmm / "a2", "--repo", tmp_path / "r", "--name", 'a" } input [')[::2], needle="model name")
+    one_line_error(*run("triton", gmm / "a2", "--repo", tmp_path / "r", "--name", 'a" } input ['), needle="model name")
     old = os.umask(0o077)
     try:
         assert run("triton", gmm / "a2", "--repo", tmp_path / "r2", "--name", "m")[0] == 0
@@ -221,7 +208,7 @@ def test_diffusers_weights_missing_a_tensor_is_refused(tmp_path):
     w.pop("conv_in.bias")
     save_file(w, str(weights))
     code, _, err = run("eval", "-m", f"diffusers:{tmp_path / 'p'}", "-s", "euler", "--nfe", 2, "-n", 2)
-    one_line(code, err, needle="lacks tensor(s) conv_in.bias")
+    one_line_error(code, "", err, needle="lacks tensor(s) conv_in.bias")
 
 
 # 8. the ground-truth cache is verified -----------------------------------------------------------
@@ -266,7 +253,7 @@ def test_fifo_and_devices_are_refused_without_blocking(tmp_path):
     os.mkfifo(fifo)
     for spec in (fifo, "/dev/zero"):  # a reader that blocked (FIFO) or read forever (/dev/zero) never returns
         code, _, err = run("eval", "-m", "analytic:gmm", "-s", spec, "-n", 2)
-        one_line(code, err, needle="not a regular file")
+        one_line_error(code, "", err, needle="not a regular file")
 
 
 # 10. signals end a command with 128 + signal from its first instruction ---------------------------
@@ -357,14 +344,14 @@ def test_aoti_package_is_code_opened_only_signed_or_trusted(tmp_path):
     for art in (good, signed):  # the swapped library with files["model.pt2"] updated to its sha256
         _swap_in_library(art / "model.pt2", lib)
         edit(art / "manifest.json", lambda m, art=art: m["files"].update({"model.pt2": sha256_file(art / "model.pt2")}))
-    one_line(*run("validate", good, "--no-ground-truth")[::2], needle="runs native code")
+    one_line_error(*run("validate", good, "--no-ground-truth"), needle="runs native code")
     with pytest.raises(BNSError, match="runs native code"):
         load(good)
     with pytest.raises(BNSError, match="not signed"):
         load(good, public_key=pub)
     with pytest.raises(BNSError, match="does not verify"):
         load(signed, public_key=pub)
-    one_line(*run("validate", signed, "--public-key", pub, "--no-ground-truth")[::2], needle="does not verify")
+    one_line_error(*run("validate", signed, "--public-key", pub, "--no-ground-truth"), needle="does not verify")
     assert not marker.exists()
     # what the refusal prevents: trusting the package runs its library's constructor (in a child process)
     child = (
@@ -393,8 +380,8 @@ def test_tensorrt_plans_are_code_in_the_runtime_validate_and_triton(gmm, tmp_pat
     with pytest.raises(BNSError, match="runs native code") as e:
         load(plan)
     assert e.value.exit_code == 2  # refused before the TensorRT import (exit 3 here) is even tried
-    one_line(*run("validate", plan, "--no-ground-truth")[::2], needle="runs native code")
-    one_line(*run("triton", plan, "--repo", tmp_path / "r")[::2], needle="runs native code")
+    one_line_error(*run("validate", plan, "--no-ground-truth"), needle="runs native code")
+    one_line_error(*run("triton", plan, "--repo", tmp_path / "r"), needle="runs native code")
     assert not (tmp_path / "r").exists()
     code, _, err = run("triton", plan, "--repo", tmp_path / "r", "--trust-engine-code")
     assert code == 0 and (tmp_path / "r" / "plan" / "1" / "model.plan").is_file(), err
@@ -415,12 +402,12 @@ def test_a_required_signature_cannot_be_stripped(gmm, tmp_path, monkeypatch):
     load(d)  # no policy: an unsigned artifact is still an artifact
     with pytest.raises(BNSError, match="not signed"):
         load(d, require_signature=True)
-    one_line(*run("validate", d, "--require-signature", "--no-ground-truth")[::2], needle="not signed")
-    one_line(*run("triton", d, "--repo", tmp_path / "r", "--require-signature")[::2], needle="not signed")
+    one_line_error(*run("validate", d, "--require-signature", "--no-ground-truth"), needle="not signed")
+    one_line_error(*run("triton", d, "--repo", tmp_path / "r", "--require-signature"), needle="not signed")
     monkeypatch.setenv("BNS_EXPORT_REQUIRE_SIGNATURE", "1")  # the default for services that cannot pass flags
     with pytest.raises(BNSError, match="BNS_EXPORT_REQUIRE_SIGNATURE"):
         load(d)
-    one_line(*run("validate", d, "--no-ground-truth")[::2], needle="not signed")
+    one_line_error(*run("validate", d, "--no-ground-truth"), needle="not signed")
     load(d, require_signature=False)  # an explicit choice wins over the environment
     monkeypatch.setenv("BNS_EXPORT_REQUIRE_SIGNATURE", "maybe")
     with pytest.raises(BNSError, match="must be 1"):
@@ -452,13 +439,13 @@ def test_compile_never_deletes_a_file_beside_an_artifact(gmm, tmp_path, monkeypa
     art = tmp_path / "art"
     assert run(*args, "-o", art)[0] == 0
     (art / "NOTES.txt").write_text("mine")
-    one_line(*run(*args, "-o", art)[::2], needle="not a bns-export artifact as written")
+    one_line_error(*run(*args, "-o", art), needle="not a bns-export artifact as written")
     assert (art / "NOTES.txt").read_text() == "mine"
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "manifest.json").write_text('{"schema": "bns-export/artifact"}')
     (fake / "thesis.txt").write_text("years of work")
-    one_line(*run(*args, "-o", fake)[::2], needle="not a bns-export artifact")
+    one_line_error(*run(*args, "-o", fake), needle="not a bns-export artifact")
     assert (fake / "thesis.txt").read_text() == "years of work"
     (art / "NOTES.txt").unlink()
     assert run(*args, "-o", art)[0] == 0  # a whole artifact is replaced
@@ -467,7 +454,7 @@ def test_compile_never_deletes_a_file_beside_an_artifact(gmm, tmp_path, monkeypa
     (work / "keep.txt").write_text("keep")
     monkeypatch.chdir(work)
     for out in (".", "..", str(work), "../.."):
-        one_line(*run(*args, "--force", "-o", out)[::2], needle="current folder or one above it")
+        one_line_error(*run(*args, "--force", "-o", out), needle="current folder or one above it")
     assert (work / "keep.txt").read_text() == "keep"
 
 
@@ -476,15 +463,15 @@ def test_triton_replace_keeps_a_model_folder_holding_other_files(gmm, tmp_path):
     assert run("triton", gmm / "a2", "--repo", repo, "--name", "m")[0] == 0
     assert run("triton", gmm / "a3", "--repo", repo, "--name", "m", "--replace")[0] == 0  # only what it wrote
     (repo / "m" / "1" / "notes.txt").write_text("mine")
-    one_line(*run("triton", gmm / "a2", "--repo", repo, "--name", "m", "--replace")[::2], needle="record does not")
+    one_line_error(*run("triton", gmm / "a2", "--repo", repo, "--name", "m", "--replace"), needle="record does not")
     assert (repo / "m" / "1" / "notes.txt").read_text() == "mine"
     (repo / "m" / "1" / "notes.txt").unlink()
     (repo / "m" / "²").mkdir()  # '²'.isdigit() is True, but it is no version
     code, _, err = run("triton", gmm / "a3", "--repo", repo, "--name", "m")
     assert code == 0 and (repo / "m" / "2" / "model.onnx").is_file(), err
     edit(repo / "m" / "bns-export.json", lambda r: r.update(versions=[1, 2]))
-    one_line(
-        *run("triton", gmm / "a3", "--repo", repo, "--name", "m")[::2], needle="not a bns-export Triton model record"
+    one_line_error(
+        *run("triton", gmm / "a3", "--repo", repo, "--name", "m"), needle="not a bns-export Triton model record"
     )
 
 

@@ -161,7 +161,7 @@ def render_record(record: dict) -> str:
     """One result as markdown, by its kind."""
     if record["kind"] == "psnr":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_psnr import run_markdown
+        from psnrdoc import run_markdown
 
         return run_markdown(record)
     return _demote(record["body"])
@@ -212,7 +212,7 @@ def _plots(results: dict[str, dict]) -> None:
     except ImportError:
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_psnr import plot, plot_name
+    from psnrdoc import plot, plot_name
 
     for name, r in results.items():
         if r["kind"] == "psnr" and any("BNS" in row for res in r["results"] for row in res["rows"].values()):

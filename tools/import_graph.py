@@ -3,6 +3,7 @@
 python tools/import_graph.py        # prints modules, arrows, every cycle and every upward arrow; exit 1 if any
 
 The layers read as the pipeline, lowest first; a module may import its own package and lower layers only.
+The scripts in tools/ import each other by name; their graph must have no cycle either.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "bns_export"
+TOOLS = Path(__file__).resolve().parent
 
 
 def modules(root: Path = ROOT) -> dict[str, Path]:
@@ -106,6 +108,19 @@ def upward_arrows(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
     return sorted((a, b) for a, bs in edges.items() for b in bs if up(a, b))
 
 
+def tool_graph(folder: Path = TOOLS) -> dict[str, set[str]]:
+    """Script -> the other scripts of tools/ it imports by name (anywhere in its file)."""
+    names = {p.stem for p in folder.glob("*.py")}
+    edges: dict[str, set[str]] = {n: set() for n in names}
+    for n in names:
+        for node in ast.walk(ast.parse((folder / f"{n}.py").read_text())):
+            if isinstance(node, ast.Import):
+                edges[n].update(a.name for a in node.names if a.name in names and a.name != n)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module in names and node.module != n:
+                edges[n].add(node.module)
+    return edges
+
+
 def main() -> None:
     edges = import_graph()
     found, up = cycles(edges), upward_arrows(edges)
@@ -117,7 +132,12 @@ def main() -> None:
         print("  cycle: " + " -> ".join(c))
     for a, b in up:
         print(f"  upward: {a} -> {b}")
-    sys.exit(1 if found or up else 0)
+    tools = tool_graph()
+    tool_cycles = cycles(tools)
+    print(f"tools: {len(tools)} scripts, {sum(map(len, tools.values()))} import arrows, {len(tool_cycles)} cycles")
+    for c in tool_cycles:
+        print("  cycle: " + " -> ".join(c))
+    sys.exit(1 if found or up or tool_cycles else 0)
 
 
 if __name__ == "__main__":
