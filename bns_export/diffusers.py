@@ -25,6 +25,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from .contract import traced_guidance
 from .errors import BNSError
 from .fields import GuidedField, NetworkField
 from .fields.adapters import network_input, network_time, to_velocity
@@ -107,7 +108,7 @@ class BNSScheduler(SchedulerMixin, ConfigMixin):
         """Run `table` (a guidance family: at its lowest knot until set_timesteps takes the call's scale)."""
         #: a guidance family: set_timesteps takes its table at the pipeline's guidance_scale (or set_guidance's)
         self.family = table if isinstance(table, SolverFamily) else None
-        self._use(table if self.family is None else table.at(table.guidance_range[0]))
+        self._use(table if self.family is None else table.at(traced_guidance(table.guidance_range, None)))
 
     def _use(self, solver: NSSolver) -> None:
         """Run `solver`'s table: its times (fp64), the start's noise level and the network-unit timesteps."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .sizes import declared_sizes
+from .contract import Manifest
 
 
 def eval_text(report: dict) -> str:
@@ -105,12 +105,9 @@ def compile_text(out, manifest: dict) -> str:
     """One line for a published artifact."""
     v = manifest.get("validation")
     parity = f"parity min {v['psnr_min']:.1f} dB (gate {v['gate_db']:.0f})" if v else "not validated"
-    sizes = declared_sizes(manifest)
-    sizes = "" if sizes is None else f", sizes {sizes.describe()}"
-    return (
-        f"wrote {out}: {manifest['format']} {manifest['precision']}, {manifest['nfe']} NFE, "
-        f"batch 1..{manifest['max_batch']}{sizes}, {parity}"
-    )
+    m = Manifest.of(manifest)
+    sizes = "" if m.sizes is None else f", sizes {m.sizes.describe()}"
+    return f"wrote {out}: {m.format} {m.precision}, {m.nfe} NFE, batch 1..{m.max_batch}{sizes}, {parity}"
 
 
 def validation_text(report: dict) -> str:

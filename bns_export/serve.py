@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import TensorSpec
 from .errors import EXIT_MISSING_BACKEND, BNSError
 
 #: the manifest's dtypes as the protocol names them, and back
@@ -87,14 +88,14 @@ class Model:
 # -- parsing ------------------------------------------------------------------------------------------------------
 
 
-def _input_specs(runner) -> dict[str, dict]:
-    """The artifact's graph inputs by name, from its manifest (shape with "batch" and symbolic sizes)."""
-    return {spec["name"]: spec for spec in runner.manifest["inputs"]}
+def _input_specs(runner) -> dict[str, TensorSpec]:
+    """The artifact's graph inputs by name, from its signature."""
+    return {spec.name: spec for spec in runner.signature.inputs}
 
 
-def _v2_shape(shape: list) -> list[int]:
-    """A manifest shape in the protocol's form: -1 for the batch and any size the graph leaves open."""
-    return [d if isinstance(d, int) else -1 for d in shape]
+def _v2_shape(spec: TensorSpec) -> list[int]:
+    """A tensor's shape in the protocol's form: -1 for the batch and any size the graph leaves open."""
+    return [d if isinstance(d, int) else -1 for d in spec.json_shape]
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -120,18 +121,18 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return header, binary
 
 
-def _tensor(spec: dict, item: dict, binary: bytes, offset: int, limit: int) -> tuple[np.ndarray, int]:
+def _tensor(spec: TensorSpec, item: dict, binary: bytes, offset: int, limit: int) -> tuple[np.ndarray, int]:
     """One input tensor from its JSON entry (its `data`, or its bytes of the binary tail): shape and datatype
     checked against the artifact's before any array is built."""
-    name = spec["name"]
+    name = spec.name
     unknown = sorted(set(item) - INPUT_FIELDS)
     if unknown:
         raise HTTPError(400, f"input {name}: unknown field(s) {', '.join(unknown)}")
-    want = DATATYPES[spec["dtype"]]
+    want = DATATYPES[spec.dtype]
     if item.get("datatype") != want:
         raise HTTPError(400, f"input {name} is {want}, got datatype {item.get('datatype')!r}")
     shape = item.get("shape")
-    rank = len(spec["shape"])
+    rank = len(spec.json_shape)
     if (
         not isinstance(shape, list)
         or len(shape) != rank
@@ -185,12 +186,7 @@ def parse_infer(runner, header: dict, binary: bytes, limit: int) -> tuple[dict, 
     if missing:
         raise HTTPError(400, f"missing input(s) {', '.join(missing)}: this model takes {', '.join(specs)}")
     noise = tensors["noise"]
-    names = [n for n in runner.condition_names]
-    cond = None
-    if runner.named_conditions:
-        cond = {n: tensors[n] for n in names}
-    elif names:
-        cond = tensors[names[0]]
+    cond = {n: tensors[n] for n in runner.condition_names} or None  # the graph's condition record
     try:
         noise, cond = runner.check_inputs(noise, cond)
         guidance = runner.check_guidance(tensors.get("guidance"), int(noise.shape[0]))
@@ -397,17 +393,16 @@ def load_models(artifacts: list[str], policy=None) -> dict[str, Model]:
 def model_metadata(model: Model) -> dict:
     """The protocol's model metadata: inputs and outputs with datatypes and shapes (-1: batch and open sizes)."""
     m = model.runner.manifest
+    rng = None if m.guidance_range is None else list(m.guidance_range)
     return {
         "name": model.name,
         "versions": [model.version],
-        "platform": f"bns-export/{m['format']}",
-        "inputs": [
-            {"name": s["name"], "datatype": DATATYPES[s["dtype"]], "shape": _v2_shape(s["shape"])} for s in m["inputs"]
-        ],
+        "platform": f"bns-export/{m.format}",
+        "inputs": [{"name": s.name, "datatype": DATATYPES[s.dtype], "shape": _v2_shape(s)} for s in m.signature.inputs],
         "outputs": [
-            {"name": s["name"], "datatype": DATATYPES[s["dtype"]], "shape": _v2_shape(s["shape"])} for s in m["outputs"]
+            {"name": s.name, "datatype": DATATYPES[s.dtype], "shape": _v2_shape(s)} for s in m.signature.outputs
         ],
-        "parameters": {"nfe": m["nfe"], "max_batch": m["max_batch"], "guidance_range": m.get("guidance_range")},
+        "parameters": {"nfe": m.nfe, "max_batch": m.max_batch, "guidance_range": rng},
     }
 
 

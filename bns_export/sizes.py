@@ -138,11 +138,6 @@ def concrete(shape: list, batch: int, size: Size | None = None, scale: int = 1) 
     return tuple(values[d] if isinstance(d, str) else int(d) for d in shape)
 
 
-def declared_sizes(manifest: dict) -> SizeSet | None:
-    """The sizes a manifest declares (checked), or None where its graph takes its sample shape only."""
-    return SizeSet.from_json(manifest["sizes"]) if manifest.get("sizes") is not None else None
-
-
 def parse_sizes(
     text: str, base: Size, step: int | None, scale: int = 1, what: str = "--sizes", limit: int | None = None
 ) -> SizeSet:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from bns_export.backends import ExportRequest
 from bns_export.backends.torch_export import export_program
 from bns_export.cli import main
+from bns_export.compile.build import signature_of
 from bns_export.compile.unroll import UnrolledSampler
 from bns_export.devices import resolve_device
 from bns_export.distill import BNSParams
@@ -63,7 +64,7 @@ def test_sampler_distillation_loss_and_dopri5_stay_on_the_inputs_device(spec, gu
 def test_torch_export_traces_on_the_models_device(spec, guidance, options):
     field, _, _ = _meta(spec, guidance, options)
     sampler = UnrolledSampler(field, baseline("dpm++2m", 3, field.schedule, field.t_lo, field.t_hi)).eval()
-    request = ExportRequest(tuple(field.sample_shape), field.num_classes is not None, 4, 2)
+    request = ExportRequest(tuple(field.sample_shape), signature_of(field), 4, 2)
     program = export_program(sampler, request)
     devices = {n.meta["val"].device.type for n in program.graph.nodes if hasattr(n.meta.get("val"), "device")}
     assert devices == {"meta"}

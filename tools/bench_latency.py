@@ -34,7 +34,7 @@ from benchdoc import git_rev, gpu_note, machine, write_section  # noqa: E402
 from bns_export.backends import ExportRequest  # noqa: E402
 from bns_export.backends.cuda_graph import CudaGraphs  # noqa: E402
 from bns_export.backends.onnx import export_onnx  # noqa: E402
-from bns_export.compile.build import compile_artifact  # noqa: E402
+from bns_export.compile.build import compile_artifact, signature_of  # noqa: E402
 from bns_export.compile.parity import EagerRunner  # noqa: E402
 from bns_export.compile.unroll import UnrolledSampler  # noqa: E402
 from bns_export.devicespec import is_cuda  # noqa: E402
@@ -123,7 +123,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     # floor in ONNX Runtime: one guided call exported alone
     one = OneCall(field, 0.5).eval()
-    export_onnx(one, ExportRequest(tuple(shape), one.conditional, max_b, max_b), work / "one.onnx")
+    export_onnx(one, ExportRequest(tuple(shape), signature_of(field), max_b, max_b), work / "one.onnx")
     import onnxruntime as ort
 
     ort_device = "cuda" if cuda and "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"

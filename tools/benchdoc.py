@@ -69,10 +69,22 @@ PAGE = (
         "Tables for img2img at a strength and for a base + refiner split, against classic solvers on the same part "
         "(the distillation times come from a run that shared the machine with other jobs).",
     ),
+    ("On a GPU", ["gpu-check"], ""),
+)
+
+#: the recipe page (docs/recipe.md beside the results page): how the default distillation recipe was chosen
+RECIPE_DOC = DOC.with_name("recipe.md")
+RECIPE_INTRO = """# How the distillation recipe was chosen
+
+The ablations behind the default recipe (`DistillConfig`), each from `tools/ablate_distill.py` with its command.
+The page is made from the result files in `docs/results/` by `python tools/benchdoc.py`, with
+[the benchmarks](benchmarks.md).
+"""
+RECIPE = (
+    ("What the ablations say", ["ablation-notes"], ""),
     (
-        "Distillation recipe",
+        "Ablations",
         [
-            "ablation-notes",
             "ablation-recipe-digits",
             "ablation-warmup-digits",
             "ablation-scale-gmm4",
@@ -80,9 +92,8 @@ PAGE = (
             "ablation-scale-points12",
             "ablation-patience",
         ],
-        "How the default recipe was chosen; each table names its command.",
+        "",
     ),
-    ("On a GPU", ["gpu-check"], ""),
 )
 
 
@@ -177,32 +188,94 @@ def machines(results: dict[str, dict]) -> list[str]:
     return seen
 
 
-def render() -> str:
-    """Write DOC from RESULTS (and re-plot PSNR runs when matplotlib is there); return the text."""
-    results = load_results()
-    parts, placed = [INTRO], set()
-    for heading, names, note in PAGE:
+#: the flags whose values tell two results of one tool apart, in a repeated heading
+QUALIFIERS = ("--models", "--model", "--nfe", "--knots", "--sizes")
+
+
+def _qualifier(body: str) -> str:
+    """What sets a result apart from another of the same tool: its models, NFE, knots or sizes, from its command."""
+    import re
+    import shlex
+
+    found = re.search(r"Command: `([^`]*)`", body)
+    words = shlex.split(found.group(1)) if found else []
+    picked, i = [], 0
+    while i < len(words):
+        if words[i] in QUALIFIERS:
+            j = i + 1
+            while j < len(words) and not words[j].startswith("--"):
+                j += 1
+            picked.append(f"{words[i].lstrip('-').rstrip('s')} {' '.join(words[i + 1 : j])}")
+            i = j
+        else:
+            i += 1
+    return ", ".join(picked)
+
+
+def _undated(line: str) -> str:
+    import re
+
+    return re.sub(r"\s*\([^)]*\d{4}-\d{2}-\d{2}\)", "", line)
+
+
+def tidy_headings(body: str, repeated: set[str]) -> str:
+    """A result's headings as the page shows them: no dates or "first run" notes in a title (history is git's),
+    and a title other results on the page share qualified by what sets this one apart (its command's models,
+    NFE, knots or sizes)."""
+    lines = []
+    for line in body.splitlines():
+        if line.startswith("#"):
+            line = _undated(line)
+            if line in repeated:
+                line = f"{line} ({_qualifier(body) or 'another run'})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _page(intro: str, page: tuple, results: dict[str, dict], placed: set[str]) -> list[str]:
+    """A page's parts: its intro, then each section's heading, note and results (each result's own section)."""
+    sections = []
+    for heading, names, note in page:
         present = [n for n in names if n in results]
-        if not present:
-            continue
+        if present:
+            sections.append((heading, note, [render_record(results[n]) for n in present]))
+            placed.update(present)
+    titles = [_undated(line) for _, _, bodies in sections for b in bodies for line in b.splitlines() if line[:1] == "#"]
+    repeated = {t for t in titles if titles.count(t) > 1}
+    parts = [intro]
+    for heading, note, bodies in sections:
         parts.append(f"## {heading}\n" + (f"\n{note}\n" if note else ""))
-        parts += [render_record(results[n]) for n in present]
-        placed.update(present)
+        parts += [tidy_headings(b, repeated) for b in bodies]
+    return parts
+
+
+def _write(path: Path, parts: list[str]) -> str:
+    text = "\n\n".join(p.strip() for p in parts) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def render() -> str:
+    """Write DOC and RECIPE_DOC from RESULTS (and re-plot PSNR runs when matplotlib is there); return DOC's text."""
+    results = load_results()
+    placed: set[str] = set()
+    recipe = _page(RECIPE_INTRO, RECIPE, results, placed)
+    parts = _page(INTRO, PAGE, results, placed)
     rest = [n for n in results if n not in placed]
     if rest:
         parts.append("## Other results\n")
         parts += [render_record(results[n]) for n in rest]
     parts.append(
-        "## How measured\n\nEach section gives its command and commit. The machines:\n\n"
+        "## How measured\n\nEach section gives its command and commit; the distillation recipe's ablations are on "
+        "[their own page](recipe.md). The machines:\n\n"
         + "\n".join(f"- {m}" for m in machines(results))
         + "\n\nRegenerate this page with `python tools/benchdoc.py` (plots need matplotlib: "
         "`pip install -e .[train]`).\n"
     )
     _plots(results)
-    text = "\n\n".join(p.strip() for p in parts) + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
-    return text
+    _write(RECIPE_DOC, recipe)
+    return _write(DOC, parts)
 
 
 def _plots(results: dict[str, dict]) -> None:

@@ -69,12 +69,13 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-#: the package's layers, lowest first: foundations; fields and backends (the two ends: the model's
-#: vector field, the runtimes' loaders and runners) and ground truth; the model loaders, solvers and
-#: artifact runtime; evaluation, distillation and the diffusers scheduler; the compiled graph with its
-#: validation; the demo; the CLI; its entry point
+#: the package's layers, lowest first: foundations; the artifact contract (torch-free records); fields and
+#: backends (the two ends: the model's vector field, the runtimes' loaders and runners) and ground truth; the
+#: model loaders, solvers and artifact runtime; evaluation, distillation and the diffusers scheduler; the
+#: compiled graph with its validation; the demo; the CLI; its entry point
 LAYERS = (
     ("", "errors", "checks", "devicespec", "interrupts", "fileio", "devices", "parallel", "metrics", "images", "sizes"),
+    ("contract",),
     ("fields", "backends", "groundtruth", "reports"),
     ("loaders", "solvers", "runtime"),
     ("evaluate", "distill", "diffusers", "serve"),

@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract import Manifest
 from ..errors import BNSError
 from .base import ExportRequest, Runner
 
@@ -56,12 +57,12 @@ class Backend:
         """Write the model file(s) into `folder`; return the backend's manifest entries."""
         return self._impl().export(sampler, request, Path(folder), log)
 
-    def validation_extras(self, folder: Path, manifest: dict) -> dict:
+    def validation_extras(self, folder: Path, manifest: Manifest) -> dict:
         """Entries the format adds to a validation report (ONNX: which ops TensorRT's parser supports)."""
         impl = self._impl()
         return impl.validation_extras(Path(folder), manifest) if hasattr(impl, "validation_extras") else {}
 
-    def open(self, folder: Path, manifest: dict, device=None, providers=None, **extras) -> Runner:
+    def open(self, folder: Path, manifest: Manifest | dict, device=None, providers=None, **extras) -> Runner:
         """The runner of an artifact directory whose manifest was already verified."""
         unknown = sorted(set(extras) - set(self.extras))
         if unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ..contract import Manifest
 from ..devicespec import cuda_index, is_cuda, parse_device
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from .base import ExportRequest, Runner
@@ -41,11 +42,11 @@ class AotiRunner(Runner):
     cuda_graph=True (CUDA packages): each batch size is captured once into a CUDA graph and replayed.
     """
 
-    def __init__(self, folder: Path, manifest: dict, device: str | None = None, cuda_graph: bool = False) -> None:
+    def __init__(self, folder: Path, manifest: Manifest, device: str | None = None, cuda_graph: bool = False) -> None:
         super().__init__(folder, manifest)
         import torch
 
-        built = str(manifest.get("device", "cpu"))
+        built = self.manifest.device or "cpu"
         self.device = device or built
         if cuda_graph:
             check_cuda_graph_device(self.device)
@@ -53,7 +54,7 @@ class AotiRunner(Runner):
             raise BNSError(f"this package was compiled for {built}, not {self.device}")
         if is_cuda(self.device) and not torch.cuda.is_available():
             raise BNSError("this AOTInductor package needs a CUDA GPU", EXIT_MISSING_BACKEND)
-        path = self.folder / manifest["model_file"]
+        path = self.folder / self.manifest.model_file
         if is_cuda(self.device):
             probe_load(path, self.device)
         try:

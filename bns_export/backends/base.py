@@ -17,62 +17,38 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import GUIDANCE_INPUT, NULL_LABEL, ConditionKind, Manifest, Signature
 from ..errors import BNSError
-from ..sizes import SizeSet, concrete, declared_sizes
-
-NULL_LABEL = -1  # the unconditional branch (same value as bns_export.fields.NULL_LABEL)
-GUIDANCE_INPUT = "guidance"  # a guidance family's graph input: (B,) float32, the scale per sample
-
-
-def condition_input(conditional: bool, cond_shape) -> tuple[str | None, type | None]:
-    """The graph's condition input and its numpy dtype: ("labels", int64) for class labels (B,),
-    ("cond", float32) for a tensor condition (B, *cond_shape), (None, None) when unconditional."""
-    if not conditional:
-        return None, None
-    return ("cond", np.float32) if cond_shape is not None else ("labels", np.int64)
+from ..sizes import SizeSet, concrete
 
 
 @dataclass(frozen=True)
 class ExportRequest:
-    """What an exporter needs besides the module: shapes, batch range, device and backend knobs."""
+    """What an exporter needs besides the module: the graph's signature (built once by compile), the base
+    sample shape, the batch range, a family's guidance range, the sizes, the device and backend knobs."""
 
     sample_shape: tuple[int, ...]
-    conditional: bool
+    signature: Signature
     max_batch: int
     opt_batch: int
     device: str = "cpu"
     metadata: dict = field(default_factory=dict)
     workspace_bytes: int = 2 << 30
     timing_cache: str | None = None
-    cond_shape: tuple[int, ...] | None = None  # a tensor condition's shape (else labels, when conditional)
-    #: the graph's outputs: ("sample",), or ("sample", "image") with a decoder
-    output_names: tuple[str, ...] = ("sample",)
-    #: several named conditions: (name, one sample's shape) per graph input, in order; else ()
-    condition_parts: tuple[tuple[str, tuple[int, ...]], ...] = ()
     #: a guidance family's range: the graph then takes guidance (B,) float32 last; else None
     guidance_range: tuple[float, float] | None = None
     #: the spatial sizes the graph takes (its noise's last two axes are then dynamic); None: sample_shape only
     sizes: SizeSet | None = None
 
     @property
-    def condition_name(self) -> str | None:
-        """The graph's condition input: "labels", "cond" or None (see `condition_input`)."""
-        return condition_input(self.conditional, self.cond_shape)[0]
-
-    @property
-    def input_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
-        """Every graph input after noise, in order, with one sample's shape: the condition input(s), then
-        guidance (one number per sample) with a family."""
-        if self.condition_parts:
-            parts = list(self.condition_parts)
-        else:
-            parts = [(self.condition_name, tuple(self.cond_shape or ()))] if self.conditional else []
-        return parts + ([(GUIDANCE_INPUT, ())] if self.guidance_range is not None else [])
-
-    @property
     def input_names(self) -> list[str]:
         """Every graph input in order: noise, then the condition input(s), then guidance with a family."""
-        return ["noise", *(name for name, _ in self.input_shapes)]
+        return self.signature.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        """The graph's outputs: sample, and image with a decoder."""
+        return self.signature.output_names
 
 
 #: manifest keys also stored in the graph's own metadata (ONNX metadata_props), compared on load
@@ -95,9 +71,10 @@ def graph_metadata_value(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def check_graph_metadata(meta: dict, manifest: dict, model_file: str) -> None:
+def check_graph_metadata(meta: dict, manifest: Manifest) -> None:
     """The graph's own metadata must hold every key the exporter wrote that its manifest names, and agree with it
     (a swapped graph whose hash was updated is caught, and so is one whose metadata was stripped)."""
+    model_file, manifest = manifest.model_file, manifest.to_json()
     missing = [key for key in GRAPH_METADATA if key in manifest and key not in meta]
     if missing:
         raise BNSError(
@@ -112,20 +89,21 @@ def check_graph_metadata(meta: dict, manifest: dict, model_file: str) -> None:
             )
 
 
-def profile_shapes(inputs: list[dict], opt_batch: int, max_batch: int, sizes: SizeSet | None) -> list[dict]:
+def profile_shapes(inputs, opt_batch: int, max_batch: int, sizes: SizeSet | None) -> list[dict]:
     """A TensorRT optimisation profile's min, opt and max shape of every graph input (manifest specs): batch 1
     at the smallest declared size, the opt batch at the size the solver was distilled at, the max batch at the
     largest (TensorRT builds for that box; the runner admits only the declared sizes inside it)."""
     lo, hi = sizes.bounds if sizes is not None else (None, None)
     base = sizes.base if sizes is not None else None
     points = ((1, lo), (opt_batch, base), (max_batch, hi))
-    return [{s["name"]: concrete(s["shape"], b, size) for s in inputs} for b, size in points]
+    return [{s.name: concrete(s.json_shape, b, size) for s in inputs} for b, size in points]
 
 
-def profile_strings(manifest: dict) -> list[str]:
+def profile_strings(manifest: Manifest | dict) -> list[str]:
     """profile_shapes as ONNX Runtime's TensorRT options spell them (`noise:1x4x64x64,cond:1x77x768`)."""
-    sizes = declared_sizes(manifest)
-    profile = profile_shapes(manifest["inputs"], int(manifest.get("opt_batch") or 1), int(manifest["max_batch"]), sizes)
+    manifest = Manifest.of(manifest)
+    inputs = manifest.signature.inputs
+    profile = profile_shapes(inputs, manifest.opt_batch or 1, manifest.max_batch, manifest.sizes)
     return [",".join(f"{name}:" + "x".join(map(str, dims)) for name, dims in p.items()) for p in profile]
 
 
@@ -204,33 +182,35 @@ class Runner(ABC):
     #: where the backend computes ("cpu", "cuda", "cuda:1")
     device: str = "cpu"
 
-    def __init__(self, folder: str | Path, manifest: dict) -> None:
+    def __init__(self, folder: str | Path, manifest: Manifest | dict) -> None:
         self.folder = Path(folder)
-        self.manifest = manifest
-        self.sample_shape = tuple(manifest["sample_shape"])
-        self.max_batch = int(manifest["max_batch"])
-        self.num_classes = manifest.get("num_classes")
-        self.cond_shape = tuple(manifest["cond_shape"]) if manifest.get("cond_shape") is not None else None
-        self.conditional = self.num_classes is not None or self.cond_shape is not None
-        #: the graph's condition input ("labels" or "cond") and its numpy dtype
-        self.condition_name, self.condition_dtype = condition_input(self.conditional, self.cond_shape)
-        #: the graph's condition inputs, in order, and one sample's shape each
-        inputs = [i for i in manifest["inputs"] if i["name"] not in ("noise", GUIDANCE_INPUT)]
-        self.condition_names = [i["name"] for i in inputs]
-        self.condition_shapes = {i["name"]: tuple(i["shape"][1:]) for i in inputs}
-        #: a guidance family's range: guidance (B,) is then an input (None: the artifact bakes one scale)
-        rng = manifest.get("guidance_range")
-        self.guidance_range = None if rng is None else (float(rng[0]), float(rng[1]))
-        #: every graph input in order: noise, the condition(s), then guidance with a family
-        self.input_names = ["noise", *self.condition_names, *([GUIDANCE_INPUT] if self.guidance_range else [])]
+        #: the artifact's manifest as the typed record (a JSON object is read into one)
+        self.manifest = manifest = Manifest.of(manifest)
+        self.signature = sig = manifest.signature
+        self.sample_shape = manifest.sample_shape
+        self.max_batch = manifest.max_batch
+        self.num_classes = manifest.num_classes
+        self.cond_shape = manifest.cond_shape
+        self.conditional = sig.conditional
         #: named conditions (SDXL, SD3, Flux, ...): the condition is a {name: array} record
-        self.named_conditions = self.conditional and self.condition_names not in (["labels"], ["cond"])
-        self.nfe = int(manifest["nfe"])
+        self.named_conditions = sig.kind is ConditionKind.NAMED
+        #: the graph's one condition input ("labels" or "cond") and its numpy dtype; None for named or none
+        single = sig.kind in (ConditionKind.LABELS, ConditionKind.TENSOR)
+        self.condition_name = sig.conditions[0].name if single else None
+        self._dtypes = {c.name: c.numpy_dtype for c in sig.conditions}
+        #: the graph's condition inputs, in order, and one sample's shape each
+        self.condition_names = sig.condition_names
+        self.condition_shapes = sig.condition_shapes
+        #: a guidance family's range: guidance (B,) is then an input (None: the artifact bakes one scale)
+        self.guidance_range = manifest.guidance_range
+        #: every graph input in order: noise, the condition(s), then guidance with a family
+        self.input_names = sig.input_names
+        self.nfe = manifest.nfe
         #: the graph's outputs in order ("sample", then "image" with a decoder) and one item's shape each
-        self.output_names = [o["name"] for o in manifest["outputs"]]
-        self.output_shapes = {o["name"]: list(o["shape"]) for o in manifest["outputs"]}
+        self.output_names = sig.output_names
+        self.output_shapes = {o.name: o.json_shape for o in sig.outputs}
         #: the spatial sizes the graph takes (None: sample_shape only)
-        self.sizes = declared_sizes(manifest)
+        self.sizes = manifest.sizes
         self._lock = threading.Lock()  # for backends whose contexts are not thread-safe
 
     def check_inputs(self, noise, condition) -> tuple:
@@ -246,30 +226,47 @@ class Runner(ABC):
             raise BNSError(f"noise must hold real floating-point numbers, got dtype {noise.dtype}")
         if not _all_finite(noise):
             raise BNSError("noise holds NaN or inf (or values beyond float32's range)")
-        if not self.conditional:
+        return noise, self._condition_record(condition, shape[0])
+
+    def _condition_record(self, condition, batch: int) -> dict | None:
+        """The condition as the graph's named record {input name: array}, each input checked; labels or one tensor
+        given alone are the record of the graph's one condition input; None for an unconditional artifact."""
+        names, kind = self.condition_names, self.signature.kind
+        if kind is ConditionKind.NONE:
             if condition is not None:
                 raise BNSError("this artifact is unconditional: do not pass labels")
-            return noise, None
-        if condition is None:
-            if self.cond_shape is not None:
-                raise BNSError(
-                    f"this artifact is conditioned on a tensor: cond (B, {_dims(self.cond_shape)}) is required"
-                )
-            raise BNSError("this artifact is class-conditional: labels (B,) int64 are required")
-        if self.named_conditions:
-            return noise, self._check_named(condition, shape[0])
-        if self.cond_shape is not None:
-            return noise, self._check_cond(condition, shape[0])
-        condition = _array(condition, "labels")
-        if tuple(condition.shape) != (shape[0],):
-            raise BNSError(f"labels have shape {tuple(condition.shape)}, expected ({shape[0]},)")
-        if _kind(condition) not in ("i", "u"):
-            raise BNSError(f"labels must be integers (class indices), got dtype {condition.dtype}")
-        # its own dtype: no wrap to int64 yet
-        lab = condition.detach().cpu().numpy() if is_torch(condition) else condition
+            return None
+        if isinstance(condition, dict):
+            if sorted(condition) != sorted(names):
+                got = ", ".join(map(str, condition)) or "none"
+                raise BNSError(f"conditions must be exactly {', '.join(names)}; got {got}")
+            record = condition
+        elif condition is None or kind is ConditionKind.NAMED:
+            cond = _dims(self.cond_shape or ())
+            needed = {
+                ConditionKind.LABELS: "this artifact is class-conditional: labels (B,) int64 are required",
+                ConditionKind.TENSOR: f"this artifact is conditioned on a tensor: cond (B, {cond}) is required",
+                ConditionKind.NAMED: f"this artifact takes named conditions: pass {{{', '.join(names)}}} as a dict of "
+                "arrays",
+            }
+            raise BNSError(needed[kind])
+        else:
+            record = {names[0]: condition}
+        return {n: self._check_condition(n, record[n], batch) for n in names}
+
+    def _check_condition(self, name: str, value, batch: int):
+        """One condition input: class labels, integers in 0..K-1 or -1 of shape (B,); else a tensor condition."""
+        if self._dtypes[name] != np.int64:
+            return self._check_cond(value, batch, name, self.condition_shapes[name])
+        labels = _array(value, "labels")
+        if tuple(labels.shape) != (batch,):
+            raise BNSError(f"labels have shape {tuple(labels.shape)}, expected ({batch},)")
+        if _kind(labels) not in ("i", "u"):
+            raise BNSError(f"labels must be integers (class indices), got dtype {labels.dtype}")
+        lab = labels.detach().cpu().numpy() if is_torch(labels) else labels  # its own dtype: no wrap to int64 yet
         if lab.size and (int(lab.min()) < NULL_LABEL or int(lab.max()) >= self.num_classes):
             raise BNSError(f"labels must be in 0..{self.num_classes - 1} (or {NULL_LABEL} for unconditional)")
-        return noise, condition
+        return labels
 
     def _check_noise_shape(self, shape: tuple) -> None:
         """(B, *sample_shape), or with declared sizes (B, C, H, W) at any of them."""
@@ -304,7 +301,7 @@ class Runner(ABC):
         if self.guidance_range is None:
             if guidance is not None:
                 raise BNSError(
-                    f"this artifact bakes guidance {self.manifest.get('guidance')}: do not pass guidance "
+                    f"this artifact bakes guidance {self.manifest.guidance}: do not pass guidance "
                     "(compile a guidance family to choose it per request)"
                 )
             return None
@@ -323,36 +320,23 @@ class Runner(ABC):
             raise BNSError(f"guidance must be within the distilled range {lo:g}..{hi:g}, got {values.tolist()[:8]}")
         return g.float() if is_torch(g) else np.ascontiguousarray(g, dtype=np.float32)
 
-    def _check_named(self, cond, batch: int) -> dict:
-        """Named conditions: a {name: (B, *shape)} record with exactly the graph's names, each a tensor condition."""
-        names = self.condition_names
-        if not isinstance(cond, dict):
-            raise BNSError(f"this artifact takes named conditions: pass {{{', '.join(names)}}} as a dict of arrays")
-        if sorted(cond) != sorted(names):
-            raise BNSError(f"conditions must be exactly {', '.join(names)}; got {', '.join(map(str, cond)) or 'none'}")
-        return {n: self._check_cond(cond[n], batch, n, self.condition_shapes[n]) for n in names}
-
-    def condition_feed(self, condition, guidance=None) -> dict:
-        """The condition input(s) (and a family's guidance) by graph input name, as numpy (for runtimes
+    def condition_feed(self, record: dict | None, guidance=None) -> dict:
+        """The checked condition record (and a family's guidance) by graph input name, as numpy (for runtimes
         that take a feed dict)."""
-        feed = {} if guidance is None else {GUIDANCE_INPUT: to_numpy(guidance, np.float32)}
-        if not self.conditional:
-            return feed
-        if self.named_conditions:
-            return {**{n: to_numpy(v, np.float32) for n, v in condition.items()}, **feed}
-        return {self.condition_name: to_numpy(condition, self.condition_dtype), **feed}
+        feed = {n: to_numpy(v, self._dtypes[n]) for n, v in (record or {}).items()}
+        return feed if guidance is None else {**feed, GUIDANCE_INPUT: to_numpy(guidance, np.float32)}
 
-    def condition_tensor(self, condition, device):
-        """Checked labels or cond as a torch tensor of the graph's dtype on `device` (torch backends); named
-        conditions as a {name: tensor} record."""
+    def condition_tensors(self, record: dict, device) -> dict:
+        """The checked condition record as torch tensors of the graph's dtypes on `device` (torch backends); a
+        torch input stays on its device until moved (no round trip through the host)."""
         import torch
 
-        if self.named_conditions:
-            return {n: self._float_tensor(v, device) for n, v in condition.items()}
-        dtype = torch.float32 if self.condition_dtype == np.float32 else torch.long
-        if is_torch(condition):  # stays on its device until moved: no round trip through the host
-            return condition.to(device=device, dtype=dtype)
-        return torch.as_tensor(to_numpy(condition, self.condition_dtype)).to(device)
+        out = {}
+        for n, v in record.items():
+            dtype = torch.float32 if self._dtypes[n] == np.float32 else torch.long
+            out[n] = v.to(device=device, dtype=dtype) if is_torch(v) else torch.as_tensor(to_numpy(v, self._dtypes[n]))
+            out[n] = out[n].to(device)
+        return out
 
     def _float_tensor(self, x, device):
         import torch
@@ -361,14 +345,12 @@ class Runner(ABC):
             return x.to(device=device, dtype=torch.float32)
         return torch.as_tensor(to_numpy(x, np.float32)).to(device)
 
-    def condition_args(self, condition, device, guidance=None) -> list:
+    def condition_args(self, record: dict | None, device, guidance=None) -> list:
         """The condition inputs (and a family's guidance) as torch tensors in the graph's input order (torch
         backends)."""
         extra = [] if guidance is None else [self._float_tensor(guidance, device)]
-        if not self.conditional:
-            return extra
-        cond = self.condition_tensor(condition, device)
-        return ([cond[n] for n in self.condition_names] if self.named_conditions else [cond]) + extra
+        tensors = self.condition_tensors(record, device) if record else {}
+        return [tensors[n] for n in self.condition_names] + extra
 
     def __call__(self, noise, condition=None, guidance=None):
         """The artifact's product: its last output (the image with a decoder, else the sample)."""

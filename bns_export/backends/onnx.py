@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import Manifest
 from ..devicespec import cuda_index, is_cuda
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from .base import (
@@ -184,13 +185,14 @@ def graph_stats(model, external: bool = False) -> dict:
 
 
 def provider_list(
-    available: list[str], device: str | None, providers: list | None, manifest: dict
+    available: list[str], device: str | None, providers: list | None, manifest: Manifest | dict
 ) -> list[tuple[str, dict]]:
     """(name, options) pairs for InferenceSession: explicit providers win, else the device picks.
 
     Every TensorRT EP entry gets defaults derived from the manifest (profile shapes from the batch
     range, an engine cache outside the hashed artifact folder) under the caller's own options.
     """
+    manifest = Manifest.of(manifest)
     if providers is None:
         if device is None:
             device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
@@ -217,7 +219,7 @@ def provider_list(
     return out
 
 
-def tensorrt_ep_defaults(manifest: dict) -> dict:
+def tensorrt_ep_defaults(manifest: Manifest) -> dict:
     """ONNX Runtime TensorRT EP options for this artifact: profile shapes and an engine cache keyed by
     the model file's sha256 and the library versions (kept outside the hashed artifact directory)."""
     import hashlib
@@ -225,7 +227,7 @@ def tensorrt_ep_defaults(manifest: dict) -> dict:
     import onnxruntime as ort
 
     key = hashlib.sha256(
-        f"{manifest['files'][manifest['model_file']]}|ort {ort.__version__}|{manifest.get('versions')}".encode()
+        f"{manifest.files[manifest.model_file]}|ort {ort.__version__}|{manifest.get('versions')}".encode()
     ).hexdigest()[:24]
     from ..fileio import cache_root
 
@@ -241,11 +243,11 @@ def tensorrt_ep_defaults(manifest: dict) -> dict:
     }
 
 
-def validation_extras(folder: Path, manifest: dict) -> dict:
+def validation_extras(folder: Path, manifest: Manifest) -> dict:
     """The ops and dtypes of the graph that TensorRT's ONNX parser would refuse (no TensorRT needed)."""
     from .trt_support import check_tensorrt_support
 
-    model = import_onnx().load(str(folder / manifest["model_file"]), load_external_data=False)
+    model = import_onnx().load(str(folder / manifest.model_file), load_external_data=False)
     return {"tensorrt_support": check_tensorrt_support(model)}
 
 
@@ -262,7 +264,7 @@ class OnnxRunner(Runner):
     def __init__(
         self,
         folder: Path,
-        manifest: dict,
+        manifest: Manifest,
         providers: list | None = None,
         device: str | None = None,
         cuda_graph: bool = False,
@@ -276,6 +278,7 @@ class OnnxRunner(Runner):
                 "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)", EXIT_MISSING_BACKEND
             ) from None
         self._ort = ort
+        manifest = self.manifest
         chosen = provider_list(ort.get_available_providers(), device, providers, manifest)
         if cuda_graph:
             if chosen[0][0] != "CUDAExecutionProvider":
@@ -291,16 +294,16 @@ class OnnxRunner(Runner):
             opts.enable_cpu_mem_arena = False
             opts.enable_mem_pattern = False
         try:
-            self.session = ort.InferenceSession(str(self.folder / manifest["model_file"]), opts, providers=chosen)
+            self.session = ort.InferenceSession(str(self.folder / manifest.model_file), opts, providers=chosen)
         except Exception as e:  # a corrupt model file that still matched its hash is a build bug, but say so
-            raise BNSError(f"ONNX Runtime cannot load {manifest['model_file']}: {str(e).strip()[:300]}") from None
-        check_graph_metadata(self.session.get_modelmeta().custom_metadata_map, manifest, manifest["model_file"])
+            raise BNSError(f"ONNX Runtime cannot load {manifest.model_file}: {str(e).strip()[:300]}") from None
+        check_graph_metadata(self.session.get_modelmeta().custom_metadata_map, manifest)
         names = sorted(i.name for i in self.session.get_inputs())
         wanted = sorted(self.input_names)
         outs = [o.name for o in self.session.get_outputs()]
         if names != wanted or outs != self.output_names:
             raise BNSError(
-                f"{manifest['model_file']} takes {names} and gives {outs}, but its manifest describes "
+                f"{manifest.model_file} takes {names} and gives {outs}, but its manifest describes "
                 f"{wanted} -> {self.output_names}: the manifest does not belong to this graph"
             )
         self.providers = self.session.get_providers()

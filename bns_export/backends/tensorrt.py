@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..contract import Manifest
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..fileio import atomic_write_bytes
 from .base import ExportRequest, Runner, profile_shapes
@@ -93,13 +94,13 @@ class TensorRTRunner(Runner):
 
     device = "cuda"
 
-    def __init__(self, folder: Path, manifest: dict, device: str | None = None) -> None:
+    def __init__(self, folder: Path, manifest: Manifest, device: str | None = None) -> None:
         super().__init__(folder, manifest)
         trt = import_tensorrt()
         self.device = device or "cuda"
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        plan = (self.folder / manifest["model_file"]).read_bytes()
+        plan = (self.folder / self.manifest.model_file).read_bytes()
         self.engine = self._runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise BNSError(

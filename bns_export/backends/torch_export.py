@@ -32,14 +32,9 @@ def example_inputs(sampler: torch.nn.Module, request: ExportRequest, batch: int 
     """Inputs for tracing on the sampler's device; batch >= 2 so the batch dimension is not specialised."""
     device = device_of(sampler)
     noise = torch.randn((batch, *request.sample_shape), generator=torch.Generator().manual_seed(0)).to(device)
-    if request.condition_parts:
-        args = (noise, *(torch.zeros((batch, *shape), device=device) for _, shape in request.condition_parts))
-    elif request.cond_shape is not None:
-        args = (noise, torch.zeros((batch, *request.cond_shape), device=device))
-    elif request.conditional:
-        args = (noise, torch.zeros(batch, dtype=torch.long, device=device))
-    else:
-        args = (noise,)
+    dtypes = {"float32": torch.float32, "int64": torch.long}
+    conditions = request.signature.conditions  # zeros: a class index, or a tensor condition
+    args = (noise, *(torch.zeros((batch, *c.shape), dtype=dtypes[c.dtype], device=device) for c in conditions))
     if request.guidance_range is not None:  # a family's guidance (B,), inside its range
         args += (torch.full((batch,), sum(request.guidance_range) / 2, device=device),)
     return args

@@ -17,15 +17,15 @@ import torch
 
 from .. import __version__
 from ..backends import BACKENDS, LIBRARIES, ExportRequest, get_backend
-from ..backends.base import GRAPH_METADATA, GUIDANCE_INPUT
+from ..backends.base import GRAPH_METADATA
 from ..checks import integer, number
+from ..contract import GUIDANCE_INPUT, ConditionKind, Signature, TensorSpec, traced_guidance
 from ..errors import EXIT_PARITY_FAILED, BNSError
 from ..fields import GuidedField, NetworkField
 from ..groundtruth import SEEDS
 from ..loaders import ModelOptions, ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..runtime.artifact import OpenPolicy, check_replaceable, staging_dir, write_manifest
-from ..runtime.layout import Manifest
 from ..sizes import SizeSet, parse_sizes
 from ..solvers import SolverFamily, SolverLike, Table, guidance_for, parse_spec, resolve_solver, resolve_table
 from .unroll import OUTPUTS, UnrolledSampler
@@ -56,47 +56,45 @@ def half_precision(field: GuidedField) -> GuidedField:
     return field
 
 
-def tensor_spec(name: str, dtype: str, sizes, note: str | None = None) -> dict:
-    """One graph input or output for the manifest: its name, dtype and shape with a symbolic batch."""
-    spec = {"name": name, "dtype": dtype, "shape": ["batch", *sizes]}
-    return spec if note is None else {**spec, "note": note}
-
-
-def io_specs(field, decoder=None, guidance_range=None, sizes: SizeSet | None = None) -> tuple[list[dict], list[dict]]:
-    """The graph's inputs (noise, then the condition: one input per named condition, `cond`, or `labels`;
-    then a family's guidance) and outputs (the sample, and the image with a decoder) for the manifest; with
-    `sizes` the spatial axes of noise, sample and image are named (dynamic)."""
-    inputs, outputs = _io_specs(field, decoder)
-    if sizes is not None:
-        for spec in (inputs[0], *outputs):
-            spec["shape"] = ["batch", *sizes.symbolic(tuple(spec["shape"][1:]), image=spec["name"] == OUTPUTS[1])]
-            spec["note"] = (spec.get("note", "") + f"; spatial sizes {sizes.describe()} (sample units)").lstrip("; ")
-    if guidance_range is not None:
-        lo, hi = guidance_range
-        note = f"the guidance scale per sample, {lo:g}..{hi:g}: the solver family is interpolated there"
-        inputs.append(tensor_spec(GUIDANCE_INPUT, "float32", (), note))
-    return inputs, outputs
-
-
-def _io_specs(field, decoder) -> tuple[list[dict], list[dict]]:
-    inputs = [tensor_spec("noise", "float32", field.sample_shape)]
+def signature_of(field, decoder=None, guidance_range=None, sizes: SizeSet | None = None) -> Signature:
+    """The graph's signature, built once per compile: noise; the condition (one input per named condition,
+    `cond`, or `labels`); a family's guidance; the sample (and the image with a decoder).  With `sizes` the
+    spatial axes of noise, sample and image are named (dynamic)."""
     layout = field.condition_layout
     if layout is not None and not layout.legacy:
         note = "one per sample; its null value for the unconditional branch"
-        inputs += [tensor_spec(part.name, "float32", part.shape, note) for part in layout.parts]
+        conditions = [TensorSpec(part.name, "float32", tuple(part.shape), note) for part in layout.parts]
     elif field.cond_shape is not None:
         note = "one condition per sample (e.g. a prompt embedding); the null condition for unconditional"
-        inputs.append(tensor_spec("cond", "float32", field.cond_shape, note))
+        conditions = [TensorSpec("cond", "float32", tuple(field.cond_shape), note)]
     elif field.num_classes is not None:
-        inputs.append(tensor_spec("labels", "int64", (), f"0..{field.num_classes - 1}, or -1 for unconditional"))
+        conditions = [TensorSpec("labels", "int64", (), f"0..{field.num_classes - 1}, or -1 for unconditional")]
+    else:
+        conditions = []
+    shape = tuple(field.sample_shape)
+    noise = TensorSpec("noise", "float32", shape)
     if decoder is None:
-        return inputs, [tensor_spec(OUTPUTS[0], "float32", field.sample_shape)]
-    image_note = f"the decoded image ({decoder.source}), in the decoder's range (diffusers: [-1, 1])"
-    outputs = [
-        tensor_spec(OUTPUTS[0], "float32", field.sample_shape, "the latents"),
-        tensor_spec(OUTPUTS[1], "float32", decoder.image_shape, image_note),
-    ]
-    return inputs, outputs
+        outputs = [TensorSpec(OUTPUTS[0], "float32", shape)]
+    else:
+        image_note = f"the decoded image ({decoder.source}), in the decoder's range (diffusers: [-1, 1])"
+        outputs = [
+            TensorSpec(OUTPUTS[0], "float32", shape, "the latents"),
+            TensorSpec(OUTPUTS[1], "float32", tuple(decoder.image_shape), image_note),
+        ]
+    if sizes is not None:
+        note = f"spatial sizes {sizes.describe()} (sample units)"
+
+        def dynamic(spec: TensorSpec) -> TensorSpec:
+            dims = tuple(sizes.symbolic(spec.shape, image=spec.name == OUTPUTS[1]))
+            return replace(spec, shape=dims, note=f"{spec.note}; {note}" if spec.note else note)
+
+        noise, outputs = dynamic(noise), [dynamic(o) for o in outputs]
+    guidance = None
+    if guidance_range is not None:
+        lo, hi = guidance_range
+        note = f"the guidance scale per sample, {lo:g}..{hi:g}: the solver family is interpolated there"
+        guidance = TensorSpec(GUIDANCE_INPUT, "float32", (), note)
+    return Signature(noise, tuple(conditions), guidance, tuple(outputs))
 
 
 CONFORMANCE_FILE = "conformance.safetensors"
@@ -112,18 +110,19 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
     noise = torch.randn((batch, *request.sample_shape), generator=g)
     tensors = {"noise": noise}
     condition = None
-    if request.cond_shape is not None:
-        idx = torch.randint(0, reference.field.cond_set.shape[0], (batch,), generator=g)
-        condition = reference.field.cond_set.detach().cpu()[idx].float()
-        condition[-1] = reference.field.null_cond.detach().cpu()
-        if request.condition_parts:  # one tensor per name, as the graph takes them
-            tensors.update(reference.field.condition_layout.unpack(condition))
-        else:
-            tensors["cond"] = condition
-    elif request.conditional:
+    kind = request.signature.kind
+    if kind is ConditionKind.LABELS:
         condition = torch.randint(0, reference.field.num_classes, (batch,), generator=g)
         condition[-1] = -1
         tensors["labels"] = condition
+    elif kind is not ConditionKind.NONE:
+        idx = torch.randint(0, reference.field.cond_set.shape[0], (batch,), generator=g)
+        condition = reference.field.cond_set.detach().cpu()[idx].float()
+        condition[-1] = reference.field.null_cond.detach().cpu()
+        if kind is ConditionKind.NAMED:  # one tensor per name, as the graph takes them
+            tensors.update(reference.field.condition_layout.unpack(condition))
+        else:
+            tensors["cond"] = condition
     guidance = None
     if request.guidance_range is not None:  # several scales across the family's range, one per sample
         lo, hi = request.guidance_range
@@ -175,7 +174,7 @@ def load_build_inputs(
     spec = ModelSpec(model, options)
     solver = parse_spec(solver)
     family = solver.family if guidance is None else None
-    baked = family.guidance_range[0] if family else guidance_for(solver, guidance)
+    baked = traced_guidance(family.guidance_range, None) if family else guidance_for(solver, guidance)
     field = load_model(spec, guidance=baked)
     ns = resolve_table(solver, field, nfe) if family else resolve_solver(solver, field, nfe)
     decoder = load_decoder(options.decoder, spec, field.sample_shape) if options.decoder else None
@@ -200,15 +199,11 @@ def declared_sizes(text: str, field, decoder=None) -> SizeSet:
 def export_request(
     built: BuildInputs, max_batch: int, opt_batch: int, device: str, workspace_bytes: int, timing_cache: str | None
 ) -> ExportRequest:
-    """The backend's view of the build: shapes, conditions (and a family's guidance), the batch profile and
-    where to trace."""
-    field = built.field
-    layout = field.condition_layout
+    """The backend's view of the build: the graph's signature (built here, once), the batch profile and where to
+    trace."""
     return ExportRequest(
-        sample_shape=tuple(field.sample_shape),
-        conditional=field.conditional,
-        cond_shape=field.cond_shape,
-        condition_parts=() if layout is None or layout.legacy else tuple((p.name, p.shape) for p in layout.parts),
+        sample_shape=tuple(built.field.sample_shape),
+        signature=signature_of(built.field, built.decoder, built.guidance_range, built.sizes),
         max_batch=max_batch,
         opt_batch=opt_batch,
         device=device,
@@ -219,10 +214,11 @@ def export_request(
     )
 
 
-def new_manifest(fmt: str, precision: str, built: BuildInputs, request: ExportRequest) -> Manifest:
-    """The manifest of an artifact about to be exported (files, conformance and validation come later)."""
+def new_manifest(fmt: str, precision: str, built: BuildInputs, request: ExportRequest) -> dict:
+    """The manifest of an artifact about to be exported (files, conformance and validation come later): the JSON
+    object contract.Manifest reads back."""
     backend, field, ns, decoder = get_backend(fmt), built.field, built.solver, built.decoder
-    inputs, outputs = io_specs(field, decoder, built.guidance_range, built.sizes)
+    inputs, outputs = request.signature.to_json()
     rng = built.guidance_range
     note = "guidance is baked in: both branches run in one batched network call per step"
     if rng is not None:
@@ -230,7 +226,7 @@ def new_manifest(fmt: str, precision: str, built: BuildInputs, request: ExportRe
             f"guidance is an input (B,) in {rng[0]:g}..{rng[1]:g}: the family's tables are interpolated per sample "
             "in the graph; both branches run in one batched network call per step"
         )
-    return Manifest(
+    return dict(
         format=fmt,
         precision=precision,
         nfe=ns.nfe,
@@ -297,8 +293,8 @@ def compile_artifact(
     force: bool = False,
     sizes: str | None = None,
     log=print,
-) -> Manifest:
-    """Build, validate and atomically publish an artifact directory; return its manifest.
+) -> dict:
+    """Build, validate and atomically publish an artifact directory; return its manifest (the JSON object).
 
     device: where the export traces the sampler and where the artifact is validated (for `aoti`
     also the package's target device; ONNX graphs are device-independent).  An existing `out` is
@@ -325,7 +321,7 @@ def compile_artifact(
         check_halvable(built.field)
     reference = reference_sampler(built)
     manifest = new_manifest(fmt, "fp16" if fp16 else "fp32", built, request)
-    request = replace(request, metadata={k: manifest[k] for k in GRAPH_METADATA}, output_names=reference.output_names)
+    request = replace(request, metadata={k: manifest[k] for k in GRAPH_METADATA})
     with staging_dir(Path(out), force=force) as tmp:
         built.solver.save(tmp / "solver.json")
         # the fp32 reference's vectors first: --fp16 then halves the same weights in place
@@ -342,7 +338,7 @@ def compile_artifact(
     return manifest
 
 
-def _validate_staged(tmp: Path, manifest: Manifest, min_psnr: float | None, device: str, log) -> Manifest:
+def _validate_staged(tmp: Path, manifest: dict, min_psnr: float | None, device: str, log) -> dict:
     """Parity of the staged artifact against the eager sampler; a failed gate leaves nothing published."""
     from .parity import validate_artifact
 

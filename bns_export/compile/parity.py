@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from ..backends import Runner, get_backend
-from ..backends.base import GUIDANCE_INPUT
 from ..backends.cuda_graph import CudaGraphs, check_cuda_graph_device
 from ..checks import number
+from ..contract import GUIDANCE_INPUT, Manifest
 from ..devices import full_fp32
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..groundtruth import SEEDS, ground_truth, make_inputs
@@ -41,30 +41,34 @@ class EagerRunner(Runner):
     """The reference: the eager fp32 PyTorch sampler rebuilt from an artifact's manifest (or `spec`)."""
 
     def __init__(
-        self, folder: Path, manifest: dict, device: str = "cpu", spec: ModelSpec | None = None, cuda_graph: bool = False
+        self,
+        folder: Path,
+        manifest: Manifest | dict,
+        device: str = "cpu",
+        spec: ModelSpec | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__(folder, manifest)
+        manifest = self.manifest
         if cuda_graph:
             check_cuda_graph_device(device)
-        spec = spec or ModelSpec.from_json(manifest.get("model_spec"))
-        # a family's graph takes guidance per sample: the field's own scale is then never used
-        baked = manifest["guidance"] if manifest.get("guidance_range") is None else manifest["guidance_range"][0]
-        self.field = load_model(spec, guidance=baked).to(device)
-        if self.field.fingerprint() != manifest["model_fingerprint"]:
+        spec = spec or ModelSpec.from_json(manifest.model_spec)
+        self.field = load_model(spec, guidance=manifest.traced_guidance).to(device)
+        if self.field.fingerprint() != manifest.model_fingerprint:
             raise BNSError(
                 f"model {spec.model} changed since export (fingerprint {self.field.fingerprint()}, "
-                f"artifact {manifest['model_fingerprint']})"
+                f"artifact {manifest.model_fingerprint})"
             )
-        solver = load_solver(self.folder / manifest["solver_file"])
-        if solver.fingerprint() != manifest["solver_fingerprint"]:
+        solver = load_solver(self.folder / manifest.solver_file)
+        if solver.fingerprint() != manifest.solver_fingerprint:
             raise BNSError("the artifact's solver file does not match its manifest")
         self.device = device
         decoder = None
-        if manifest.get("decoder"):
+        if manifest.decoder:
             if not spec.options.decoder:
                 raise BNSError("the manifest records a decoder but its model_spec names none")
             decoder = load_decoder(spec.options.decoder, spec, self.field.sample_shape)
-            if decoder.fingerprint() != manifest["decoder"].get("fingerprint"):
+            if decoder.fingerprint() != manifest.decoder.get("fingerprint"):
                 raise BNSError(
                     f"decoder {spec.options.decoder} changed since export (fingerprint {decoder.fingerprint()})"
                 )
@@ -74,9 +78,10 @@ class EagerRunner(Runner):
 
     def infer(self, noise, condition, guidance=None) -> dict:
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
-        lab = None if condition is None else self.condition_tensor(condition, self.device)
-        if self.named_conditions:  # the graph's named inputs -> the loop's one condition tensor
-            lab = self.field.condition_layout.pack(lab)
+        lab = None
+        if condition is not None:  # the graph's record -> the loop's one condition tensor
+            record = self.condition_tensors(condition, self.device)
+            lab = self.field.condition_layout.pack(record) if self.named_conditions else record[self.condition_name]
         w = None if guidance is None else self._float_tensor(guidance, self.device)
         with full_fp32():
             if self._graphed is None:
@@ -86,15 +91,15 @@ class EagerRunner(Runner):
 
 
 def reference_spec(
-    manifest: dict, model: str | None = None, decoder: str | None = None, trust_model_spec: bool = False
+    manifest: Manifest, model: str | None = None, decoder: str | None = None, trust_model_spec: bool = False
 ) -> ModelSpec:
     """The model spec the reference is rebuilt from: the manifest's, with `model` / `decoder` from the user.
 
     An artifact is data from elsewhere: code its manifest names (a module:factory model or decoder)
     is imported only when the user names it (`model`, `decoder`) or says `trust_model_spec`.
     """
-    recorded = ModelSpec.from_json(manifest.get("model_spec"))
-    if decoder is not None and not manifest.get("decoder"):
+    recorded = ModelSpec.from_json(manifest.model_spec)
+    if decoder is not None and not manifest.decoder:
         raise BNSError("this artifact has no decoder in its graph: --decoder does not apply")
     options = recorded.options if decoder is None else replace(recorded.options, decoder=decoder)
     spec = ModelSpec(model if model is not None else recorded.model, options)
@@ -112,9 +117,9 @@ def reference_spec(
     return spec
 
 
-def default_device(manifest: dict) -> str:
+def default_device(manifest: Manifest) -> str:
     """Where an artifact runs unless told: its format's device (TensorRT: cuda), else its build device."""
-    return get_backend(manifest["format"]).default_device or str(manifest.get("device", "cpu"))
+    return get_backend(manifest.format).default_device or manifest.device or "cpu"
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -131,13 +136,13 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
     }
 
 
-def check_conformance(folder: Path, manifest: dict, runner: Runner) -> list[dict]:
+def check_conformance(folder: Path, manifest: Manifest, runner: Runner) -> list[dict]:
     """The artifact's outputs on its stored conformance inputs against the stored eager reference's."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    name = manifest["conformance"]["file"]
-    if name not in manifest["files"] or name == manifest["model_file"]:
+    name = manifest.conformance["file"]
+    if name not in manifest.files or name == manifest.model_file:
         raise BNSError(f"conformance file {name!r} is not among the hashed files, or is the model file")
     try:
         d = load_file(str(folder / name))
@@ -147,10 +152,7 @@ def check_conformance(folder: Path, manifest: dict, runner: Runner) -> list[dict
         ) from None
     if "noise" not in d:
         raise BNSError(f"conformance file {name!r} holds no noise")
-    if runner.named_conditions:
-        cond = {k: d[k] for k in runner.condition_names if k in d}
-    else:
-        cond = d.get("labels", d.get("cond"))
+    cond = {k: d[k] for k in runner.condition_names if k in d} or None  # the graph's condition record
     out = runner.run(d["noise"], cond, d.get(GUIDANCE_INPUT))
     missing = [k for k in out if k not in d]
     if missing:
@@ -177,13 +179,14 @@ def _on_host(x) -> torch.Tensor:
 
 
 def open_artifact(
-    folder: Path, manifest: dict, device: str, providers: list | None, cuda_graph: bool = False
+    folder: Path, manifest: Manifest | dict, device: str, providers: list | None, cuda_graph: bool = False
 ) -> Runner:
     """The artifact's runner on `device`; an ONNX artifact falls back to the CPU where ONNX Runtime has no
     CUDA provider (the CPU build on a GPU machine), so the reference still runs on the GPU.
     cuda_graph: the artifact's CUDA-graph path (ONNX Runtime's on the CUDA EP, ours for AOTInductor).
     Otherwise a lean session where the backend has one: transient buffers freed after each run."""
-    backend = get_backend(manifest["format"])
+    manifest = Manifest.of(manifest)
+    backend = get_backend(manifest.format)
     lean = {"low_memory": True} if "low_memory" in backend.extras else {}  # parity is not a latency test
     if cuda_graph:
         check_cuda_graph_device(device)
@@ -270,11 +273,11 @@ def validate_artifact(
     spec = reference_spec(manifest, model, decoder, trust_model_spec)
     device = device or default_device(manifest)
     reference = EagerRunner(folder, manifest, device, spec)
-    cases, refs, x1 = reference_outputs(reference, int(manifest["max_batch"]), ground_truth)
+    cases, refs, x1 = reference_outputs(reference, manifest.max_batch, ground_truth)
     del reference
     gc.collect()  # the reference's weights go before the artifact's are loaded: never two copies at once
     runner = open_artifact(folder, manifest, device, providers, cuda_graph)
-    gate = float(min_psnr) if min_psnr is not None else GATES[manifest["precision"]]
+    gate = float(min_psnr) if min_psnr is not None else GATES[manifest.precision]
     rows = []
     for (name, x, lab, g, has_gt), ref in zip(cases, refs):
         out = runner.run(x, lab, g)
@@ -284,14 +287,14 @@ def validate_artifact(
             case_rows[0]["artifact_psnr_vs_gt"] = float(psnr_per_sample(out["sample"].cpu(), truth).mean())
             case_rows[0]["eager_psnr_vs_gt"] = float(psnr_per_sample(ref["sample"].cpu(), truth).mean())
         rows.extend(case_rows)
-    if manifest.get("conformance"):
+    if manifest.conformance:
         rows.extend(check_conformance(folder, manifest, runner))
     psnr_min = min(r["psnr_min"] for r in rows)
     report = {
         "artifact": str(folder),
-        "format": manifest["format"],
-        "precision": manifest["precision"],
-        "nfe": manifest["nfe"],
+        "format": manifest.format,
+        "precision": manifest.precision,
+        "nfe": manifest.nfe,
         "device": device,
         "artifact_device": runner.device,
         "gate_db": gate,
@@ -304,5 +307,5 @@ def validate_artifact(
         "seed": SEEDS.validate,
         "ground_truth": ground_truth,
     }
-    report.update(get_backend(manifest["format"]).validation_extras(folder, manifest))
+    report.update(get_backend(manifest.format).validation_extras(folder, manifest))
     return report

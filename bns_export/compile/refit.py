@@ -26,11 +26,11 @@ import torch
 
 from .. import __version__
 from ..backends.base import GRAPH_METADATA, graph_metadata_value
+from ..contract import Manifest
 from ..errors import BNSError
 from ..loaders import ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..runtime.artifact import OpenPolicy, check_replaceable, staging_dir, write_manifest
-from ..runtime.layout import Manifest
 from ..solvers.table import SolverFamily, load_solver
 from .build import (
     BuildInputs,
@@ -50,11 +50,11 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _built(spec: ModelSpec, manifest: dict, table) -> BuildInputs:
-    """The build inputs of `spec` at the artifact's guidance with its table (no identity check: a fine-tune is
-    another network by design)."""
+def _built(spec: ModelSpec, manifest: Manifest, table) -> BuildInputs:
+    """The build inputs of `spec` at the artifact's traced guidance with its table (no identity check: a fine-tune
+    is another network by design)."""
     family = isinstance(table, SolverFamily)
-    guidance = table.guidance_range[0] if family else (manifest.get("guidance") or 1.0)
+    guidance = manifest.traced_guidance
     field = load_model(spec, guidance=guidance)
     decoder = load_decoder(spec.options.decoder, spec, field.sample_shape) if spec.options.decoder else None
     return BuildInputs(spec, field, table, decoder, None if family else guidance)
@@ -138,35 +138,35 @@ def refit_artifact(
     force: bool = False,
     policy: OpenPolicy | None = None,
     log=print,
-) -> Manifest:
+) -> dict:
     """Write `out`: the ONNX artifact's graph with `model`'s weights (see the module docstring); return its
     manifest.  base: the model the artifact was built from (default: its manifest's model spec)."""
     import onnx
 
     artifact = Path(artifact)
     manifest = (policy or OpenPolicy.resolve()).open(artifact)
-    if manifest.get("format") != "onnx":
+    if manifest.format != "onnx":
         raise BNSError(
-            f"refit takes ONNX artifacts; this one is {manifest.get('format')} (compile the new model; a refittable "
+            f"refit takes ONNX artifacts; this one is {manifest.format} (compile the new model; a refittable "
             "TensorRT engine is not written here)"
         )
     check_replaceable(Path(out), force)
     recorded = reference_spec(manifest, base, trust_model_spec=base is not None)
     new_spec = ModelSpec(model, replace(recorded.options, loras=tuple(loras)))
-    table = load_solver(artifact / manifest["solver_file"])
+    table = load_solver(artifact / manifest.solver_file)
     log(f"loading the base {recorded.model} and the new {model} ...")
     base_built = _built(recorded, manifest, table)
-    if base_built.field.fingerprint() != manifest["model_fingerprint"]:
+    if base_built.field.fingerprint() != manifest.model_fingerprint:
         raise BNSError(
             f"the base model {recorded.model} is not the one this artifact was built from (fingerprint "
-            f"{base_built.field.fingerprint()}, the artifact's {manifest['model_fingerprint']}): pass --base"
+            f"{base_built.field.fingerprint()}, the artifact's {manifest.model_fingerprint}): pass --base"
         )
     base_sd = reference_sampler(base_built).state_dict()
     del base_built
     built = _built(new_spec, manifest, table)
     new_sampler = reference_sampler(built)
     new_sd = new_sampler.state_dict()
-    graph_file = artifact / manifest["model_file"]
+    graph_file = artifact / manifest.model_file
     outline = onnx.load(str(graph_file), load_external_data=False)  # where its weights live, before loading them
     locations = {e.value for init in outline.graph.initializer for e in init.external_data if e.key == "location"}
     del outline
@@ -188,18 +188,18 @@ def refit_artifact(
     for entry in graph.metadata_props:
         if entry.key in fields and entry.key in GRAPH_METADATA:
             entry.value = graph_metadata_value(fields[entry.key])
-    refitted = Manifest({**manifest, **fields})
+    refitted = {**manifest.to_json(), **fields}
     refitted["versions"] = library_versions()
     refitted["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    refitted["refit_from"] = manifest["model_fingerprint"]
+    refitted["refit_from"] = manifest.model_fingerprint
     if built.decoder is not None:
         refitted["decoder"] = {**built.decoder.describe(), "fingerprint": built.decoder.fingerprint()}
     with staging_dir(Path(out), force=force) as tmp:
-        shutil.copy2(artifact / manifest["solver_file"], tmp / manifest["solver_file"])
-        onnx.save(graph, str(tmp / manifest["model_file"]), save_as_external_data=bool(locations),
+        shutil.copy2(artifact / manifest.solver_file, tmp / manifest.solver_file)
+        onnx.save(graph, str(tmp / manifest.model_file), save_as_external_data=bool(locations),
                   location=next(iter(locations)) if locations else None)  # fmt: skip
         del graph
-        request = export_request(built, manifest["max_batch"], manifest["opt_batch"], "cpu", 2 << 30, None)
+        request = export_request(built, manifest.max_batch, manifest.opt_batch or 1, "cpu", 2 << 30, None)
         refitted["conformance"] = write_conformance(tmp, new_sampler, request)
         del new_sampler, built
         for key in ("validation", "files", "signature"):

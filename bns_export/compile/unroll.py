@@ -13,13 +13,11 @@ import functools
 import torch
 from torch import Tensor, nn
 
+from ..contract import OUTPUTS
 from ..devices import device_of
 from ..errors import BNSError
 from ..solvers.sampler import family_tables, ns_sample, solver_tensors
 from ..solvers.table import SolverFamily, Table
-
-#: output names: the sample (latents for a latent model), then the decoded image when a decoder is appended
-OUTPUTS = ("sample", "image")
 
 
 class UnrolledSampler(nn.Module):

@@ -9,10 +9,8 @@ import json
 import torch
 from torch import Tensor, nn
 
+from ..contract import NULL_LABEL  # label value meaning "no class" (the unconditional branch) in a labels tensor
 from .schedules import Schedule
-
-#: label value meaning "no class" (the unconditional branch) inside a labels tensor
-NULL_LABEL = -1
 
 
 def state_digest(module: nn.Module) -> str:

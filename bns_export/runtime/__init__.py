@@ -40,7 +40,7 @@ def load(
     if not isinstance(folder, (str, os.PathLike)):
         raise BNSError(f"load() takes an artifact folder (a path), got {type(folder).__name__}")
     manifest = OpenPolicy.resolve(public_key, require_signature, trust_engine_code).open(folder)
-    return get_backend(manifest.get("format")).open(folder, manifest, device=device, providers=providers, **options)
+    return get_backend(manifest.format).open(folder, manifest, device=device, providers=providers, **options)
 
 
 __all__ = ["OpenPolicy", "Runner", "load", "read_manifest"]

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..backends import BACKENDS
-from ..checks import env_flag, guidance_scale, integer, number, plain_identifier, read_json
+from ..checks import env_flag, guidance_scale, integer, number, read_json
+from ..contract import Manifest, Signature
 from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import deferred_signals, raise_if_interrupted
-from ..sizes import AXES, IMAGE_AXES, SizeSet, declared_sizes
-from .layout import MANIFEST, SIGNATURE, UNHASHED, Manifest
+from ..sizes import AXES, IMAGE_AXES, SizeSet
+from .layout import MANIFEST, SIGNATURE, UNHASHED
 from .signing import verify_manifest
 
 SCHEMA = "bns-export/artifact"
@@ -49,7 +50,7 @@ def file_hashes(folder: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in entries if p.is_file() and p.name not in UNHASHED}
 
 
-def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+def write_manifest(folder: Path, manifest: dict) -> dict:
     """Hash the folder's files into the manifest and write it (atomically)."""
     manifest = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **manifest, "files": file_hashes(folder)}
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
@@ -197,7 +198,7 @@ def staging_dir(
         lock.close()
 
 
-def parse_manifest(path: Path) -> Manifest:
+def parse_manifest(path: Path) -> dict:
     """manifest.json read and checked field by field (schema, version, every field's type and range), nothing
     else: the files and the signature are read_manifest's."""
     manifest = read_json(path, "manifest")
@@ -217,8 +218,8 @@ def read_manifest(
     verify: bool = True,
     public_key: str | os.PathLike | None = None,
     require_signature: bool = False,
-) -> Manifest:
-    """The manifest of an artifact directory, refusing a missing, tampered, foreign or malformed one.
+) -> dict:
+    """The manifest (its JSON object) of an artifact directory, refusing a missing, tampered, foreign or malformed one.
 
     Integrity: every file the runners open (model, its external data, solver) must be listed with
     its sha256, under a plain name inside the folder (no `..`, no absolute path, no link), and the
@@ -278,13 +279,16 @@ class OpenPolicy:
         return cls(None if key is None else str(key), required, bool(trust_engine_code))
 
     def open(self, folder: str | os.PathLike) -> Manifest:
-        """The verified manifest of an artifact about to be opened, or one line saying what it lacks."""
-        manifest = read_manifest(folder, public_key=self.public_key, require_signature=self.require_signature)
-        backend = BACKENDS[manifest["format"]]
+        """The verified manifest of an artifact about to be opened (the typed record), or one line saying what
+        it lacks."""
+        manifest = Manifest.from_json(
+            read_manifest(folder, public_key=self.public_key, require_signature=self.require_signature)
+        )
+        backend = BACKENDS[manifest.format]
         if backend.runs_native_code and self.public_key is None and not self.trust_engine_code:
             raise BNSError(
-                f"artifact {folder} is {manifest['format']!r}, a format whose loading runs native code it carries "
-                f"({manifest['model_file']}); open it with the public key it was signed with (--public-key) or "
+                f"artifact {folder} is {manifest.format!r}, a format whose loading runs native code it carries "
+                f"({manifest.model_file}); open it with the public key it was signed with (--public-key) or "
                 "say you trust it (--trust-engine-code)"
             )
         return manifest
@@ -302,8 +306,6 @@ FIELD_CHECKS = {
     "solver_fingerprint": lambda v, k: _text(v, k),
     "model_fingerprint": lambda v, k: _text(v, k),
     "solver_name": lambda v, k: _text(v, k),
-    "inputs": lambda v, k: _tensor_specs(v, k),
-    "outputs": lambda v, k: _tensor_specs(v, k),
 }
 #: optional fields: None, or of this kind
 OPTIONAL_CHECKS = {
@@ -351,28 +353,16 @@ def _strings(v, k: str) -> list:
     return v
 
 
-def _tensor_specs(v, k: str) -> list:
-    """Graph inputs or outputs: [{name, dtype, shape}, ...] with plain names and known dtypes."""
-    if not isinstance(v, list) or not v or not all(isinstance(s, dict) for s in v):
-        raise BNSError(f"manifest field {k} must be a list of {{name, dtype, shape}} objects")
-    for spec in v:
-        name = plain_identifier(spec.get("name"), f"manifest {k}: tensor name")
-        if spec.get("dtype") not in ("float32", "int64"):
-            raise BNSError(f"manifest {k}: {name}'s dtype must be float32 or int64, got {spec.get('dtype')!r}")
-        shape = spec.get("shape")
-        if not isinstance(shape, list) or shape[:1] != ["batch"]:
-            raise BNSError(f"manifest {k}: {name}'s shape must be ['batch', sizes...], got {shape!r}")
-        if len(shape) > 1:
-            _sizes(shape[1:], f"{k} {name}'s shape", spatial=True)
-    return v
-
-
-def check_manifest(m: Manifest) -> None:
-    """Types and ranges of every field a runner or the validator reads."""
+def check_manifest(m: dict) -> None:
+    """Types and ranges of every field a runner or the validator reads; the graph's signature is contract's."""
     for key, check in FIELD_CHECKS.items():
         if key not in m:
             raise BNSError(f"manifest has no {key!r}")
         check(m[key], key)
+    for key in ("inputs", "outputs"):
+        if key not in m:
+            raise BNSError(f"manifest has no {key!r}")
+    Signature.from_json(m["inputs"], m["outputs"])
     for key, check in OPTIONAL_CHECKS.items():
         if m.get(key) is not None:
             check(m[key], key)
@@ -385,19 +375,7 @@ def check_manifest(m: Manifest) -> None:
         _sizes(m["cond_shape"], "cond_shape")
         if m.get("num_classes") is not None:
             raise BNSError("a manifest names num_classes or cond_shape, not both")
-    outputs = m.get("outputs")
-    names = (
-        [o.get("name") for o in outputs]
-        if isinstance(outputs, list) and all(isinstance(o, dict) for o in outputs)
-        else None
-    )
-    if names not in (["sample"], ["sample", "image"]):
-        raise BNSError(f"outputs must be [sample] or [sample, image] (with a decoder), got {names or outputs!r}")
-    for o in outputs:
-        if not isinstance(o.get("shape"), list) or o["shape"][:1] != ["batch"]:
-            raise BNSError(f"output {o['name']}'s shape must be ['batch', sizes...], got {o.get('shape')!r}")
-        _sizes(o["shape"][1:], f"output {o['name']}'s shape", spatial=True)
-    _check_spatial(m)
+    _check_spatial(Manifest.from_json(m))
     if m.get("opt_batch") is not None:
         integer(m["opt_batch"], "opt_batch", 1, m["max_batch"])
     files = m.get("files")
@@ -425,16 +403,13 @@ def _sizes(shape, key: str, spatial: bool = False) -> None:
 def _check_spatial(m: Manifest) -> None:
     """The sample's shape is sample_shape, with named spatial axes exactly when the manifest declares sizes,
     and those sizes start from sample_shape's own."""
-    sizes = declared_sizes(m)
-    noise, sample = m["inputs"][0], m["outputs"][0]
-    if noise.get("name") != "noise":
-        raise BNSError("the first input must be noise")
-    for spec in (noise, sample):
-        want = m["sample_shape"] if sizes is None else sizes.symbolic(tuple(m["sample_shape"]))
-        if spec["shape"][1:] != want:
-            raise BNSError(f"{spec['name']}'s shape {spec['shape'][1:]} does not match sample_shape (and sizes)")
-    if sizes is not None and list(sizes.base) != m["sample_shape"][-2:]:
-        raise BNSError(f"sizes start from {list(sizes.base)}, sample_shape is {m['sample_shape']}")
+    sizes = m.sizes
+    want = m.sample_shape if sizes is None else tuple(sizes.symbolic(m.sample_shape))
+    for spec in (m.signature.noise, m.signature.outputs[0]):
+        if spec.shape != want:
+            raise BNSError(f"{spec.name}'s shape {list(spec.shape)} does not match sample_shape (and sizes)")
+    if sizes is not None and tuple(sizes.base) != m.sample_shape[-2:]:
+        raise BNSError(f"sizes start from {list(sizes.base)}, sample_shape is {list(m.sample_shape)}")
 
 
 def plain_name(name, what: str) -> str:

@@ -20,10 +20,11 @@ from pathlib import Path
 from ..backends import BACKENDS, get_backend
 from ..backends.base import profile_strings
 from ..checks import plain_identifier, read_json
+from ..contract import Manifest, TensorSpec
 from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import raise_if_interrupted
-from ..sizes import concrete, declared_sizes
+from ..sizes import concrete
 from .artifact import OpenPolicy, staging_dir
 
 TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
@@ -34,12 +35,12 @@ def _dims(shape: list) -> str:
     return "[ " + ", ".join("-1" if isinstance(d, str) else str(d) for d in shape) + " ]"
 
 
-def _io(spec: dict, batch_only: bool) -> str:
-    lines = [f'    name: "{spec["name"]}"', f"    data_type: {TYPES[spec['dtype']]}"]
-    if batch_only:  # (B,) labels: one value per request, seen by the graph as (B,)
+def _io(spec: TensorSpec) -> str:
+    lines = [f'    name: "{spec.name}"', f"    data_type: {TYPES[spec.dtype]}"]
+    if spec.shape == ():  # (B,) labels or guidance: one value per request, seen by the graph as (B,)
         lines += ["    dims: [ 1 ]", "    reshape: { shape: [ ] }"]
     else:
-        lines.append(f"    dims: {_dims(spec['shape'][1:])}")
+        lines.append(f"    dims: {_dims(list(spec.shape))}")
     return "  {\n" + "\n".join(lines) + "\n  }"
 
 
@@ -95,33 +96,34 @@ def engine_cache_path(name: str, container_repo: str = CONTAINER_REPO) -> str:
     return f"{container_repo.rstrip('/')}/{name}/{ENGINE_FOLDER}"
 
 
-def config_pbtxt(name: str, manifest: dict, gpu: bool, engine_cache: str, trt_profiles: bool = True) -> str:
+def config_pbtxt(name: str, manifest: Manifest | dict, gpu: bool, engine_cache: str, trt_profiles: bool = True) -> str:
     """The model configuration (protobuf text format) for an artifact's manifest."""
-    backend = get_backend(manifest["format"])
-    inputs = [_io(s, s["shape"] == ["batch"]) for s in manifest["inputs"]]
-    outputs = [_io(s, False) for s in manifest["outputs"]]
+    manifest = Manifest.of(manifest)
+    backend = get_backend(manifest.format)
+    sig = manifest.signature
+    inputs = [_io(s) for s in sig.inputs]
+    outputs = [_io(s) for s in sig.outputs]
     warm = []
-    sizes = declared_sizes(manifest)
-    base = sizes.base if sizes is not None else None
-    for s in manifest["inputs"]:
-        dims = [1] if s["shape"] == ["batch"] else list(concrete(s["shape"], 1, base))[1:]  # at the base size
-        data = "zero_data: true" if s["dtype"] == "int64" else "random_data: true"
-        value = f"data_type: {TYPES[s['dtype']]} dims: {_dims(dims)} {data}"
-        warm.append(f'    inputs {{ key: "{s["name"]}" value: {{ {value} }} }}')
+    base = manifest.sizes.base if manifest.sizes is not None else None
+    for s in sig.inputs:
+        dims = [1] if s.shape == () else list(concrete(s.json_shape, 1, base))[1:]  # at the base size
+        data = "zero_data: true" if s.dtype == "int64" else "random_data: true"
+        value = f"data_type: {TYPES[s.dtype]} dims: {_dims(dims)} {data}"
+        warm.append(f'    inputs {{ key: "{s.name}" value: {{ {value} }} }}')
     text = [
         f'name: "{name}"',
         f'platform: "{backend.triton_platform}"',
-        f"max_batch_size: {manifest['max_batch']}",
+        f"max_batch_size: {manifest.max_batch}",
         "version_policy: { all { } }",
         "input [\n" + ",\n".join(inputs) + "\n]",
         "output [\n" + ",\n".join(outputs) + "\n]",
-        dynamic_batching(manifest["max_batch"]),
+        dynamic_batching(manifest.max_batch),
         "instance_group [ { count: 1 kind: " + ("KIND_GPU" if gpu else "KIND_CPU") + " } ]",
         'model_warmup [\n  {\n    name: "bns-warmup"\n    batch_size: 1\n' + "\n".join(warm) + "\n  }\n]",
     ]
     if backend.triton_tensorrt_accelerator and gpu:
         params = {
-            "precision_mode": "FP16" if manifest["precision"] == "fp16" else "FP32",
+            "precision_mode": "FP16" if manifest.precision == "fp16" else "FP32",
             "max_workspace_size_bytes": str(2 << 30),
             "trt_engine_cache_enable": "1",
             "trt_engine_cache_path": engine_cache,
@@ -201,24 +203,24 @@ def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def _copy_version(artifact: Path, manifest: dict, vdir: Path) -> None:
+def _copy_version(artifact: Path, manifest: Manifest, vdir: Path) -> None:
     """The artifact's model file and its external data into a version folder, with the umask's modes."""
-    model_file = manifest["model_file"]
-    for f in manifest["files"]:
+    model_file = manifest.model_file
+    for f in manifest.files:
         if f == model_file or f.startswith(model_file + "."):
             shutil.copyfile(artifact / f, vdir / f)
             honour_umask(vdir / f)
     honour_umask(vdir, directory=True)
 
 
-def _readme(name: str, first: dict, rows: list[dict]) -> str:
-    names = ", ".join(s["name"] for s in first["inputs"])
-    outs = ", ".join(s["name"] for s in first["outputs"])
+def _readme(name: str, first: Manifest, rows: list[dict]) -> str:
+    names = ", ".join(first.signature.input_names)
+    outs = ", ".join(first.signature.output_names)
     lines = [
         f"| {r['version']} | {r['nfe']} | {r['solver']} | {r['solver_fingerprint']} | {r['artifact']} |" for r in rows
     ]
     return (
-        f"# {name}\n\nbns-export samplers of one model ({first['model'].get('name', '')}), served as one "
+        f"# {name}\n\nbns-export samplers of one model ({(first.get('model') or {}).get('name', '')}), served as one "
         f"Triton model with a version per solver. Inputs: {names}; outputs: {outs}.\n\n"
         "| version | NFE | solver | solver fingerprint | artifact |\n|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
     )
@@ -252,18 +254,12 @@ def write_repository(
     manifests = [policy.open(a) for a in artifacts]
     first = manifests[0]
     for a, m in zip(artifacts, manifests):
-        if get_backend(m["format"]).triton_platform is None:
+        if get_backend(m.format).triton_platform is None:
             served = ", ".join(b.name for b in BACKENDS.values() if b.triton_platform)
-            raise BNSError(f"{a}: Triton serves {served} artifacts, not {m['format']!r}")
+            raise BNSError(f"{a}: Triton serves {served} artifacts, not {m.format!r}")
         for key in SIGNATURE_KEYS:
             if m.get(key) != first.get(key):
                 raise BNSError(f"{a}: {key} differs from {artifacts[0]}'s; versions of one model must agree")
-    for spec in (*first["inputs"], *first["outputs"]):
-        plain_identifier(spec.get("name"), "tensor name")
-        if spec.get("dtype") not in TYPES:
-            raise BNSError(
-                f"tensor {spec['name']} has dtype {spec.get('dtype')!r}; Triton configs take {', '.join(TYPES)}"
-            )
     name = plain_identifier(name or Path(artifacts[0]).resolve().name, "model name")
     repo = Path(repo)
     model_dir = repo / name
@@ -277,12 +273,12 @@ def write_repository(
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BNSError(f"cannot create repository folder {repo}: {e.strerror}") from None
-    gpu = get_backend(first["format"]).triton_gpu if gpu is None else gpu
+    gpu = get_backend(first.format).triton_gpu if gpu is None else gpu
     config = config_pbtxt(name, first, gpu, engine_cache, trt_profiles)
     # a key a manifest leaves out (sizes) is left out of the signature too: older records still compare equal
-    signature = {k: first[k] for k in SIGNATURE_KEYS if first.get(k) is not None}
+    signature = {k: first.get(k) for k in SIGNATURE_KEYS if first.get(k) is not None}
     rows = [
-        {"nfe": m["nfe"], "solver": m["solver_name"], "solver_fingerprint": m["solver_fingerprint"], "artifact": str(a)}
+        {"nfe": m.nfe, "solver": m.get("solver_name"), "solver_fingerprint": m.solver_fingerprint, "artifact": str(a)}
         for a, m in zip(artifacts, manifests)
     ]
     if replace or not model_dir.exists() or not any(model_dir.iterdir()):
@@ -332,7 +328,9 @@ def _keep_engine_cache(model_dir: Path, staging: Path) -> None:
         (staging / ENGINE_FOLDER).mkdir()
 
 
-def _write_entry(folder: Path, name: str, first: dict, config: str | None, signature: dict, rows: list, record=None):
+def _write_entry(
+    folder: Path, name: str, first: Manifest, config: str | None, signature: dict, rows: list, record=None
+):
     """config.pbtxt (when given), README.md and the record of what this tool wrote, each atomically."""
     if config is not None:
         atomic_write_text(folder / "config.pbtxt", config)
