@@ -226,6 +226,27 @@ def test_a_family_artifact_takes_guidance_per_sample(distilled, family_artifact,
         load(tmp_path / "b")(noise[:2], labels[:2], 3.0)
 
 
+def test_triton_s_graph_refuses_guidance_outside_the_family(family_artifact, tmp_path):
+    """The written repository's graph in a bare ONNX Runtime session, as Triton's backend runs it (no bns-export
+    checks): in-range guidance gives the runtime's samples; out of range or NaN stops the run, naming the rule."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from bns_export.runtime.triton import write_repository
+
+    art, _ = family_artifact
+    repo = write_repository([art], tmp_path / "repo", name="fam", gpu=False)
+    session = ort.InferenceSession(str(repo / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    noise = np.random.default_rng(2).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    labels = np.array([0, 1], dtype=np.int64)
+
+    def run(w):
+        return session.run(None, {"noise": noise, "labels": labels, "guidance": np.asarray(w, np.float32)})[0]
+
+    assert np.abs(run([2.0, 4.0]) - load(art)(noise, labels, np.array([2.0, 4.0]))).max() < 1e-6
+    for bad in ([9.0, 3.0], [3.0, 1.5], [np.nan, 3.0], [np.inf, 3.0]):
+        with pytest.raises(Exception, match="guidance must be finite and within the distilled range 2..4"):
+            run(bad)
+
+
 def test_the_scheduler_takes_its_table_at_the_call_s_guidance(gmm):
     pytest.importorskip("diffusers", reason="diffusers (test-only dependency) is not installed")
     from bns_export.diffusers import BNSScheduler

@@ -111,6 +111,24 @@ def test_a_sized_graph_runs_at_every_declared_size_and_matches_eager(sized):
             runner(np.zeros(shape, np.float32), cond.numpy())
 
 
+def test_triton_s_graph_refuses_undeclared_sizes(sized, tmp_path):
+    """The written repository's graph in a bare ONNX Runtime session (Triton's backend, no bns-export checks): the
+    declared sizes run; 12x8, 24x24 and 10x10 stop the run, naming the rule."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from bns_export.runtime.triton import write_repository
+
+    repo = write_repository([sized], tmp_path / "repo", name="sized", gpu=False)
+    session = ort.InferenceSession(str(repo / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    cond = load_model("digits-text", guidance=3.0).cond_set[:1].numpy()
+    for size in ((8, 8), (12, 12), (16, 8)):
+        noise = np.random.default_rng(0).standard_normal((1, 1, *size)).astype(np.float32)
+        out = session.run(None, {"noise": noise, "cond": cond})[0]
+        assert np.abs(out - load(sized)(noise, cond)).max() < 1e-6
+    for size in ((12, 8), (24, 24), (10, 10)):
+        with pytest.raises(Exception, match="noise size must be one this artifact was declared for: 8x8,12x12,16x8"):
+            session.run(None, {"noise": np.zeros((1, 1, *size), np.float32), "cond": cond})
+
+
 def test_an_unconditional_vp_model_takes_sizes(tmp_path):
     """digits (eps-prediction DDPM, no conditioning): its graph takes a range of sizes."""
     out = tmp_path / "a"

@@ -23,6 +23,7 @@ from .base import (
     profile_strings,
     to_numpy,
 )
+from .onnx_guards import add_input_guards
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 512 << 20  # weights above this go to model.onnx.data (protobuf caps a file at 2 GB)
@@ -89,6 +90,7 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
     for key, value in request.metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, graph_metadata_value(value)
+    add_input_guards(onnx, model, request.guidance_range, request.sizes)
     model.doc_string = "bns-export unrolled sampler: noise (+ labels) in, sample out"
     onnx.save(model, str(path))  # external data, if any, stays in place: only the graph file changes
     onnx.checker.check_model(str(path), full_check=True)
