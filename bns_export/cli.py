@@ -315,10 +315,9 @@ def _exit(line: str, code: int, standalone_mode: bool):
 
 class DistillBar:
     """The "distilling" progress bar, opened at distill_model's first report (its progress(done, total, text)),
-    on stderr (or nowhere on the other ranks of a torchrun world)."""
+    on stderr, or nowhere on the other ranks of a torchrun world (known once distill_model has joined it)."""
 
-    def __init__(self, shown: bool = True) -> None:
-        self.file = sys.stderr if shown else io.StringIO()
+    def __init__(self) -> None:
         self.bar = None
 
     def __enter__(self) -> DistillBar:
@@ -326,7 +325,10 @@ class DistillBar:
 
     def __call__(self, done: int, total: int, text: str) -> None:
         if self.bar is None:
-            self.bar = click.progressbar(length=total, label="distilling", file=self.file, item_show_func=str)
+            from .parallel import current_world
+
+            shown = sys.stderr if current_world().is_main else io.StringIO()
+            self.bar = click.progressbar(length=total, label="distilling", file=shown, item_show_func=str)
             self.bar.__enter__()
         self.bar.update(done - self.bar.pos, text)
 
@@ -532,7 +534,7 @@ def distill_cmd(
         micro_batch=micro_batch,
         recompute=recompute,
     )
-    with DistillBar(shown=current_world().is_main) as progress:
+    with DistillBar() as progress:
         solver = distill_model(
             model, out, cfg, options=model_opts, guidance=guidance, pairs=Pairs(train_pairs, val_pairs, rtol, atol,
             cache_dir, reference), segment=segment, device=device, network_dtype=network_dtype, resume=not no_resume,

@@ -39,6 +39,12 @@ PAGE = (
     ("digits-text (FM-OT, text-conditioned, guidance 3)", ["psnr-digits-text"], ""),
     ("mnist (class-conditional, guidance 1 and 3)", ["psnr-mnist", "psnr-mnist-baselines"], ""),
     (
+        "patches (held-out: v-prediction, VP cosine, photo patches)",
+        ["psnr-patches"],
+        "The model the recipe is never tuned on (`python tools/train_model.py patches`, models/patches/card.md): "
+        "another data set, prediction type and schedule than the shipped models.",
+    ),
+    (
         "Ground-truth ceiling",
         ["gt-ceiling", "gt-reference"],
         "Each model's table above gives its ruler (dopri5 against a tighter solve); here, what a cheaper "

