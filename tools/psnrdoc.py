@@ -50,10 +50,11 @@ def plot(results: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
     for ax, res in zip(axes[0], results):
-        nfes = sorted(int(n) for n in res["rows"])
-        solvers = sorted({k for r in res["rows"].values() for k in r if not k.startswith("_")})
+        rows = {int(n): row for n, row in res["rows"].items()}  # JSON keeps NFEs as strings
+        nfes = sorted(rows)
+        solvers = sorted({k for r in rows.values() for k in r if not k.startswith("_")})
         for s in solvers:
-            pts = [(n, res["rows"][n].get(s)) for n in nfes]
+            pts = [(n, rows[n].get(s)) for n in nfes]
             pts = [(n, v) for n, v in pts if v is not None]
             style = dict(lw=3, color="black", marker="o") if s == "BNS" else dict(lw=1, marker=".", alpha=0.8)
             ax.plot(*zip(*pts), label=s, **style)
