@@ -68,7 +68,11 @@ PAGE = (
     ),
     ("Model scale", ["scale"], "Export and validation of real-sized networks: time and peak memory against NFE."),
     ("Distillation scale", ["distill-scale"], "What one distillation iteration holds and costs as the NFE grows."),
-    ("Refit", ["refit"], "New weights into an existing graph, against compiling them."),
+    (
+        "Refit",
+        ["refit", "finetune"],
+        "New weights into an existing graph, against compiling them; and whether the graph's table still fits them.",
+    ),
     (
         "Segments",
         ["segments-digits-text"],

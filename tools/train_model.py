@@ -167,6 +167,9 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="model folder (default models/<name>)")
+    ap.add_argument("--init", default=None, help="a model folder whose weights to start from (a fine-tune)")
+    ap.add_argument("--classes", default=None, help="train on these labels only, e.g. 0,1,2,3,4 (a fine-tune)")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the spec's)")
     args = ap.parse_args()
     spec = SPECS[args.name]
     iters = args.iterations or spec["iterations"]
@@ -174,8 +177,17 @@ def main() -> None:
     torch.set_num_threads(2)
     g = torch.Generator().manual_seed(args.seed)
     x_all, y_all = load_data(args.name)
+    if args.classes:
+        keep = torch.isin(y_all, torch.tensor([int(c) for c in args.classes.split(",")]))
+        x_all, y_all = x_all[keep], y_all[keep]
+    if args.lr:
+        spec = {**spec, "lr": args.lr}
     tokens = token_table(spec) if "tokens" in spec else None
     net = build_network(**copy.deepcopy(spec["architecture"]))
+    if args.init:
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(Path(args.init) / "weights.safetensors")))
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=spec["lr"])
     started = time.time()
@@ -221,7 +233,7 @@ def main() -> None:
     (out / "training.json").write_text(
         json.dumps(
             {
-                "command": f"python tools/train_model.py {args.name} --iterations {iters} --seed {args.seed}",
+                "command": "python tools/train_model.py " + " ".join(sys.argv[1:]),
                 "iterations": iters,
                 "batch": spec["batch"],
                 "lr": spec["lr"],
