@@ -11,6 +11,6 @@ PY=${PYTHON:-python3}
 # the Node.js example's onnxruntime-node (its CPU binaries ship in the package; --ignore-scripts skips the
 # optional CUDA download from nuget.org), where npm is installed: tests/test_node.py skips without it
 if command -v npm >/dev/null 2>&1; then
-  (cd examples/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) ||
+  (cd examples/node && timeout 300 npm ci --ignore-scripts --no-audit --no-fund --loglevel=error --fetch-retries=1) ||
     echo "setup: npm ci in examples/node failed; the Node.js example's tests will be skipped" >&2
 fi

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BNSError
 from ..groundtruth import SEEDS, GTSet, ground_truth
@@ -17,6 +18,12 @@ from ..solvers.table import NSSolver, SolverFamily
 from .config import DistillConfig
 from .families import distill_family
 from .trainer import distill
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..fields.segment import SegmentSpec
+    from ..loaders import ModelOptions, ModelSpec
 
 #: a progress bar for one ground-truth set: (label, pairs) -> a context whose value takes the pairs done since
 GroundTruthBar = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
@@ -46,15 +53,15 @@ def check_solver_path(out: str | os.PathLike) -> Path:
 
 
 def distill_model(
-    model,
+    model: str | os.PathLike | ModelSpec | nn.Module,
     out: str | os.PathLike,
     cfg: DistillConfig,
     *,
-    options=None,
+    options: ModelOptions | None = None,
     guidance: float | Sequence[float] | None = None,
     pairs: Pairs = Pairs(),
     sets: tuple[GTSet, GTSet] | None = None,
-    segment=None,
+    segment: SegmentSpec | None = None,
     device: str | None = None,
     network_dtype: str = "fp32",
     resume: bool = True,
@@ -109,18 +116,14 @@ def distill_model(
 
     if knots is None:
         train, val = sets if sets is not None else solve(field)
-        return distill(field, train, val, cfg, out=out_path, resume=resume, progress=report_at(report), world=world)
+        single = lambda it, info: report(0, it, info)  # noqa: E731
+        return distill(field, train, val, cfg, out=out_path, resume=resume, progress=single, world=world)
 
     def knot_report(w: float | None, it: int, info: dict) -> None:
         stage, at = (len(knots), "joint: ") if w is None else (knots.index(w), f"w={w:g}: ")
         report(stage, it, info, at)
 
     return distill_family(field, knots, solve, cfg, out_path, resume, knot_report, world, joint)
-
-
-def report_at(report: Callable[..., None]) -> Callable[[int, dict], None]:
-    """A single table's progress(iteration, info) as stage 0's report."""
-    return lambda it, info: report(0, it, info)
 
 
 def solve_pairs(
