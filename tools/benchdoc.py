@@ -40,7 +40,7 @@ PAGE = (
     ("mnist (class-conditional, guidance 1 and 3)", ["psnr-mnist", "psnr-mnist-baselines"], ""),
     (
         "patches (held-out: v-prediction, VP cosine, photo patches)",
-        ["psnr-patches"],
+        ["psnr-patches", "psnr-patches-baselines"],
         "The model the recipe is never tuned on (`python tools/train_model.py patches`, models/patches/card.md): "
         "another data set, prediction type and schedule than the shipped models.",
     ),
