@@ -82,7 +82,7 @@ def distill_family(
         family = distill_jointly(field, family, pairs, cfg, out, resume, report, world)
     if out is not None and world.is_main:
         family.save(out)
-        for part in parts:
+        for part in parts:  # knot files this run wrote or took over (a path holding another file was refused)
             part.unlink(missing_ok=True)
     world.barrier()
     return family
@@ -148,7 +148,7 @@ def distill_jointly(
     }
     meta = {**family.meta, "joint": record, "wall_time_s": round(family.meta.get("wall_time_s", 0.0) + wall, 3)}
     joined = params.family(family, tables_meta, meta)
-    if ckpt is not None and world.is_main:
+    if ckpt is not None and world.is_main:  # the checkpoint fit wrote (it refuses a file it did not write)
         ckpt.unlink(missing_ok=True)
     return joined
 

@@ -222,7 +222,7 @@ def distill(
     )
     if out is not None and world.is_main:
         solver.save(out)
-        if ckpt is not None:
+        if ckpt is not None:  # the checkpoint fit wrote (it refuses a file at that path it did not write)
             ckpt.unlink(missing_ok=True)
     world.barrier()
     return solver

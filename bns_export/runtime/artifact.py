@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..backends import BACKENDS
 from ..checks import env_flag, guidance_scale, integer, number, read_json
-from ..contract import Manifest, Signature
+from ..contract import Manifest
 from ..errors import BNSError
 from ..fileio import atomic_write_text, honour_umask
 from ..interrupts import deferred_signals, raise_if_interrupted
@@ -359,10 +359,9 @@ def check_manifest(m: dict) -> None:
         if key not in m:
             raise BNSError(f"manifest has no {key!r}")
         check(m[key], key)
-    for key in ("inputs", "outputs"):
+    for key in ("inputs", "outputs"):  # the signature itself is read (and checked) once, by Manifest.from_json below
         if key not in m:
             raise BNSError(f"manifest has no {key!r}")
-    Signature.from_json(m["inputs"], m["outputs"])
     for key, check in OPTIONAL_CHECKS.items():
         if m.get(key) is not None:
             check(m[key], key)
