@@ -578,8 +578,18 @@ def sample_cmd(
 @main.command("compile")
 @handle_errors
 @model_options
-@click.option("--solver", "-s", required=True, help=SOLVER_HELP)
+@click.option(
+    "--solver",
+    "-s",
+    "solvers",
+    required=True,
+    multiple=True,
+    help=f"{SOLVER_HELP} Repeat with --format onnx-loop: one graph serves every table, chosen per sample.",
+)
 @click.option("--nfe", type=NFE, default=None, help="NFE for a baseline (default 8); checked against a file.")
+@click.option(
+    "--max-nfe", type=Integer(1, 1024), default=None, help="onnx-loop: the most steps a table may take (default: the largest)."
+)
 @click.option("--format", "fmt", default=DEFAULT_FORMAT, show_default=True, help=f"{' | '.join(BACKENDS)}.")
 @click.option("--fp16", is_flag=True, help="Run the network in fp16 (inputs, outputs and solver stay fp32).")
 @click.option("--max-batch", type=BATCH, default=16, show_default=True, help="Largest batch the artifact accepts.")
@@ -609,8 +619,9 @@ def compile_cmd(
     model_opts,
     decoder,
     guidance,
-    solver,
+    solvers,
     nfe,
+    max_nfe,
     fmt,
     fp16,
     max_batch,
@@ -635,7 +646,7 @@ def compile_cmd(
 
     manifest = compile_artifact(
         model,
-        solver,
+        solvers[0] if len(solvers) == 1 else list(solvers),
         fmt,
         out,
         options=replace(model_opts, decoder=decoder),
@@ -651,6 +662,7 @@ def compile_cmd(
         timing_cache=timing_cache,
         force=force,
         sizes=sizes,
+        max_nfe=max_nfe,
         log=lambda m: click.echo(m, err=True),
     )
     click.echo(json.dumps(manifest, default=str) if as_json else compile_text(out, manifest))

@@ -107,7 +107,10 @@ def compile_text(out, manifest: dict) -> str:
     parity = f"parity min {v['psnr_min']:.1f} dB (gate {v['gate_db']:.0f})" if v else "not validated"
     m = Manifest.of(manifest)
     sizes = "" if m.sizes is None else f", sizes {m.sizes.describe()}"
-    return f"wrote {out}: {m.format} {m.precision}, {m.nfe} NFE, batch 1..{m.max_batch}{sizes}, {parity}"
+    steps = f"{m.nfe} NFE"
+    if m.tables:  # a loop graph: its tables by index
+        steps = f"tables {', '.join(f'{i} {e.name} ({e.nfe} NFE)' for i, e in enumerate(m.tables))}, at most {m.nfe}"
+    return f"wrote {out}: {m.format} {m.precision}, {steps}, batch 1..{m.max_batch}{sizes}, {parity}"
 
 
 def validation_text(report: dict) -> str:

@@ -190,6 +190,7 @@ def parse_infer(runner, header: dict, binary: bytes, limit: int) -> tuple[dict, 
     try:
         noise, cond = runner.check_inputs(noise, cond)
         guidance = runner.check_guidance(tensors.get("guidance"), int(noise.shape[0]))
+        table = runner.check_table(tensors.get("table"), int(noise.shape[0]))
     except BNSError as e:
         raise HTTPError(400, str(e)) from None
     outputs = header.get("outputs") or []
@@ -201,7 +202,7 @@ def parse_infer(runner, header: dict, binary: bytes, limit: int) -> tuple[dict, 
         if not isinstance(o.get("parameters") or {}, dict):
             raise HTTPError(400, f"output {o['name']}: parameters must be an object")
     png_outputs(runner, header, outputs)  # a PNG asked of an output that is no image: a 400 now
-    return {"noise": noise, "condition": cond, "guidance": guidance}, outputs
+    return {"noise": noise, "condition": cond, "guidance": guidance, "table": table}, outputs
 
 
 def png_outputs(runner, header: dict, outputs: list) -> set[str]:
@@ -337,8 +338,10 @@ class Batcher:
                     cond = {k: np.concatenate([r["condition"][k] for r in reqs]) for k in first}
                 else:
                     cond = np.concatenate([r["condition"] for r in reqs])
-            guidance = None if reqs[0]["guidance"] is None else np.concatenate([r["guidance"] for r in reqs])
-            out = self.runner.run(noise, cond, guidance)
+            guidance, table = (
+                None if reqs[0][k] is None else np.concatenate([r[k] for r in reqs]) for k in ("guidance", "table")
+            )  # a loop artifact's requests batch across tables: each sample runs its own
+            out = self.runner.run(noise, cond, guidance, table)
             self.batches += 1
             start = 0
             for r, fut in items:
@@ -402,7 +405,12 @@ def model_metadata(model: Model) -> dict:
         "outputs": [
             {"name": s.name, "datatype": DATATYPES[s.dtype], "shape": _v2_shape(s)} for s in m.signature.outputs
         ],
-        "parameters": {"nfe": m.nfe, "max_batch": m.max_batch, "guidance_range": rng},
+        "parameters": {
+            "nfe": m.nfe,
+            "max_batch": m.max_batch,
+            "guidance_range": rng,
+            "tables": [f"{i} {e.name} (NFE {e.nfe})" for i, e in enumerate(m.tables)] or None,
+        },
     }
 
 

@@ -45,6 +45,9 @@ class Backend:
     runs_native_code: bool = False
     #: the build keeps a timing cache across builds (--timing-cache)
     timing_cache: bool = False
+    #: the graph runs the network once inside a loop over data tables, chosen per sample by its `table` input
+    #: (compile.loop); else the one table is unrolled into n steps
+    loop: bool = False
 
     def _impl(self):
         return importlib.import_module(f"{__name__}.{self.module}")
@@ -80,6 +83,16 @@ BACKENDS = {
         cpu_fallback=True,
         triton_platform="onnxruntime_onnx",
         triton_tensorrt_accelerator=True,
+    ),
+    "onnx-loop": Backend(
+        "onnx-loop",
+        "model.onnx",
+        "onnx",
+        "ONNX Runtime (CPU; CUDA EP with onnxruntime-gpu): one graph for several tables and NFEs",
+        ("low_memory",),  # ONNX Runtime's CUDA graphs take no Loop
+        cpu_fallback=True,
+        triton_platform="onnxruntime_onnx",
+        loop=True,
     ),
     "tensorrt": Backend(
         "tensorrt",

@@ -64,7 +64,7 @@ class AotiRunner(Runner):
         self.cuda_graph = cuda_graph
         self._call = CudaGraphs(self.model, self.device) if cuda_graph else self.model
 
-    def infer(self, noise, condition, guidance=None):
+    def infer(self, noise, condition, guidance=None, table=None):
         import torch
 
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import GUIDANCE_INPUT, NULL_LABEL, ConditionKind, Manifest, Signature
+from ..contract import GUIDANCE_INPUT, NULL_LABEL, TABLE_INPUT, ConditionKind, Manifest, Signature
 from ..errors import BNSError
 from ..sizes import SizeSet, concrete
 
@@ -39,6 +39,8 @@ class ExportRequest:
     guidance_range: tuple[float, float] | None = None
     #: the spatial sizes the graph takes (its noise's last two axes are then dynamic); None: sample_shape only
     sizes: SizeSet | None = None
+    #: a loop graph's table count (its `table` input indexes 0..tables-1); 0: one table, unrolled
+    tables: int = 0
 
     @property
     def input_names(self) -> list[str]:
@@ -211,6 +213,8 @@ class Runner(ABC):
         self.output_shapes = {o.name: o.json_shape for o in sig.outputs}
         #: the spatial sizes the graph takes (None: sample_shape only)
         self.sizes = manifest.sizes
+        #: a loop graph's solver tables (the `table` input indexes them); empty for a baked table
+        self.tables = manifest.tables
         self._lock = threading.Lock()  # for backends whose contexts are not thread-safe
 
     def check_inputs(self, noise, condition) -> tuple:
@@ -321,11 +325,34 @@ class Runner(ABC):
             raise BNSError(f"guidance must be within the distilled range {lo:g}..{hi:g}, got {values.tolist()[:8]}")
         return g.float() if is_torch(g) else np.ascontiguousarray(g, dtype=np.float32)
 
-    def condition_feed(self, record: dict | None, guidance=None) -> dict:
-        """The checked condition record (and a family's guidance) by graph input name, as numpy (for runtimes
-        that take a feed dict)."""
+    def check_table(self, table, batch: int):
+        """A loop graph's table index: one integer (every sample) or (B,) integers in 0..K-1, None for table 0; an
+        artifact with one baked table takes none.  Returns an int64 (B,) numpy array, or None."""
+        if not self.tables:
+            if table is not None:
+                raise BNSError("this artifact bakes one solver table: do not pass table (compile --format onnx-loop)")
+            return None
+        t = np.zeros(batch, dtype=np.int64) if table is None else _array(table, TABLE_INPUT)
+        if _kind(t) not in ("i", "u"):
+            raise BNSError(f"table must be integers (indices of the artifact's tables), got dtype {t.dtype}")
+        t = t.detach().cpu().numpy() if is_torch(t) else np.asarray(t)
+        t = np.full(batch, t) if t.shape == () else t
+        if t.shape != (batch,):
+            raise BNSError(f"table has shape {t.shape}, expected ({batch},) or one number")
+        if t.size and (int(t.min()) < 0 or int(t.max()) >= len(self.tables)):
+            names = ", ".join(f"{i} {e.name} (NFE {e.nfe})" for i, e in enumerate(self.tables))
+            raise BNSError(f"table must be in 0..{len(self.tables) - 1}: {names}")
+        return t.astype(np.int64)
+
+    def condition_feed(self, record: dict | None, guidance=None, table=None) -> dict:
+        """The checked condition record (and a family's guidance, a loop graph's table index) by graph input name,
+        as numpy (for runtimes that take a feed dict)."""
         feed = {n: to_numpy(v, self._dtypes[n]) for n, v in (record or {}).items()}
-        return feed if guidance is None else {**feed, GUIDANCE_INPUT: to_numpy(guidance, np.float32)}
+        if guidance is not None:
+            feed[GUIDANCE_INPUT] = to_numpy(guidance, np.float32)
+        if table is not None:
+            feed[TABLE_INPUT] = table
+        return feed
 
     def condition_tensors(self, record: dict, device) -> dict:
         """The checked condition record as torch tensors of the graph's dtypes on `device` (torch backends); a
@@ -353,17 +380,19 @@ class Runner(ABC):
         tensors = self.condition_tensors(record, device) if record else {}
         return [tensors[n] for n in self.condition_names] + extra
 
-    def __call__(self, noise, condition=None, guidance=None):
+    def __call__(self, noise, condition=None, guidance=None, table=None):
         """The artifact's product: its last output (the image with a decoder, else the sample)."""
-        return self.run(noise, condition, guidance)[self.output_names[-1]]
+        return self.run(noise, condition, guidance, table)[self.output_names[-1]]
 
-    def run(self, noise, condition=None, guidance=None) -> dict:
+    def run(self, noise, condition=None, guidance=None, table=None) -> dict:
         """Every output by name, in the graph's order; kind and device follow `noise`.  guidance: a family
-        artifact's scale, one number or one per sample."""
+        artifact's scale, one number or one per sample; table: a loop artifact's table index (default 0)."""
         noise, condition = self.check_inputs(noise, condition)
         guidance = self.check_guidance(guidance, int(noise.shape[0]))
-        return {k: follow(v, noise) for k, v in self.infer(noise, condition, guidance).items()}
+        table = self.check_table(table, int(noise.shape[0]))
+        return {k: follow(v, noise) for k, v in self.infer(noise, condition, guidance, table).items()}
 
     @abstractmethod
-    def infer(self, noise, condition, guidance=None) -> dict:
-        """Run the sampler on checked inputs: {output name: array or tensor} (`run` converts to noise's kind)."""
+    def infer(self, noise, condition, guidance=None, table=None) -> dict:
+        """Run the sampler on checked inputs: {output name: array or tensor} (`run` converts to noise's kind);
+        table: a loop artifact's int64 (B,) indices, None for every other artifact."""

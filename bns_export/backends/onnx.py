@@ -83,14 +83,14 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
     external = weight_bytes > EXTERNAL_DATA_BYTES
     onnx_program.save(str(path), external_data=external)
     model = onnx.load(str(path), load_external_data=False)
-    for node in model.graph.node:  # per-node stack traces and scopes: half the file, no use at run time
+    for node in all_nodes(onnx, model.graph):  # per-node stack traces and scopes: half the file, no use at run time
         del node.metadata_props[:]
         node.doc_string = ""
     del model.metadata_props[:]
     for key, value in request.metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, graph_metadata_value(value)
-    add_input_guards(onnx, model, request.guidance_range, request.sizes)
+    add_input_guards(onnx, model, request.guidance_range, request.sizes, request.tables)
     model.doc_string = "bns-export unrolled sampler: noise (+ labels) in, sample out"
     onnx.save(model, str(path))  # external data, if any, stays in place: only the graph file changes
     onnx.checker.check_model(str(path), full_check=True)
@@ -101,6 +101,15 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
     stats["module_bytes"] = sum(t.numel() * t.element_size() for t in (*sampler.parameters(), *sampler.buffers()))
     stats["initializer_ratio"] = round(stats["initializer_bytes"] / max(1, stats["module_bytes"]), 4)
     return stats
+
+
+def all_nodes(onnx, graph):
+    """Every node of `graph` and of the subgraphs its nodes hold (a Loop's body), depth first."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from all_nodes(onnx, attr.g)
 
 
 def optimize_linear(model) -> None:
@@ -314,8 +323,8 @@ class OnnxRunner(Runner):
         self.device = f"cuda:{self.device_id}" if gpu else "cpu"
         self._graphs: dict[int, tuple] = {}
 
-    def infer(self, noise, condition, guidance=None):
-        feed = {"noise": to_numpy(noise, np.float32), **self.condition_feed(condition, guidance)}
+    def infer(self, noise, condition, guidance=None, table=None):
+        feed = {"noise": to_numpy(noise, np.float32), **self.condition_feed(condition, guidance, table)}
         try:
             outs = self._replay(feed) if self.cuda_graph else self.session.run(self.output_names, feed)
         except Exception as e:  # a graph/manifest mismatch that the checks above could not see

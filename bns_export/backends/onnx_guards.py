@@ -1,6 +1,7 @@
 """Input guards inside an ONNX graph: where no bns-export runtime checks the inputs (Triton's ONNX Runtime
-backend, any other ONNX consumer), a family's guidance outside its distilled range or not finite, and a noise
-size the graph was not declared for, stop the run instead of returning a silently wrong sample.
+backend, any other ONNX consumer), a family's guidance outside its distilled range or not finite, a noise
+size the graph was not declared for, and a table index a loop graph does not hold, stop the run instead of
+returning a silently wrong sample.
 
 Each guard is a Reshape of a one-element constant to [1 + bad]: it passes (shape [1]) on good input and fails
 on bad input in every runtime (a reshape to two elements of one is an error, decided on the host), and its node
@@ -10,12 +11,13 @@ the guard is never pruned.
 
 from __future__ import annotations
 
-from ..contract import GUIDANCE_INPUT
+from ..contract import GUIDANCE_INPUT, TABLE_INPUT
 from ..sizes import SizeSet
 
 #: the node names of the guards: what a refusal in Triton's log says
 GUIDANCE_GUARD = "bns_guard: guidance must be finite and within the distilled range {lo:g}..{hi:g}"
 SIZE_GUARD = "bns_guard: noise size must be one this artifact was declared for: {sizes}"
+TABLE_GUARD = "bns_guard: table must index one of the artifact's {count} tables, 0..{last}"
 
 
 class _Builder:
@@ -40,12 +42,13 @@ class _Builder:
         return name
 
 
-def _guidance_bad(b: _Builder, guidance: str, lo: float, hi: float) -> str:
-    """1 when any guidance is NaN or outside [lo, hi], else 0 (int64 scalar)."""
+def _outside(b: _Builder, value: str, lo, hi, dtype) -> str:
+    """1 when any element of `value` is outside [lo, hi] (or NaN, for floats), else 0 (int64 scalar)."""
     import numpy as np
 
-    out = b("Or", b("Less", guidance, b.const(lo, np.float32)), b("Greater", guidance, b.const(hi, np.float32)))
-    out = b("Or", out, b("IsNaN", guidance))
+    out = b("Or", b("Less", value, b.const(lo, dtype)), b("Greater", value, b.const(hi, dtype)))
+    if np.dtype(dtype).kind == "f":
+        out = b("Or", out, b("IsNaN", value))
     return b("ReduceMax", b("Cast", out, to=7), keepdims=0)
 
 
@@ -75,18 +78,24 @@ def _size_bad(b: _Builder, noise: str, rank: int, sizes: SizeSet) -> str:
     return b("Cast", b("Not", ok), to=7)
 
 
-def add_input_guards(onnx, model, guidance_range: tuple[float, float] | None, sizes: SizeSet | None) -> None:
-    """Append the guards a family's guidance and declared sizes need (none for a graph with neither)."""
+def add_input_guards(
+    onnx, model, guidance_range: tuple[float, float] | None, sizes: SizeSet | None, tables: int = 0
+) -> None:
+    """Append the guards a family's guidance, declared sizes and a loop graph's `tables` need (none for a graph
+    with none of them)."""
     import numpy as np
 
-    if guidance_range is None and sizes is None:
+    if guidance_range is None and sizes is None and not tables:
         return
     graph = model.graph
     b = _Builder(onnx, graph)
     rules = []
     if guidance_range is not None:
         lo, hi = guidance_range
-        rules.append((GUIDANCE_GUARD.format(lo=lo, hi=hi), _guidance_bad(b, GUIDANCE_INPUT, lo, hi)))
+        rules.append((GUIDANCE_GUARD.format(lo=lo, hi=hi), _outside(b, GUIDANCE_INPUT, lo, hi, np.float32)))
+    if tables:
+        rule = TABLE_GUARD.format(count=tables, last=tables - 1)
+        rules.append((rule, _outside(b, TABLE_INPUT, 0, tables - 1, np.int64)))
     if sizes is not None:
         noise = graph.input[0]
         rank = len(noise.type.tensor_type.shape.dim)

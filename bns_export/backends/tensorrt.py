@@ -109,7 +109,7 @@ class TensorRTRunner(Runner):
             )
         self.context = self.engine.create_execution_context()
 
-    def infer(self, noise, condition, guidance=None):
+    def infer(self, noise, condition, guidance=None, table=None):
         import torch
 
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device).contiguous()

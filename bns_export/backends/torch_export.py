@@ -37,6 +37,8 @@ def example_inputs(sampler: torch.nn.Module, request: ExportRequest, batch: int 
     args = (noise, *(torch.zeros((batch, *c.shape), dtype=dtypes[c.dtype], device=device) for c in conditions))
     if request.guidance_range is not None:  # a family's guidance (B,), inside its range
         args += (torch.full((batch,), sum(request.guidance_range) / 2, device=device),)
+    if request.signature.table is not None:  # a loop graph's table index (B,)
+        args += (torch.zeros(batch, dtype=torch.long, device=device),)
     return args
 
 
@@ -50,7 +52,7 @@ def dynamic_shapes(request: ExportRequest) -> tuple:
         for axis, name, lo, hi in zip((rank - 1, rank), ("height", "width"), *request.sizes.bounds):
             if lo < hi:  # an axis of one size stays static
                 noise[axis] = step * torch.export.Dim(f"{name}_steps", min=max(1, lo // step), max=hi // step)
-    conditions = tuple({0: batch} for _ in request.input_names[1:])  # forward(noise, *conditions[, guidance])
+    conditions = tuple({0: batch} for _ in request.input_names[1:])  # forward(noise, *conditions[, guidance|table])
     return (noise, conditions) if conditions else (noise,)
 
 

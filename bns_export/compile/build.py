@@ -19,7 +19,7 @@ from .. import __version__
 from ..backends import BACKENDS, LIBRARIES, ExportRequest, get_backend
 from ..backends.base import GRAPH_METADATA
 from ..checks import integer, number
-from ..contract import GUIDANCE_INPUT, ConditionKind, Signature, TensorSpec, traced_guidance
+from ..contract import GUIDANCE_INPUT, TABLE_INPUT, ConditionKind, Signature, TableEntry, TensorSpec, traced_guidance
 from ..errors import EXIT_PARITY_FAILED, BNSError
 from ..fields import GuidedField, NetworkField
 from ..groundtruth import SEEDS
@@ -27,7 +27,18 @@ from ..loaders import ModelOptions, ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..runtime.artifact import OpenPolicy, check_replaceable, staging_dir, write_manifest
 from ..sizes import SizeSet, parse_sizes
-from ..solvers import SolverFamily, SolverLike, Table, guidance_for, parse_spec, resolve_solver, resolve_table
+from ..solvers import (
+    SolverFamily,
+    SolverLike,
+    Table,
+    guidance_for,
+    parse_spec,
+    resolve_solver,
+    resolve_table,
+    solver_guidance,
+)
+from ..solvers.table import MAX_NFE, NSSolver
+from .loop import LoopSampler
 from .unroll import OUTPUTS, UnrolledSampler
 
 
@@ -56,10 +67,12 @@ def half_precision(field: GuidedField) -> GuidedField:
     return field
 
 
-def signature_of(field, decoder=None, guidance_range=None, sizes: SizeSet | None = None) -> Signature:
+def signature_of(
+    field, decoder=None, guidance_range=None, sizes: SizeSet | None = None, tables: tuple[TableEntry, ...] = ()
+) -> Signature:
     """The graph's signature, built once per compile: noise; the condition (one input per named condition,
-    `cond`, or `labels`); a family's guidance; the sample (and the image with a decoder).  With `sizes` the
-    spatial axes of noise, sample and image are named (dynamic)."""
+    `cond`, or `labels`); a family's guidance or a loop graph's table index; the sample (and the image with a
+    decoder).  With `sizes` the spatial axes of noise, sample and image are named (dynamic)."""
     layout = field.condition_layout
     if layout is not None and not layout.legacy:
         note = "one per sample; its null value for the unconditional branch"
@@ -94,7 +107,11 @@ def signature_of(field, decoder=None, guidance_range=None, sizes: SizeSet | None
         lo, hi = guidance_range
         note = f"the guidance scale per sample, {lo:g}..{hi:g}: the solver family is interpolated there"
         guidance = TensorSpec(GUIDANCE_INPUT, "float32", (), note)
-    return Signature(noise, tuple(conditions), guidance, tuple(outputs))
+    table = None
+    if tables:
+        choices = ", ".join(f"{i} {e.name} (NFE {e.nfe})" for i, e in enumerate(tables))
+        table = TensorSpec(TABLE_INPUT, "int64", (), f"the solver table each sample runs: {choices}")
+    return Signature(noise, tuple(conditions), guidance, tuple(outputs), table)
 
 
 CONFORMANCE_FILE = "conformance.safetensors"
@@ -128,8 +145,12 @@ def write_conformance(folder: Path, reference: UnrolledSampler, request: ExportR
         lo, hi = request.guidance_range
         guidance = torch.linspace(lo, hi, batch) if batch > 1 else torch.tensor([(lo + hi) / 2])
         tensors[GUIDANCE_INPUT] = guidance
+    controls = (guidance,)
+    if request.signature.table is not None:  # a loop graph: every table, one per sample in turn
+        tensors[TABLE_INPUT] = torch.arange(batch) % len(reference.tables.nfe)
+        controls = (None, tensors[TABLE_INPUT])
     device = next(iter(reference.buffers())).device
-    outputs = reference.named(*(None if v is None else v.to(device) for v in (noise, condition, guidance)))
+    outputs = reference.named(*(None if v is None else v.to(device) for v in (noise, condition, *controls)))
     inputs = sorted(tensors)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     tensors.update({k: v.float().cpu().contiguous() for k, v in outputs.items()})
@@ -154,10 +175,30 @@ class BuildInputs:
     decoder: torch.nn.Module | None
     guidance: float | None  # None: a guidance family, which the graph takes per sample
     sizes: SizeSet | None = None  # the spatial sizes the graph takes (None: the sample shape only)
+    #: a loop graph's tables (the first is `solver`) and the largest NFE it runs; empty: one table, unrolled
+    tables: tuple[NSSolver, ...] = ()
+    max_nfe: int | None = None
 
     @property
     def guidance_range(self) -> tuple[float, float] | None:
         return self.solver.guidance_range if isinstance(self.solver, SolverFamily) else None
+
+    @property
+    def table_entries(self) -> tuple[TableEntry, ...]:
+        """A loop graph's tables as the manifest lists them: solver.json first, then solver-1.json, ..."""
+        files = [TABLE_FILE.format(i) if i else "solver.json" for i in range(len(self.tables))]
+        return tuple(TableEntry(f, t.name, t.nfe, t.fingerprint()) for f, t in zip(files, self.tables))
+
+    def save_tables(self, folder: Path) -> None:
+        """Every table file the manifest names (the one solver.json of an unrolled graph)."""
+        for entry, table in zip(self.table_entries, self.tables):
+            table.save(folder / entry.file)
+        if not self.tables:
+            self.solver.save(folder / "solver.json")
+
+
+#: where a loop graph's table k > 0 is stored in the artifact
+TABLE_FILE = "solver-{}.json"
 
 
 def load_build_inputs(
@@ -167,19 +208,48 @@ def load_build_inputs(
     guidance: float | None,
     nfe: int | None,
     sizes: str | None = None,
+    loop: bool = False,
+    max_nfe: int | None = None,
 ) -> BuildInputs:
     """The model, the solver (a solver file read once), the decoder and the declared sizes (`--sizes`, in
     image pixels with a decoder); guidance None: the solver file's, or for a guidance family none (the graph
-    takes it per sample; -w bakes the family's table at w)."""
+    takes it per sample; -w bakes the family's table at w).  loop: `solver` is a list of tables for one loop
+    graph running up to `max_nfe` (default their largest NFE)."""
+    specs = list(solver) if isinstance(solver, (list, tuple)) else [solver]
+    if not specs or (len(specs) > 1 and not loop):
+        raise BNSError("several solver tables compile into one graph with --format onnx-loop; give one solver here")
+    if max_nfe is not None and not loop:
+        raise BNSError("--max-nfe applies to --format onnx-loop")
     spec = ModelSpec(model, options)
-    solver = parse_spec(solver)
-    family = solver.family if guidance is None else None
+    parsed = [parse_spec(s) for s in specs]
+    solver = parsed[0]
+    family = solver.family if guidance is None and not loop else None
     baked = traced_guidance(family.guidance_range, None) if family else guidance_for(solver, guidance)
+    if loop and guidance is None:  # one graph bakes one scale: the files' (a classic solver has none of its own)
+        scales = sorted({w for w in (solver_guidance(p) for p in parsed) if w is not None})
+        if len(scales) > 1:
+            shown = ", ".join(f"{w:g}" for w in scales)
+            raise BNSError(f"the tables were distilled at guidance {shown}: one graph bakes one scale (pass -w)")
+        baked = scales[0] if scales else 1.0
     field = load_model(spec, guidance=baked)
+    if loop:  # --nfe is the classic solvers' (a file states its own)
+        return _loop_inputs(spec, field, [resolve_solver(p, field, None if p.is_file else nfe) for p in parsed],
+                            options, baked, sizes, max_nfe)  # fmt: skip
     ns = resolve_table(solver, field, nfe) if family else resolve_solver(solver, field, nfe)
     decoder = load_decoder(options.decoder, spec, field.sample_shape) if options.decoder else None
     size_set = None if sizes is None else declared_sizes(sizes, field, decoder)
     return BuildInputs(spec, field, ns, decoder, None if family else baked, size_set)
+
+
+def _loop_inputs(spec, field, tables: list[NSSolver], options, guidance, sizes, max_nfe) -> BuildInputs:
+    """A loop graph's build inputs: its tables and the most steps it runs (`max_nfe`, at least the largest NFE)."""
+    largest = max(t.nfe for t in tables)
+    steps = largest if max_nfe is None else integer(max_nfe, "max_nfe", 1, MAX_NFE)
+    if steps < largest:
+        raise BNSError(f"--max-nfe {steps} is below the largest table's NFE {largest}")
+    decoder = load_decoder(options.decoder, spec, field.sample_shape) if options.decoder else None
+    size_set = None if sizes is None else declared_sizes(sizes, field, decoder)
+    return BuildInputs(spec, field, tables[0], decoder, guidance, size_set, tuple(tables), steps)
 
 
 def declared_sizes(text: str, field, decoder=None) -> SizeSet:
@@ -203,7 +273,7 @@ def export_request(
     trace."""
     return ExportRequest(
         sample_shape=tuple(built.field.sample_shape),
-        signature=signature_of(built.field, built.decoder, built.guidance_range, built.sizes),
+        signature=signature_of(built.field, built.decoder, built.guidance_range, built.sizes, built.table_entries),
         max_batch=max_batch,
         opt_batch=opt_batch,
         device=device,
@@ -211,6 +281,7 @@ def export_request(
         timing_cache=timing_cache,
         guidance_range=built.guidance_range,
         sizes=built.sizes,
+        tables=len(built.tables),
     )
 
 
@@ -229,7 +300,7 @@ def new_manifest(fmt: str, precision: str, built: BuildInputs, request: ExportRe
     return dict(
         format=fmt,
         precision=precision,
-        nfe=ns.nfe,
+        nfe=built.max_nfe or ns.nfe,
         guidance=None if built.guidance is None else float(built.guidance),
         guidance_range=None if rng is None else list(rng),
         max_batch=request.max_batch,
@@ -254,6 +325,7 @@ def new_manifest(fmt: str, precision: str, built: BuildInputs, request: ExportRe
         tool_version=__version__,
         versions=library_versions(),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **({"tables": [e.to_json() for e in built.table_entries]} if built.tables else {}),
     )
 
 
@@ -264,13 +336,20 @@ def export_sampler(built: BuildInputs, fp16: bool, export_device: str) -> Unroll
     field = half_precision(built.field) if fp16 else built.field
     if built.field.default_dtype == torch.float64:
         field = copy.deepcopy(field).float()
-    return UnrolledSampler(field, built.solver, decoder=built.decoder).eval().to(export_device)
+    return sampler_of(built, field).eval().to(export_device)
 
 
 def reference_sampler(built: BuildInputs) -> UnrolledSampler:
     """The eager fp32 sampler the conformance vectors come from."""
     field = copy.deepcopy(built.field).float() if built.field.default_dtype == torch.float64 else built.field
-    return UnrolledSampler(field, built.solver, decoder=built.decoder).eval()
+    return sampler_of(built, field).eval()
+
+
+def sampler_of(built: BuildInputs, field) -> UnrolledSampler:
+    """The module of the build's graph: the loop over its tables, or its one table unrolled."""
+    if built.tables:
+        return LoopSampler(field, list(built.tables), built.max_nfe, decoder=built.decoder)
+    return UnrolledSampler(field, built.solver, decoder=built.decoder)
 
 
 def compile_artifact(
@@ -292,6 +371,7 @@ def compile_artifact(
     timing_cache: str | None = None,
     force: bool = False,
     sizes: str | None = None,
+    max_nfe: int | None = None,
     log=print,
 ) -> dict:
     """Build, validate and atomically publish an artifact directory; return its manifest (the JSON object).
@@ -301,6 +381,8 @@ def compile_artifact(
     replaced only when it is empty or an artifact, unless force=True.  guidance None: the solver file's
     (the scale it was distilled at), else 1.  sizes: `HxW,...` or `HxW:HxW`, the spatial sizes the graph
     takes besides the model's own (image pixels with a decoder; the solver runs unchanged at each).
+    A loop format (onnx-loop) takes a list of solvers: one graph serves each, chosen per sample, up to max_nfe
+    steps (default the largest table's NFE).
     """
     backend = get_backend(fmt)
     if timing_cache is not None and not backend.timing_cache:
@@ -314,7 +396,7 @@ def compile_artifact(
     if min_psnr is not None:
         min_psnr = number(min_psnr, "min_psnr", 0, 1000)
     integer(workspace_bytes, "workspace_bytes", 1 << 24, 1 << 50)
-    built = load_build_inputs(model, solver, options or ModelOptions(), guidance, nfe, sizes)
+    built = load_build_inputs(model, solver, options or ModelOptions(), guidance, nfe, sizes, backend.loop, max_nfe)
     request = export_request(built, max_batch, opt_batch, device, workspace_bytes, timing_cache)
     backend.check_available(request)  # exit 3 before anything is written
     if fp16:
@@ -323,7 +405,7 @@ def compile_artifact(
     manifest = new_manifest(fmt, "fp16" if fp16 else "fp32", built, request)
     request = replace(request, metadata={k: manifest[k] for k in GRAPH_METADATA})
     with staging_dir(Path(out), force=force) as tmp:
-        built.solver.save(tmp / "solver.json")
+        built.save_tables(tmp)
         # the fp32 reference's vectors first: --fp16 then halves the same weights in place
         conformance = write_conformance(tmp, reference, request)
         del reference

@@ -13,16 +13,17 @@ Gate: min per-sample PSNR >= 60 dB for fp32 artifacts, >= 35 dB for fp16 (Core M
 from __future__ import annotations
 
 import gc
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..backends import Runner, get_backend
+from ..backends.base import is_torch
 from ..backends.cuda_graph import CudaGraphs, check_cuda_graph_device
 from ..checks import number
-from ..contract import GUIDANCE_INPUT, Manifest
+from ..contract import GUIDANCE_INPUT, TABLE_INPUT, Manifest
 from ..devices import full_fp32
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from ..groundtruth import SEEDS, ground_truth, make_inputs
@@ -62,6 +63,11 @@ class EagerRunner(Runner):
         solver = load_solver(self.folder / manifest.solver_file)
         if solver.fingerprint() != manifest.solver_fingerprint:
             raise BNSError("the artifact's solver file does not match its manifest")
+        tables = [load_solver(self.folder / e.file) for e in manifest.tables]
+        if [t.fingerprint() for t in tables] != [e.fingerprint for e in manifest.tables]:
+            raise BNSError("the artifact's table files do not match its manifest")
+        if tables and cuda_graph:
+            raise BNSError("a loop artifact's reference runs without CUDA graphs")
         self.device = device
         decoder = None
         if manifest.decoder:
@@ -72,11 +78,30 @@ class EagerRunner(Runner):
                 raise BNSError(
                     f"decoder {spec.options.decoder} changed since export (fingerprint {decoder.fingerprint()})"
                 )
-        self.sampler = UnrolledSampler(self.field, solver, decoder=decoder).eval().float().to(device)
+        #: one eager sampler per table: the baked one, or each table a loop artifact serves (ns_sample unrolled)
+        self.samplers = [
+            UnrolledSampler(self.field, table, decoder=decoder).eval().float().to(device) for table in tables or [solver]
+        ]
+        self.sampler = self.samplers[0]
         #: cuda_graph: the eager sampler captured once per batch size and replayed (torch.cuda graphs)
         self._graphed = CudaGraphs(self.sampler.sample, device) if cuda_graph else None
 
-    def infer(self, noise, condition, guidance=None) -> dict:
+    def infer(self, noise, condition, guidance=None, table=None) -> dict:
+        if table is None:
+            return self._infer(self.sampler, noise, condition, guidance)
+        out: dict = {}
+        for k in np.unique(table).tolist():  # each table's samples through that table's own eager sampler
+            rows = np.flatnonzero(table == k)
+
+            def pick(v, rows=rows):
+                return v[torch.as_tensor(rows, device=v.device)] if is_torch(v) else v[rows]
+
+            part = {n: pick(v) for n, v in condition.items()} if condition is not None else None
+            for name, v in self._infer(self.samplers[k], pick(noise), part, guidance).items():
+                out.setdefault(name, torch.empty((len(table), *v.shape[1:]), dtype=v.dtype, device=v.device))[rows] = v
+        return out
+
+    def _infer(self, sampler: UnrolledSampler, noise, condition, guidance=None) -> dict:
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
         lab = None
         if condition is not None:  # the graph's record -> the loop's one condition tensor
@@ -85,7 +110,7 @@ class EagerRunner(Runner):
         w = None if guidance is None else self._float_tensor(guidance, self.device)
         with full_fp32():
             if self._graphed is None:
-                return self.sampler.named(x, lab, w)
+                return sampler.named(x, lab, w)
             out = self._graphed(*(v for v in (x, lab, w) if v is not None))
             return dict(zip(self.sampler.output_names, out if isinstance(out, tuple) else (out,)))
 
@@ -153,7 +178,7 @@ def check_conformance(folder: Path, manifest: Manifest, runner: Runner) -> list[
     if "noise" not in d:
         raise BNSError(f"conformance file {name!r} holds no noise")
     cond = {k: d[k] for k in runner.condition_names if k in d} or None  # the graph's condition record
-    out = runner.run(d["noise"], cond, d.get(GUIDANCE_INPUT))
+    out = runner.run(d["noise"], cond, d.get(GUIDANCE_INPUT), d.get(TABLE_INPUT))
     missing = [k for k in out if k not in d]
     if missing:
         raise BNSError(f"conformance file {name!r} holds no reference {', '.join(missing)}")
@@ -199,9 +224,24 @@ def open_artifact(
         return backend.open(folder, manifest, device="cpu", providers=None, **lean)
 
 
+@dataclass(frozen=True)
+class Case:
+    """One parity case: its name, the inputs both runners get, and whether the ground truth scores it."""
+
+    name: str
+    noise: torch.Tensor
+    condition: object = None  # the condition tensor, or the graph's named record
+    guidance: torch.Tensor | None = None
+    scored: bool = False
+    table: torch.Tensor | None = None  # a loop artifact's table index per sample (None: table 0)
+
+    def run(self, runner: Runner) -> dict:
+        return runner.run(self.noise, self.condition, self.guidance, self.table)
+
+
 def reference_outputs(
     reference: EagerRunner, n: int, with_gt: bool = True
-) -> tuple[list[tuple], list[dict], torch.Tensor | None]:
+) -> tuple[list[Case], list[dict], torch.Tensor | None]:
     """The parity cases (batch 1, batch n when n > 1, unconditional) on the ground truth's seeded inputs, the eager
     reference's outputs for each (on the host) and the ground truth's samples (None without with_gt: the same
     seeded inputs, unsolved), so that the reference can be freed before the artifact is loaded."""
@@ -218,23 +258,38 @@ def reference_outputs(
     # a family's graph takes guidance: the GT's (the field's scale) for the GT cases, then the whole range
     rng = reference.guidance_range
     w = None if rng is None else torch.full((n,), float(reference.field.guidance))
-    cases = [("batch 1", noise[:1], None if condition is None else condition[:1], None if w is None else w[:1], True)]
+    cases = [Case("batch 1", noise[:1], None if condition is None else condition[:1], None if w is None else w[:1], True)]
     if n > 1:  # at max batch 1 the batch-n case is the batch-1 case: run once
-        cases.append((f"batch {n}", noise, condition, w, True))
+        cases.append(Case(f"batch {n}", noise, condition, w, True))
     if condition is not None:
         null = reference.field.null_condition(condition)  # label -1, or the null tensor condition
-        cases.append((f"batch {n}, unconditional", noise, null.to(condition.dtype), w, False))
+        cases.append(Case(f"batch {n}, unconditional", noise, null.to(condition.dtype), w))
     if rng is not None:
         spread = torch.linspace(rng[0], rng[1], max(n, 2))[:n] if n > 1 else torch.tensor([sum(rng) / 2])
-        cases.append((f"batch {n}, guidance {rng[0]:g}..{rng[1]:g}", noise, condition, spread, False))
+        cases.append(Case(f"batch {n}, guidance {rng[0]:g}..{rng[1]:g}", noise, condition, spread))
     for size in other_sizes(reference):  # every other declared size: the same conditions, seeded noise there
         x = torch.randn((n, *noise.shape[1:-2], *size), generator=torch.Generator().manual_seed(SEEDS.validate))
-        cases.append((f"batch {n}, size {size[0]}x{size[1]}", x.to(noise.device), condition, w, False))
+        cases.append(Case(f"batch {n}, size {size[0]}x{size[1]}", x.to(noise.device), condition, w))
+    cases.extend(table_cases(reference.tables, noise, condition))
     if reference.named_conditions:  # the GT's one condition tensor -> the graph's named inputs
         layout = reference.field.condition_layout
-        cases = [(name, x, layout.unpack(lab), g, has_gt) for name, x, lab, g, has_gt in cases]
-    refs = [{k: _on_host(v).cpu() for k, v in reference.run(x, lab, g).items()} for _, x, lab, g, _ in cases]
+        cases = [replace(c, condition=layout.unpack(c.condition)) for c in cases]
+    refs = [{k: _on_host(v).cpu() for k, v in c.run(reference).items()} for c in cases]
     return cases, refs, x1
+
+
+def table_cases(tables, noise: torch.Tensor, condition) -> list[Case]:
+    """A loop artifact's other tables, each on the whole batch, and with several tables the batch mixing them
+    (each sample its own table, the loop running the largest NFE)."""
+    n = noise.shape[0]
+    cases = [
+        Case(f"batch {n}, table {k} {e.name} (NFE {e.nfe})", noise, condition, table=torch.full((n,), k))
+        for k, e in enumerate(tables)
+        if k
+    ]
+    if len(tables) > 1 and n > 1:
+        cases.append(Case(f"batch {n}, tables mixed", noise, condition, table=torch.arange(n) % len(tables)))
+    return cases
 
 
 def other_sizes(runner: Runner) -> tuple[tuple[int, int], ...]:
@@ -279,11 +334,11 @@ def validate_artifact(
     runner = open_artifact(folder, manifest, device, providers, cuda_graph)
     gate = float(min_psnr) if min_psnr is not None else GATES[manifest.precision]
     rows = []
-    for (name, x, lab, g, has_gt), ref in zip(cases, refs):
-        out = runner.run(x, lab, g)
-        case_rows = rows_for(name, out, ref, int(x.shape[0]))
-        if has_gt and x1 is not None:  # the ground truth is the ODE's solution: the sample (latents), not the image
-            truth = x1[: x.shape[0]]
+    for case, ref in zip(cases, refs):
+        out = case.run(runner)
+        case_rows = rows_for(case.name, out, ref, int(case.noise.shape[0]))
+        if case.scored and x1 is not None:  # the ground truth is the ODE's solution: the sample (latents), not the image
+            truth = x1[: case.noise.shape[0]]
             case_rows[0]["artifact_psnr_vs_gt"] = float(psnr_per_sample(out["sample"].cpu(), truth).mean())
             case_rows[0]["eager_psnr_vs_gt"] = float(psnr_per_sample(ref["sample"].cpu(), truth).mean())
         rows.extend(case_rows)

@@ -77,11 +77,13 @@ class UnrolledSampler(nn.Module):
         guidance = None
         if self.guidance_range is not None:
             *inputs, guidance = inputs
+        return self.sample(noise, self.condition_of(inputs), guidance)
+
+    def condition_of(self, inputs) -> Tensor | None:
+        """The loop's one condition tensor from the graph's condition inputs (packed when they are named)."""
         if self.layout is not None:
-            condition = self.layout.pack(dict(zip(self.layout.names, inputs)))
-        else:
-            condition = inputs[0] if inputs else None
-        return self.sample(noise, condition, guidance)
+            return self.layout.pack(dict(zip(self.layout.names, inputs)))
+        return inputs[0] if inputs else None
 
     def tables_at(self, guidance: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The family's (t, a, b) at each sample's guidance (B,): (n, B), (n, B), (n, n, B) (family_tables)."""
@@ -101,11 +103,9 @@ class UnrolledSampler(nn.Module):
             x = ns_sample(u, t, a, b, self.field.start(noise), condition)
         return x if self.decoder is None else (x, self.decoder(x))
 
-    def named(
-        self, noise: Tensor, condition: Tensor | None = None, guidance: Tensor | None = None
-    ) -> dict[str, Tensor]:
-        """Outputs by name (no gradients) for the pipeline's condition tensor: what runners and conformance
-        files hold."""
+    def named(self, noise: Tensor, condition: Tensor | None = None, *controls: Tensor | None) -> dict[str, Tensor]:
+        """Outputs by name (no gradients) for the pipeline's condition tensor and the sampler's controls (a family's
+        guidance; a loop's table index): what runners and conformance files hold."""
         with torch.no_grad():
-            out = self.sample(noise, condition, guidance)
+            out = self.sample(noise, condition, *controls)
         return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,)))

@@ -2,17 +2,19 @@
 record whose `ConditionKind` is decided once) and the manifest as a frozen record (`Manifest`).  Compile writes
 them; the runtime, validation, Triton, the server and refit read their attributes."""
 
-from .manifest import Manifest, traced_guidance
-from .signature import DTYPES, GUIDANCE_INPUT, NULL_LABEL, OUTPUTS, ConditionKind, Signature, TensorSpec
+from .manifest import Manifest, TableEntry, traced_guidance
+from .signature import DTYPES, GUIDANCE_INPUT, NULL_LABEL, OUTPUTS, TABLE_INPUT, ConditionKind, Signature, TensorSpec
 
 __all__ = [
     "DTYPES",
     "GUIDANCE_INPUT",
     "NULL_LABEL",
     "OUTPUTS",
+    "TABLE_INPUT",
     "ConditionKind",
     "Manifest",
     "Signature",
+    "TableEntry",
     "TensorSpec",
     "traced_guidance",
 ]

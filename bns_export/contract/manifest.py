@@ -22,6 +22,25 @@ def traced_guidance(guidance_range: tuple[float, float] | None, guidance: float 
 
 
 @dataclass(frozen=True)
+class TableEntry:
+    """One solver table a loop graph serves: its index is its place in the manifest's list."""
+
+    file: str
+    name: str
+    nfe: int
+    fingerprint: str
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "name": self.name, "nfe": self.nfe, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_json(cls, d) -> TableEntry:
+        if not isinstance(d, dict):
+            raise BNSError("manifest tables must be a list of {file, name, nfe, fingerprint} objects")
+        return cls(str(d["file"]), str(d["name"]), integer(d["nfe"], "table nfe", 1, 1024), str(d["fingerprint"]))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The fields the runners, validation, Triton, the server and refit read, typed (see the module docstring)."""
 
@@ -50,6 +69,8 @@ class Manifest:
     decoder: dict | None = None
     #: the stored conformance vectors ({file, batch, inputs, ...}), None for artifacts without them
     conformance: dict | None = None
+    #: a loop graph's solver tables, in the order its `table` input indexes them (empty: one table, baked)
+    tables: tuple[TableEntry, ...] = ()
     record: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -82,6 +103,7 @@ class Manifest:
                 model_spec=d.get("model_spec"),
                 decoder=d.get("decoder") or None,
                 conformance=d.get("conformance") or None,
+                tables=tuple(TableEntry.from_json(e) for e in d.get("tables") or ()),
                 record=dict(d),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -94,6 +116,10 @@ class Manifest:
         labels = self.signature.kind is ConditionKind.LABELS
         if labels != (self.num_classes is not None):
             raise BNSError("a manifest names num_classes exactly when its graph takes labels")
+        if bool(self.tables) != (self.signature.table is not None):
+            raise BNSError("a manifest lists tables exactly when its graph takes a table index")
+        if self.tables and max(e.nfe for e in self.tables) > self.nfe:
+            raise BNSError(f"a table's NFE exceeds the graph's maximum {self.nfe}")
 
     @classmethod
     def of(cls, manifest: Manifest | dict) -> Manifest:

@@ -16,6 +16,8 @@ from ..sizes import AXES, IMAGE_AXES
 
 #: a guidance family's graph input: (B,) float32, the scale per sample
 GUIDANCE_INPUT = "guidance"
+#: a loop graph's input: (B,) int64, the index of each sample's solver table
+TABLE_INPUT = "table"
 #: the label of the unconditional branch (the same value as bns_export.fields.NULL_LABEL)
 NULL_LABEL = -1
 #: the graph's outputs: the sample, and the image with a decoder in the graph
@@ -79,12 +81,14 @@ class ConditionKind(str, Enum):
 
 @dataclass(frozen=True)
 class Signature:
-    """The graph's inputs (noise, the condition's inputs, a family's guidance) and outputs, in order."""
+    """The graph's inputs (noise, the condition's inputs, a family's guidance or a loop graph's table index) and
+    outputs, in order."""
 
     noise: TensorSpec
     conditions: tuple[TensorSpec, ...] = ()
     guidance: TensorSpec | None = None
     outputs: tuple[TensorSpec, ...] = ()
+    table: TensorSpec | None = None
 
     @property
     def kind(self) -> ConditionKind:
@@ -99,7 +103,8 @@ class Signature:
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
-        return (self.noise, *self.conditions, *((self.guidance,) if self.guidance is not None else ()))
+        controls = tuple(c for c in (self.guidance, self.table) if c is not None)
+        return (self.noise, *self.conditions, *controls)
 
     @property
     def input_names(self) -> list[str]:
@@ -130,10 +135,13 @@ class Signature:
         outs = tuple(TensorSpec.from_json(s, "outputs") for s in outputs)
         if ins[0].name != "noise":
             raise BNSError("the first input must be noise")
+        table = ins.pop() if len(ins) > 1 and ins[-1].name == TABLE_INPUT else None
         guidance = ins.pop() if len(ins) > 1 and ins[-1].name == GUIDANCE_INPUT else None
         names = [s.name for s in ins]
-        if len(set(names)) != len(names) or GUIDANCE_INPUT in names:
-            raise BNSError(f"manifest inputs repeat a name or misplace guidance: {names}")
+        if len(set(names)) != len(names) or GUIDANCE_INPUT in names or TABLE_INPUT in names:
+            raise BNSError(f"manifest inputs repeat a name or misplace guidance or table: {names}")
+        if table is not None and (table.dtype, table.shape) != ("int64", ()):
+            raise BNSError("manifest inputs: table must be int64 of shape (B,)")
         for spec in ins[1:]:  # class labels are (B,) int64, every other condition a float32 tensor
             want = ("int64", ()) if spec.name == "labels" else ("float32", spec.shape)
             if (spec.dtype, spec.shape) != want:
@@ -144,4 +152,4 @@ class Signature:
             raise BNSError(
                 f"outputs must be [sample] or [sample, image] (with a decoder), got {[o.name for o in outs]}"
             )
-        return cls(ins[0], tuple(ins[1:]), guidance, outs)
+        return cls(ins[0], tuple(ins[1:]), guidance, outs, table)

@@ -387,6 +387,9 @@ def check_manifest(m: dict) -> None:
     for key in ("model_file", "solver_file"):
         if m[key] not in files:
             raise BNSError(f"{key} {m[key]!r} is not among the hashed files")
+    for entry in Manifest.from_json(m).tables:
+        if plain_name(entry.file, "table file") not in files:
+            raise BNSError(f"table file {entry.file!r} is not among the hashed files")
 
 
 def _sizes(shape, key: str, spatial: bool = False) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,6 +35,45 @@ def ns_sample(u: Velocity, t: Tensor, a: Tensor, b: Tensor, x0: Tensor, conditio
         for j in range(i + 1):
             x = x + coef(b[i, j]) * us[j]
     return x
+
+
+def padded_tables(tables: list[NSSolver], steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """K tables of n_k <= `steps` NFE as arrays (K, steps), (K, steps), (K, steps, steps) and their NFEs (K,): row
+    i >= n_k repeats row n_k - 1 (b beyond column n_k - 1 zero), so extra steps give x_n again and a batch that mixes
+    tables runs its largest NFE with every sample's own result."""
+    t, a = np.zeros((len(tables), steps)), np.zeros((len(tables), steps))
+    b = np.zeros((len(tables), steps, steps))
+    for k, table in enumerate(tables):
+        n = table.nfe
+        t[k, :n], t[k, n:] = table.t, table.t[-1]
+        a[k, :n], a[k, n:] = table.a, table.a[-1]
+        b[k, :n, :n], b[k, n:, :n] = table.b, table.b[-1]
+    return t, a, b, np.array([table.nfe for table in tables], dtype=np.int64)
+
+
+def ns_loop(u: Velocity, t: Tensor, a: Tensor, b: Tensor, n: Tensor, x0: Tensor, condition: Tensor | None = None) -> Tensor:
+    """`ns_sample`'s recurrence x_{i+1} = a_i x_0 + sum_{j<=i} b_ij u(x_j, t_j) as one `while_loop` of n steps
+    whose body calls u once: per-sample padded tables t, a (B, M), b (B, M, M) (`padded_tables`), n a 0-d
+    tensor <= M.  The velocities live in a (M, B, ...) buffer, zero until written, so row i of b sums over it
+    whole; exported, the network is stored once inside an ONNX Loop and the tables and n are data."""
+    from torch._higher_order_ops.while_loop import while_loop
+
+    steps = t.shape[1]
+    per_sample = (-1,) + (1,) * (x0.ndim - 1)
+    slot = torch.arange(steps, device=x0.device).reshape((steps,) + (1,) * x0.ndim)
+
+    def more(i: Tensor, x: Tensor, us: Tensor) -> Tensor:
+        return i < n
+
+    def step(i: Tensor, x: Tensor, us: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        at = i.reshape(1)
+        us = torch.where(slot == i, u(x, t.index_select(1, at).reshape(-1), condition).unsqueeze(0), us)
+        row = b.index_select(1, at).reshape(-1, steps).transpose(0, 1).reshape((steps, *per_sample))
+        return i + 1, a.index_select(1, at).reshape(per_sample) * x0 + (row * us).sum(0), us
+
+    start = torch.zeros((), dtype=torch.long, device=x0.device)
+    us = torch.zeros((steps, *x0.shape), dtype=x0.dtype, device=x0.device)
+    return while_loop(more, step, (start, x0.clone(), us))[1]  # x0 is also read inside: carried as a copy
 
 
 def recomputed(u: Velocity) -> Velocity:

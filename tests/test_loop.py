@@ -1,0 +1,120 @@
+"""The loop format (onnx-loop): one graph holds the network once inside an ONNX Loop and serves several solver
+tables and NFEs, chosen per sample by its `table` input; every table matches its own eager sampler, a batch may
+mix them, and an index the graph does not hold is refused by the runtime and by the graph itself."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from cliresult import one_line_error, run
+
+from bns_export.compile.build import compile_artifact
+from bns_export.errors import BNSError
+from bns_export.loaders import ModelOptions, ModelSpec, load_model
+from bns_export.runtime import load
+from bns_export.solvers import parse_spec, resolve_solver, sample
+
+GUIDANCE = 2.0
+
+
+@pytest.fixture(scope="module")
+def tables():
+    field = load_model(ModelSpec("digits-text", ModelOptions()), guidance=GUIDANCE)
+    return field, [resolve_solver(parse_spec("dpm++2m"), field, 4), resolve_solver(parse_spec("euler:uniform"), field, 2)]
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory, tables):
+    out = tmp_path_factory.mktemp("loop") / "text"
+    _, solvers = tables
+    compile_artifact(
+        "digits-text", solvers, "onnx-loop", out, guidance=GUIDANCE, max_batch=3, max_nfe=5, log=lambda m: None
+    )
+    return out
+
+
+def test_each_table_and_a_mixed_batch_match_their_eager_samplers(art, tables):
+    field, solvers = tables
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["format"] == "onnx-loop" and manifest["nfe"] == 5
+    assert [(t["file"], t["nfe"]) for t in manifest["tables"]] == [("solver.json", 4), ("solver-1.json", 2)]
+    assert manifest["validation"]["passed"]
+    cases = {c["case"] for c in manifest["validation"]["cases"]}
+    assert {"batch 3, table 1 euler:uniform (NFE 2)", "batch 3, tables mixed"} <= cases
+    runner = load(art)
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn((3, *field.sample_shape), generator=g)
+    cond = field.cond_set[torch.tensor([0, 5, 9])].float()
+    cond[-1] = field.null_cond
+    for table in ([0, 0, 0], [1, 1, 1], [1, 0, 1]):
+        want = torch.stack([sample(field, solvers[k], noise[i : i + 1], cond[i : i + 1])[0] for i, k in enumerate(table)])
+        got = runner(noise.numpy(), cond.numpy(), table=np.array(table))
+        assert np.abs(got - want.numpy()).max() < 1e-4, table
+    assert np.array_equal(runner(noise, cond).numpy(), runner(noise, cond, table=0).numpy())  # table 0 unless told
+
+
+def test_the_weights_are_stored_once_inside_the_loop(art):
+    graph = json.loads((art / "manifest.json").read_text())["graph"]
+    assert graph["initializer_ratio"] < 1.1 and graph["weight_bytes"] <= graph["module_bytes"]
+    model = onnx.load(str(art / "model.onnx"))
+    loops = [n for n in model.graph.node if n.op_type == "Loop"]
+    assert len(loops) == 1 and not any(n.op_type == "Conv" for n in model.graph.node)  # the network is in the body
+    body = loops[0].attribute[0].g
+    assert sum(n.op_type == "Conv" for n in body.node) > 0
+
+
+@pytest.mark.parametrize(
+    "table, needle",
+    [(2, "table must be in 0..1"), (-1, "table must be in 0..1"), ([0.5, 0, 0], "must be integers"), ([0, 1], "shape")],
+)
+def test_a_table_the_artifact_lacks_is_one_line(art, table, needle):
+    runner = load(art)
+    noise = np.zeros((3, *runner.sample_shape), np.float32)
+    cond = np.zeros((3, *runner.cond_shape), np.float32)
+    with pytest.raises(BNSError, match=needle):
+        runner(noise, cond, table=table)
+
+
+def test_the_graph_itself_refuses_a_table_it_lacks(art):
+    """Where no bns-export runtime checks the inputs (Triton's ONNX Runtime backend)."""
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(art / "model.onnx"), providers=["CPUExecutionProvider"])
+    runner = load(art)
+    feed = {
+        "noise": np.zeros((2, *runner.sample_shape), np.float32),
+        "cond": np.zeros((2, *runner.cond_shape), np.float32),
+    }
+    assert session.run(None, {**feed, "table": np.array([0, 1])})[0].shape[0] == 2
+    for bad in ([0, -1], [2, 0]):
+        with pytest.raises(Exception, match="table must index one of the artifact's 2 tables"):
+            session.run(None, {**feed, "table": np.array(bad)})
+
+
+def test_a_triton_repository_serves_every_table_from_one_model(art, tmp_path):
+    mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient (test-only) is not installed")
+    text_format = pytest.importorskip("google.protobuf.text_format")
+    code, out, err = run("triton", art, "--repo", tmp_path / "repo", "--name", "text", "--cpu")
+    assert code == 0, err
+    cfg = text_format.Parse((tmp_path / "repo" / "text" / "config.pbtxt").read_text(), mc.ModelConfig())
+    inputs = {i.name: i for i in cfg.input}
+    assert list(inputs) == ["noise", "cond", "table"] and inputs["table"].data_type == mc.TYPE_INT64
+    assert list(inputs["table"].dims) == [1] and list(inputs["table"].reshape.shape) == []
+
+
+def test_several_tables_need_the_loop_format(tmp_path):
+    one_line_error(*run("compile", "-m", "digits", "-s", "euler", "-s", "heun", "-o", tmp_path / "a"), "onnx-loop")
+    args = ("compile", "-m", "digits", "-s", "euler", "-s", "heun", "--nfe", "4", "--format", "onnx-loop")
+    one_line_error(*run(*args, "--max-nfe", "3", "-o", tmp_path / "b"), "below the largest table's NFE 4")
+    one_line_error(*run("compile", "-m", "digits", "-s", "euler", "--max-nfe", "3", "-o", tmp_path / "c"), "onnx-loop")
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_unrolled_artifact_takes_no_table(tmp_path):
+    out = tmp_path / "gmm"
+    compile_artifact("analytic:gmm", "euler", "onnx", out, nfe=2, max_batch=2, log=lambda m: None)
+    with pytest.raises(BNSError, match="bakes one solver table"):
+        load(out)(np.zeros((1, *load(out).sample_shape), np.float32), table=0)
