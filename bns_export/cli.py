@@ -588,7 +588,10 @@ def sample_cmd(
 )
 @click.option("--nfe", type=NFE, default=None, help="NFE for a baseline (default 8); checked against a file.")
 @click.option(
-    "--max-nfe", type=Integer(1, 1024), default=None, help="onnx-loop: the most steps a table may take (default: the largest)."
+    "--max-nfe",
+    type=Integer(1, 1024),
+    default=None,
+    help="onnx-loop: the most steps a table may take (default: the largest).",
 )
 @click.option("--format", "fmt", default=DEFAULT_FORMAT, show_default=True, help=f"{' | '.join(BACKENDS)}.")
 @click.option("--fp16", is_flag=True, help="Run the network in fp16 (inputs, outputs and solver stay fp32).")

@@ -24,7 +24,10 @@ GUIDANCE = 2.0
 @pytest.fixture(scope="module")
 def tables():
     field = load_model(ModelSpec("digits-text", ModelOptions()), guidance=GUIDANCE)
-    return field, [resolve_solver(parse_spec("dpm++2m"), field, 4), resolve_solver(parse_spec("euler:uniform"), field, 2)]
+    return field, [
+        resolve_solver(parse_spec("dpm++2m"), field, 4),
+        resolve_solver(parse_spec("euler:uniform"), field, 2),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,9 @@ def test_each_table_and_a_mixed_batch_match_their_eager_samplers(art, tables):
     cond = field.cond_set[torch.tensor([0, 5, 9])].float()
     cond[-1] = field.null_cond
     for table in ([0, 0, 0], [1, 1, 1], [1, 0, 1]):
-        want = torch.stack([sample(field, solvers[k], noise[i : i + 1], cond[i : i + 1])[0] for i, k in enumerate(table)])
+        want = torch.stack(
+            [sample(field, solvers[k], noise[i : i + 1], cond[i : i + 1])[0] for i, k in enumerate(table)]
+        )
         got = runner(noise.numpy(), cond.numpy(), table=np.array(table))
         assert np.abs(got - want.numpy()).max() < 1e-4, table
     assert np.array_equal(runner(noise, cond).numpy(), runner(noise, cond, table=0).numpy())  # table 0 unless told
@@ -65,6 +70,8 @@ def test_the_weights_are_stored_once_inside_the_loop(art):
     assert len(loops) == 1 and not any(n.op_type == "Conv" for n in model.graph.node)  # the network is in the body
     body = loops[0].attribute[0].g
     assert sum(n.op_type == "Conv" for n in body.node) > 0
+    trt = json.loads((art / "manifest.json").read_text())["validation"]["tensorrt_support"]
+    assert {"Loop", "Conv"} <= set(trt["ops"])  # the parser check walks the loop's body
 
 
 @pytest.mark.parametrize(
@@ -118,3 +125,52 @@ def test_an_unrolled_artifact_takes_no_table(tmp_path):
     compile_artifact("analytic:gmm", "euler", "onnx", out, nfe=2, max_batch=2, log=lambda m: None)
     with pytest.raises(BNSError, match="bakes one solver table"):
         load(out)(np.zeros((1, *load(out).sample_shape), np.float32), table=0)
+
+
+def test_the_server_takes_the_table_input(art):
+    pytest.importorskip("uvicorn", reason="uvicorn (the serve extra) is not installed")
+    from httpclient import serving
+
+    runner = load(art)
+    noise = np.random.default_rng(0).standard_normal((1, *runner.sample_shape)).astype(np.float32)
+    cond = np.random.default_rng(1).standard_normal((1, *runner.cond_shape)).astype(np.float32)
+    with serving(art) as srv:
+        code, answer = srv.infer("text", {"noise": noise, "cond": cond, "table": np.array([1])}, binary=False)
+        assert code == 200 and np.allclose(answer["sample"], runner(noise, cond, table=1), atol=1e-5)
+        code, answer = srv.infer("text", {"noise": noise, "cond": cond, "table": np.array([7])})
+        assert code == 400 and "table must be in 0..1" in answer["error"]
+
+
+def test_a_fine_tune_refits_into_the_loop_graph_for_every_table(art, tables, tmp_path, monkeypatch):
+    """refit puts new weights into the one graph; each table then samples what its eager sampler of the new
+    weights samples."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from bns_export.loaders.shipped import models_dir
+
+    root = tmp_path / "models"
+    root.mkdir()
+    shutil.copy(models_dir() / "unet.py", root / "unet.py")
+    shutil.copytree(models_dir() / "digits-text", root / "digits-text")
+    tuned = shutil.copytree(models_dir() / "digits-text", root / "digits-text-ft")
+    weights = load_file(str(tuned / "weights.safetensors"))
+    g = torch.Generator().manual_seed(1)
+    save_file(
+        {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in weights.items()},
+        str(tuned / "weights.safetensors"),
+    )
+    monkeypatch.setenv("BNS_EXPORT_MODELS", str(root))
+    code, _, err = run("refit", art, "-m", "digits-text-ft", "-o", tmp_path / "refit")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "refit" / "manifest.json").read_text())
+    assert manifest["validation"]["passed"] and [t["nfe"] for t in manifest["tables"]] == [4, 2]
+    field = load_model(ModelSpec("digits-text-ft", ModelOptions()), guidance=GUIDANCE)
+    noise = torch.randn((2, *field.sample_shape), generator=g)
+    cond = field.cond_set[:2].float()
+    refitted = load(tmp_path / "refit")
+    for k, solver in enumerate(tables[1]):
+        want = sample(field, solver, noise, cond).numpy()
+        assert np.abs(refitted(noise.numpy(), cond.numpy(), table=k) - want).max() < 1e-4
+    assert np.abs(refitted(noise.numpy(), cond.numpy()) - load(art)(noise.numpy(), cond.numpy())).max() > 1e-3

@@ -74,6 +74,12 @@ PAGE = (
         "New weights into an existing graph, against compiling them; and whether the graph's table still fits them.",
     ),
     (
+        "One loop graph for several tables",
+        ["loop"],
+        "`--format onnx-loop`: the network once inside an ONNX Loop serving every table, against one unrolled "
+        "graph per table.",
+    ),
+    (
         "Segments",
         ["segments-digits-text"],
         "Tables for img2img at a strength and for a base + refiner split, against classic solvers on the same part "

@@ -45,6 +45,8 @@ class Backend:
     runs_native_code: bool = False
     #: the build keeps a timing cache across builds (--timing-cache)
     timing_cache: bool = False
+    #: `refit` replaces the graph's weights in place (ONNX initializers)
+    refittable: bool = False
     #: the graph runs the network once inside a loop over data tables, chosen per sample by its `table` input
     #: (compile.loop); else the one table is unrolled into n steps
     loop: bool = False
@@ -83,6 +85,7 @@ BACKENDS = {
         cpu_fallback=True,
         triton_platform="onnxruntime_onnx",
         triton_tensorrt_accelerator=True,
+        refittable=True,
     ),
     "onnx-loop": Backend(
         "onnx-loop",
@@ -92,6 +95,7 @@ BACKENDS = {
         ("low_memory",),  # ONNX Runtime's CUDA graphs take no Loop
         cpu_fallback=True,
         triton_platform="onnxruntime_onnx",
+        refittable=True,
         loop=True,
     ),
     "tensorrt": Backend(

@@ -24,6 +24,7 @@ from .base import (
     to_numpy,
 )
 from .onnx_guards import add_input_guards
+from .trt_support import all_nodes, check_tensorrt_support
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 512 << 20  # weights above this go to model.onnx.data (protobuf caps a file at 2 GB)
@@ -83,7 +84,7 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
     external = weight_bytes > EXTERNAL_DATA_BYTES
     onnx_program.save(str(path), external_data=external)
     model = onnx.load(str(path), load_external_data=False)
-    for node in all_nodes(onnx, model.graph):  # per-node stack traces and scopes: half the file, no use at run time
+    for node in all_nodes(model.graph):  # per-node stack traces and scopes: half the file, no use at run time
         del node.metadata_props[:]
         node.doc_string = ""
     del model.metadata_props[:]
@@ -101,15 +102,6 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
     stats["module_bytes"] = sum(t.numel() * t.element_size() for t in (*sampler.parameters(), *sampler.buffers()))
     stats["initializer_ratio"] = round(stats["initializer_bytes"] / max(1, stats["module_bytes"]), 4)
     return stats
-
-
-def all_nodes(onnx, graph):
-    """Every node of `graph` and of the subgraphs its nodes hold (a Loop's body), depth first."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from all_nodes(onnx, attr.g)
 
 
 def optimize_linear(model) -> None:
@@ -256,8 +248,6 @@ def tensorrt_ep_defaults(manifest: Manifest) -> dict:
 
 def validation_extras(folder: Path, manifest: Manifest) -> dict:
     """The ops and dtypes of the graph that TensorRT's ONNX parser would refuse (no TensorRT needed)."""
-    from .trt_support import check_tensorrt_support
-
     model = import_onnx().load(str(folder / manifest.model_file), load_external_data=False)
     return {"tensorrt_support": check_tensorrt_support(model)}
 

@@ -26,16 +26,27 @@ Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 SUPPORTED_DTYPES = {1: "FLOAT", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FLOAT16", 16: "BFLOAT16"}
 
 
+def all_nodes(graph):
+    """Every node of an onnx GraphProto and of the subgraphs its nodes hold (a Loop's body), depth first."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from all_nodes(attr.g)
+
+
 def check_tensorrt_support(model) -> dict:
-    """Ops and tensor dtypes of an onnx.ModelProto that TensorRT's ONNX parser would not take."""
-    ops = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")})
-    foreign = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    """Ops and tensor dtypes of an onnx.ModelProto (subgraphs included) that TensorRT's ONNX parser would not
+    take."""
+    nodes = list(all_nodes(model.graph))
+    ops = sorted({n.op_type for n in nodes if n.domain in ("", "ai.onnx")})
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in nodes if n.domain not in ("", "ai.onnx")})
     bad_ops = [op for op in ops if op not in SUPPORTED_OPS] + foreign
     dtypes = set()
     for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         dtypes.add(vi.type.tensor_type.elem_type)
     dtypes.update(t.data_type for t in model.graph.initializer)
-    for n in model.graph.node:
+    for n in nodes:
         for a in n.attribute:
             if a.name == "to" and n.op_type == "Cast":
                 dtypes.add(a.i)

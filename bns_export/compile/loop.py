@@ -58,7 +58,11 @@ class LoopSampler(UnrolledSampler):
         return self.sample(noise, self.condition_of(inputs), None, table)
 
     def sample(
-        self, noise: Tensor, condition: Tensor | None = None, guidance: Tensor | None = None, table: Tensor | None = None
+        self,
+        noise: Tensor,
+        condition: Tensor | None = None,
+        guidance: Tensor | None = None,
+        table: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """`ns_loop` over each sample's table (None: table 0), as many steps as the largest NFE among them."""
         if table is None:

@@ -80,7 +80,8 @@ class EagerRunner(Runner):
                 )
         #: one eager sampler per table: the baked one, or each table a loop artifact serves (ns_sample unrolled)
         self.samplers = [
-            UnrolledSampler(self.field, table, decoder=decoder).eval().float().to(device) for table in tables or [solver]
+            UnrolledSampler(self.field, table, decoder=decoder).eval().float().to(device)
+            for table in tables or [solver]
         ]
         self.sampler = self.samplers[0]
         #: cuda_graph: the eager sampler captured once per batch size and replayed (torch.cuda graphs)
@@ -258,7 +259,9 @@ def reference_outputs(
     # a family's graph takes guidance: the GT's (the field's scale) for the GT cases, then the whole range
     rng = reference.guidance_range
     w = None if rng is None else torch.full((n,), float(reference.field.guidance))
-    cases = [Case("batch 1", noise[:1], None if condition is None else condition[:1], None if w is None else w[:1], True)]
+    cases = [
+        Case("batch 1", noise[:1], None if condition is None else condition[:1], None if w is None else w[:1], True)
+    ]
     if n > 1:  # at max batch 1 the batch-n case is the batch-1 case: run once
         cases.append(Case(f"batch {n}", noise, condition, w, True))
     if condition is not None:
@@ -337,7 +340,9 @@ def validate_artifact(
     for case, ref in zip(cases, refs):
         out = case.run(runner)
         case_rows = rows_for(case.name, out, ref, int(case.noise.shape[0]))
-        if case.scored and x1 is not None:  # the ground truth is the ODE's solution: the sample (latents), not the image
+        if (
+            case.scored and x1 is not None
+        ):  # the ground truth is the ODE's solution: the sample (latents), not the image
             truth = x1[: case.noise.shape[0]]
             case_rows[0]["artifact_psnr_vs_gt"] = float(psnr_per_sample(out["sample"].cpu(), truth).mean())
             case_rows[0]["eager_psnr_vs_gt"] = float(psnr_per_sample(ref["sample"].cpu(), truth).mean())

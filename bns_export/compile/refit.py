@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..backends import BACKENDS, get_backend
 from ..backends.base import GRAPH_METADATA, graph_metadata_value
 from ..contract import Manifest
 from ..errors import BNSError
@@ -50,14 +51,15 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _built(spec: ModelSpec, manifest: Manifest, table) -> BuildInputs:
-    """The build inputs of `spec` at the artifact's traced guidance with its table (no identity check: a fine-tune
-    is another network by design)."""
+def _built(spec: ModelSpec, manifest: Manifest, table, tables: tuple = ()) -> BuildInputs:
+    """The build inputs of `spec` at the artifact's traced guidance with its table (a loop graph's: its tables; no
+    identity check: a fine-tune is another network by design)."""
     family = isinstance(table, SolverFamily)
     guidance = manifest.traced_guidance
     field = load_model(spec, guidance=guidance)
     decoder = load_decoder(spec.options.decoder, spec, field.sample_shape) if spec.options.decoder else None
-    return BuildInputs(spec, field, table, decoder, None if family else guidance)
+    steps = manifest.nfe if tables else None
+    return BuildInputs(spec, field, table, decoder, None if family else guidance, None, tables, steps)
 
 
 def _sources(base: dict[str, torch.Tensor], dtype: np.dtype) -> dict[str, list[tuple[str, str]]]:
@@ -145,17 +147,19 @@ def refit_artifact(
 
     artifact = Path(artifact)
     manifest = (policy or OpenPolicy.resolve()).open(artifact)
-    if manifest.format != "onnx":
+    if not get_backend(manifest.format).refittable:
+        refittable = ", ".join(b.name for b in BACKENDS.values() if b.refittable)
         raise BNSError(
-            f"refit takes ONNX artifacts; this one is {manifest.format} (compile the new model; a refittable "
+            f"refit takes {refittable} artifacts; this one is {manifest.format} (compile the new model; a refittable "
             "TensorRT engine is not written here)"
         )
     check_replaceable(Path(out), force)
     recorded = reference_spec(manifest, base, trust_model_spec=base is not None)
     new_spec = ModelSpec(model, replace(recorded.options, loras=tuple(loras)))
     table = load_solver(artifact / manifest.solver_file)
+    tables = tuple(load_solver(artifact / e.file) for e in manifest.tables)
     log(f"loading the base {recorded.model} and the new {model} ...")
-    base_built = _built(recorded, manifest, table)
+    base_built = _built(recorded, manifest, table, tables)
     if base_built.field.fingerprint() != manifest.model_fingerprint:
         raise BNSError(
             f"the base model {recorded.model} is not the one this artifact was built from (fingerprint "
@@ -163,7 +167,7 @@ def refit_artifact(
         )
     base_sd = reference_sampler(base_built).state_dict()
     del base_built
-    built = _built(new_spec, manifest, table)
+    built = _built(new_spec, manifest, table, tables)
     new_sampler = reference_sampler(built)
     new_sd = new_sampler.state_dict()
     graph_file = artifact / manifest.model_file
@@ -195,7 +199,8 @@ def refit_artifact(
     if built.decoder is not None:
         refitted["decoder"] = {**built.decoder.describe(), "fingerprint": built.decoder.fingerprint()}
     with staging_dir(Path(out), force=force) as tmp:
-        shutil.copy2(artifact / manifest.solver_file, tmp / manifest.solver_file)
+        for name in {manifest.solver_file, *(e.file for e in manifest.tables)}:
+            shutil.copy2(artifact / name, tmp / name)
         onnx.save(graph, str(tmp / manifest.model_file), save_as_external_data=bool(locations),
                   location=next(iter(locations)) if locations else None)  # fmt: skip
         del graph

@@ -51,7 +51,9 @@ def padded_tables(tables: list[NSSolver], steps: int) -> tuple[np.ndarray, np.nd
     return t, a, b, np.array([table.nfe for table in tables], dtype=np.int64)
 
 
-def ns_loop(u: Velocity, t: Tensor, a: Tensor, b: Tensor, n: Tensor, x0: Tensor, condition: Tensor | None = None) -> Tensor:
+def ns_loop(
+    u: Velocity, t: Tensor, a: Tensor, b: Tensor, n: Tensor, x0: Tensor, condition: Tensor | None = None
+) -> Tensor:
     """`ns_sample`'s recurrence x_{i+1} = a_i x_0 + sum_{j<=i} b_ij u(x_j, t_j) as one `while_loop` of n steps
     whose body calls u once: per-sample padded tables t, a (B, M), b (B, M, M) (`padded_tables`), n a 0-d
     tensor <= M.  The velocities live in a (M, B, ...) buffer, zero until written, so row i of b sums over it
