@@ -24,7 +24,7 @@ def artifact(tmp_path_factory):
 
 
 def test_one_table_names_every_backend_and_each_module_pairs_exporter_and_runner():
-    assert set(BACKENDS) == {"onnx", "onnx-loop", "tensorrt", "aoti"}
+    assert set(BACKENDS) == {"onnx", "onnx-loop", "tensorrt", "tensorrt-loop", "aoti"}
     for name, backend in BACKENDS.items():
         mod = importlib.import_module(f"bns_export.backends.{backend.module}")
         assert callable(mod.export) and callable(mod.open_runner) and callable(mod.check_available), name

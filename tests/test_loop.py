@@ -70,6 +70,8 @@ def test_the_weights_are_stored_once_inside_the_loop(art):
     assert len(loops) == 1 and not any(n.op_type == "Conv" for n in model.graph.node)  # the network is in the body
     body = loops[0].attribute[0].g
     assert sum(n.op_type == "Conv" for n in body.node) > 0
+    held = {i.name for i in body.initializer}  # the weights live in the body, where ONNX Runtime prepacks them
+    assert any(name.startswith("field.") for name in held) and not any(name.startswith("tables.") for name in held)
     trt = json.loads((art / "manifest.json").read_text())["validation"]["tensorrt_support"]
     assert {"Loop", "Conv"} <= set(trt["ops"])  # the parser check walks the loop's body
 
@@ -114,9 +116,11 @@ def test_a_triton_repository_serves_every_table_from_one_model(art, tmp_path):
 
 def test_several_tables_need_the_loop_format(tmp_path):
     one_line_error(*run("compile", "-m", "digits", "-s", "euler", "-s", "heun", "-o", tmp_path / "a"), "onnx-loop")
-    args = ("compile", "-m", "digits", "-s", "euler", "-s", "heun", "--nfe", "4", "--format", "onnx-loop")
-    one_line_error(*run(*args, "--max-nfe", "3", "-o", tmp_path / "b"), "below the largest table's NFE 4")
+    args = ("compile", "-m", "digits", "-s", "euler", "-s", "heun", "--nfe", "4")
+    one_line_error(*run(*args, "--format", "onnx-loop", "--max-nfe", "3", "-o", tmp_path / "b"), "below the largest")
     one_line_error(*run("compile", "-m", "digits", "-s", "euler", "--max-nfe", "3", "-o", tmp_path / "c"), "onnx-loop")
+    trt = run(*args, "--format", "tensorrt-loop", "-o", tmp_path / "d")  # an ILoop engine, where TensorRT is
+    one_line_error(*trt, "TensorRT", expected_code=3)  # installed (never here): exit 3, nothing written
     assert not any(tmp_path.iterdir())
 
 

@@ -109,6 +109,18 @@ BACKENDS = {
         runs_native_code=True,
         timing_cache=True,
     ),
+    "tensorrt-loop": Backend(
+        "tensorrt-loop",
+        "model.plan",
+        "tensorrt",
+        "TensorRT 10.x / 11.x on a CUDA GPU: one engine for several tables and NFEs (an ILoop)",
+        default_device="cuda",
+        triton_platform="tensorrt_plan",
+        triton_gpu=True,
+        runs_native_code=True,
+        timing_cache=True,
+        loop=True,
+    ),
     "aoti": Backend(
         "aoti",
         "model.pt2",

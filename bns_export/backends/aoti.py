@@ -68,7 +68,7 @@ class AotiRunner(Runner):
         import torch
 
         x = torch.as_tensor(noise, dtype=torch.float32).to(self.device)
-        args = [x, *self.condition_args(condition, self.device, guidance)]
+        args = [x, *self.condition_args(condition, self.device, guidance, table)]
         with self._lock, torch.no_grad():
             out = self._call(*args)
         return dict(zip(self.output_names, out if isinstance(out, (list, tuple)) else (out,)))

@@ -373,10 +373,14 @@ class Runner(ABC):
             return x.to(device=device, dtype=torch.float32)
         return torch.as_tensor(to_numpy(x, np.float32)).to(device)
 
-    def condition_args(self, record: dict | None, device, guidance=None) -> list:
-        """The condition inputs (and a family's guidance) as torch tensors in the graph's input order (torch
-        backends)."""
+    def condition_args(self, record: dict | None, device, guidance=None, table=None) -> list:
+        """The condition inputs (and a family's guidance, a loop graph's table index) as torch tensors in the graph's
+        input order (torch backends)."""
+        import torch
+
         extra = [] if guidance is None else [self._float_tensor(guidance, device)]
+        if table is not None:
+            extra.append(torch.as_tensor(table, dtype=torch.long).to(device))
         tensors = self.condition_tensors(record, device) if record else {}
         return [tensors[n] for n in self.condition_names] + extra
 

@@ -24,7 +24,8 @@ from .base import (
     to_numpy,
 )
 from .onnx_guards import add_input_guards
-from .trt_support import all_nodes, check_tensorrt_support
+from .onnx_walk import all_initializers, all_nodes, hoist_into_loops
+from .trt_support import check_tensorrt_support
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 512 << 20  # weights above this go to model.onnx.data (protobuf caps a file at 2 GB)
@@ -92,6 +93,7 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, graph_metadata_value(value)
     add_input_guards(onnx, model, request.guidance_range, request.sizes, request.tables)
+    hoist_into_loops(model.graph)
     model.doc_string = "bns-export unrolled sampler: noise (+ labels) in, sample out"
     onnx.save(model, str(path))  # external data, if any, stays in place: only the graph file changes
     onnx.checker.check_model(str(path), full_check=True)
@@ -170,7 +172,7 @@ def dedupe_initializers(model) -> int:
 def graph_stats(model, external: bool = False) -> dict:
     """Node and initializer counts; `weight_*` counts only initializers named after the network's and the
     decoder's parameters and buffers."""
-    inits = list(model.graph.initializer)
+    inits = list(all_initializers(model.graph))
 
     def nbytes(t) -> int:
         return int(np.prod(t.dims)) * {1: 4, 10: 2, 7: 8, 6: 4, 11: 8, 9: 1}.get(t.data_type, 4)

@@ -117,7 +117,7 @@ class TensorRTRunner(Runner):
         with self._lock, torch.cuda.device(x.device):
             self.context.set_input_shape("noise", tuple(x.shape))
             self.context.set_tensor_address("noise", x.data_ptr())
-            conds = [c.contiguous() for c in self.condition_args(condition, self.device, guidance)]
+            conds = [c.contiguous() for c in self.condition_args(condition, self.device, guidance, table)]
             for name, c in zip(self.input_names[1:], conds):
                 self.context.set_input_shape(name, tuple(c.shape))
                 self.context.set_tensor_address(name, c.data_ptr())

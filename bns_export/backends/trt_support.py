@@ -6,6 +6,8 @@ supported), plus operators that 8.5-10.x added.  An op not listed is reported, n
 
 from __future__ import annotations
 
+from .onnx_walk import all_initializers, all_nodes
+
 SUPPORTED_OPS = frozenset(
     """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast CastLike Ceil Celu
@@ -26,15 +28,6 @@ Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 SUPPORTED_DTYPES = {1: "FLOAT", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FLOAT16", 16: "BFLOAT16"}
 
 
-def all_nodes(graph):
-    """Every node of an onnx GraphProto and of the subgraphs its nodes hold (a Loop's body), depth first."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from all_nodes(attr.g)
-
-
 def check_tensorrt_support(model) -> dict:
     """Ops and tensor dtypes of an onnx.ModelProto (subgraphs included) that TensorRT's ONNX parser would not
     take."""
@@ -45,7 +38,7 @@ def check_tensorrt_support(model) -> dict:
     dtypes = set()
     for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         dtypes.add(vi.type.tensor_type.elem_type)
-    dtypes.update(t.data_type for t in model.graph.initializer)
+    dtypes.update(t.data_type for t in all_initializers(model.graph))
     for n in nodes:
         for a in n.attribute:
             if a.name == "to" and n.op_type == "Cast":

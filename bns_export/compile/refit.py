@@ -27,6 +27,7 @@ import torch
 from .. import __version__
 from ..backends import BACKENDS, get_backend
 from ..backends.base import GRAPH_METADATA, graph_metadata_value
+from ..backends.onnx_walk import all_initializers
 from ..contract import Manifest
 from ..errors import BNSError
 from ..loaders import ModelSpec, load_model
@@ -94,7 +95,7 @@ def map_weights(graph, base: dict[str, torch.Tensor], new: dict[str, torch.Tenso
             )
     indexes: dict = {}
     out, held = {}, set()
-    for init in graph.initializer:
+    for init in all_initializers(graph):
         arr = numpy_helper.to_array(init)
         if arr.dtype.kind != "f":
             continue
@@ -172,7 +173,7 @@ def refit_artifact(
     new_sd = new_sampler.state_dict()
     graph_file = artifact / manifest.model_file
     outline = onnx.load(str(graph_file), load_external_data=False)  # where its weights live, before loading them
-    locations = {e.value for init in outline.graph.initializer for e in init.external_data if e.key == "location"}
+    locations = {e.value for init in all_initializers(outline.graph) for e in init.external_data if e.key == "location"}
     del outline
     graph = onnx.load(str(graph_file), load_external_data=True)
     values = map_weights(graph.graph, base_sd, new_sd)
@@ -180,9 +181,9 @@ def refit_artifact(
     log(f"refitting {len(values)} initializers ...")
     from onnx import numpy_helper
 
-    for i, init in enumerate(graph.graph.initializer):
+    for init in all_initializers(graph.graph):  # a loop graph keeps the network's weights in its body
         if init.name in values:
-            graph.graph.initializer[i].CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+            init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
     fields = {
         "model_fingerprint": built.field.fingerprint(),
         "model": built.field.describe(),
