@@ -674,25 +674,36 @@ def compile_cmd(
 @main.command("refit")
 @handle_errors
 @click.argument("artifact", type=click.Path())
-@click.option("--model", "-m", required=True, help="The new weights: a fine-tune of the artifact's model.")
+@click.option("--model", "-m", default=None, help="The new weights: a fine-tune of the artifact's model.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="The new artifact's folder.")
 @click.option("--lora", "loras", multiple=True, help="A LoRA file fused into the new weights, FILE[:SCALE].")
+@click.option(
+    "--solver",
+    "-s",
+    "solvers",
+    multiple=True,
+    help=f"An onnx-loop artifact's new tables, in index order, replacing its own: {SOLVER_HELP}",
+)
+@click.option("--nfe", type=NFE, default=None, help="NFE for classic solvers among --solver (default 8).")
 @click.option("--base", default=None, help="The model the artifact was built from (default: its manifest's).")
 @click.option("--min-psnr", type=GATE, default=None, help="Parity gate in dB (default 60).")
 @click.option("--force", is_flag=True, help="Replace --out even when it is not an artifact.")
 @device_option
 @trust_options
-def refit_cmd(artifact, model, out, loras, base, min_psnr, force, device, policy) -> None:
-    """Put a fine-tune's weights (or the base with LoRAs fused) into an ONNX artifact's graph, validated."""
+def refit_cmd(artifact, model, out, loras, solvers, nfe, base, min_psnr, force, device, policy) -> None:
+    """Put a fine-tune's weights (or the base with LoRAs fused) into an ONNX artifact's graph, and new tables into a
+    loop graph, validated."""
     from .compile.refit import refit_artifact
     from .devices import resolve_device
 
     manifest = refit_artifact(
-        artifact, model, out, loras=loras, base=base, min_psnr=min_psnr, device=resolve_device(device), force=force,
-        policy=policy, log=lambda m: click.echo(m, err=True),
+        artifact, model, out, loras=loras, base=base, solvers=solvers, nfe=nfe, min_psnr=min_psnr,
+        device=resolve_device(device), force=force, policy=policy, log=lambda m: click.echo(m, err=True),
     )  # fmt: skip
     v = manifest["validation"]
-    click.echo(f"wrote {out}: {artifact}'s graph with {model}'s weights, parity min {v['psnr_min']:.1f} dB")
+    what = [f"{model}'s weights"] if model else []
+    what += [f"tables {', '.join(t['name'] for t in manifest['tables'])}"] if solvers else []
+    click.echo(f"wrote {out}: {artifact}'s graph with {' and '.join(what)}, parity min {v['psnr_min']:.1f} dB")
 
 
 @main.command("validate")

@@ -99,7 +99,7 @@ def test_the_graph_itself_refuses_a_table_it_lacks(art):
     }
     assert session.run(None, {**feed, "table": np.array([0, 1])})[0].shape[0] == 2
     for bad in ([0, -1], [2, 0]):
-        with pytest.raises(Exception, match="table must index one of the artifact's 2 tables"):
+        with pytest.raises(Exception, match="table must index one of the artifact's tables"):
             session.run(None, {**feed, "table": np.array(bad)})
 
 
@@ -178,3 +178,34 @@ def test_a_fine_tune_refits_into_the_loop_graph_for_every_table(art, tables, tmp
         want = sample(field, solver, noise, cond).numpy()
         assert np.abs(refitted(noise.numpy(), cond.numpy(), table=k) - want).max() < 1e-4
     assert np.abs(refitted(noise.numpy(), cond.numpy()) - load(art)(noise.numpy(), cond.numpy())).max() > 1e-3
+
+
+def test_new_tables_replace_the_old_without_another_export(art, tables, tmp_path):
+    """refit --solver: other tables (here one, of another NFE) in the same graph; the guard counts them anew."""
+    field, _ = tables
+    out = tmp_path / "retabled"
+    code, stdout, err = run("refit", art, "-s", "heun:uniform", "--nfe", 4, "-o", out)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(t["name"], t["nfe"]) for t in manifest["tables"]] == [("heun:uniform", 4)] and manifest["nfe"] == 5
+    assert manifest["validation"]["passed"] and "refit_from" not in manifest
+    runner = load(out)
+    noise = torch.randn((2, *field.sample_shape), generator=torch.Generator().manual_seed(5))
+    cond = field.cond_set[:2].float()
+    want = sample(field, resolve_solver(parse_spec("heun:uniform"), field, 4), noise, cond).numpy()
+    assert np.abs(runner(noise.numpy(), cond.numpy()) - want).max() < 1e-4
+    with pytest.raises(BNSError, match="table must be in 0..0"):
+        runner(noise.numpy(), cond.numpy(), table=1)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="table must index one of the artifact's tables"):
+        session.run(None, {"noise": noise.numpy(), "cond": cond.numpy(), "table": np.array([0, 1])})
+    one_line_error(*run("refit", art, "-s", "euler", "--nfe", 6, "-o", tmp_path / "x"), "above this graph's maximum 5")
+    assert not (tmp_path / "x").exists()
+
+
+def test_new_tables_need_a_loop_artifact(tmp_path):
+    out = tmp_path / "gmm"
+    compile_artifact("analytic:gmm", "euler", "onnx", out, nfe=2, max_batch=2, log=lambda m: None)
+    one_line_error(*run("refit", out, "-s", "heun", "-o", tmp_path / "x"), "loop graph")
+    one_line_error(*run("refit", out, "-o", tmp_path / "y"), "needs new weights")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import Manifest
+from ..contract import TABLE_INITIALIZERS, Manifest
 from ..devicespec import cuda_index, is_cuda
 from ..errors import EXIT_MISSING_BACKEND, BNSError
 from .base import (
@@ -92,6 +92,10 @@ def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:
     for key, value in request.metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, graph_metadata_value(value)
+    if request.tables:
+        held = {init.name for init in model.graph.initializer}
+        if not set(TABLE_INITIALIZERS.values()) <= held:
+            raise BNSError("the loop graph lost its table initializers in the export (a bns-export bug)")
     add_input_guards(onnx, model, request.guidance_range, request.sizes, request.tables)
     hoist_into_loops(model.graph)
     model.doc_string = "bns-export unrolled sampler: noise (+ labels) in, sample out"
@@ -156,7 +160,7 @@ def dedupe_initializers(model) -> int:
     removed = 0
     for name, value in list(model.graph.initializers.items()):
         const = value.const_value
-        if const is None:
+        if const is None or name in TABLE_INITIALIZERS.values():  # a loop graph's tables: replaceable by name
             continue
         data = const.numpy()
         key = (str(value.dtype), tuple(data.shape), hashlib.sha256(data.tobytes()).hexdigest())

@@ -11,13 +11,13 @@ the guard is never pruned.
 
 from __future__ import annotations
 
-from ..contract import GUIDANCE_INPUT, TABLE_INPUT
+from ..contract import GUIDANCE_INPUT, TABLE_INITIALIZERS, TABLE_INPUT
 from ..sizes import SizeSet
 
 #: the node names of the guards: what a refusal in Triton's log says
 GUIDANCE_GUARD = "bns_guard: guidance must be finite and within the distilled range {lo:g}..{hi:g}"
 SIZE_GUARD = "bns_guard: noise size must be one this artifact was declared for: {sizes}"
-TABLE_GUARD = "bns_guard: table must index one of the artifact's {count} tables, 0..{last}"
+TABLE_GUARD = "bns_guard: table must index one of the artifact's tables (0..K-1 for the K tables it holds)"
 
 
 class _Builder:
@@ -43,10 +43,12 @@ class _Builder:
 
 
 def _outside(b: _Builder, value: str, lo, hi, dtype) -> str:
-    """1 when any element of `value` is outside [lo, hi] (or NaN, for floats), else 0 (int64 scalar)."""
+    """1 when any element of `value` is outside [lo, hi] (or NaN, for floats), else 0 (int64 scalar); `hi` a number
+    or the name of a graph value of `dtype`."""
     import numpy as np
 
-    out = b("Or", b("Less", value, b.const(lo, dtype)), b("Greater", value, b.const(hi, dtype)))
+    top = hi if isinstance(hi, str) else b.const(hi, dtype)
+    out = b("Or", b("Less", value, b.const(lo, dtype)), b("Greater", value, top))
     if np.dtype(dtype).kind == "f":
         out = b("Or", out, b("IsNaN", value))
     return b("ReduceMax", b("Cast", out, to=7), keepdims=0)
@@ -81,8 +83,8 @@ def _size_bad(b: _Builder, noise: str, rank: int, sizes: SizeSet) -> str:
 def add_input_guards(
     onnx, model, guidance_range: tuple[float, float] | None, sizes: SizeSet | None, tables: int = 0
 ) -> None:
-    """Append the guards a family's guidance, declared sizes and a loop graph's `tables` need (none for a graph
-    with none of them)."""
+    """Append the guards a family's guidance, declared sizes and a loop graph's tables (`tables`: how many) need
+    (none for a graph with none of them)."""
     import numpy as np
 
     if guidance_range is None and sizes is None and not tables:
@@ -93,9 +95,10 @@ def add_input_guards(
     if guidance_range is not None:
         lo, hi = guidance_range
         rules.append((GUIDANCE_GUARD.format(lo=lo, hi=hi), _outside(b, GUIDANCE_INPUT, lo, hi, np.float32)))
-    if tables:
-        rule = TABLE_GUARD.format(count=tables, last=tables - 1)
-        rules.append((rule, _outside(b, TABLE_INPUT, 0, tables - 1, np.int64)))
+    if tables:  # the count read from the tables themselves, so that new tables (refit --solver) keep it right
+        count = b("Squeeze", b("Shape", TABLE_INITIALIZERS["nfe"]), b.const([0], np.int64))
+        last = b("Sub", count, b.const(1, np.int64))
+        rules.append((TABLE_GUARD, _outside(b, TABLE_INPUT, 0, last, np.int64)))
     if sizes is not None:
         noise = graph.input[0]
         rank = len(noise.type.tensor_type.shape.dim)

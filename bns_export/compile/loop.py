@@ -2,7 +2,8 @@
 
 Where the unrolled sampler bakes one table into n copies of the step, this one takes `table` (B,) int64
 and runs `ns_loop` over the K tables padded to the declared maximum NFE, held as small initializers
-(`tables.t`, `tables.a`, `tables.b`, `tables.nfe`): one copy of the weights serves every table and NFE.
+(contract.TABLE_INITIALIZERS): one copy of the weights serves every table and NFE, and new tables replace them
+without another export (`refit --solver`).
 """
 
 from __future__ import annotations
@@ -10,22 +11,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..contract import TABLE_INPUT
+from ..contract import TABLE_INITIALIZERS, TABLE_INPUT
 from ..errors import BNSError
 from ..solvers.sampler import ns_loop, padded_tables
 from ..solvers.table import NSSolver, SolverFamily
 from .unroll import UnrolledSampler
 
-#: the initializers holding the padded tables, by the role they play in ns_loop
-TABLE_BUFFERS = {"t": "tables.t", "a": "tables.a", "b": "tables.b", "nfe": "tables.nfe"}
-
 
 class Tables(nn.Module):
-    """K tables padded to `steps` NFE (`padded_tables`) as buffers: what a loop graph stores as initializers."""
+    """K tables padded to `steps` NFE (`padded_tables`) as buffers: held by LoopSampler as `tables`, they are the
+    graph's initializers contract.TABLE_INITIALIZERS names."""
 
     def __init__(self, tables: list[NSSolver], steps: int, dtype: torch.dtype, device) -> None:
         super().__init__()
-        for name, v in zip(("t", "a", "b", "nfe"), padded_tables(tables, steps)):
+        for name, v in zip(TABLE_INITIALIZERS, padded_tables(tables, steps)):
             v = torch.as_tensor(v, device=device)
             self.register_buffer(name, v if name == "nfe" else v.to(dtype))
 
@@ -67,7 +66,7 @@ class LoopSampler(UnrolledSampler):
         """`ns_loop` over each sample's table (None: table 0), as many steps as the largest NFE among them."""
         if table is None:
             table = torch.zeros(noise.shape[0], dtype=torch.long, device=noise.device)
-        tb = self.tables
-        t, a, b = tb.t[table], tb.a[table], tb.b[table]
-        x = ns_loop(self.field, t, a, b, tb.nfe[table].max(), self.field.start(noise), condition)
+        tb = self.tables  # index_select: a Gather on the initializers themselves, which keep their names
+        t, a, b, n = (v.index_select(0, table) for v in (tb.t, tb.a, tb.b, tb.nfe))
+        x = ns_loop(self.field, t, a, b, n.max(), self.field.start(noise), condition)
         return x if self.decoder is None else (x, self.decoder(x))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,12 +27,14 @@ from .. import __version__
 from ..backends import BACKENDS, get_backend
 from ..backends.base import GRAPH_METADATA, graph_metadata_value
 from ..backends.onnx_walk import all_initializers
-from ..contract import Manifest
+from ..contract import TABLE_INITIALIZERS, Manifest
 from ..errors import BNSError
 from ..loaders import ModelSpec, load_model
 from ..loaders.decoders import load_decoder
 from ..runtime.artifact import OpenPolicy, check_replaceable, staging_dir, write_manifest
-from ..solvers.table import SolverFamily, load_solver
+from ..solvers import parse_spec, resolve_solver, solver_guidance
+from ..solvers.sampler import padded_tables
+from ..solvers.table import NSSolver, SolverFamily, load_solver
 from .build import (
     BuildInputs,
     _validate_staged,
@@ -131,21 +132,26 @@ def map_weights(graph, base: dict[str, torch.Tensor], new: dict[str, torch.Tenso
 
 def refit_artifact(
     artifact: str | Path,
-    model: str,
+    model: str | None,
     out: str | Path,
     *,
     loras: tuple[str, ...] = (),
     base: str | None = None,
+    solvers: tuple = (),
+    nfe: int | None = None,
     min_psnr: float | None = None,
     device: str = "cpu",
     force: bool = False,
     policy: OpenPolicy | None = None,
     log=print,
 ) -> dict:
-    """Write `out`: the ONNX artifact's graph with `model`'s weights (see the module docstring); return its
-    manifest.  base: the model the artifact was built from (default: its manifest's model spec)."""
+    """Write `out`: the ONNX artifact's graph with `model`'s weights and, for a loop graph, the tables `solvers`
+    (solver files or classic solvers at `nfe`) in place of its own (see the module docstring); return its manifest.
+    base: the model the artifact was built from (default: its manifest's model spec)."""
     import onnx
 
+    if model is None and (loras or not solvers):
+        raise BNSError("refit needs new weights (-m, with any --lora), new tables (--solver), or both")
     artifact = Path(artifact)
     manifest = (policy or OpenPolicy.resolve()).open(artifact)
     if not get_backend(manifest.format).refittable:
@@ -154,58 +160,74 @@ def refit_artifact(
             f"refit takes {refittable} artifacts; this one is {manifest.format} (compile the new model; a refittable "
             "TensorRT engine is not written here)"
         )
+    if solvers and not manifest.tables:
+        raise BNSError("new tables go into a loop graph (compile --format onnx-loop); this artifact bakes its table")
     check_replaceable(Path(out), force)
     recorded = reference_spec(manifest, base, trust_model_spec=base is not None)
-    new_spec = ModelSpec(model, replace(recorded.options, loras=tuple(loras)))
     table = load_solver(artifact / manifest.solver_file)
     tables = tuple(load_solver(artifact / e.file) for e in manifest.tables)
-    log(f"loading the base {recorded.model} and the new {model} ...")
-    base_built = _built(recorded, manifest, table, tables)
-    if base_built.field.fingerprint() != manifest.model_fingerprint:
+    log(f"loading the base {recorded.model}" + ("" if model is None else f" and the new {model}") + " ...")
+    built = _built(recorded, manifest, table, tables)
+    if built.field.fingerprint() != manifest.model_fingerprint:
         raise BNSError(
             f"the base model {recorded.model} is not the one this artifact was built from (fingerprint "
-            f"{base_built.field.fingerprint()}, the artifact's {manifest.model_fingerprint}): pass --base"
+            f"{built.field.fingerprint()}, the artifact's {manifest.model_fingerprint}): pass --base"
         )
-    base_sd = reference_sampler(base_built).state_dict()
-    del base_built
-    built = _built(new_spec, manifest, table, tables)
+    if solvers:
+        tables = new_tables(solvers, built.field, manifest, nfe)
+        built = replace(built, solver=tables[0], tables=tables)
+    values = {}
+    if model is not None:
+        new_spec = ModelSpec(model, replace(recorded.options, loras=tuple(loras)))
+        base_sd = reference_sampler(built).state_dict()
+        built = _built(new_spec, manifest, built.solver, built.tables)
     new_sampler = reference_sampler(built)
-    new_sd = new_sampler.state_dict()
     graph_file = artifact / manifest.model_file
     outline = onnx.load(str(graph_file), load_external_data=False)  # where its weights live, before loading them
     locations = {e.value for init in all_initializers(outline.graph) for e in init.external_data if e.key == "location"}
     del outline
     graph = onnx.load(str(graph_file), load_external_data=True)
-    values = map_weights(graph.graph, base_sd, new_sd)
-    del base_sd
-    log(f"refitting {len(values)} initializers ...")
+    if model is not None:
+        values = map_weights(graph.graph, base_sd, new_sampler.state_dict())
+        del base_sd
+        log(f"refitting {len(values)} initializers ...")
+    if solvers:
+        log(f"replacing the tables: {', '.join(f'{t.name} ({t.nfe} NFE)' for t in tables)} ...")
+        values.update(table_values(tables, manifest.nfe))
     from onnx import numpy_helper
 
     for init in all_initializers(graph.graph):  # a loop graph keeps the network's weights in its body
         if init.name in values:
             init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+    request = export_request(built, manifest.max_batch, manifest.opt_batch or 1, "cpu", 2 << 30, None)
     fields = {
         "model_fingerprint": built.field.fingerprint(),
         "model": built.field.describe(),
-        "model_spec": new_spec.to_json(),
+        "model_spec": built.spec.to_json(),
         "tool_version": __version__,
     }
+    if solvers:
+        fields.update(
+            tables=[e.to_json() for e in built.table_entries],
+            solver_fingerprint=built.solver.fingerprint(),
+            solver_name=built.solver.name,
+            inputs=request.signature.to_json()[0],  # the table input's note names the tables
+        )
     for entry in graph.metadata_props:
         if entry.key in fields and entry.key in GRAPH_METADATA:
             entry.value = graph_metadata_value(fields[entry.key])
     refitted = {**manifest.to_json(), **fields}
     refitted["versions"] = library_versions()
     refitted["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    refitted["refit_from"] = manifest.model_fingerprint
+    if model is not None:
+        refitted["refit_from"] = manifest.model_fingerprint
     if built.decoder is not None:
         refitted["decoder"] = {**built.decoder.describe(), "fingerprint": built.decoder.fingerprint()}
     with staging_dir(Path(out), force=force) as tmp:
-        for name in {manifest.solver_file, *(e.file for e in manifest.tables)}:
-            shutil.copy2(artifact / name, tmp / name)
+        built.save_tables(tmp)
         onnx.save(graph, str(tmp / manifest.model_file), save_as_external_data=bool(locations),
                   location=next(iter(locations)) if locations else None)  # fmt: skip
         del graph
-        request = export_request(built, manifest.max_batch, manifest.opt_batch or 1, "cpu", 2 << 30, None)
         refitted["conformance"] = write_conformance(tmp, new_sampler, request)
         del new_sampler, built
         for key in ("validation", "files", "signature"):
@@ -213,3 +235,27 @@ def refit_artifact(
         refitted = write_manifest(tmp, refitted)
         refitted = _validate_staged(tmp, refitted, min_psnr, device, log)
     return refitted
+
+
+def new_tables(solvers: tuple, field, manifest: Manifest, nfe: int | None) -> tuple[NSSolver, ...]:
+    """The tables a loop graph is given instead of its own: checked against the model, within its maximum NFE, at
+    the one guidance scale it bakes."""
+    parsed = [parse_spec(s) for s in solvers]
+    for p in parsed:
+        w = solver_guidance(p)
+        if w is not None and w != manifest.guidance:
+            raise BNSError(f"{p.source} was distilled at guidance {w:g}; this graph bakes {manifest.guidance:g}")
+    tables = tuple(resolve_solver(p, field, None if p.is_file else nfe) for p in parsed)
+    for t in tables:
+        if t.nfe > manifest.nfe:
+            raise BNSError(
+                f"table {t.name} has {t.nfe} NFE, above this graph's maximum {manifest.nfe} (compile with --max-nfe)"
+            )
+    return tables
+
+
+def table_values(tables: tuple[NSSolver, ...], steps: int) -> dict[str, np.ndarray]:
+    """A loop graph's table initializers for `tables` padded to its `steps` (contract.TABLE_INITIALIZERS)."""
+    arrays = padded_tables(list(tables), steps)
+    dtypes = {"t": np.float32, "a": np.float32, "b": np.float32, "nfe": np.int64}
+    return {name: arrays[i].astype(dtypes[role]) for i, (role, name) in enumerate(TABLE_INITIALIZERS.items())}

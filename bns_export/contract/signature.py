@@ -18,6 +18,9 @@ from ..sizes import AXES, IMAGE_AXES
 GUIDANCE_INPUT = "guidance"
 #: a loop graph's input: (B,) int64, the index of each sample's solver table
 TABLE_INPUT = "table"
+#: a loop graph's tables, padded to its maximum NFE M, as the initializers that hold them: t (K, M), a (K, M) and
+#: b (K, M, M) float32, each table's NFE (K,) int64 (replaced by `refit --solver`)
+TABLE_INITIALIZERS = {"t": "tables.t", "a": "tables.a", "b": "tables.b", "nfe": "tables.nfe"}
 #: the label of the unconditional branch (the same value as bns_export.fields.NULL_LABEL)
 NULL_LABEL = -1
 #: the graph's outputs: the sample, and the image with a decoder in the graph
