@@ -29,8 +29,8 @@ def hoist_into_loops(graph) -> int:
     """Move each initializer that only a Loop's body reads into that body; returns how many moved.
 
     ONNX Runtime prepacks a graph's own constant initializers for its convolution and matrix kernels, but sees an
-    outer-scope value read inside a subgraph as an input of each iteration, whose kernels then repack it at every
-    step.  Each weight is still stored once."""
+    outer-scope value read inside a subgraph as an input of each iteration, which its kernels cannot take for a
+    constant.  Each weight is still stored once."""
     outer = {name for node in graph.node if node.op_type != "Loop" for name in node.input}
     outer |= {o.name for o in graph.output}
     moved = 0
