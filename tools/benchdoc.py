@@ -70,7 +70,7 @@ PAGE = (
     ("Distillation scale", ["distill-scale"], "What one distillation iteration holds and costs as the NFE grows."),
     (
         "Refit",
-        ["refit", "finetune"],
+        ["refit", "finetune", "finetune-lora"],
         "New weights into an existing graph, against compiling them; and whether the graph's table still fits them.",
     ),
     (
