@@ -117,7 +117,8 @@ def main() -> None:
         folder, lora, info = make_models(Path(tmp), args.base_steps, args.lora_steps, classes)
         print(info, flush=True)
         cond_set = str(Path(tmp) / "classes.safetensors")
-        specs = [ModelSpec(f"diffusers:{folder}", ModelOptions(cond_set=cond_set, loras=ls)) for ls in ((), (str(lora),))]
+        options = [ModelOptions(cond_set=cond_set, loras=ls) for ls in ((), (str(lora),))]
+        specs = [ModelSpec(f"diffusers:{folder}", o) for o in options]
         base, tuned = (load_model(spec, guidance=args.guidance) for spec in specs)
 
         def sets(field):
