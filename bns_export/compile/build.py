@@ -216,10 +216,11 @@ def load_build_inputs(
     takes it per sample; -w bakes the family's table at w).  loop: `solver` is a list of tables for one loop
     graph running up to `max_nfe` (default their largest NFE)."""
     specs = list(solver) if isinstance(solver, (list, tuple)) else [solver]
+    looped = " or ".join(f"--format {b.name}" for b in BACKENDS.values() if b.loop)
     if not specs or (len(specs) > 1 and not loop):
-        raise BNSError("several solver tables compile into one graph with --format onnx-loop; give one solver here")
+        raise BNSError(f"several solver tables compile into one graph with {looped}; give one solver here")
     if max_nfe is not None and not loop:
-        raise BNSError("--max-nfe applies to --format onnx-loop")
+        raise BNSError(f"--max-nfe applies to {looped}")
     spec = ModelSpec(model, options)
     parsed = [parse_spec(s) for s in specs]
     solver = parsed[0]
@@ -232,24 +233,25 @@ def load_build_inputs(
             raise BNSError(f"the tables were distilled at guidance {shown}: one graph bakes one scale (pass -w)")
         baked = scales[0] if scales else 1.0
     field = load_model(spec, guidance=baked)
+    tables: tuple[NSSolver, ...] = ()
     if loop:  # --nfe is the classic solvers' (a file states its own)
-        return _loop_inputs(spec, field, [resolve_solver(p, field, None if p.is_file else nfe) for p in parsed],
-                            options, baked, sizes, max_nfe)  # fmt: skip
-    ns = resolve_table(solver, field, nfe) if family else resolve_solver(solver, field, nfe)
+        tables = tuple(resolve_solver(p, field, None if p.is_file else nfe) for p in parsed)
+        ns = tables[0]
+    else:
+        ns = resolve_table(solver, field, nfe) if family else resolve_solver(solver, field, nfe)
     decoder = load_decoder(options.decoder, spec, field.sample_shape) if options.decoder else None
     size_set = None if sizes is None else declared_sizes(sizes, field, decoder)
-    return BuildInputs(spec, field, ns, decoder, None if family else baked, size_set)
+    steps = loop_steps(tables, max_nfe) if loop else None
+    return BuildInputs(spec, field, ns, decoder, None if family else baked, size_set, tables, steps)
 
 
-def _loop_inputs(spec, field, tables: list[NSSolver], options, guidance, sizes, max_nfe) -> BuildInputs:
-    """A loop graph's build inputs: its tables and the most steps it runs (`max_nfe`, at least the largest NFE)."""
+def loop_steps(tables: tuple[NSSolver, ...], max_nfe: int | None) -> int:
+    """The most steps a loop graph runs: `max_nfe` (--max-nfe), at least the largest table's NFE (the default)."""
     largest = max(t.nfe for t in tables)
     steps = largest if max_nfe is None else integer(max_nfe, "max_nfe", 1, MAX_NFE)
     if steps < largest:
         raise BNSError(f"--max-nfe {steps} is below the largest table's NFE {largest}")
-    decoder = load_decoder(options.decoder, spec, field.sample_shape) if options.decoder else None
-    size_set = None if sizes is None else declared_sizes(sizes, field, decoder)
-    return BuildInputs(spec, field, tables[0], decoder, guidance, size_set, tuple(tables), steps)
+    return steps
 
 
 def declared_sizes(text: str, field, decoder=None) -> SizeSet:

@@ -6,7 +6,8 @@
 
 const params = new URLSearchParams(location.search);
 const base = (params.get("artifact") ?? "artifact/").replace(/\/?$/, "/");
-const ortBase = (params.get("ort") ?? "node_modules/onnxruntime-web/dist/").replace(/\/?$/, "/");
+// an absolute URL: onnxruntime-web imports its WebAssembly loader from there, and a bare relative path is no module URL
+const ortBase = new URL((params.get("ort") ?? "node_modules/onnxruntime-web/dist/").replace(/\/?$/, "/"), location.href).href;
 const status = document.getElementById("status");
 
 class Refusal extends Error {}
