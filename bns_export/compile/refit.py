@@ -16,8 +16,9 @@ measures (docs/deployment.md).
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,47 +65,61 @@ def _built(spec: ModelSpec, manifest: Manifest, table, tables: tuple = ()) -> Bu
     return BuildInputs(spec, field, table, decoder, None if family else guidance, None, tables, steps)
 
 
-def _sources(base: dict[str, torch.Tensor], dtype: np.dtype) -> dict[str, list[tuple[str, str]]]:
-    """Where an initializer's bytes can come from: each base tensor (in the graph's dtype) as is, and 2-D ones
-    transposed, by digest."""
-    index: dict[str, list[tuple[str, str]]] = {}
-    for name, t in base.items():
-        a = t.detach().cpu().numpy().astype(dtype)
-        index.setdefault(_digest(a), []).append((name, IDENTITY))
-        if a.ndim == 2:
-            index.setdefault(_digest(a.T), []).append((name, TRANSPOSE))
-    return index
+@dataclass(frozen=True)
+class BaseIndex:
+    """What refit keeps of the base network's weights instead of the weights: their shapes, each one's digest as
+    it is, and, per graph dtype, where an initializer's bytes can come from (each weight as is, and 2-D ones
+    transposed, by digest), so that the base is freed before the graph's data is read."""
+
+    shapes: dict[str, tuple[int, ...]]
+    digests: dict[str, str]
+    sources: dict[np.dtype, dict[str, list[tuple[str, str]]]]
+
+    @classmethod
+    def of(cls, base: dict[str, torch.Tensor], dtypes: set[np.dtype]) -> BaseIndex:
+        sources: dict[np.dtype, dict[str, list[tuple[str, str]]]] = {d: {} for d in dtypes}
+        for name, t in base.items():
+            for dtype, index in sources.items():
+                a = t.detach().cpu().numpy().astype(dtype)
+                index.setdefault(_digest(a), []).append((name, IDENTITY))
+                if a.ndim == 2:
+                    index.setdefault(_digest(a.T), []).append((name, TRANSPOSE))
+        digests = {name: _digest(t.detach().cpu().numpy()) for name, t in base.items()}
+        return cls({name: tuple(t.shape) for name, t in base.items()}, digests, sources)
 
 
-def map_weights(graph, base: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Each initializer that holds a base weight -> its new value (same transform, the graph's dtype); one line for
-    an architecture that differs, a changed weight the graph does not hold in a followable form, or two weights
-    stored as one that now differ."""
+def float_dtypes(graph) -> set[np.dtype]:
+    """The numpy dtypes of a graph's floating-point initializers (read without their data)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    dtypes = {np.dtype(tensor_dtype_to_np_dtype(init.data_type)) for init in all_initializers(graph)}
+    return {d for d in dtypes if d.kind == "f"}
+
+
+def refit_weights(graph, base: BaseIndex, new: dict[str, torch.Tensor]) -> int:
+    """Write the new network's weights into each initializer that holds a base weight (same transform, the graph's
+    dtype), one at a time; return how many.  One line for an architecture that differs, a changed weight the graph
+    does not hold in a followable form, or two weights stored as one that now differ."""
     from onnx import numpy_helper
 
-    if sorted(base) != sorted(new):
-        extra, missing = sorted(set(new) - set(base)), sorted(set(base) - set(new))
+    if sorted(base.shapes) != sorted(new):
+        extra, missing = sorted(set(new) - set(base.shapes)), sorted(set(base.shapes) - set(new))
         raise BNSError(
             "the new model's architecture differs from the artifact's: "
             + (f"new tensors {', '.join(extra[:3])}" if extra else f"missing tensors {', '.join(missing[:3])}")
         )
-    for name in base:
-        if tuple(base[name].shape) != tuple(new[name].shape):
+    for name, shape in base.shapes.items():
+        if shape != tuple(new[name].shape):
             raise BNSError(
-                f"tensor {name} has shape {tuple(new[name].shape)} in the new model, {tuple(base[name].shape)} in the "
-                "artifact's: refit takes a fine-tune of the same architecture"
+                f"tensor {name} has shape {tuple(new[name].shape)} in the new model, {shape} in the artifact's: "
+                "refit takes a fine-tune of the same architecture"
             )
-    indexes: dict = {}
-    out, held = {}, set()
-    for init in all_initializers(graph):
+    held, count = set(), 0
+    for init in all_initializers(graph):  # a loop graph keeps the network's weights in its body
         arr = numpy_helper.to_array(init)
         if arr.dtype.kind != "f":
             continue
-        if arr.dtype not in indexes:
-            indexes[arr.dtype] = _sources(base, arr.dtype)
-        found = [(init.name, IDENTITY)] if init.name in base else indexes[arr.dtype].get(_digest(arr), [])
-        if not found:
-            continue  # a constant of the sampler (schedule, table), not a weight
+        found = [(init.name, IDENTITY)] if init.name in base.shapes else base.sources[arr.dtype].get(_digest(arr), [])
         values = []
         for name, how in found:
             v = new[name].detach().cpu().numpy().astype(arr.dtype)
@@ -114,20 +129,22 @@ def map_weights(graph, base: dict[str, torch.Tensor], new: dict[str, torch.Tenso
             values.append(np.ascontiguousarray(v).reshape(arr.shape))  # a norm's (C,) folded to (C, 1, 1), ...
             held.add(name)
         if not values:
-            continue
+            continue  # a constant of the sampler (schedule, table), not a weight
         if any(not np.array_equal(v, values[0]) for v in values[1:]):
             raise BNSError(
                 f"the graph stores {', '.join(n for n, _ in found[:3])} as one tensor (equal in the base) but the new "
                 "model's differ: compile the new model instead"
             )
-        out[init.name] = values[0]
-    lost = [n for n in base if n not in held and not torch.equal(base[n], new[n])]
+        del arr
+        init.CopyFrom(numpy_helper.from_array(values[0], init.name))
+        count += 1
+    lost = [n for n in base.shapes if n not in held and _digest(new[n].detach().cpu().numpy()) != base.digests[n]]
     if lost:
         raise BNSError(
             f"weight {lost[0]} changed but the graph holds it in a form refit cannot follow (folded with other "
             f"constants){' and ' + str(len(lost) - 1) + ' more' if len(lost) > 1 else ''}: compile the new model"
         )
-    return out
+    return count
 
 
 def refit_artifact(
@@ -176,29 +193,27 @@ def refit_artifact(
     if solvers:
         tables = new_tables(solvers, built.field, manifest, nfe)
         built = replace(built, solver=tables[0], tables=tables)
-    values = {}
-    if model is not None:
-        new_spec = ModelSpec(model, replace(recorded.options, loras=tuple(loras)))
-        base_sd = reference_sampler(built).state_dict()
-        built = _built(new_spec, manifest, built.solver, built.tables)
-    new_sampler = reference_sampler(built)
     graph_file = artifact / manifest.model_file
     outline = onnx.load(str(graph_file), load_external_data=False)  # where its weights live, before loading them
     locations = {e.value for init in all_initializers(outline.graph) for e in init.external_data if e.key == "location"}
+    if model is not None:  # the base's weights as digests only: never the base, the new model and the graph at once
+        base_index = BaseIndex.of(reference_sampler(built).state_dict(), float_dtypes(outline.graph))
+        built = _built(ModelSpec(model, replace(recorded.options, loras=tuple(loras))), manifest, built.solver, tables)
+        gc.collect()
     del outline
+    new_sampler = reference_sampler(built)
     graph = onnx.load(str(graph_file), load_external_data=True)
     if model is not None:
-        values = map_weights(graph.graph, base_sd, new_sampler.state_dict())
-        del base_sd
-        log(f"refitting {len(values)} initializers ...")
+        log("refitting the weights ...")
+        log(f"refitted {refit_weights(graph.graph, base_index, new_sampler.state_dict())} initializers")
     if solvers:
-        log(f"replacing the tables: {', '.join(f'{t.name} ({t.nfe} NFE)' for t in tables)} ...")
-        values.update(table_values(tables, manifest.nfe))
-    from onnx import numpy_helper
+        from onnx import numpy_helper
 
-    for init in all_initializers(graph.graph):  # a loop graph keeps the network's weights in its body
-        if init.name in values:
-            init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+        log(f"replacing the tables: {', '.join(f'{t.name} ({t.nfe} NFE)' for t in tables)} ...")
+        values = table_values(tables, manifest.nfe)
+        for init in all_initializers(graph.graph):
+            if init.name in values:
+                init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
     request = export_request(built, manifest.max_batch, manifest.opt_batch or 1, "cpu", 2 << 30, None)
     fields = {
         "model_fingerprint": built.field.fingerprint(),
