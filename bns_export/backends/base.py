@@ -178,8 +178,8 @@ def follow(out, like):
 
 class Runner(ABC):
     """Callable artifact: runner(noise (B, *shape) float32 [, labels (B,) int64 | cond (B, ...) float32 |
-    {name: (B, ...) float32} for named conditions]) -> its product (B, ...): images with a decoder in the
-    graph, else samples."""
+    {name: (B, ...) float32} for named conditions][, guidance=(B,) for a family][, table=(B,) for a loop graph])
+    -> its product (B, ...): images with a decoder in the graph, else samples."""
 
     #: where the backend computes ("cpu", "cuda", "cuda:1")
     device: str = "cpu"
