@@ -3,7 +3,7 @@ trained here on sklearn's 8x8 digits (class-conditioned through cross-attention 
 a LoRA trained on top of it on the digits 0-4, and the base's BNS table run on base + LoRA against the best
 classic solver there, a table distilled for it, and one warm-started from the base's table.
 
-    python tools/bench_lora.py                    # about 10 min on 2 cores
+    python tools/bench_lora.py
     python tools/bench_lora.py --nfe 6 --base-steps 3000 --lora-steps 600
 
 The folder (unet/, scheduler/, the condition set) and the LoRA file (diffusers' save_lora_adapter format) are made
@@ -52,7 +52,7 @@ def train(unet, x, y, tokens, steps: int, lr: float, params, seed: int) -> float
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=lr)
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(0, len(x), (128,), generator=g)
         x0, lab = x[idx], y[idx].clone()
         lab[torch.rand(128, generator=g) < 0.1] = 10  # the null condition's row
@@ -63,7 +63,9 @@ def train(unet, x, y, tokens, steps: int, lr: float, params, seed: int) -> float
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
+        if (step + 1) % 250 == 0:
+            print(f"step {step + 1}/{steps}: loss {sum(losses[-100:]) / len(losses[-100:]):.4f}", flush=True)
     return sum(losses[-100:]) / len(losses[-100:])
 
 
@@ -76,7 +78,7 @@ def make_models(work: Path, base_steps: int, lora_steps: int, classes: list[int]
     diffusers.utils.logging.set_verbosity_error()
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=DIM, attention_head_dim=8, norm_num_groups=8,
     )  # fmt: skip
@@ -107,8 +109,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--iterations", type=int, default=400)
     ap.add_argument("--warm-iterations", type=int, default=100)
-    ap.add_argument("--base-steps", type=int, default=2000)
-    ap.add_argument("--lora-steps", type=int, default=500)
+    ap.add_argument("--base-steps", type=int, default=1000)
+    ap.add_argument("--lora-steps", type=int, default=300)
     ap.add_argument("--classes", default="0,1,2,3,4")
     ap.add_argument("--pairs", type=int, default=256, help="train, validation and test pairs each")
     args = ap.parse_args()
@@ -152,7 +154,7 @@ def main() -> None:
         "",
         f"Command: `{command.strip()}` (commit {git_rev()}). Machine: {machine()}.",
         "",
-        "A diffusers UNet2DConditionModel (channels 32/64, cross-attention to a fixed random 4-token sequence per "
+        "A diffusers UNet2DConditionModel (channels 16/32, cross-attention to a fixed random 4-token sequence per "
         f"class) trained here {args.base_steps} AdamW steps (batch 128, epsilon prediction, DDPM schedule) on "
         f"sklearn's 8x8 digits ({info['base_s']:.0f} s, final loss {info['base_loss']:.3f}); a rank-4 LoRA on its "
         f"attention projections ({info['lora_params']} parameters) trained {args.lora_steps} steps on the digits "
