@@ -42,6 +42,35 @@ def fine_tune(work: Path, iterations: int, classes: str) -> tuple[Path, float]:
     return out, time.perf_counter() - t0
 
 
+def table_rows(base, tuned, what: str, nfe: int, pairs: int, iterations: int, warm: tuple[int, ...]) -> list[tuple]:
+    """(label, PSNR, distillation seconds) rows: the base's table on the base and on `tuned` (named `what`), the best
+    classic solver on it, a table distilled for it, and tables warm-started from the base's after `warm` iterations;
+    each model against its own dopri5 ground truth (train, validation and test sets of `pairs`)."""
+
+    def sets(field):
+        return [ground_truth(field, pairs, seed) for seed in (SEEDS.train, SEEDS.val, SEEDS.eval)]
+
+    def table(field, gt, its: int, init=None):
+        t0 = time.perf_counter()
+        solver = distill(field, gt[0], gt[1], DistillConfig(nfe=nfe, iterations=its, batch_size=64), init=init)
+        return solver, time.perf_counter() - t0
+
+    base_gt, tuned_gt = sets(base), sets(tuned)
+    base_table, base_s = table(base, base_gt, iterations)
+    rows = [("the base's table on the base", evaluate_on(base, base_table, base_gt[2])["psnr_mean"], base_s)]
+    rows.append((f"the base's table on {what}", evaluate_on(tuned, base_table, tuned_gt[2])["psnr_mean"], 0))
+    classic = best_classic(tuned, tuned_gt[2], nfe)
+    rows.append((f"best classic on {what} ({classic['solver']})", classic["psnr_mean"], 0))
+    fresh, fresh_s = table(tuned, tuned_gt, iterations)
+    rows.append((f"distilled for {what}, {iterations} iterations from the classic bases",
+                 evaluate_on(tuned, fresh, tuned_gt[2])["psnr_mean"], fresh_s))  # fmt: skip
+    for its in warm:
+        warmed, warm_s = table(tuned, tuned_gt, its, init=base_table)
+        rows.append((f"warm-started from the base's table (`--base`), {its} iterations",
+                     evaluate_on(tuned, warmed, tuned_gt[2])["psnr_mean"], warm_s))  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nfe", type=int, default=6)
@@ -55,30 +84,8 @@ def main() -> None:
         folder, tune_s = fine_tune(Path(tmp), args.finetune_steps, args.classes)
         base, tuned = (GuidedField(load_shipped(f), 1.0) for f in (ROOT / "models" / "digits", folder))
 
-        def sets(field):
-            return [ground_truth(field, args.pairs, seed) for seed in (SEEDS.train, SEEDS.val, SEEDS.eval)]
-
-        base_gt, tuned_gt = sets(base), sets(tuned)
-        rows = []
-
-        def table(field, gt, iterations: int, init=None):
-            cfg = DistillConfig(nfe=args.nfe, iterations=iterations, batch_size=64)
-            t0 = time.perf_counter()
-            solver = distill(field, gt[0], gt[1], cfg, init=init)
-            return solver, time.perf_counter() - t0
-
-        base_table, base_s = table(base, base_gt, args.iterations)
-        rows.append(("the base's table on the base", evaluate_on(base, base_table, base_gt[2])["psnr_mean"], base_s))
-        rows.append(("the base's table on the fine-tune", evaluate_on(tuned, base_table, tuned_gt[2])["psnr_mean"], 0))
-        classic = best_classic(tuned, tuned_gt[2], args.nfe)
-        rows.append((f"best classic on the fine-tune ({classic['solver']})", classic["psnr_mean"], 0))
-        fresh, fresh_s = table(tuned, tuned_gt, args.iterations)
-        rows.append((f"distilled for the fine-tune, {args.iterations} iterations from the classic bases",
-                     evaluate_on(tuned, fresh, tuned_gt[2])["psnr_mean"], fresh_s))  # fmt: skip
-        for its in (args.warm_iterations, args.iterations):
-            warm, warm_s = table(tuned, tuned_gt, its, init=base_table)
-            rows.append((f"warm-started from the base's table (`--base`), {its} iterations",
-                         evaluate_on(tuned, warm, tuned_gt[2])["psnr_mean"], warm_s))  # fmt: skip
+        rows = table_rows(base, tuned, "the fine-tune", args.nfe, args.pairs, args.iterations,
+                          (args.warm_iterations, args.iterations))  # fmt: skip
         for r in rows:
             print(r, flush=True)
     command = "python tools/bench_finetune.py " + " ".join(sys.argv[1:])

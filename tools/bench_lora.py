@@ -24,11 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 
+from bench_finetune import table_rows  # noqa: E402
 from benchdoc import git_rev, machine, write_section  # noqa: E402
 
-from bns_export.distill import DistillConfig, distill  # noqa: E402
-from bns_export.evaluate import best_classic, evaluate_on  # noqa: E402
-from bns_export.groundtruth import SEEDS, ground_truth  # noqa: E402
 from bns_export.loaders import ModelOptions, ModelSpec, load_model  # noqa: E402
 
 TOKENS, DIM = 4, 16
@@ -123,29 +121,7 @@ def main() -> None:
         specs = [ModelSpec(f"diffusers:{folder}", o) for o in options]
         base, tuned = (load_model(spec, guidance=args.guidance) for spec in specs)
 
-        def sets(field):
-            return [ground_truth(field, args.pairs, seed) for seed in (SEEDS.train, SEEDS.val, SEEDS.eval)]
-
-        base_gt, tuned_gt = sets(base), sets(tuned)
-        rows = []
-
-        def table(field, gt, iterations: int, init=None):
-            cfg = DistillConfig(nfe=args.nfe, iterations=iterations, batch_size=64)
-            t0 = time.perf_counter()
-            solver = distill(field, gt[0], gt[1], cfg, init=init)
-            return solver, time.perf_counter() - t0
-
-        base_table, base_s = table(base, base_gt, args.iterations)
-        rows.append(("the base's table on the base", evaluate_on(base, base_table, base_gt[2])["psnr_mean"], base_s))
-        rows.append(("the base's table on base + LoRA", evaluate_on(tuned, base_table, tuned_gt[2])["psnr_mean"], 0))
-        classic = best_classic(tuned, tuned_gt[2], args.nfe)
-        rows.append((f"best classic on base + LoRA ({classic['solver']})", classic["psnr_mean"], 0))
-        fresh, fresh_s = table(tuned, tuned_gt, args.iterations)
-        rows.append((f"distilled for base + LoRA, {args.iterations} iterations from the classic bases",
-                     evaluate_on(tuned, fresh, tuned_gt[2])["psnr_mean"], fresh_s))  # fmt: skip
-        warm, warm_s = table(tuned, tuned_gt, args.warm_iterations, init=base_table)
-        rows.append((f"warm-started from the base's table (`--base`), {args.warm_iterations} iterations",
-                     evaluate_on(tuned, warm, tuned_gt[2])["psnr_mean"], warm_s))  # fmt: skip
+        rows = table_rows(base, tuned, "base + LoRA", args.nfe, args.pairs, args.iterations, (args.warm_iterations,))
         for r in rows:
             print(r, flush=True)
     command = "python tools/bench_lora.py " + " ".join(sys.argv[1:])
