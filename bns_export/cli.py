@@ -232,8 +232,8 @@ def trust_options(fn):
     @click.option(
         "--trust-engine-code",
         is_flag=True,
-        help=f"Open {' and '.join(CODE_FORMATS)} artifacts without --public-key: loading them runs native code they "
-        "carry (ONNX artifacts are data). Only for artifacts you built or trust.",
+        help=f"Open {', '.join(CODE_FORMATS[:-1])} and {CODE_FORMATS[-1]} artifacts without --public-key: loading "
+        "them runs native code they carry (ONNX artifacts are data). Only for artifacts you built or trust.",
     )
     @functools.wraps(fn)
     def wrapper(*args, **kw):
