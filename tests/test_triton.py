@@ -93,13 +93,14 @@ def test_engine_cache_lives_in_the_model_folder_and_profiles_can_be_left_out(art
     r = CliRunner().invoke(main, ["triton", str(artifacts[2]), "--repo", str(repo), "--name", "gmm", "--gpu"])
     assert r.exit_code == 0, r.output
     cfg = _parse(repo / "gmm" / "config.pbtxt")
-    from bns_export.runtime.triton import QUEUE_PER_SLOT
+    from bns_export.runtime.triton import QUEUE_PER_SLOT, dynamic_batching
 
-    # the config as written (settings, nothing timed): a batching delay with no preferred size of 1 to skip it
-    assert 1 not in cfg.dynamic_batching.preferred_batch_size and cfg.dynamic_batching.max_queue_delay_microseconds
-    policy = cfg.dynamic_batching.default_queue_policy  # bounded, with a timeout: a flood is rejected, not queued
-    assert policy.max_queue_size == QUEUE_PER_SLOT * cfg.max_batch_size
-    assert policy.default_timeout_microseconds and policy.timeout_action == policy.REJECT
+    # the config carries the writer's batching block whole (settings, nothing timed): no preferred size of 1 to
+    # skip the delay, and a bounded queue that rejects a flood instead of holding it
+    written = text_format.Parse(dynamic_batching(cfg.max_batch_size), mc.ModelConfig()).dynamic_batching
+    assert cfg.dynamic_batching == written and 1 not in written.preferred_batch_size
+    policy = written.default_queue_policy
+    assert policy.max_queue_size == QUEUE_PER_SLOT * cfg.max_batch_size and policy.timeout_action == policy.REJECT
     params = dict(cfg.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters)
     assert params["trt_engine_cache_path"] == "/models/gmm/trt_engines" and (repo / "gmm" / "trt_engines").is_dir()
     assert "trt_profile_min_shapes" in params
