@@ -41,6 +41,7 @@ SOLVER_HELP = (
     f"Classic solver ({', '.join(BASELINES)}; optional :{'|:'.join(GRIDS)} time grid) or a solver file (.json)."
 )
 NFE = Integer(1, 64)
+LOOP_FORMATS = ", ".join(b.name for b in BACKENDS.values() if b.loop)
 SEED = Integer(0, 2**63 - 1)
 BATCH = Integer(1, 65536)
 GATE = Number(0, 1000)  # parity gate, dB
@@ -584,14 +585,14 @@ def sample_cmd(
     "solvers",
     required=True,
     multiple=True,
-    help=f"{SOLVER_HELP} Repeat with --format onnx-loop: one graph serves every table, chosen per sample.",
+    help=f"{SOLVER_HELP} Repeat with a loop format ({LOOP_FORMATS}): one graph serves every table, chosen per sample.",
 )
 @click.option("--nfe", type=NFE, default=None, help="NFE for a baseline (default 8); checked against a file.")
 @click.option(
     "--max-nfe",
     type=Integer(1, 1024),
     default=None,
-    help="onnx-loop: the most steps a table may take (default: the largest).",
+    help=f"Loop formats ({LOOP_FORMATS}): the most steps a table may take (default: the largest table's NFE).",
 )
 @click.option("--format", "fmt", default=DEFAULT_FORMAT, show_default=True, help=f"{' | '.join(BACKENDS)}.")
 @click.option("--fp16", is_flag=True, help="Run the network in fp16 (inputs, outputs and solver stay fp32).")
