@@ -606,6 +606,12 @@ def sample_cmd(
 )
 @click.option("--workspace-mb", type=Integer(16, 1 << 20), default=2048, show_default=True, help="TensorRT workspace.")
 @click.option("--timing-cache", default=None, help="TensorRT timing cache file (reused across builds).")
+@click.option(
+    "--refittable",
+    is_flag=True,
+    help="Build a TensorRT engine that `refit` can give new weights or tables without a rebuild (BuilderFlag.REFIT; "
+    "ONNX graphs always can).",
+)
 @click.option("--no-validate", is_flag=True, help="Skip the parity check (not recommended).")
 @click.option("--min-psnr", type=GATE, default=None, help="Parity gate in dB (default 60 fp32, 35 fp16).")
 @click.option("--out", "-o", required=True, help="Artifact directory to create (replaced atomically).")
@@ -633,6 +639,7 @@ def compile_cmd(
     device,
     workspace_mb,
     timing_cache,
+    refittable,
     no_validate,
     min_psnr,
     out,
@@ -664,6 +671,7 @@ def compile_cmd(
         min_psnr=min_psnr,
         workspace_bytes=workspace_mb << 20,
         timing_cache=timing_cache,
+        refittable=refittable,
         force=force,
         sizes=sizes,
         max_nfe=max_nfe,
@@ -683,7 +691,7 @@ def compile_cmd(
     "-s",
     "solvers",
     multiple=True,
-    help=f"An onnx-loop artifact's new tables, in index order, replacing its own: {SOLVER_HELP}",
+    help=f"A loop artifact's ({LOOP_FORMATS}) new tables, in index order, replacing its own: {SOLVER_HELP}",
 )
 @click.option("--nfe", type=NFE, default=None, help="NFE for classic solvers among --solver (default 8).")
 @click.option("--base", default=None, help="The model the artifact was built from (default: its manifest's).")
@@ -692,8 +700,8 @@ def compile_cmd(
 @device_option
 @trust_options
 def refit_cmd(artifact, model, out, loras, solvers, nfe, base, min_psnr, force, device, policy) -> None:
-    """Put a fine-tune's weights (or the base with LoRAs fused) into an ONNX artifact's graph, and new tables into a
-    loop graph, validated."""
+    """Put a fine-tune's weights (or the base with LoRAs fused) into an ONNX artifact's graph or a refittable TensorRT
+    engine, and new tables into a loop graph, validated."""
     from .compile.refit import refit_artifact
     from .devices import resolve_device
 

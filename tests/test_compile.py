@@ -305,6 +305,23 @@ def test_tensorrt_engine_parity(tmp_path):
     assert x.is_cuda and x.shape == (2, 1, 8, 8)
 
 
+@pytest.mark.skipif(_has_tensorrt() is not None, reason=f"TensorRT engine tests: {_has_tensorrt()}")
+def test_a_refittable_engine_takes_new_weights_and_tables_without_a_build(tmp_path):
+    from bns_export.compile.refit import refit_artifact
+    from bns_export.runtime.artifact import OpenPolicy
+
+    quiet, trusted = (lambda m: None), OpenPolicy(trust_engine_code=True)
+    plan = tmp_path / "trt"
+    compile_artifact("digits", "dpm++2m", "tensorrt", plan, nfe=8, max_batch=8, refittable=True, log=quiet)
+    m = refit_artifact(plan, "digits", tmp_path / "refit", device="cuda", policy=trusted, log=quiet)
+    assert m["validation"]["passed"] and m["engine_refittable"]
+    loop = tmp_path / "loop"
+    compile_artifact("digits", ["dpm++2m", "euler"], "tensorrt-loop", loop, nfe=4, refittable=True, log=quiet)
+    m = refit_artifact(loop, None, tmp_path / "loop2", solvers=("unipc", "ddim"), nfe=4, device="cuda",
+                       policy=trusted, log=quiet)  # fmt: skip
+    assert m["validation"]["passed"] and [t["name"][:5] for t in m["tables"]] == ["unipc", "ddim"]
+
+
 def test_compile_api_takes_the_guidance_from_the_solver_file(tmp_path):
     """The policy is the API's, not the CLI's: a solver distilled at w = 2 compiles at w = 2 from Python too."""
     from bns_export.distill import DistillConfig, distill

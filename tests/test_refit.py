@@ -15,6 +15,7 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers (test-only depend
 
 from cliresult import run as cli  # noqa: E402
 from families import build_family  # noqa: E402
+from forged import as_tensorrt  # noqa: E402
 
 from bns_export.runtime import load  # noqa: E402
 
@@ -52,7 +53,7 @@ def base(tmp_path_factory):
             p.add_(0.01 * torch.randn_like(p))
     model.save_pretrained(folder / "unet")
     art = root / "art"
-    code, _, err = cli("compile", "-m", f"diffusers:{folder}", *opts, "-w", 3, "-s", "dpm++2m", "--nfe", 3,
+    code, _, err = cli("compile", "-m", f"diffusers:{folder}", *opts, "-w", 3, "-s", "dpm++2m", "--nfe", 2,
                        "--max-batch", 2, "-o", art)  # fmt: skip
     assert code == 0, err
     return root, folder, opts, art
@@ -70,7 +71,7 @@ def test_a_fine_tune_refits_into_the_same_graph(base, tmp_path):
     code, _, err = cli("validate", out)  # an independent check, conformance vectors included
     assert code == 0, err
     fresh = tmp_path / "fresh"
-    code, _, err = cli("compile", "-m", f"diffusers:{tuned}", *opts, "-w", 3, "-s", "dpm++2m", "--nfe", 3,
+    code, _, err = cli("compile", "-m", f"diffusers:{tuned}", *opts, "-w", 3, "-s", "dpm++2m", "--nfe", 2,
                        "--max-batch", 2, "-o", fresh)  # fmt: skip
     assert code == 0, err
     refitted, compiled, old = _samples(out, fresh, art)
@@ -97,6 +98,35 @@ def test_another_architecture_or_base_is_one_line(base, tmp_path):
     assert code == 2 and "Traceback" not in err
 
 
+def _tensorrt_missing() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+def test_a_tensorrt_engine_refits_only_when_built_refittable(base, tmp_path):
+    """An engine built without --refittable is one line before any model is loaded; a refittable one needs TensorRT
+    (exit 3 here, nothing written); aoti is refused at compile; engines stay code (no trust, no open)."""
+    root, folder, opts, art = base
+    fixed = as_tensorrt(art, tmp_path / "fixed")
+    new = ("-m", f"diffusers:{folder}", "--trust-engine-code")
+    code, _, err = cli("refit", fixed, *new, "-o", tmp_path / "x")
+    assert code == 2 and "built without --refittable" in err and "Traceback" not in err
+    code, _, err = cli("refit", fixed, "-m", f"diffusers:{folder}", "-o", tmp_path / "x")
+    assert code == 2 and "runs native code" in err
+    gmm = ("compile", "-m", "analytic:gmm", "-s", "euler", "--refittable", "-o", tmp_path / "y")
+    if _tensorrt_missing():
+        refittable = as_tensorrt(art, tmp_path / "refittable", engine_refittable=True)
+        code, _, err = cli("refit", refittable, *new, "-o", tmp_path / "x")
+        assert code == 3 and "TensorRT is not installed" in err and len(err.strip().splitlines()) == 1
+        assert cli(*gmm, "--format", "tensorrt")[0] == 3
+    code, _, err = cli(*gmm, "--format", "aoti")
+    assert code == 2 and "--refittable applies to onnx, onnx-loop, tensorrt, tensorrt-loop builds, not aoti" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def _lora(folder, out, seed: int = 3):
     """A LoRA file for the folder's UNet (rank 4 on the attention projections, random weights), as diffusers
     saves one (save_lora_adapter)."""
@@ -120,7 +150,7 @@ def test_the_base_with_a_lora_refits_and_compiles_alike(base, tmp_path):
     code, _, err = cli("validate", out)  # rebuilds the reference with the LoRA its manifest names
     assert code == 0, err
     code, _, err = cli("compile", "-m", f"diffusers:{folder}", "--lora", f"{lora}:0.8", *opts, "-w", 3, "-s",
-                       "dpm++2m", "--nfe", 3, "--max-batch", 2, "-o", fresh)  # fmt: skip
+                       "dpm++2m", "--nfe", 2, "--max-batch", 2, "-o", fresh)  # fmt: skip
     assert code == 0, err
     refitted, compiled, old = _samples(out, fresh, art)
     assert np.abs(refitted - compiled).max() < 1e-4

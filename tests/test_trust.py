@@ -2,7 +2,6 @@
 and signals end a command (the server's hostile requests are in tests/test_serve.py).  One test (or more) per
 audit finding."""
 
-import json
 import os
 import shutil
 import signal
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from cliresult import one_line_error, run
+from forged import as_tensorrt, edit
 from readiness import CAN_TELL, wait_ready
 
 from bns_export.compile.build import compile_artifact
@@ -27,12 +27,6 @@ from bns_export.runtime.artifact import sha256_file, staging_dir
 
 BIN = Path(sys.executable).parent / "bns-export"
 QUIET = dict(log=lambda m: None)
-
-
-def edit(path: Path, fn) -> None:
-    m = json.loads(path.read_text())
-    fn(m)
-    path.write_text(json.dumps(m))
 
 
 @pytest.fixture(scope="module")
@@ -362,21 +356,8 @@ def test_aoti_package_is_code_opened_only_signed_or_trusted(tmp_path):
     assert marker.exists()
 
 
-def _as_tensorrt(src: Path, dest: Path) -> Path:
-    """An artifact whose manifest says TensorRT, with a plan file (its bytes never matter: it is refused unread)."""
-    shutil.copytree(src, dest)
-    (dest / "model.plan").write_bytes(b"not read")
-
-    def change(m):
-        m.update(format="tensorrt", model_file="model.plan")
-        m["files"]["model.plan"] = sha256_file(dest / "model.plan")
-
-    edit(dest / "manifest.json", change)
-    return dest
-
-
 def test_tensorrt_plans_are_code_in_the_runtime_validate_and_triton(gmm, tmp_path):
-    plan = _as_tensorrt(gmm / "a2", tmp_path / "plan")
+    plan = as_tensorrt(gmm / "a2", tmp_path / "plan")
     with pytest.raises(BNSError, match="runs native code") as e:
         load(plan)
     assert e.value.exit_code == 2  # refused before the TensorRT import (exit 3 here) is even tried

@@ -45,8 +45,11 @@ class Backend:
     runs_native_code: bool = False
     #: the build keeps a timing cache across builds (--timing-cache)
     timing_cache: bool = False
-    #: `refit` replaces the graph's weights in place (ONNX initializers)
+    #: `refit` replaces the artifact's weights in place (the ONNX graph's initializers, then the format's own file)
     refittable: bool = False
+    #: refittable only when built with --refittable (TensorRT's BuilderFlag.REFIT: the engine keeps its weights
+    #: replaceable, at some cost in speed); ONNX graphs always are
+    refit_flag: bool = False
     #: the graph runs the network once inside a loop over data tables, chosen per sample by its `table` input
     #: (compile.loop); else the one table is unrolled into n steps
     loop: bool = False
@@ -54,13 +57,19 @@ class Backend:
     def _impl(self):
         return importlib.import_module(f"{__name__}.{self.module}")
 
-    def check_available(self, request: ExportRequest) -> None:
-        """Raise (exit code 3) before anything is written when the toolchain or device is missing."""
+    def check_available(self, request: ExportRequest | None) -> None:
+        """Raise (exit code 3) before anything is written when the toolchain or device is missing (request None:
+        before one exists, as refit asks, the toolchain alone)."""
         self._impl().check_available(request)
 
     def export(self, sampler, request: ExportRequest, folder: Path, log=print) -> dict:
         """Write the model file(s) into `folder`; return the backend's manifest entries."""
         return self._impl().export(sampler, request, Path(folder), log)
+
+    def refit(self, artifact: Path, staged: Path, manifest: Manifest, log=print) -> dict:
+        """After refit staged the ONNX graph with the new weights, the format's model file from it (an engine
+        refitted, never rebuilt); return the manifest entries that change."""
+        return self._impl().refit(Path(artifact), Path(staged), manifest, log)
 
     def validation_extras(self, folder: Path, manifest: Manifest) -> dict:
         """Entries the format adds to a validation report (ONNX: which ops TensorRT's parser supports)."""
@@ -108,6 +117,8 @@ BACKENDS = {
         triton_gpu=True,
         runs_native_code=True,
         timing_cache=True,
+        refittable=True,
+        refit_flag=True,
     ),
     "tensorrt-loop": Backend(
         "tensorrt-loop",
@@ -119,6 +130,8 @@ BACKENDS = {
         triton_gpu=True,
         runs_native_code=True,
         timing_cache=True,
+        refittable=True,
+        refit_flag=True,
         loop=True,
     ),
     "aoti": Backend(
@@ -135,6 +148,9 @@ BACKENDS = {
 
 #: the formats whose artifacts are code (loading them runs native code they carry), for --help and errors
 CODE_FORMATS = tuple(b.name for b in BACKENDS.values() if b.runs_native_code)
+
+#: the formats `refit` takes (a TensorRT engine only when built with --refittable), for --help and errors
+REFITTABLE_FORMATS = tuple(b.name for b in BACKENDS.values() if b.refittable)
 
 #: the format `compile` and the demo build unless told: portable, torch-free to run
 DEFAULT_FORMAT = "onnx"

@@ -12,10 +12,10 @@ from .base import ExportRequest, Runner
 from .cuda_graph import CudaGraphs, check_cuda_graph_device
 
 
-def check_available(request: ExportRequest) -> None:
+def check_available(request: ExportRequest | None) -> None:
     import torch
 
-    if is_cuda(request.device) and not torch.cuda.is_available():
+    if request is not None and is_cuda(request.device) and not torch.cuda.is_available():
         raise BNSError(f"--device {request.device} needs a CUDA GPU and none is available", EXIT_MISSING_BACKEND)
 
 

@@ -35,6 +35,8 @@ class ExportRequest:
     metadata: dict = field(default_factory=dict)
     workspace_bytes: int = 2 << 30
     timing_cache: str | None = None
+    #: build an engine whose weights `refit` can replace (TensorRT's BuilderFlag.REFIT); ONNX graphs always are
+    refittable: bool = False
     #: a guidance family's range: the graph then takes guidance (B,) float32 last; else None
     guidance_range: tuple[float, float] | None = None
     #: the spatial sizes the graph takes (its noise's last two axes are then dynamic); None: sample_shape only

@@ -29,6 +29,8 @@ from .trt_support import check_tensorrt_support
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 512 << 20  # weights above this go to model.onnx.data (protobuf caps a file at 2 GB)
+#: the exported graph's file: the ONNX formats' model file, kept beside a TensorRT engine (its refit source)
+GRAPH_FILE = "model.onnx"
 
 
 def import_onnx():
@@ -41,14 +43,19 @@ def import_onnx():
     return onnx
 
 
-def check_available(request: ExportRequest) -> None:
+def check_available(request: ExportRequest | None) -> None:
     import_onnx()
 
 
 def export(sampler, request: ExportRequest, folder: Path, log=print) -> dict:
     """Write folder/model.onnx; return {"graph": statistics}."""
     log("exporting the sampler to ONNX ...")
-    return {"graph": export_onnx(sampler, request, folder / "model.onnx")}
+    return {"graph": export_onnx(sampler, request, folder / GRAPH_FILE)}
+
+
+def refit(artifact: Path, staged: Path, manifest: Manifest, log=print) -> dict:
+    """Nothing past the staged graph: it is the model file."""
+    return {}
 
 
 def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:

@@ -1,5 +1,5 @@
-"""TensorRT (10.x / 11.x API): the engine builder (strongly typed, dynamic batch profile, timing cache)
-from the exported ONNX graph, and the engine runner."""
+"""TensorRT (10.x / 11.x API): the engine builder (strongly typed, dynamic batch profile, timing cache, optionally
+refittable) from the exported ONNX graph, the engine's refit from a graph with new weights, and the engine runner."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def import_tensorrt():
     return trt
 
 
-def check_available(request: ExportRequest) -> None:
+def check_available(request: ExportRequest | None) -> None:
     import_tensorrt()
     from .onnx import import_onnx
 
@@ -41,11 +41,13 @@ def default_timing_cache() -> Path:
 
 def export(sampler, request: ExportRequest, folder: Path, log=print) -> dict:
     """The ONNX graph (kept beside the engine), then model.plan built from it."""
+    from .onnx import GRAPH_FILE
     from .onnx import export as export_onnx
 
     entries = export_onnx(sampler, request, folder, log)
     log("building TensorRT engine ...")
-    entries["tensorrt"] = build_engine(folder / "model.onnx", folder / "model.plan", request)
+    entries["tensorrt"] = build_engine(folder / GRAPH_FILE, folder / "model.plan", request)
+    entries["engine_refittable"] = request.refittable
     return entries
 
 
@@ -65,6 +67,8 @@ def build_engine(onnx_path: Path, plan_path: Path, request: ExportRequest) -> di
         raise BNSError(f"TensorRT cannot parse the ONNX graph: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(request.workspace_bytes))
+    if request.refittable:  # every weight stays replaceable by `refit` (no weight folded into a kernel)
+        config.set_flag(trt.BuilderFlag.REFIT)
     profile = builder.create_optimization_profile()
     lo, opt, hi = profile_shapes(request.metadata["inputs"], request.opt_batch, request.max_batch, request.sizes)
     for name in request.input_names:
@@ -89,6 +93,43 @@ def build_engine(onnx_path: Path, plan_path: Path, request: ExportRequest) -> di
     }
 
 
+def _load_engine(runtime, plan: bytes):
+    """The deserialised engine (its runtime must outlive it), or one line: a plan is specific to the GPU and
+    TensorRT version that built it."""
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise BNSError(
+            "TensorRT cannot load this engine: it was built for another GPU or TensorRT version; "
+            "rebuild it with `bns-export compile --format tensorrt`"
+        )
+    return engine
+
+
+def refit(artifact: Path, staged: Path, manifest: Manifest, log=print) -> dict:
+    """The artifact's engine (built with BuilderFlag.REFIT) given the staged graph's weights by TensorRT's ONNX parser
+    refitter (IParserRefitter::refitFromFile, then IRefitter::refitCudaEngine), written to staged/model.plan: the
+    engine is refitted in place of a build, so a fine-tune or new tables cost no tactic search."""
+    from .onnx import GRAPH_FILE
+
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    engine = _load_engine(runtime, (artifact / manifest.model_file).read_bytes())
+    refitter = trt.Refitter(engine, logger)
+    parser = trt.OnnxParserRefitter(refitter, logger)
+    log("refitting the TensorRT engine ...")
+    if not parser.refit_from_file(str(staged / GRAPH_FILE)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BNSError(f"TensorRT cannot refit the engine from the new graph: {errors}")
+    missing = list(refitter.get_missing_weights())
+    if missing:
+        raise BNSError(f"TensorRT's refitter is missing weights {', '.join(missing[:3])}: compile the new model")
+    if not refitter.refit_cuda_engine():
+        raise BNSError("TensorRT failed to refit the engine (see the TensorRT log above): compile the new model")
+    (staged / manifest.model_file).write_bytes(bytes(engine.serialize()))
+    return {}
+
+
 class TensorRTRunner(Runner):
     """Deserialises the plan once; one execution context, serialised by a lock."""
 
@@ -100,13 +141,7 @@ class TensorRTRunner(Runner):
         self.device = device or "cuda"
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        plan = (self.folder / self.manifest.model_file).read_bytes()
-        self.engine = self._runtime.deserialize_cuda_engine(plan)
-        if self.engine is None:
-            raise BNSError(
-                "TensorRT cannot load this engine: it was built for another GPU or TensorRT version; "
-                "rebuild it with `bns-export compile --format tensorrt`"
-            )
+        self.engine = _load_engine(self._runtime, (self.folder / self.manifest.model_file).read_bytes())
         self.context = self.engine.create_execution_context()
 
     def infer(self, noise, condition, guidance=None, table=None):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..backends import BACKENDS, LIBRARIES, ExportRequest, get_backend
+from ..backends import BACKENDS, LIBRARIES, REFITTABLE_FORMATS, ExportRequest, get_backend
 from ..backends.base import GRAPH_METADATA
 from ..checks import integer, number
 from ..contract import GUIDANCE_INPUT, TABLE_INPUT, ConditionKind, Signature, TableEntry, TensorSpec, traced_guidance
@@ -269,7 +269,13 @@ def declared_sizes(text: str, field, decoder=None) -> SizeSet:
 
 
 def export_request(
-    built: BuildInputs, max_batch: int, opt_batch: int, device: str, workspace_bytes: int, timing_cache: str | None
+    built: BuildInputs,
+    max_batch: int,
+    opt_batch: int,
+    device: str,
+    workspace_bytes: int,
+    timing_cache: str | None,
+    refittable: bool = False,
 ) -> ExportRequest:
     """The backend's view of the build: the graph's signature (built here, once), the batch profile and where to
     trace."""
@@ -281,6 +287,7 @@ def export_request(
         device=device,
         workspace_bytes=workspace_bytes,
         timing_cache=timing_cache,
+        refittable=refittable,
         guidance_range=built.guidance_range,
         sizes=built.sizes,
         tables=len(built.tables),
@@ -371,6 +378,7 @@ def compile_artifact(
     min_psnr: float | None = None,
     workspace_bytes: int = 2 << 30,
     timing_cache: str | None = None,
+    refittable: bool = False,
     force: bool = False,
     sizes: str | None = None,
     max_nfe: int | None = None,
@@ -384,12 +392,15 @@ def compile_artifact(
     (the scale it was distilled at), else 1.  sizes: `HxW,...` or `HxW:HxW`, the spatial sizes the graph
     takes besides the model's own (image pixels with a decoder; the solver runs unchanged at each).
     A loop format (onnx-loop) takes a list of solvers: one graph serves each, chosen per sample, up to max_nfe
-    steps (default the largest table's NFE).
+    steps (default the largest table's NFE).  refittable: a TensorRT engine `refit` can give new weights or tables
+    (ONNX graphs always can).
     """
     backend = get_backend(fmt)
     if timing_cache is not None and not backend.timing_cache:
         timed = ", ".join(b.name for b in BACKENDS.values() if b.timing_cache)
         raise BNSError(f"--timing-cache applies to {timed} builds, not {fmt}")
+    if refittable and not backend.refittable:
+        raise BNSError(f"--refittable applies to {', '.join(REFITTABLE_FORMATS)} builds, not {fmt}")
     check_replaceable(Path(out), force)  # before minutes of export, not after
     max_batch = integer(max_batch, "max_batch", 1, 65536)
     opt_batch = integer(opt_batch or max(1, max_batch // 2), "opt_batch", 1, 65536)
@@ -399,7 +410,7 @@ def compile_artifact(
         min_psnr = number(min_psnr, "min_psnr", 0, 1000)
     integer(workspace_bytes, "workspace_bytes", 1 << 24, 1 << 50)
     built = load_build_inputs(model, solver, options or ModelOptions(), guidance, nfe, sizes, backend.loop, max_nfe)
-    request = export_request(built, max_batch, opt_batch, device, workspace_bytes, timing_cache)
+    request = export_request(built, max_batch, opt_batch, device, workspace_bytes, timing_cache, refittable)
     backend.check_available(request)  # exit 3 before anything is written
     if fp16:
         check_halvable(built.field)

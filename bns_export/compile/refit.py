@@ -1,5 +1,6 @@
 """refit_artifact: an ONNX artifact's graph with another network's weights (a fine-tune of the same architecture),
-without exporting the graph again.
+without exporting the graph again; a TensorRT engine built with --refittable is then refitted from that graph,
+without a build.
 
 The exported graph holds every weight as an initializer: under its parameter's name, or folded by the
 export (a projection weight stored transposed, a norm's weight reshaped to (C, 1, 1), under generated
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..backends import BACKENDS, get_backend
+from ..backends import REFITTABLE_FORMATS, get_backend
 from ..backends.base import GRAPH_METADATA, graph_metadata_value
+from ..backends.onnx import GRAPH_FILE
 from ..backends.onnx_walk import all_initializers
 from ..contract import TABLE_INITIALIZERS, Manifest
 from ..errors import BNSError
@@ -162,21 +164,27 @@ def refit_artifact(
     policy: OpenPolicy | None = None,
     log=print,
 ) -> dict:
-    """Write `out`: the ONNX artifact's graph with `model`'s weights and, for a loop graph, the tables `solvers`
-    (solver files or classic solvers at `nfe`) in place of its own (see the module docstring); return its manifest.
-    base: the model the artifact was built from (default: its manifest's model spec)."""
+    """Write `out`: the artifact's graph (and a refittable engine) with `model`'s weights and, for a loop graph, the
+    tables `solvers` (solver files or classic solvers at `nfe`) in place of its own (see the module docstring); return
+    its manifest.  base: the model the artifact was built from (default: its manifest's model spec)."""
     import onnx
 
     if model is None and (loras or not solvers):
         raise BNSError("refit needs new weights (-m, with any --lora), new tables (--solver), or both")
     artifact = Path(artifact)
     manifest = (policy or OpenPolicy.resolve()).open(artifact)
-    if not get_backend(manifest.format).refittable:
-        refittable = ", ".join(b.name for b in BACKENDS.values() if b.refittable)
+    backend = get_backend(manifest.format)
+    if not backend.refittable:
         raise BNSError(
-            f"refit takes {refittable} artifacts; this one is {manifest.format} (compile the new model; a refittable "
-            "TensorRT engine is not written here)"
+            f"refit takes {', '.join(REFITTABLE_FORMATS)} artifacts; this one is {manifest.format} (compile the new "
+            "model)"
         )
+    if backend.refit_flag and not manifest.engine_refittable:
+        raise BNSError(
+            f"this {manifest.format} engine was built without --refittable, so its weights are fixed: compile the new "
+            "model, or compile with --refittable to refit later"
+        )
+    backend.check_available(None)  # exit 3 before any model is loaded
     if solvers and not manifest.tables:
         raise BNSError("new tables go into a loop graph (compile --format onnx-loop); this artifact bakes its table")
     check_replaceable(Path(out), force)
@@ -193,7 +201,7 @@ def refit_artifact(
     if solvers:
         tables = new_tables(solvers, built.field, manifest, nfe)
         built = replace(built, solver=tables[0], tables=tables)
-    graph_file = artifact / manifest.model_file
+    graph_file = artifact / GRAPH_FILE
     outline = onnx.load(str(graph_file), load_external_data=False)  # where its weights live, before loading them
     locations = {e.value for init in all_initializers(outline.graph) for e in init.external_data if e.key == "location"}
     if model is not None:  # the base's weights as digests only: never the base, the new model and the graph at once
@@ -240,9 +248,10 @@ def refit_artifact(
         refitted["decoder"] = {**built.decoder.describe(), "fingerprint": built.decoder.fingerprint()}
     with staging_dir(Path(out), force=force) as tmp:
         built.save_tables(tmp)
-        onnx.save(graph, str(tmp / manifest.model_file), save_as_external_data=bool(locations),
+        onnx.save(graph, str(tmp / GRAPH_FILE), save_as_external_data=bool(locations),
                   location=next(iter(locations)) if locations else None)  # fmt: skip
         del graph
+        refitted.update(backend.refit(artifact, tmp, manifest, log))
         refitted["conformance"] = write_conformance(tmp, new_sampler, request)
         del new_sampler, built
         for key in ("validation", "files", "signature"):

@@ -71,6 +71,8 @@ class Manifest:
     conformance: dict | None = None
     #: a loop graph's solver tables, in the order its `table` input indexes them (empty: one table, baked)
     tables: tuple[TableEntry, ...] = ()
+    #: a TensorRT engine built with --refittable (BuilderFlag.REFIT): `refit` can replace its weights and tables
+    engine_refittable: bool = False
     record: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -104,6 +106,7 @@ class Manifest:
                 decoder=d.get("decoder") or None,
                 conformance=d.get("conformance") or None,
                 tables=tuple(TableEntry.from_json(e) for e in d.get("tables") or ()),
+                engine_refittable=d.get("engine_refittable") is True,
                 record=dict(d),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
