@@ -439,10 +439,13 @@ def eval_cmd(
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Solver file to write (.json).")
 @click.option(
     "--base",
+    "--init",
+    "base",
     default="auto",
     show_default=True,
     help="Base solver for initialisation: 'auto' starts from the best of the classic solvers on the validation "
-    "set; 'paper' from midpoint (even NFE) or Euler (odd); or a solver spec such as unipc:karras.",
+    "set; 'paper' from midpoint (even NFE) or Euler (odd); a solver spec such as unipc:karras; or a solver file "
+    "(a table distilled for a base model, to warm-start a fine-tune's).",
 )
 @click.option(
     "--precondition",

@@ -154,3 +154,20 @@ def test_bad_outputs_write_nothing(tmp_path):
         *run("distill", "-m", "analytic:gmm", "--nfe", 4, "-o", tmp_path / "s.json", "--base", "rk9"), "unknown solver"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_distill_init_warm_starts_from_a_table_file(tmp_path):
+    """`--init TABLE.json` (alias of --base) starts from a distilled table: its validation PSNR is where the first run
+    ended (the same seeded pairs); a table of another NFE is one line."""
+    quick = ("-m", "analytic:gmm", "--iterations", 20, "--val-every", 5, "--train-pairs", 64, "--val-pairs", 32)
+    code, out, err = run("distill", *quick, "--nfe", 4, "-o", tmp_path / "first.json")
+    assert code == 0, err
+    first = json.loads((tmp_path / "first.json").read_text())
+    code, out, err = run("distill", *quick, "--nfe", 4, "--init", tmp_path / "first.json", "-o", tmp_path / "w.json")
+    assert code == 0, err
+    warm = json.loads((tmp_path / "w.json").read_text())
+    assert warm["base_solver"].startswith("init first.json")
+    assert abs(warm["base_val_psnr"] - first["val_psnr"]) < 1e-6
+    one_line_error(
+        *run("distill", *quick, "--nfe", 3, "--init", tmp_path / "first.json", "-o", tmp_path / "x.json"), "4 NFE"
+    )

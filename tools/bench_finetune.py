@@ -1,6 +1,6 @@
 """Does a distilled table still fit a fine-tune?  The base model's BNS table run on a fine-tune of it, against
 the best classic solver there, a table distilled for the fine-tune from the classic bases, and one warm-started
-from the base's table (`distill --base TABLE.json`).
+from the base's table (`distill --init TABLE.json`).
 
     python tools/bench_finetune.py                  # digits, fine-tuned 1000 steps on the digits 0-4 (about 12 min)
     python tools/bench_finetune.py --nfe 6 --iterations 400
