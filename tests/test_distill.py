@@ -142,6 +142,30 @@ def test_learning_rate_warms_up_linearly(gmm_sets, monkeypatch):
     np.testing.assert_allclose(seen, [0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
 
 
+def test_group_learning_rates_alternation_and_cosine_schedule(gmm_sets, monkeypatch):
+    """The recipe's knobs reach Adam: the times' step is `time_lr` times the coefficients'; an alternating run
+    (S4S-Alt) gives one group a zero step in turn, times first; the cosine schedule anneals to 0 over the run."""
+    f, train, val, _ = gmm_sets
+    seen, step = [], torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append({g["role"]: g["lr"] for g in self.param_groups})
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    quick = dict(nfe=4, batch_size=32, lr=0.01, warmup=0)
+    distill(f, train, val, DistillConfig(iterations=2, time_lr=0.25, **quick))
+    assert seen == [{"times": 0.0025, "coefs": 0.01}] * 2
+    seen.clear()
+    distill(f, train, val, DistillConfig(iterations=6, alternate=2, **quick))
+    assert [g["times"] > 0 for g in seen] == [True, True, False, False, True, True]
+    assert [g["coefs"] > 0 for g in seen] == [False, False, True, True, False, False]
+    seen.clear()
+    distill(f, train, val, DistillConfig(iterations=4, schedule="cosine", **quick))
+    np.testing.assert_allclose([g["coefs"] for g in seen], [0.01, 0.01 * (1 + np.cos(np.pi / 4)) / 2, 0.005,
+                                                            0.01 * (1 + np.cos(3 * np.pi / 4)) / 2])  # fmt: skip
+
+
 def _one_step(field, pairs, **cfg):
     """The table after one Adam step from euler at NFE 4 (a fresh trainer)."""
     from bns_export.distill import BNSParams, Trainer, TrainState

@@ -144,9 +144,10 @@ class TrainState:
 
     def learning_rate(self, cfg: DistillConfig) -> float:
         """Adam's step size: halved at every plateau, ramped linearly over `warmup` iterations after each
-        (re)start."""
+        (re)start, and with `schedule="cosine"` annealed over the run (SGDR's cosine, Loshchilov & Hutter 2017)."""
         ramp = min(1.0, (self.since_restart + 1) / cfg.warmup) if cfg.warmup else 1.0
-        return cfg.lr * 0.5**self.decays * ramp
+        anneal = 0.5 * (1 + math.cos(math.pi * self.iteration / cfg.iterations)) if cfg.schedule == "cosine" else 1.0
+        return cfg.lr * 0.5**self.decays * ramp * anneal
 
     def running(self, cfg: DistillConfig) -> bool:
         return self.iteration < cfg.iterations and self.decays <= cfg.max_decays

@@ -8,7 +8,12 @@ from ..checks import integer, number
 from ..errors import BNSError
 
 #: the distillation options that are one of a few names, checked once in DistillConfig
-CHOICES = {"learn": ("all", "times"), "time_param": ("t", "logsnr"), "coef_scale": ("step", "none")}
+CHOICES = {
+    "learn": ("all", "times"),
+    "time_param": ("t", "logsnr"),
+    "coef_scale": ("step", "none"),
+    "schedule": ("plateau", "cosine"),
+}
 
 
 @dataclass
@@ -35,6 +40,12 @@ class DistillConfig:
     learn: str = "all"  # "all": times, a and b; "times": times only (a, b stay the base solver's), an ablation
     time_param: str = "t"  # "t" or "logsnr": the variable whose range the learned time fractions split
     coef_scale: str = "step"  # "step": b learned relative to the init's step lengths; "none": b itself
+    #: the times' learning rate as a multiple of lr (per-group step sizes; an ablation, docs/recipe.md)
+    time_lr: float = 1.0
+    #: S4S-Alt: learn the times alone for this many iterations, then the coefficients alone, and so on; 0: together
+    alternate: int = 0
+    #: "plateau": lr halved at each plateau (with restarts); "cosine": also annealed to 0 over the iterations
+    schedule: str = "plateau"
     seed: int = 0
     #: recompute each network call's activations in the backward pass: memory flat in the NFE, for one more forward
     #: call per step; None: for networks of RECOMPUTE_FROM parameters or more (small ones keep theirs: faster)
@@ -48,6 +59,8 @@ class DistillConfig:
         for key in ("iterations", "batch_size", "val_every", "patience"):
             integer(getattr(self, key), key, 1, 10_000_000)
         integer(self.max_decays, "max_decays", 0, 100)
+        integer(self.alternate, "alternate", 0, 10_000_000)
+        number(self.time_lr, "time_lr", 0, 1000, lo_open=True)
         if self.micro_batch is not None:
             integer(self.micro_batch, "micro_batch", 1, 10_000_000)
         number(self.lr, "lr", 0, 10, lo_open=True)

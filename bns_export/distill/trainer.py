@@ -96,8 +96,19 @@ class Trainer:
                     table.a.requires_grad_(False)
                     table.b.requires_grad_(False)
         trained = [p for p in params.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(trained, lr=cfg.lr)
+        times = [p for name, p in params.named_parameters() if p.requires_grad and name.endswith("logits")]
+        coefs = [p for p in trained if all(p is not q for q in times)]
+        groups = [{"params": ps, "role": role} for role, ps in (("times", times), ("coefs", coefs)) if ps]
+        opt = torch.optim.Adam(groups, lr=cfg.lr)
         return cls(field, params, opt, trained, train, val, cfg, world, recomputes(cfg, field))
+
+    def group_lr(self, role: str, state: TrainState) -> float:
+        """A parameter group's step size: the schedule's, times `time_lr` for the times, and 0 for the group that
+        rests in this phase of an alternating run (S4S-Alt: times, then coefficients, `alternate` iterations each)."""
+        cfg = self.cfg
+        if cfg.alternate and ("times", "coefs")[(state.iteration // cfg.alternate) % 2] != role:
+            return 0.0
+        return state.learning_rate(cfg) * (cfg.time_lr if role == "times" else 1.0)
 
     def step(self, state: TrainState) -> None:
         """One Adam step on the mean log-MSE of a seeded batch of GT pairs through the unrolled loop
@@ -105,7 +116,7 @@ class Trainer:
         `micro_batch` is run in micro-batches whose gradients add up to the whole share's."""
         cfg, train, world = self.cfg, self.train, self.world
         for group in self.opt.param_groups:
-            group["lr"] = state.learning_rate(cfg)
+            group["lr"] = self.group_lr(group["role"], state)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.iteration)
         batch = torch.randperm(len(train), generator=g)[: cfg.batch_size]
         idx = batch[world.rank :: world.size].to(train.noise.device)  # this rank's share of the one seeded batch
