@@ -102,7 +102,6 @@ RECIPE = (
         "Ablations",
         [
             "ablation-ideas-digits",
-            "ablation-ideas-patches",
             "ablation-recipe-digits",
             "ablation-warmup-digits",
             "ablation-scale-gmm4",
