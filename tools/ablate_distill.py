@@ -7,10 +7,11 @@ prints one JSON line per run (test PSNR, iterations run, best iteration, wall ti
 `--set recipe` varies one thing at a time from the default recipe: iterations, batch, learning rate
 and its schedule (plateau halvings), the initialisation, preconditioning sigma_0, the time
 parametrisation, the coefficient scaling and what is learned; `--set ideas` tries the published learned
-solvers' levers on today's default (per-group step sizes, S4S-Alt's alternation, a cosine schedule, a longer
-one, the init the best classic solver gives); `--section NAME` also writes the table as a result for
-docs/recipe.md.  Every row also says how soon the run got within 0.5 dB of its best validation PSNR (the
-quality-per-minute view).
+solvers' levers on today's default (per-group step sizes, S4S-Alt's alternation, a cosine schedule;
+`--set ideas-longer`: a longer cosine schedule, the init the best classic solver gives); `--set time-lr` the
+times' step size.  `--section NAME` also writes the table as a result for docs/recipe.md; `--log FILE` keeps
+each finished run, so a killed ablation resumes.  Every row also says how soon the run got within 0.5 dB of its
+best validation PSNR (the quality-per-minute view).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -71,8 +73,16 @@ RUN_SETS = {
         ("times' lr x3", dict(time_lr=3.0)),
         ("alternating: times, then a and b, 100 iterations each (S4S-Alt)", dict(alternate=100)),
         ("cosine decay", dict(schedule="cosine")),
+    ],
+    "ideas-longer": [
         ("4000 iterations, cosine decay", dict(iterations=4000, schedule="cosine")),
         ("init deis:karras", dict(base="deis:karras")),
+    ],
+    # the times' step size, the lever the ideas set found
+    "time-lr": [
+        ("the default recipe", {}),
+        ("times' lr x3", dict(time_lr=3.0)),
+        ("times' lr x10", dict(time_lr=10.0)),
     ],
     "warmup": [
         ("lr 1e-2, warmup 100", dict(lr=1e-2, warmup=100)),
@@ -88,7 +98,10 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--val-pairs", type=int, default=512)
     ap.add_argument("--set", default="patience", choices=sorted(RUN_SETS), help="which runs")
-    ap.add_argument("--section", default=None, help="also write this docs/benchmarks.md section")
+    ap.add_argument("--section", default=None, help="also write this docs/recipe.md section")
+    ap.add_argument(
+        "--log", default=None, help="JSON lines file: each finished run is appended; runs already there are reused"
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     name, _, w = args.model.partition("@")
@@ -96,7 +109,16 @@ def main() -> None:
     train, val = ground_truth(f, 520, SEEDS.train), ground_truth(f, args.val_pairs, SEEDS.val)
     test = ground_truth(f, 256, SEEDS.eval)
     rows = []
+    logged = {}
+    if args.log and Path(args.log).is_file():
+        for line in Path(args.log).read_text().splitlines():
+            row = json.loads(line) if line.startswith("{") else None
+            if row and (row["model"], row["nfe"]) == (args.model, args.nfe):
+                logged[row["run"]] = row
     for label, kw in RUN_SETS[args.set]:
+        if label in logged:  # a killed ablation resumes: its finished runs are not run again
+            rows.append(logged[label])
+            continue
         t0, curve = time.time(), []
         cfg = DistillConfig(nfe=args.nfe, **{"iterations": args.iterations, "batch_size": 128, **kw})
 
@@ -109,6 +131,9 @@ def main() -> None:
         row.update(best_iteration=s.meta["best_iteration"], wall_s=round(time.time() - t0, 1))
         row.update(near_best_s=round(next(t for t, v in curve if v >= curve[-1][1] - 0.5), 1) if curve else None)
         print(json.dumps(row), flush=True)
+        if args.log:
+            with open(args.log, "a") as log:
+                log.write(json.dumps(row) + "\n")
         rows.append(row)
     if args.section:
         write_table(args, rows)
@@ -117,14 +142,18 @@ def main() -> None:
 def write_table(args, rows: list[dict]) -> None:
     """The runs as a docs/benchmarks.md section, with the command and machine."""
     import sys
-    from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from benchdoc import git_rev, machine, write_section
 
+    argv = sys.argv[1:]
+    if "--log" in argv:  # where finished runs were kept changes what is rerun, never a result
+        i = argv.index("--log")
+        argv = argv[:i] + argv[i + 2 :]
+    command = " ".join(argv)
     lines = [
         f"## Distillation recipe ablation ({args.set}): {args.model}, NFE {args.nfe}\n",
-        f"Command: `python tools/ablate_distill.py {' '.join(sys.argv[1:])}` (commit {git_rev()}). "
+        f"Command: `python tools/ablate_distill.py {command}` (commit {git_rev()}). "
         f"Machine: {machine()}. 520 train / {args.val_pairs} validation / 256 test pairs; each run's "
         "settings are in its label and in the `--set` of tools/ablate_distill.py.\n",
         "| run | init | test PSNR (dB) | iterations run | best iteration | wall (s) | within 0.5 dB of its best (s) |",

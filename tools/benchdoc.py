@@ -102,6 +102,10 @@ RECIPE = (
         "Ablations",
         [
             "ablation-ideas-digits",
+            "ablation-time-lr-digits",
+            "ablation-time-lr-gmm4",
+            "ablation-time-lr-gmm16",
+            "ablation-time-lr-points12",
             "ablation-recipe-digits",
             "ablation-warmup-digits",
             "ablation-scale-gmm4",
