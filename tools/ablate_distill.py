@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--val-pairs", type=int, default=512)
     ap.add_argument("--set", default="patience", choices=sorted(RUN_SETS), help="which runs")
     ap.add_argument("--section", default=None, help="also write this docs/recipe.md section")
+    ap.add_argument("--runs", type=int, default=None, help="only the set's first N runs")
     ap.add_argument(
         "--log", default=None, help="JSON lines file: each finished run is appended; runs already there are reused"
     )
@@ -115,7 +116,7 @@ def main() -> None:
             row = json.loads(line) if line.startswith("{") else None
             if row and (row["model"], row["nfe"]) == (args.model, args.nfe):
                 logged[row["run"]] = row
-    for label, kw in RUN_SETS[args.set]:
+    for label, kw in RUN_SETS[args.set][: args.runs]:
         if label in logged:  # a killed ablation resumes: its finished runs are not run again
             rows.append(logged[label])
             continue

@@ -106,6 +106,7 @@ RECIPE = (
             "ablation-time-lr-gmm4",
             "ablation-time-lr-gmm16",
             "ablation-time-lr-points12",
+            "ablation-time-lr-patches",
             "ablation-recipe-digits",
             "ablation-warmup-digits",
             "ablation-scale-gmm4",
