@@ -457,6 +457,13 @@ def eval_cmd(
 @click.option("--batch-size", type=Integer(1, 1_000_000), default=128, show_default=True)
 @click.option("--lr", type=Number(0, 10, lo_open=True), default=3e-2, show_default=True, help="Adam learning rate.")
 @click.option(
+    "--time-lr",
+    type=Number(0, 1000, lo_open=True),
+    default=1.0,
+    show_default=True,
+    help="The times' learning rate as a multiple of --lr (the coefficients take --lr).",
+)
+@click.option(
     "--warmup",
     type=Integer(0, 10_000_000),
     default=100,
@@ -503,6 +510,7 @@ def distill_cmd(
     iterations,
     batch_size,
     lr,
+    time_lr,
     warmup,
     train_pairs,
     val_pairs,
@@ -533,6 +541,7 @@ def distill_cmd(
         iterations=iterations,
         batch_size=batch_size,
         lr=lr,
+        time_lr=time_lr,
         warmup=warmup,
         val_every=val_every,
         micro_batch=micro_batch,

@@ -125,7 +125,7 @@ def test_cli_defaults_are_the_config_defaults():
 
     defaults = {p.name: p.default for p in distill_cmd.params}
     cfg = DistillConfig()
-    for key in ("iterations", "batch_size", "lr", "warmup", "val_every", "base"):
+    for key in ("iterations", "batch_size", "lr", "time_lr", "warmup", "val_every", "base"):
         assert defaults[key] == getattr(cfg, key), key
 
 
@@ -134,7 +134,7 @@ def test_learning_rate_warms_up_linearly(gmm_sets, monkeypatch):
     seen, step = [], torch.optim.Adam.step
 
     def recording_step(self, *args, **kwargs):
-        seen.append(self.param_groups[0]["lr"])
+        seen.append(next(g["lr"] for g in self.param_groups if g["role"] == "coefs"))
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
