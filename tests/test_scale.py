@@ -1,13 +1,13 @@
 """Peak memory of an ONNX export against the weights' bytes, on two random-weight SD-style UNets (about 3M and
-21M parameters) at NFE 4, each export in its own process reporting its peak resident memory.
+21M parameters) at NFE 2, each export in its own process reporting its peak resident memory.
 
 The weights go to model.onnx.data, as for every model over 512 MB (a smaller graph embeds them, and its
 checks hold copies: fine at that size).  At this size fixed costs (the libraries, the traced graph) dominate
 the peak, so the test compares the two widths: the memory that grows with the weights (the peak's difference
 over the weights' difference) stays under 2.5x their bytes, the target for real model sizes
-(docs/benchmarks.md, "Model scale").  NFE 4 unrolls the network four times, so a copy of the weights per step
-would show there (NFE 2 adds nothing that NFE 4 lacks; tests/test_weights_once.py checks the initializers are
-the same bytes at both).  Memory, not time, is asserted."""
+(docs/benchmarks.md, "Model scale").  NFE 2 unrolls the network twice, so a copy of the weights per step would
+show there as a ratio near 2 above the export's own (tests/test_weights_once.py checks the initializers are the
+same bytes at NFE 1 and 2).  Memory, not time, is asserted."""
 
 from __future__ import annotations
 
