@@ -102,6 +102,7 @@ RECIPE = (
         "Ablations",
         [
             "ablation-ideas-digits",
+            "ablation-ideas-longer-digits",
             "ablation-time-lr-digits",
             "ablation-time-lr-gmm4",
             "ablation-time-lr-gmm16",
