@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .backends import BACKENDS, CODE_FORMATS, DEFAULT_FORMAT
+from .backends import BACKENDS, CODE_FORMATS, DEFAULT_FORMAT, formats_with
 from .checks import GUIDANCE_RANGE, KNOT_SPACING, GuidanceFamily, Integer, Number, sample_shape
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BNSError
 from .fields import PREDICTIONS, SCHEDULES, TIME_INPUTS
@@ -41,7 +41,7 @@ SOLVER_HELP = (
     f"Classic solver ({', '.join(BASELINES)}; optional :{'|:'.join(GRIDS)} time grid) or a solver file (.json)."
 )
 NFE = Integer(1, 64)
-LOOP_FORMATS = ", ".join(b.name for b in BACKENDS.values() if b.loop)
+LOOP_FORMATS = ", ".join(formats_with("loop"))
 SEED = Integer(0, 2**63 - 1)
 BATCH = Integer(1, 65536)
 GATE = Number(0, 1000)  # parity gate, dB

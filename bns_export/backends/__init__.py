@@ -66,10 +66,10 @@ class Backend:
         """Write the model file(s) into `folder`; return the backend's manifest entries."""
         return self._impl().export(sampler, request, Path(folder), log)
 
-    def refit(self, artifact: Path, staged: Path, manifest: Manifest, log=print) -> dict:
-        """After refit staged the ONNX graph with the new weights, the format's model file from it (an engine
-        refitted, never rebuilt); return the manifest entries that change."""
-        return self._impl().refit(Path(artifact), Path(staged), manifest, log)
+    def refit(self, artifact: Path, staged: Path, manifest: Manifest, log=print) -> None:
+        """After refit staged the ONNX graph with the new weights, write the format's model file from it (an engine
+        refitted, never rebuilt; nothing for ONNX, whose graph is the model file)."""
+        self._impl().refit(Path(artifact), Path(staged), manifest, log)
 
     def validation_extras(self, folder: Path, manifest: Manifest) -> dict:
         """Entries the format adds to a validation report (ONNX: which ops TensorRT's parser supports)."""
@@ -146,11 +146,16 @@ BACKENDS = {
 }
 
 
-#: the formats whose artifacts are code (loading them runs native code they carry), for --help and errors
-CODE_FORMATS = tuple(b.name for b in BACKENDS.values() if b.runs_native_code)
+def formats_with(fact: str) -> tuple[str, ...]:
+    """The formats whose Backend record has `fact` (a flag or a value), in table order: for --help and errors."""
+    return tuple(b.name for b in BACKENDS.values() if getattr(b, fact))
 
-#: the formats `refit` takes (a TensorRT engine only when built with --refittable), for --help and errors
-REFITTABLE_FORMATS = tuple(b.name for b in BACKENDS.values() if b.refittable)
+
+#: the formats whose artifacts are code (loading them runs native code they carry)
+CODE_FORMATS = formats_with("runs_native_code")
+
+#: the formats `refit` takes (a TensorRT engine only when built with --refittable)
+REFITTABLE_FORMATS = formats_with("refittable")
 
 #: the format `compile` and the demo build unless told: portable, torch-free to run
 DEFAULT_FORMAT = "onnx"

@@ -53,9 +53,8 @@ def export(sampler, request: ExportRequest, folder: Path, log=print) -> dict:
     return {"graph": export_onnx(sampler, request, folder / GRAPH_FILE)}
 
 
-def refit(artifact: Path, staged: Path, manifest: Manifest, log=print) -> dict:
+def refit(artifact: Path, staged: Path, manifest: Manifest, log=print) -> None:
     """Nothing past the staged graph: it is the model file."""
-    return {}
 
 
 def export_onnx(sampler, request: ExportRequest, path: Path) -> dict:

@@ -105,7 +105,7 @@ def _load_engine(runtime, plan: bytes):
     return engine
 
 
-def refit(artifact: Path, staged: Path, manifest: Manifest, log=print) -> dict:
+def refit(artifact: Path, staged: Path, manifest: Manifest, log=print) -> None:
     """The artifact's engine (built with BuilderFlag.REFIT) given the staged graph's weights by TensorRT's ONNX parser
     refitter (IParserRefitter::refitFromFile, then IRefitter::refitCudaEngine), written to staged/model.plan: the
     engine is refitted in place of a build, so a fine-tune or new tables cost no tactic search."""
@@ -127,7 +127,6 @@ def refit(artifact: Path, staged: Path, manifest: Manifest, log=print) -> dict:
     if not refitter.refit_cuda_engine():
         raise BNSError("TensorRT failed to refit the engine (see the TensorRT log above): compile the new model")
     (staged / manifest.model_file).write_bytes(bytes(engine.serialize()))
-    return {}
 
 
 class TensorRTRunner(Runner):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..backends import BACKENDS, LIBRARIES, REFITTABLE_FORMATS, ExportRequest, get_backend
+from ..backends import LIBRARIES, REFITTABLE_FORMATS, ExportRequest, formats_with, get_backend
 from ..backends.base import GRAPH_METADATA
 from ..checks import integer, number
 from ..contract import GUIDANCE_INPUT, TABLE_INPUT, ConditionKind, Signature, TableEntry, TensorSpec, traced_guidance
@@ -216,7 +216,7 @@ def load_build_inputs(
     takes it per sample; -w bakes the family's table at w).  loop: `solver` is a list of tables for one loop
     graph running up to `max_nfe` (default their largest NFE)."""
     specs = list(solver) if isinstance(solver, (list, tuple)) else [solver]
-    looped = " or ".join(f"--format {b.name}" for b in BACKENDS.values() if b.loop)
+    looped = " or ".join(f"--format {name}" for name in formats_with("loop"))
     if not specs or (len(specs) > 1 and not loop):
         raise BNSError(f"several solver tables compile into one graph with {looped}; give one solver here")
     if max_nfe is not None and not loop:
@@ -397,8 +397,7 @@ def compile_artifact(
     """
     backend = get_backend(fmt)
     if timing_cache is not None and not backend.timing_cache:
-        timed = ", ".join(b.name for b in BACKENDS.values() if b.timing_cache)
-        raise BNSError(f"--timing-cache applies to {timed} builds, not {fmt}")
+        raise BNSError(f"--timing-cache applies to {', '.join(formats_with('timing_cache'))} builds, not {fmt}")
     if refittable and not backend.refittable:
         raise BNSError(f"--refittable applies to {', '.join(REFITTABLE_FORMATS)} builds, not {fmt}")
     check_replaceable(Path(out), force)  # before minutes of export, not after

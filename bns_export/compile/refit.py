@@ -251,7 +251,7 @@ def refit_artifact(
         onnx.save(graph, str(tmp / GRAPH_FILE), save_as_external_data=bool(locations),
                   location=next(iter(locations)) if locations else None)  # fmt: skip
         del graph
-        refitted.update(backend.refit(artifact, tmp, manifest, log))
+        backend.refit(artifact, tmp, manifest, log)
         refitted["conformance"] = write_conformance(tmp, new_sampler, request)
         del new_sampler, built
         for key in ("validation", "files", "signature"):

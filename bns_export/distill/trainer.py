@@ -95,11 +95,12 @@ class Trainer:
                 if isinstance(table, BNSParams):
                     table.a.requires_grad_(False)
                     table.b.requires_grad_(False)
-        trained = [p for p in params.parameters() if p.requires_grad]
-        times = [p for name, p in params.named_parameters() if p.requires_grad and name.endswith("logits")]
-        coefs = [p for p in trained if all(p is not q for q in times)]
-        groups = [{"params": ps, "role": role} for role, ps in (("times", times), ("coefs", coefs)) if ps]
-        opt = torch.optim.Adam(groups, lr=cfg.lr)
+        roles: dict[str, list[nn.Parameter]] = {"times": [], "coefs": []}  # one Adam group each (group_lr)
+        for name, p in params.named_parameters():
+            if p.requires_grad:
+                roles["times" if name.endswith("logits") else "coefs"].append(p)
+        trained = [p for ps in roles.values() for p in ps]
+        opt = torch.optim.Adam([{"params": ps, "role": role} for role, ps in roles.items() if ps], lr=cfg.lr)
         return cls(field, params, opt, trained, train, val, cfg, world, recomputes(cfg, field))
 
     def group_lr(self, role: str, state: TrainState) -> float:

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..backends import BACKENDS, get_backend
+from ..backends import formats_with, get_backend
 from ..backends.base import profile_strings
 from ..checks import plain_identifier, read_json
 from ..contract import Manifest, TensorSpec
@@ -255,7 +255,7 @@ def write_repository(
     first = manifests[0]
     for a, m in zip(artifacts, manifests):
         if get_backend(m.format).triton_platform is None:
-            served = ", ".join(b.name for b in BACKENDS.values() if b.triton_platform)
+            served = ", ".join(formats_with("triton_platform"))
             raise BNSError(f"{a}: Triton serves {served} artifacts, not {m.format!r}")
         for key in SIGNATURE_KEYS:
             if m.get(key) != first.get(key):
