@@ -77,7 +77,7 @@ class BNSParams(nn.Module):
         """The loop's samples of the GT pairs at `idx`, differentiable in the table (the BNS loss's forward);
         recompute: each network call's activations recomputed in the backward pass (`recomputed`)."""
         t, a, b = self.tables(gt.noise.dtype, gt.noise.device)
-        u = recomputed(field) if recompute else field
+        u = recomputed(field, len(t)) if recompute else field
         return ns_sample(u, t, a, b, field.start(gt.noise[idx]), gt.condition_at(idx))
 
     def score(self, field, val: GTSet, world: World = SINGLE) -> float:
@@ -105,7 +105,7 @@ class FamilyParams(nn.Module):
         w = gt.guidance[idx].to(gt.noise.dtype)
         t, a, b = self.tables_at(w)
         u = functools.partial(field, guidance=w)
-        return ns_sample(recomputed(u) if recompute else u, t, a, b, field.start(gt.noise[idx]), gt.condition_at(idx))
+        return ns_sample(recomputed(u, len(t)) if recompute else u, t, a, b, field.start(gt.noise[idx]), gt.condition_at(idx))
 
     def score(self, field, val: list[tuple[float, GTSet]], world: World = SINGLE) -> float:
         """Mean validation PSNR over the guidance points, each set run at its own scale."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -78,13 +79,19 @@ def ns_loop(
     return while_loop(more, step, (start, x0.clone(), us))[1]  # x0 is also read inside: carried as a copy
 
 
-def recomputed(u: Velocity) -> Velocity:
-    """`u` whose activations are recomputed in the backward pass instead of kept (gradient checkpointing, Chen et
-    al. 2016): differentiating `ns_sample` then holds the n states and one network call's activations at a time,
-    so distillation's memory is flat in the NFE, for one more forward call per step."""
+def recomputed(u: Velocity, calls: int) -> Velocity:
+    """`u` whose activations are recomputed in the backward pass instead of kept, for all but the last of its
+    `calls` calls (gradient checkpointing, Chen et al. 2016): differentiating `ns_sample` then holds the n states
+    and one network call's activations at a time, so distillation's memory is flat in the NFE, for one more forward
+    call per step but the last; the backward pass needs the last call's activations first, so keeping them adds
+    nothing to the peak."""
     from torch.utils.checkpoint import checkpoint
 
+    made = itertools.count(1)
+
     def call(x: Tensor, t: Tensor, condition: Tensor | None = None) -> Tensor:
+        if next(made) >= calls:
+            return u(x, t, condition)
         return checkpoint(u, x, t, condition, use_reentrant=False)
 
     return call
