@@ -31,10 +31,13 @@ def test_bns_beats_every_baseline_at_4_nfe(gmm_sets):
     assert solver.num_params == 3 + 4 + 10
 
 
-def test_interrupted_run_resumes_from_checkpoint(gmm_sets, tmp_path):
+@pytest.mark.parametrize("ball", [0.0, 0.05])
+def test_interrupted_run_resumes_from_checkpoint(gmm_sets, tmp_path, ball):
+    """A killed run resumes from its checkpoint to the uninterrupted run's table, a tolerance-ball run's noise
+    offsets included."""
     f, train, val, _ = gmm_sets
     out = tmp_path / "s.json"
-    cfg = DistillConfig(nfe=4, iterations=100, val_every=10, batch_size=32)
+    cfg = DistillConfig(nfe=4, iterations=100, val_every=10, batch_size=32, ball=ball)
     seen = []
 
     def stop_after_two(it, info):
@@ -164,6 +167,29 @@ def test_group_learning_rates_alternation_and_cosine_schedule(gmm_sets, monkeypa
     distill(f, train, val, DistillConfig(iterations=4, schedule="cosine", **quick))
     np.testing.assert_allclose([g["coefs"] for g in seen], [0.01, 0.01 * (1 + np.cos(np.pi / 4)) / 2, 0.005,
                                                             0.01 * (1 + np.cos(3 * np.pi / 4)) / 2])  # fmt: skip
+
+
+def test_tolerance_ball_offsets_stay_in_their_balls(gmm_sets):
+    """LD3's relaxed loss: the pairs' noise offsets move (against the loss) and stay within `ball` x the norm of
+    their noise; the table is still kept by its exact validation PSNR."""
+    from bns_export.distill import BNSParams, Trainer, TrainState
+    from bns_export.parallel import SINGLE
+
+    f, train, val, _ = gmm_sets
+    cfg = DistillConfig(nfe=4, base="euler", batch_size=64, warmup=0, ball=0.1)
+    trainer = Trainer.make(f, BNSParams(baseline("euler", 4, f.schedule, f.t_lo, f.t_hi)), train, val, cfg, SINGLE)
+    state = TrainState(run_id="ball")
+    for _ in range(6):
+        trainer.step(state)
+    moved = trainer.ball.flatten(1).norm(dim=1)
+    limit = 0.1 * train.noise.flatten(1).norm(dim=1)
+    assert (moved > 0).sum() >= 64 and bool((moved <= limit * (1 + 1e-9)).all())
+    assert trainer.params.score(f, val) == pytest.approx(distill_score(f, trainer.params, val))
+
+
+def distill_score(field, params, val) -> float:
+    """The validation PSNR of params' table through evaluate_on: the exact noises."""
+    return evaluate_on(field, params.solver(), val)["psnr_mean"]
 
 
 def _one_step(field, pairs, **cfg):

@@ -31,10 +31,14 @@ def run_identity(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_checkpoint(path: Path, params: nn.Module, best: dict[str, Tensor], opt: torch.optim.Adam, state: dict) -> None:
+def save_checkpoint(
+    path: Path, params: nn.Module, best: dict[str, Tensor], opt: torch.optim.Adam, state: dict, ball: Tensor | None
+) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"param.{k}": v.detach() for k, v in params.state_dict().items()}
+    if ball is not None:
+        tensors["ball.offsets"] = ball
     tensors.update({f"best.{k}": v for k, v in best.items()})
     for i, p in enumerate(params.parameters()):
         st = opt.state.get(p)
@@ -58,14 +62,18 @@ def is_checkpoint_file(path: Path) -> bool:
         return False
 
 
-#: a checkpoint's tensors, by prefix: the table's parameters, the best table so far, Adam's moments
-CKPT_PARTS = ("param", "best", "adam")
+#: a checkpoint's tensors, by prefix: the table's parameters, the best table so far, Adam's moments, and the
+#: training noises' offsets of a tolerance-ball run
+CKPT_PARTS = ("param", "best", "adam", "ball")
 
 
-def load_checkpoint(path: Path, params: nn.Module, opt: torch.optim.Adam, run_id: str) -> tuple[dict, dict] | None:
+def load_checkpoint(
+    path: Path, params: nn.Module, opt: torch.optim.Adam, run_id: str, ball: Tensor | None
+) -> tuple[dict, dict] | None:
     """This run's checkpoint: (state, best table), None when it is another run's.  One that does not load whole
     (damaged, mis-shaped, not finite) is reported once and set aside as `<path>.bad`, so the next run starts
-    afresh instead of failing on it again; nothing is changed in `params` or `opt` unless all of it loads."""
+    afresh instead of failing on it again; nothing is changed in `params`, `opt` or `ball` (a tolerance-ball run's
+    offsets, filled in place) unless all of it loads."""
     from safetensors import safe_open
 
     device = next(params.parameters()).device
@@ -78,7 +86,7 @@ def load_checkpoint(path: Path, params: nn.Module, opt: torch.optim.Adam, run_id
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         if "digest" in meta and meta["digest"] != tensors_digest(tensors):
             raise ValueError("its tensors do not match their digest: the file is damaged")
-        loaded = checked_checkpoint({k: v.to(device) for k, v in tensors.items()}, state, params)
+        loaded = checked_checkpoint({k: v.to(device) for k, v in tensors.items()}, state, params, ball)
     except Exception as e:  # anything wrong with the file: set it aside, never fail every rerun on it
         bad = path.with_name(path.name + ".bad")
         with contextlib.suppress(OSError):
@@ -95,11 +103,15 @@ def load_checkpoint(path: Path, params: nn.Module, opt: torch.optim.Adam, run_id
                 "exp_avg_sq": loaded["adam"][f"{i}.exp_avg_sq"],
                 "step": loaded["adam"][f"{i}.step"].reshape(()).cpu(),
             }
+    if ball is not None:
+        ball.copy_(loaded["ball"]["offsets"])
     return state, loaded["best"]
 
 
-def checked_checkpoint(tensors: dict[str, Tensor], state: dict, params: nn.Module) -> dict[str, dict[str, Tensor]]:
-    """A checkpoint's tensors by part (param, best, adam), each the shape of the parameter it restores and finite,
+def checked_checkpoint(
+    tensors: dict[str, Tensor], state: dict, params: nn.Module, ball: Tensor | None = None
+) -> dict[str, dict[str, Tensor]]:
+    """A checkpoint's tensors by part (param, best, adam, ball), each the shape of what it restores and finite,
     and a state TrainState accepts; else ValueError naming what is wrong."""
     TrainState(**state)  # a TypeError for unknown or missing fields
     own = params.state_dict()
@@ -110,6 +122,8 @@ def checked_checkpoint(tensors: dict[str, Tensor], state: dict, params: nn.Modul
     for part in ("param", "best"):
         if {k: v.shape for k, v in parts[part].items()} != shapes:
             raise ValueError(f"its {part} tensors do not match this solver's parameters")
+    if {k: v.shape for k, v in parts["ball"].items()} != ({} if ball is None else {"offsets": ball.shape}):
+        raise ValueError("its noise offsets do not match this run's pairs")
     by_index = dict(enumerate(p.shape for p in params.parameters()))
     for key, value in parts["adam"].items():
         index, _, kind = key.partition(".")

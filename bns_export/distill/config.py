@@ -46,6 +46,9 @@ class DistillConfig:
     alternate: int = 0
     #: "plateau": lr halved at each plateau (with restarts); "cosine": also annealed to 0 over the iterations
     schedule: str = "plateau"
+    #: LD3's tolerance ball: each training pair's noise may move within this fraction of its norm, the loss taken
+    #: at the best point found there (validation and the table's use stay exact); 0: the exact loss
+    ball: float = 0.0
     seed: int = 0
     #: recompute each network call's activations in the backward pass: memory flat in the NFE, for one more forward
     #: call per step; None: for networks of RECOMPUTE_FROM parameters or more (small ones keep theirs: faster)
@@ -61,6 +64,7 @@ class DistillConfig:
         integer(self.max_decays, "max_decays", 0, 100)
         integer(self.alternate, "alternate", 0, 10_000_000)
         number(self.time_lr, "time_lr", 0, 1000, lo_open=True)
+        number(self.ball, "ball", 0, 1)
         if self.micro_batch is not None:
             integer(self.micro_batch, "micro_batch", 1, 10_000_000)
         number(self.lr, "lr", 0, 10, lo_open=True)

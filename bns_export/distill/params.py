@@ -73,12 +73,13 @@ class BNSParams(nn.Module):
         t, a, b = (v.detach().cpu().numpy() for v in self.tables())
         return NSSolver(t, a, b, self.t_end, name=name, meta=meta)
 
-    def sample(self, field, gt: GTSet, idx: Tensor, recompute: bool = False) -> Tensor:
+    def sample(self, field, gt: GTSet, idx: Tensor, recompute: bool = False, shift: Tensor | None = None) -> Tensor:
         """The loop's samples of the GT pairs at `idx`, differentiable in the table (the BNS loss's forward);
-        recompute: each network call's activations recomputed in the backward pass (`recomputed`)."""
+        recompute: each network call's activations recomputed in the backward pass (`recomputed`); shift: added
+        to the pairs' noises (a tolerance-ball run's offsets)."""
         t, a, b = self.tables(gt.noise.dtype, gt.noise.device)
         u = recomputed(field, len(t)) if recompute else field
-        return ns_sample(u, t, a, b, field.start(gt.noise[idx]), gt.condition_at(idx))
+        return ns_sample(u, t, a, b, field.start(shifted(gt.noise[idx], shift)), gt.condition_at(idx))
 
     def score(self, field, val: GTSet, world: World = SINGLE) -> float:
         """Mean validation PSNR of the table."""
@@ -100,12 +101,13 @@ class FamilyParams(nn.Module):
         stacked = tuple(torch.stack(v) for v in zip(*tables))
         return family_tables(self.knots.to(guidance), stacked, guidance)
 
-    def sample(self, field, gt: GTSet, idx: Tensor, recompute: bool = False) -> Tensor:
+    def sample(self, field, gt: GTSet, idx: Tensor, recompute: bool = False, shift: Tensor | None = None) -> Tensor:
         """The loop's samples of the pairs at `idx`, each at its pair's guidance (`gt.guidance`)."""
         w = gt.guidance[idx].to(gt.noise.dtype)
         t, a, b = self.tables_at(w)
         u = functools.partial(field, guidance=w)
-        return ns_sample(recomputed(u, len(t)) if recompute else u, t, a, b, field.start(gt.noise[idx]), gt.condition_at(idx))
+        u = recomputed(u, len(t)) if recompute else u
+        return ns_sample(u, t, a, b, field.start(shifted(gt.noise[idx], shift)), gt.condition_at(idx))
 
     def score(self, field, val: list[tuple[float, GTSet]], world: World = SINGLE) -> float:
         """Mean validation PSNR over the guidance points, each set run at its own scale."""
@@ -120,6 +122,10 @@ class FamilyParams(nn.Module):
         """The trained tables as a family with the knots and names of `like`, each knot with its record."""
         tables = [p.solver(t.name, **m) for p, t, m in zip(self.knot_params, like.tables, tables_meta)]
         return SolverFamily(like.knots, tables, name=like.name, meta=meta)
+
+
+def shifted(noise: Tensor, shift: Tensor | None) -> Tensor:
+    return noise if shift is None else noise + shift
 
 
 class _LogSNRWarp:

@@ -84,6 +84,8 @@ class Trainer:
     world: World
     #: each network call's activations recomputed in the backward pass (`recomputes`, decided once)
     recompute: bool = False
+    #: a tolerance-ball run's offsets of the training pairs' noises (`ball_step`); None: the exact loss
+    ball: Tensor | None = None
 
     @classmethod
     def make(
@@ -101,7 +103,10 @@ class Trainer:
                 roles["times" if name.endswith("logits") else "coefs"].append(p)
         trained = [p for ps in roles.values() for p in ps]
         opt = torch.optim.Adam([{"params": ps, "role": role} for role, ps in roles.items() if ps], lr=cfg.lr)
-        return cls(field, params, opt, trained, train, val, cfg, world, recomputes(cfg, field))
+        if cfg.ball and world.size > 1:
+            raise BNSError("a tolerance-ball distillation (ball > 0) runs in one process")
+        ball = torch.zeros_like(train.noise) if cfg.ball else None
+        return cls(field, params, opt, trained, train, val, cfg, world, recomputes(cfg, field), ball)
 
     def group_lr(self, role: str, state: TrainState) -> float:
         """A parameter group's step size: the schedule's, times `time_lr` for the times, and 0 for the group that
@@ -114,7 +119,8 @@ class Trainer:
     def step(self, state: TrainState) -> None:
         """One Adam step on the mean log-MSE of a seeded batch of GT pairs through the unrolled loop
         (method.md, the BNS loss); under torchrun each rank takes its share of the batch, and a share larger than
-        `micro_batch` is run in micro-batches whose gradients add up to the whole share's."""
+        `micro_batch` is run in micro-batches whose gradients add up to the whole share's; a tolerance-ball run
+        takes the loss at its offset noises and moves each offset too (`ball_step`)."""
         cfg, train, world = self.cfg, self.train, self.world
         for group in self.opt.param_groups:
             group["lr"] = self.group_lr(group["role"], state)
@@ -124,10 +130,13 @@ class Trainer:
         self.opt.zero_grad()
         loss = torch.zeros((), dtype=train.noise.dtype, device=train.noise.device)
         for part in idx.split(cfg.micro_batch or max(1, len(idx))):
-            x = self.params.sample(self.field, train, part, self.recompute)
+            shift = None if self.ball is None else self.ball[part].clone().requires_grad_(True)
+            x = self.params.sample(self.field, train, part, self.recompute, shift)
             mse = ((x - train.x1[part]) ** 2).flatten(1).mean(1)
             part_loss = torch.log(mse).sum() / len(batch)  # summed over micro-batches and ranks: the batch mean
             part_loss.backward()
+            if shift is not None:
+                self.ball[part] = ball_step(train.noise[part], shift, cfg.ball)
             loss = loss + part_loss.detach()
         all_sum_grads(world, self.trained)
         self.opt.step()
@@ -158,6 +167,17 @@ class Trainer:
         return {k: v.detach().clone() for k, v in self.params.state_dict().items()}
 
 
+def ball_step(noise: Tensor, shift: Tensor, radius: float) -> Tensor:
+    """LD3's relaxed loss (Tong et al. 2025, the soft constraint x'_T in B(x_T, r)): each pair's noise offset steps
+    a quarter of its ball's radius against its loss gradient, then is projected back onto the ball of `radius`
+    times its noise's norm, so the table is asked to reach each target from some noise near its own."""
+    r = radius * noise.flatten(1).norm(dim=1, keepdim=True)
+    g = shift.grad.flatten(1)
+    moved = shift.detach().flatten(1) - 0.25 * r * g / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    moved = moved * (r / moved.norm(dim=1, keepdim=True).clamp_min(1e-30)).clamp(max=1.0)
+    return moved.reshape(shift.shape)
+
+
 def fit(
     trainer: Trainer,
     state: TrainState,
@@ -173,7 +193,7 @@ def fit(
     if ckpt is not None and ckpt.exists() and not is_checkpoint_file(ckpt):
         raise BNSError(f"{ckpt} exists and is not a checkpoint this tool wrote: move it, or choose another --out")
     if resume and ckpt is not None and ckpt.exists():
-        loaded = load_checkpoint(ckpt, params, trainer.opt, state.run_id)
+        loaded = load_checkpoint(ckpt, params, trainer.opt, state.run_id, trainer.ball)
         if loaded is not None:
             state.__dict__.update(loaded[0])
             best = loaded[1]
@@ -184,7 +204,7 @@ def fit(
             v, best = trainer.validate(state, best)
             state.elapsed = elapsed0 + time.time() - started
             if ckpt is not None and world.is_main:
-                save_checkpoint(ckpt, params, best, trainer.opt, asdict(state))
+                save_checkpoint(ckpt, params, best, trainer.opt, asdict(state), trainer.ball)
             if progress:
                 info = {"val_psnr": v, "best_val_psnr": state.best_val, "train_psnr": state.train_psnr}
                 progress(state.iteration, info)
