@@ -8,8 +8,9 @@ prints one JSON line per run (test PSNR, iterations run, best iteration, wall ti
 and its schedule (plateau halvings), the initialisation, preconditioning sigma_0, the time
 parametrisation, the coefficient scaling and what is learned; `--set ideas` tries the published learned
 solvers' levers on today's default (per-group step sizes, S4S-Alt's alternation, a cosine schedule;
-`--set ideas-longer`: a longer cosine schedule, the init the best classic solver gives); `--set time-lr` the
-times' step size.  `--section NAME` also writes the table as a result for docs/recipe.md; `--log FILE` keeps
+`--set ideas-longer`: a longer cosine schedule, the init the best classic solver gives; `--set ball`: LD3's
+tolerance-ball loss; `--set pairs`: fewer, more or cheaper training pairs); `--set time-lr` the times' step size.
+`--section NAME` also writes the table as a result for docs/recipe.md; `--log FILE` keeps
 each finished run, so a killed ablation resumes.  Every row also says how soon the run got within 0.5 dB of its
 best validation PSNR (the quality-per-minute view).
 """
@@ -78,6 +79,17 @@ RUN_SETS = {
         ("4000 iterations, cosine decay", dict(iterations=4000, schedule="cosine")),
         ("init deis:karras", dict(base="deis:karras")),
     ],
+    # LD3's tolerance ball: each training pair's noise may move within `ball` x its norm (DistillConfig.ball)
+    "ball": [
+        ("tolerance ball 0.01 (LD3)", dict(ball=0.01)),
+        ("tolerance ball 0.05 (LD3)", dict(ball=0.05)),
+    ],
+    # the training pairs: how many, and how exact (`train_pairs`, `train_rtol`: this tool's, not DistillConfig's)
+    "pairs": [
+        ("260 training pairs", dict(train_pairs=260)),
+        ("2080 training pairs", dict(train_pairs=2080)),
+        ("cheaper pairs: dopri5 at rtol = atol = 1e-4", dict(train_rtol=1e-4)),
+    ],
     # the times' step size, the lever the ideas set found
     "time-lr": [
         ("the default recipe", {}),
@@ -107,8 +119,7 @@ def main() -> None:
     torch.set_num_threads(2)
     name, _, w = args.model.partition("@")
     f = load_model(name, guidance=float(w or 1))
-    train, val = ground_truth(f, 520, SEEDS.train), ground_truth(f, args.val_pairs, SEEDS.val)
-    test = ground_truth(f, 256, SEEDS.eval)
+    val, test = ground_truth(f, args.val_pairs, SEEDS.val), ground_truth(f, 256, SEEDS.eval)
     rows = []
     logged = {}
     if args.log and Path(args.log).is_file():
@@ -120,6 +131,9 @@ def main() -> None:
         if label in logged:  # a killed ablation resumes: its finished runs are not run again
             rows.append(logged[label])
             continue
+        kw = dict(kw)
+        tol = kw.pop("train_rtol", None)
+        train = ground_truth(f, kw.pop("train_pairs", 520), SEEDS.train, rtol=tol, atol=tol)
         t0, curve = time.time(), []
         cfg = DistillConfig(nfe=args.nfe, **{"iterations": args.iterations, "batch_size": 128, **kw})
 
@@ -130,6 +144,7 @@ def main() -> None:
         row = {"model": args.model, "nfe": args.nfe, "run": label, "init": s.meta["base_solver"]}
         row.update(test_psnr=round(evaluate_on(f, s, test)["psnr_mean"], 2), iterations=s.meta["iterations"])
         row.update(best_iteration=s.meta["best_iteration"], wall_s=round(time.time() - t0, 1))
+        row.update(train_pairs=len(train), gt_nfe=round(train.nfe_mean, 1))
         row.update(near_best_s=round(next(t for t, v in curve if v >= curve[-1][1] - 0.5), 1) if curve else None)
         print(json.dumps(row), flush=True)
         if args.log:
@@ -155,16 +170,18 @@ def write_table(args, rows: list[dict]) -> None:
     lines = [
         f"## Distillation recipe ablation ({args.set}): {args.model}, NFE {args.nfe}\n",
         f"Command: `python tools/ablate_distill.py {command}` (commit {git_rev()}). "
-        f"Machine: {machine()}. 520 train / {args.val_pairs} validation / 256 test pairs; each run's "
-        "settings are in its label and in the `--set` of tools/ablate_distill.py.\n",
-        "| run | init | test PSNR (dB) | iterations run | best iteration | wall (s) | within 0.5 dB of its best (s) |",
-        "|---|---|---|---|---|---|---|",
+        f"Machine: {machine()}. 520 train pairs unless the label says otherwise, {args.val_pairs} validation and "
+        "256 test pairs (dopri5 at the model's tolerance); each run's settings are in its label and in the `--set` "
+        "of tools/ablate_distill.py. *GT NFE*: the training pairs' mean dopri5 evaluations per pair.\n",
+        "| run | init | test PSNR (dB) | iterations run | best iteration | wall (s) | within 0.5 dB of its best (s) "
+        "| training pairs | GT NFE |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         near = "" if r.get("near_best_s") is None else f"{r['near_best_s']:.0f}"
         lines.append(
             f"| {r['run']} | {r['init']} | {r['test_psnr']:.2f} | {r['iterations']} | {r['best_iteration']} | "
-            f"{r['wall_s']:.0f} | {near} |"
+            f"{r['wall_s']:.0f} | {near} | {r.get('train_pairs', 520)} | {r.get('gt_nfe', '')} |"
         )
     write_section(args.section, "\n".join(lines) + "\n")
 

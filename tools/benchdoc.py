@@ -103,6 +103,9 @@ RECIPE = (
         [
             "ablation-ideas-digits",
             "ablation-ideas-longer-digits",
+            "ablation-ball-digits",
+            "ablation-pairs-digits",
+            "ablation-ball-patches",
             "ablation-time-lr-digits",
             "ablation-time-lr-gmm4",
             "ablation-time-lr-gmm16",

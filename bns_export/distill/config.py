@@ -51,7 +51,7 @@ class DistillConfig:
     ball: float = 0.0
     seed: int = 0
     #: recompute each network call's activations in the backward pass: memory flat in the NFE, for one more forward
-    #: call per step; None: for networks of RECOMPUTE_FROM parameters or more (small ones keep theirs: faster)
+    #: call per step but the last; None: for networks of RECOMPUTE_FROM parameters or more (small ones keep theirs)
     recompute: bool | None = None
     #: pairs per forward/backward pass, the gradients accumulated over the batch (None: the whole batch at once)
     micro_batch: int | None = None
