@@ -1,5 +1,5 @@
 """Distillation-recipe ablation: the same model, NFE and pairs under several DistillConfig settings;
-prints one JSON line per run (test PSNR, iterations run, best iteration, wall time).
+prints one JSON line per run (test and train PSNR, iterations run, best iteration, wall time).
 
     python tools/ablate_distill.py analytic:gmm 16                  # the early-stopping runs
     python tools/ablate_distill.py digits 8 --set recipe --section ablation-recipe-digits
@@ -144,7 +144,7 @@ def main() -> None:
         row = {"model": args.model, "nfe": args.nfe, "run": label, "init": s.meta["base_solver"]}
         row.update(test_psnr=round(evaluate_on(f, s, test)["psnr_mean"], 2), iterations=s.meta["iterations"])
         row.update(best_iteration=s.meta["best_iteration"], wall_s=round(time.time() - t0, 1))
-        row.update(train_pairs=len(train), gt_nfe=round(train.nfe_mean, 1))
+        row.update(train_pairs=len(train), gt_nfe=round(train.nfe_mean, 1), train_psnr=round(s.meta["train_psnr"], 2))
         row.update(near_best_s=round(next(t for t, v in curve if v >= curve[-1][1] - 0.5), 1) if curve else None)
         print(json.dumps(row), flush=True)
         if args.log:
@@ -173,14 +173,15 @@ def write_table(args, rows: list[dict]) -> None:
         f"Machine: {machine()}. 520 train pairs unless the label says otherwise, {args.val_pairs} validation and "
         "256 test pairs (dopri5 at the model's tolerance); each run's settings are in its label and in the `--set` "
         "of tools/ablate_distill.py. *GT NFE*: the training pairs' mean dopri5 evaluations per pair.\n",
-        "| run | init | test PSNR (dB) | iterations run | best iteration | wall (s) | within 0.5 dB of its best (s) "
-        "| training pairs | GT NFE |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | init | test PSNR (dB) | train PSNR (dB) | iterations run | best iteration | wall (s) "
+        "| within 0.5 dB of its best (s) | training pairs | GT NFE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         near = "" if r.get("near_best_s") is None else f"{r['near_best_s']:.0f}"
         lines.append(
-            f"| {r['run']} | {r['init']} | {r['test_psnr']:.2f} | {r['iterations']} | {r['best_iteration']} | "
+            f"| {r['run']} | {r['init']} | {r['test_psnr']:.2f} | {r.get('train_psnr', '')} | {r['iterations']} | "
+            f"{r['best_iteration']} | "
             f"{r['wall_s']:.0f} | {near} | {r.get('train_pairs', 520)} | {r.get('gt_nfe', '')} |"
         )
     write_section(args.section, "\n".join(lines) + "\n")

@@ -106,6 +106,7 @@ RECIPE = (
             "ablation-ball-digits",
             "ablation-pairs-digits",
             "ablation-ball-patches",
+            "ablation-pairs-patches",
             "ablation-time-lr-digits",
             "ablation-time-lr-gmm4",
             "ablation-time-lr-gmm16",

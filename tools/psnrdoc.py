@@ -173,7 +173,10 @@ def markdown(results: list[dict], ablation_rows: list[dict] | None, args, run: d
     ]
     for res in results:
         res = {**res, "rows": {int(n): row for n, row in res["rows"].items()}}  # JSON keeps NFEs as strings
-        nfes = [n for n in res["rows"] if "BNS" in res["rows"][n] or res["rows"][n].get("_requested")]
+        # the BNS columns (a merged baselines-only run's NFEs then only feed n_eq and 2n), else the requested ones
+        nfes = [n for n in res["rows"] if "BNS" in res["rows"][n]] or [
+            n for n in res["rows"] if res["rows"][n].get("_requested")
+        ]
         has_bns = any("BNS" in r for r in res["rows"].values())
         solvers = ["BNS"] * has_bns + [s for s in COMPARE if any(s in r for r in res["rows"].values())]
         lines.append(
