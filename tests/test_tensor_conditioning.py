@@ -45,7 +45,7 @@ def test_text_conditioned_model_end_to_end(folder, tmp_path):
     assert field.conditional and field.cond_shape == (3, 8) and field.num_classes is None
     train, val = ground_truth(field, 24, 1, rtol=1e-3, atol=1e-3), ground_truth(field, 16, 2, rtol=1e-3, atol=1e-3)
     assert train.labels.shape == (24, 3, 8)
-    solver = distill(field, train, val, DistillConfig(nfe=3, iterations=10, batch_size=8), out=tmp_path / "s.json")
+    solver = distill(field, train, val, DistillConfig(nfe=2, iterations=10, batch_size=8), out=tmp_path / "s.json")
     assert solver.meta["val_psnr"] >= solver.meta["base_val_psnr"]
     out = tmp_path / "art"
     m = compile_artifact(

@@ -125,6 +125,7 @@ class FamilyParams(nn.Module):
 
 
 def shifted(noise: Tensor, shift: Tensor | None) -> Tensor:
+    """The pairs' noises, moved by a tolerance-ball run's offsets when there are any."""
     return noise if shift is None else noise + shift
 
 
