@@ -177,7 +177,7 @@ def test_killed_compile_leaves_nothing_that_looks_complete(tmp_path, sig, delay)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "art") == ["next"]
 
 
-DISTILL = ["distill", "-m", "digits", "--nfe", "4", "--iterations", "150", "--val-every", "5"]
+DISTILL = ["distill", "-m", "digits", "--nfe", "4", "--iterations", "60", "--val-every", "5"]
 DISTILL += ["--train-pairs", "64", "--val-pairs", "64", "--batch-size", "32", "--device", "cpu"]
 DISTILL += ["--rtol", "1e-3", "--atol", "1e-3"]  # a cheap ground truth: what is tested is the resume, not its PSNR
 
