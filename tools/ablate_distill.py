@@ -9,7 +9,8 @@ and its schedule (plateau halvings), the initialisation, preconditioning sigma_0
 parametrisation, the coefficient scaling and what is learned; `--set ideas` tries the published learned
 solvers' levers on today's default (per-group step sizes, S4S-Alt's alternation, a cosine schedule;
 `--set ideas-longer`: a longer cosine schedule, the init the best classic solver gives; `--set ball`: LD3's
-tolerance-ball loss; `--set pairs`: fewer, more or cheaper training pairs); `--set time-lr` the times' step size.
+tolerance-ball loss; `--set pairs`: fewer, more or cheaper training pairs); `--set time-lr` the times' step size;
+`--set held-out` the recipe's other levers again, for the held-out model.
 `--section NAME` also writes the table as a result for docs/recipe.md; `--log FILE` keeps
 each finished run, so a killed ablation resumes.  Every row also says how soon the run got within 0.5 dB of its
 best validation PSNR (the quality-per-minute view).
@@ -89,6 +90,12 @@ RUN_SETS = {
         ("2080 training pairs", dict(train_pairs=2080)),
         ("cheaper pairs: dopri5 at rtol = atol = 1e-4", dict(train_rtol=1e-4)),
         ("260 training pairs", dict(train_pairs=260)),
+    ],
+    # the recipe's other levers, asked again on the held-out model
+    "held-out": [
+        ("times in log-SNR", dict(time_param="logsnr")),
+        ("lr 1e-2", dict(lr=1e-2)),
+        ("preconditioning sigma_0 = 1", dict(precondition=1.0)),
     ],
     # the times' step size, the lever the ideas set found
     "time-lr": [

@@ -107,6 +107,7 @@ RECIPE = (
             "ablation-pairs-digits",
             "ablation-ball-patches",
             "ablation-pairs-patches",
+            "ablation-held-out-patches",
             "ablation-time-lr-digits",
             "ablation-time-lr-gmm4",
             "ablation-time-lr-gmm16",
