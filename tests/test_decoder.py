@@ -106,17 +106,15 @@ def pipeline(tmp_path_factory):
 def test_diffusers_vae_in_the_graph_weights_once(pipeline, tmp_path):
     """The worked example (docs/your-model.md): text-conditioned latent UNet + vae/ -> one ONNX graph, images out."""
     opts = ModelOptions(cond_set=str(pipeline / "prompts.safetensors"), decoder="vae")
-    stats = {}
-    for nfe in (1, 2):
-        m = compile_artifact(
-            f"diffusers:{pipeline}", "dpm++2m", "onnx", tmp_path / f"a{nfe}",
-            options=opts, nfe=nfe, guidance=3.0, max_batch=2, validate=nfe == 2, log=lambda m: None,
-        )  # fmt: skip
-        stats[nfe] = m["graph"]  # NFE 1 for its graph's statistics only
+    m = compile_artifact(
+        f"diffusers:{pipeline}", "dpm++2m", "onnx", tmp_path / "a2",
+        options=opts, nfe=2, guidance=3.0, max_batch=2, log=lambda m: None,
+    )  # fmt: skip
     assert m["validation"]["passed"], m["validation"]
     assert m["decoder"]["class"] == "AutoencoderKL" and m["outputs"][1]["shape"] == ["batch", 3, 16, 16]
-    assert abs(stats[2]["initializer_bytes"] - stats[1]["initializer_bytes"]) < 1024
-    assert stats[2]["initializer_ratio"] <= 1.05, stats
+    # the UNet and the VAE stored once at NFE 2: a copy per step would put the ratio near 2 (tests/test_weights_once.py
+    # checks the bytes are the same at NFE 1 and 2 for the UNets alone)
+    assert m["graph"]["initializer_ratio"] <= 1.05, m["graph"]
     rows = {r["case"]: r for r in m["validation"]["cases"]}
     assert rows["batch 2: image"]["psnr_min"] >= 60 and rows["batch 2: sample"]["psnr_min"] >= 60
     # the worked example of docs/your-model.md, verbatim but for the paths, with torch made unimportable
