@@ -483,7 +483,7 @@ def eval_cmd(
     "--recompute/--no-recompute",
     default=None,
     help="Recompute each network call's activations in the backward pass: memory flat in the NFE, one more "
-    "forward call per step (default: for networks of 10M parameters or more).",
+    "forward call per step but the last (default: for networks of 10M parameters or more).",
 )
 @click.option("--no-resume", is_flag=True, help="Ignore a checkpoint left by an interrupted run.")
 @click.option(

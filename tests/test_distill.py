@@ -184,12 +184,7 @@ def test_tolerance_ball_offsets_stay_in_their_balls(gmm_sets):
     moved = trainer.ball.flatten(1).norm(dim=1)
     limit = 0.1 * train.noise.flatten(1).norm(dim=1)
     assert (moved > 0).sum() >= 64 and bool((moved <= limit * (1 + 1e-9)).all())
-    assert trainer.params.score(f, val) == pytest.approx(distill_score(f, trainer.params, val))
-
-
-def distill_score(field, params, val) -> float:
-    """The validation PSNR of params' table through evaluate_on: the exact noises."""
-    return evaluate_on(field, params.solver(), val)["psnr_mean"]
+    assert trainer.params.score(f, val) == pytest.approx(evaluate_on(f, trainer.params.solver(), val)["psnr_mean"])
 
 
 def _one_step(field, pairs, **cfg):

@@ -92,6 +92,8 @@ class Trainer:
         cls, field, params: BNSParams | FamilyParams, train: GTSet, val, cfg: DistillConfig, world: World
     ) -> Trainer:
         """A trainer over every parameter the recipe learns (`learn="times"` keeps each table's a and b)."""
+        if cfg.ball and world.size > 1:
+            raise BNSError("a tolerance-ball distillation (ball > 0) runs in one process")
         if cfg.learn == "times":
             for table in params.modules():
                 if isinstance(table, BNSParams):
@@ -103,8 +105,6 @@ class Trainer:
                 roles["times" if name.endswith("logits") else "coefs"].append(p)
         trained = [p for ps in roles.values() for p in ps]
         opt = torch.optim.Adam([{"params": ps, "role": role} for role, ps in roles.items() if ps], lr=cfg.lr)
-        if cfg.ball and world.size > 1:
-            raise BNSError("a tolerance-ball distillation (ball > 0) runs in one process")
         ball = torch.zeros_like(train.noise) if cfg.ball else None
         return cls(field, params, opt, trained, train, val, cfg, world, recomputes(cfg, field), ball)
 

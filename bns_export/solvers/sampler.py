@@ -80,17 +80,17 @@ def ns_loop(
 
 
 def recomputed(u: Velocity, calls: int) -> Velocity:
-    """`u` whose activations are recomputed in the backward pass instead of kept, for all but the last of its
-    `calls` calls (gradient checkpointing, Chen et al. 2016): differentiating `ns_sample` then holds the n states
-    and one network call's activations at a time, so distillation's memory is flat in the NFE, for one more forward
-    call per step but the last; the backward pass needs the last call's activations first, so keeping them adds
-    nothing to the peak."""
+    """`u` whose activations are recomputed in the backward pass instead of kept (gradient checkpointing, Chen et
+    al. 2016), but for the last of every `calls` calls (a loop's last): differentiating `ns_sample` then holds the n
+    states and one network call's activations at a time, so distillation's memory is flat in the NFE, for one more
+    forward call per step but the last; the backward pass needs the last call's activations first, so keeping them
+    adds nothing to the peak."""
     from torch.utils.checkpoint import checkpoint
 
     made = itertools.count(1)
 
     def call(x: Tensor, t: Tensor, condition: Tensor | None = None) -> Tensor:
-        if next(made) >= calls:
+        if next(made) % calls == 0:
             return u(x, t, condition)
         return checkpoint(u, x, t, condition, use_reentrant=False)
 
