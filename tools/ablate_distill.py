@@ -10,7 +10,8 @@ parametrisation, the coefficient scaling and what is learned; `--set ideas` trie
 solvers' levers on today's default (per-group step sizes, S4S-Alt's alternation, a cosine schedule;
 `--set ideas-longer`: a longer cosine schedule, the init the best classic solver gives; `--set ball`: LD3's
 tolerance-ball loss; `--set pairs`: fewer, more or cheaper training pairs); `--set time-lr` the times' step size;
-`--set held-out` the recipe's other levers again, for the held-out model.
+`--set held-out` the recipe's other levers again, for the held-out model, and `--set held-out-recipe` the claims
+the recipe and ideas sets made on digits.
 `--section NAME` also writes the table as a result for docs/recipe.md; `--log FILE` keeps
 each finished run, so a killed ablation resumes.  Every row also says how soon the run got within 0.5 dB of its
 best validation PSNR (the quality-per-minute view).
@@ -97,6 +98,18 @@ RUN_SETS = {
         ("lr 1e-2", dict(lr=1e-2)),
         ("preconditioning sigma_0 = 1", dict(precondition=1.0)),
     ],
+    # the claims the digits and analytic-field ablations made, asked again on the held-out model
+    "held-out-recipe": [
+        ("the default recipe", {}),
+        ("b unscaled", dict(coef_scale="none")),
+        ("lr 3e-3, no warmup (the default before the recipe runs)", dict(lr=3e-3, warmup=0)),
+        ("lr 3e-2, no warmup", dict(warmup=0)),
+        ("init midpoint (the paper's)", dict(base="midpoint")),
+        ("times only (a, b from the init)", dict(learn="times")),
+        ("alternating: times, then a and b, 100 iterations each (S4S-Alt)", dict(alternate=100)),
+        ("cosine decay", dict(schedule="cosine")),
+        ("2000 iterations, cosine decay", dict(iterations=2000, schedule="cosine")),
+    ],
     # the times' step size, the lever the ideas set found
     "time-lr": [
         ("the default recipe", {}),
@@ -108,6 +121,15 @@ RUN_SETS = {
         ("lr 3e-2, warmup 100 (the default)", {}),
     ],
 }
+
+
+MINUTES = (1, 2, 4)  # the quality-per-minute columns: best validation PSNR after this many minutes
+
+
+def after(curve: list[tuple[float, float]], seconds: float) -> float | None:
+    """The best validation PSNR a run had `seconds` into it (its last if it ended sooner; None before the first)."""
+    seen = [v for t, v in curve if t <= seconds]
+    return round(seen[-1], 2) if seen else None
 
 
 def main() -> None:
@@ -153,6 +175,7 @@ def main() -> None:
         row.update(best_iteration=s.meta["best_iteration"], wall_s=round(time.time() - t0, 1))
         row.update(train_pairs=len(train), gt_nfe=round(train.nfe_mean, 1), train_psnr=round(s.meta["train_psnr"], 2))
         row.update(near_best_s=round(next(t for t, v in curve if v >= curve[-1][1] - 0.5), 1) if curve else None)
+        row.update(val_after_min={str(m): after(curve, 60 * m) for m in MINUTES})
         print(json.dumps(row), flush=True)
         if args.log:
             with open(args.log, "a") as log:
@@ -181,15 +204,18 @@ def write_table(args, rows: list[dict]) -> None:
         "256 test pairs (dopri5 at the model's tolerance); each run's settings are in its label and in the `--set` "
         "of tools/ablate_distill.py. *GT NFE*: the training pairs' mean dopri5 evaluations per pair.\n",
         "| run | init | test PSNR (dB) | train PSNR (dB) | iterations run | best iteration | wall (s) "
-        "| within 0.5 dB of its best (s) | training pairs | GT NFE |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| within 0.5 dB of its best (s) | best validation PSNR after 1 / 2 / 4 min (dB) | training pairs | GT NFE |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         near = "" if r.get("near_best_s") is None else f"{r['near_best_s']:.0f}"
+        minutes = r.get("val_after_min") or {}
+        per_minute = " / ".join("-" if minutes.get(str(m)) is None else f"{minutes[str(m)]:.2f}" for m in MINUTES)
         lines.append(
             f"| {r['run']} | {r['init']} | {r['test_psnr']:.2f} | {r.get('train_psnr', '')} | {r['iterations']} | "
             f"{r['best_iteration']} | "
-            f"{r['wall_s']:.0f} | {near} | {r.get('train_pairs', 520)} | {r.get('gt_nfe', '')} |"
+            f"{r['wall_s']:.0f} | {near} | {per_minute if minutes else ''} | {r.get('train_pairs', 520)} | "
+            f"{r.get('gt_nfe', '')} |"
         )
     write_section(args.section, "\n".join(lines) + "\n")
 
