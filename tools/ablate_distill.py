@@ -105,6 +105,7 @@ RUN_SETS = {
         ("lr 3e-3, no warmup (the default before the recipe runs)", dict(lr=3e-3, warmup=0)),
         ("lr 3e-2, no warmup", dict(warmup=0)),
         ("init midpoint (the paper's)", dict(base="midpoint")),
+        ("init midpoint, 3000 iterations", dict(base="midpoint", iterations=3000)),
         ("times only (a, b from the init)", dict(learn="times")),
         ("alternating: times, then a and b, 100 iterations each (S4S-Alt)", dict(alternate=100)),
         ("cosine decay", dict(schedule="cosine")),
