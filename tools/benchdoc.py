@@ -108,6 +108,7 @@ RECIPE = (
             "ablation-ball-patches",
             "ablation-pairs-patches",
             "ablation-held-out-patches",
+            "ablation-held-out-recipe-patches",
             "ablation-time-lr-digits",
             "ablation-time-lr-gmm4",
             "ablation-time-lr-gmm16",
