@@ -1,5 +1,6 @@
-"""Weights stored once in ONNX artifacts for attention, cross-attention, group-norm and linear layers:
-initializer bytes constant in NFE and at most 1.05x the network's weight bytes."""
+"""Weights stored once in ONNX artifacts for attention, cross-attention, group-norm and linear layers: at NFE 2,
+which unrolls the network twice, the initializer bytes are at most 1.05x the network's weight bytes (a copy per
+step would make them about 2x)."""
 
 import pytest
 
@@ -18,21 +19,9 @@ def test_initializers_are_the_weights_once(factory, tmp_path):
 
     net = getattr(netfactories, factory)()
     weight_bytes = sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
-    stats = {}
-    for nfe in (1, 2):
-        m = compile_artifact(
-            f"netfactories:{factory}",
-            "dpm++2m",
-            "onnx",
-            tmp_path / f"a{nfe}",
-            options=OPTIONS,
-            nfe=nfe,
-            max_batch=2,
-            validate=nfe == 2,  # NFE 1 is here for its graph's statistics only
-            log=lambda m: None,
-        )
-        stats[nfe] = m["graph"]
+    m = compile_artifact(
+        f"netfactories:{factory}", "dpm++2m", "onnx", tmp_path / "a", options=OPTIONS, nfe=2, max_batch=2,
+        log=lambda m: None,
+    )  # fmt: skip
     assert m["validation"]["passed"]
-    assert abs(stats[2]["initializer_bytes"] - stats[1]["initializer_bytes"]) < 1024  # only the solver's scalars
-    assert stats[2]["initializer_bytes"] <= 1.05 * weight_bytes, (stats, weight_bytes)
-    assert stats[2]["nodes"] > stats[1]["nodes"]
+    assert 0.95 * weight_bytes <= m["graph"]["initializer_bytes"] <= 1.05 * weight_bytes, (m["graph"], weight_bytes)
