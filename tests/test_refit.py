@@ -70,9 +70,9 @@ def test_a_fine_tune_refits_into_the_same_graph(base, tmp_path):
     assert manifest["validation"]["passed"] and manifest["model_spec"]["model"] == f"diffusers:{tuned}"
     code, _, err = cli("validate", out)  # an independent check, conformance vectors included
     assert code == 0, err
-    fresh = tmp_path / "fresh"
+    fresh = tmp_path / "fresh"  # the yardstick: only its samples are compared, so its own parity check is skipped
     code, _, err = cli("compile", "-m", f"diffusers:{tuned}", *opts, "-w", 3, "-s", "dpm++2m", "--nfe", 2,
-                       "--max-batch", 2, "--no-validate", "-o", fresh)  # fmt: skip (the yardstick: its samples)
+                       "--max-batch", 2, "--no-validate", "-o", fresh)  # fmt: skip
     assert code == 0, err
     refitted, compiled, old = _samples(out, fresh, art)
     assert np.abs(refitted - compiled).max() < 1e-4
