@@ -14,7 +14,7 @@ tolerance-ball loss; `--set pairs`: fewer, more or cheaper training pairs); `--s
 the recipe and ideas sets made on digits.
 `--section NAME` also writes the table as a result for docs/recipe.md; `--log FILE` keeps
 each finished run, so a killed ablation resumes.  Every row also says how soon the run got within 0.5 dB of its
-best validation PSNR (the quality-per-minute view).
+best validation PSNR and how good its table was after 1, 2 and 4 minutes (the quality-per-minute view).
 """
 
 from __future__ import annotations
