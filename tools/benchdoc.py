@@ -109,6 +109,7 @@ RECIPE = (
             "ablation-pairs-patches",
             "ablation-held-out-patches",
             "ablation-held-out-recipe-patches",
+            "ablation-held-out-recipe-patches8",
             "ablation-time-lr-digits",
             "ablation-time-lr-gmm4",
             "ablation-time-lr-gmm16",
