@@ -352,8 +352,13 @@ def test_aoti_package_is_code_opened_only_signed_or_trusted(tmp_path):
         "from bns_export.runtime import load\n"
         f"try:\n    load({str(good)!r}, trust_engine_code=True)\nexcept Exception:\n    pass\n"
     )
-    subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=300)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=300, env=env)
     assert marker.exists()
+    # the failed load leaves no extracted package (torch's loader keeps it, library included, where a load fails)
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith(("aotinductor_", "bns-aoti-"))]
 
 
 def test_tensorrt_plans_are_code_in_the_runtime_validate_and_triton(gmm, tmp_path):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 import warnings
+import weakref
 from pathlib import Path
 
 from ..contract import Manifest
@@ -58,7 +62,7 @@ class AotiRunner(Runner):
         if is_cuda(self.device):
             probe_load(path, self.device)
         try:
-            self.model = torch._inductor.aoti_load_package(str(path), device_index=_index(self.device))
+            self.model = load_package(path, _index(self.device))
         except Exception as e:
             raise BNSError(f"cannot load AOTInductor package: {str(e).strip().splitlines()[0]}") from None
         self.cuda_graph = cuda_graph
@@ -72,6 +76,36 @@ class AotiRunner(Runner):
         with self._lock, torch.no_grad():
             out = self._call(*args)
         return dict(zip(self.output_names, out if isinstance(out, (list, tuple)) else (out,)))
+
+
+_TMPDIR_LOCK = threading.Lock()
+
+
+def load_package(path: Path, device_index: int):
+    """torch's aoti_load_package with its extraction folder inside one of ours: torch's loader leaves that folder
+    (the package's library included) in the temporary folder when a load fails, and tries twice; ours is removed
+    then, or when the model is freed or the process exits."""
+    import tempfile
+
+    import torch
+
+    tempfile.gettempdir()  # Python's own temporary folder is settled before TMPDIR changes for the loader
+    private = tempfile.mkdtemp(prefix="bns-aoti-")
+    with _TMPDIR_LOCK:
+        old = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = private  # read by the loader (std::filesystem::temp_directory_path)
+        try:
+            model = torch._inductor.aoti_load_package(str(path), device_index=device_index)
+        except BaseException:
+            shutil.rmtree(private, ignore_errors=True)
+            raise
+        finally:
+            if old is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = old
+    weakref.finalize(model, shutil.rmtree, private, True)
+    return model
 
 
 PROBE = """
