@@ -6,8 +6,8 @@ checks hold copies: fine at that size).  At this size fixed costs (the libraries
 the peak, so the test compares the two widths: the memory that grows with the weights (the peak's difference
 over the weights' difference) stays under 2.5x their bytes, the target for real model sizes
 (docs/benchmarks.md, "Model scale").  NFE 2 unrolls the network twice, so a copy of the weights per step would
-show there as a ratio near 2 above the export's own (tests/test_weights_once.py checks the initializers are the
-same bytes at NFE 1 and 2).  Memory, not time, is asserted."""
+show there as a ratio near 2 above the export's own (tests/test_weights_once.py checks the NFE 2 initializers are
+the weights' bytes once).  Memory, not time, is asserted."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ RUN_SETS = {
         ("lr 1e-2", dict(lr=1e-2)),
         ("preconditioning sigma_0 = 1", dict(precondition=1.0)),
     ],
-    # the claims the digits and analytic-field ablations made, asked again on the held-out model
+    # the claims the recipe and ideas sets made on digits, asked again on the held-out model
     "held-out-recipe": [
         ("the default recipe", {}),
         ("b unscaled", dict(coef_scale="none")),

@@ -89,8 +89,7 @@ def load_package(path: Path, device_index: int):
 
     import torch
 
-    tempfile.gettempdir()  # Python's own temporary folder is settled before TMPDIR changes for the loader
-    private = tempfile.mkdtemp(prefix="bns-aoti-")
+    private = tempfile.mkdtemp(prefix="bns-aoti-")  # also settles Python's own temporary folder before TMPDIR changes
     with _TMPDIR_LOCK:
         old = os.environ.get("TMPDIR")
         os.environ["TMPDIR"] = private  # read by the loader (std::filesystem::temp_directory_path)
@@ -104,7 +103,7 @@ def load_package(path: Path, device_index: int):
                 os.environ.pop("TMPDIR", None)
             else:
                 os.environ["TMPDIR"] = old
-    weakref.finalize(model, shutil.rmtree, private, True)
+    weakref.finalize(model, shutil.rmtree, private, ignore_errors=True)  # also at exit, if never freed
     return model
 
 
